@@ -1,0 +1,417 @@
+"""Kronecker-factored approximations of one layer's Fisher block, behind one interface.
+
+Every approximation F̃ of ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)`` offers the same verbs:
+``to_dense()``, ``matvec(V)``, ``solve(V, damping)``, ``eigvals()``, and the two scalars the
+matrix-free metrics need, ``frobenius_sq()`` = ‖F̃‖²_F and ``inner_fisher(a, g)`` = ⟨F, F̃⟩.
+
+Methods (``approximate(method, a, g, **options)``):
+
+* ``kfac`` — A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m (Martens & Grosse 2015).
+* ``kpsvd`` — the best sum of ``rank`` Kronecker products: the rank-r truncated SVD of ℛ(F)
+  (Van Loan & Pitsianis 1993); rank 1 is the seed paper's KPSVD (Koroko et al. 2022).
+* ``deflation`` — the best two terms, the second by power SVD on the deflated ℛ(F) when
+  ``solver="matrix_free"`` (the seed paper's Deflation).
+* ``lanczos`` — the same two terms, by Golub–Kahan–Lanczos bidiagonalisation of ℛ(F).
+* ``kfac_corrected`` — A⊗G + R⊗S with R⊗S the best Kronecker product of F − A⊗G.
+* ``ekfac`` — KFAC's eigenbasis U_A ⊗ U_G with the best diagonal in it,
+  s_pi = (1/m) Σ_i (u_Gpᵀ g_i)² (u_Aiᵀ ā_i)² (George et al. 2018).
+* ``shampoo`` — c · L ⊗ R with L = (1/m) Σ ‖g_i‖² ā_i ā_iᵀ, R = (1/m) Σ ‖ā_i‖² g_i g_iᵀ and
+  c the Frobenius-optimal scalar (Gupta et al. 2018; Morwani et al. 2024).
+
+The KPSVD family (kpsvd, deflation, lanczos, kfac_corrected) takes ``solver="gram"`` (default,
+see :mod:`core.ksvd`) or ``solver="matrix_free"`` (the seed paper's algorithms).
+
+Damping. ``solve(V, λ, mode=...)`` applies a damped inverse:
+
+* ``mode="exact"`` — ``(F̃ + λI)⁻¹ vec(V)``: closed form for one Kronecker product and for
+  EKFAC; for sums of several products, a dense eigendecomposition for small blocks and
+  preconditioned MINRES for large ones.
+* ``mode="factored"`` (what the optimizers use) — the first term gets Martens–Grosse factored
+  damping ``(R₁ + π√λ I) ⊗ (S₁ + √λ/π I)``; a second term is added undamped and the sum is
+  inverted in closed form through the generalized eigenproblems R₂x = μR₁x, S₂y = νS₁y:
+  ``(·)⁻¹ vec(V) = vec(E_S [(E_Sᵀ V E_R) ⊘ (1 + ν μᵀ)] E_Rᵀ)``.
+
+Indefiniteness safeguard. The second term of a two-term sum is indefinite, and so can be the
+sum (seen here: min/max eigenvalue down to −0.45). In the factored solve the sum is congruent
+to ``diag(1 + μ_i ν_p)``; entries below ``psd_floor`` (default 0.1) are raised to it, i.e. the
+correction may cancel at most 90% of the damped first term along any generalized eigendirection.
+In the exact dense solve, eigenvalues of F̃ below 0 are raised to 0 (projection onto the PSD
+cone) before adding λ. Every engagement is counted in ``approx.safeguard``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse.linalg as sla
+import torch
+
+from .kron import KronEig, factored_damping, generalized_eigh, kron_matvec, sym, vec
+from .ksvd import SOLVERS, RearrangedFisher, Triplets
+from .validation import (
+    check_damping,
+    check_dense_size,
+    check_gradient_matrix,
+    check_layer_batch,
+)
+
+METHODS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
+KPSVD_FAMILY = ("kpsvd", "deflation", "lanczos", "kfac_corrected")
+SOLVE_MODES = ("exact", "factored")
+DENSE_EIG_LIMIT = 2048  # largest n for which sums of ≥ 2 products are eigendecomposed densely
+
+
+@dataclass
+class SafeguardStats:
+    """How often the indefiniteness safeguard engaged in this approximation's solves."""
+
+    solves: int = 0
+    engaged: int = 0  # solves in which at least one entry was raised
+    entries_raised: int = 0  # total entries raised, over all solves
+    entries_total: int = 0
+
+    def record(self, raised: int, total: int) -> None:
+        self.solves += 1
+        self.engaged += int(raised > 0)
+        self.entries_raised += raised
+        self.entries_total += total
+
+
+class Approximation(ABC):
+    """One approximation F̃ of a layer's Fisher block, in vec(W) order, W of shape (dg, da)."""
+
+    method: str
+    da: int
+    dg: int
+    info: dict
+    safeguard: SafeguardStats
+
+    @property
+    def n(self) -> int:
+        return self.da * self.dg
+
+    @abstractmethod
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """F̃ vec(V), returned as a (dg, da) matrix."""
+
+    @abstractmethod
+    def frobenius_sq(self) -> float:
+        """‖F̃‖²_F in float64, without forming F̃."""
+
+    @abstractmethod
+    def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
+        """⟨F, F̃⟩ = tr(F F̃) in float64, without forming F or F̃."""
+
+    @abstractmethod
+    def eigvals(self, k: int | None = None) -> torch.Tensor:
+        """Eigenvalues of F̃, descending (all of them, or the top ``k``)."""
+
+    @abstractmethod
+    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
+        """The damped inverse applied to V (see the module docstring for ``mode``)."""
+
+    def to_dense(self) -> torch.Tensor:
+        """The n × n matrix, built column by column from ``matvec`` (refused above the limit)."""
+        dtype = self._dtype()
+        check_dense_size(self.n, dtype, f"{self.method} approximation", "matvec/solve/eigvals")
+        eye = torch.eye(self.n, dtype=dtype)
+        cols = [vec(self.matvec(eye[j].reshape(self.da, self.dg).T)) for j in range(self.n)]
+        return torch.stack(cols, dim=1)
+
+    @abstractmethod
+    def _dtype(self) -> torch.dtype: ...
+
+    def _check(self, v: torch.Tensor, damping: float, mode: str) -> tuple[torch.Tensor, float]:
+        if mode not in SOLVE_MODES:
+            raise ValueError(f"unknown damping mode {mode!r}; choose one of {SOLVE_MODES}")
+        return check_gradient_matrix(v, self.da, self.dg), check_damping(damping)
+
+
+@dataclass(eq=False)
+class KroneckerSum(Approximation):
+    """F̃ = Σ_k R_k ⊗ S_k with R_k (da × da) and S_k (dg × dg)."""
+
+    method: str
+    terms: list[tuple[torch.Tensor, torch.Tensor]]
+    info: dict = field(default_factory=dict)
+    psd_floor: float = 0.1
+    safeguard: SafeguardStats = field(default_factory=SafeguardStats)
+
+    def __post_init__(self) -> None:
+        self.da = self.terms[0][0].shape[0]
+        self.dg = self.terms[0][1].shape[0]
+        self._eig_cache: dict = {}
+
+    def _dtype(self) -> torch.dtype:
+        return self.terms[0][0].dtype
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return sum(kron_matvec(r, s, v) for r, s in self.terms)
+
+    def frobenius_sq(self) -> float:
+        """‖Σ R_k⊗S_k‖² = Σ_kl ⟨R_k, R_l⟩⟨S_k, S_l⟩."""
+        rs = torch.stack([r.reshape(-1) for r, _ in self.terms]).to(torch.float64)
+        ss = torch.stack([s.reshape(-1) for _, s in self.terms]).to(torch.float64)
+        return float(((rs @ rs.T) * (ss @ ss.T)).sum())
+
+    def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
+        """⟨F, R⊗S⟩ = (1/m) Σ_i (ā_iᵀ R ā_i)(g_iᵀ S g_i)."""
+        a64, g64 = a.to(torch.float64), g.to(torch.float64)
+        total = 0.0
+        for r, s in self.terms:
+            qa = ((a64 @ r.to(torch.float64)) * a64).sum(1)
+            qg = ((g64 @ s.to(torch.float64)) * g64).sum(1)
+            total += float((qa * qg).mean())
+        return total
+
+    def _kron_eig(self, index: int = 0) -> KronEig:
+        key = ("eig", index)
+        if key not in self._eig_cache:
+            self._eig_cache[key] = KronEig.of(*self.terms[index])
+        return self._eig_cache[key]
+
+    def eigvals(self, k: int | None = None) -> torch.Tensor:
+        """One product: all products λ_R,i λ_S,p. Several: dense for n ≤ 2048, else Lanczos."""
+        if len(self.terms) == 1:
+            lam = self._kron_eig().eigvals_grid().reshape(-1)
+            lam = torch.sort(lam, descending=True).values
+            return lam if k is None else lam[:k]
+        if self.n <= DENSE_EIG_LIMIT:
+            lam = torch.linalg.eigvalsh(sym(self.to_dense().to(torch.float64))).flip(0)
+            return lam if k is None else lam[:k]
+        k = min(k or 64, self.n - 1)
+        vals = sla.eigsh(self._scipy_operator(0.0), k=k, which="LA", return_eigenvectors=False)
+        return torch.from_numpy(np.sort(vals)[::-1].copy())
+
+    def _scipy_operator(self, shift: float) -> sla.LinearOperator:
+        terms64 = [(r.to(torch.float64), s.to(torch.float64)) for r, s in self.terms]
+        da, dg = self.da, self.dg
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            v = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
+            out = sum(kron_matvec(r, s, v) for r, s in terms64) + shift * v
+            return vec(out).numpy()
+
+        return sla.LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
+
+    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
+        v, damping = self._check(v, damping, mode)
+        if len(self.terms) == 1:
+            if mode == "exact":
+                return self._kron_eig().solve(v, damping)
+            rd, sd = factored_damping(*self.terms[0], damping)
+            return KronEig.of(rd, sd).solve(v, 0.0)
+        if mode == "factored":
+            if len(self.terms) != 2:
+                raise ValueError(
+                    f"factored damping is defined for one or two Kronecker terms; this "
+                    f"approximation has {len(self.terms)} — use mode='exact'"
+                )
+            return self._solve_two_factored(v, damping)
+        return self._solve_exact_sum(v, damping)
+
+    def _solve_two_factored(self, v: torch.Tensor, damping: float) -> torch.Tensor:
+        key = ("gen", damping)
+        if key not in self._eig_cache:
+            (r1, s1), (r2, s2) = self.terms
+            r1d, s1d = factored_damping(r1, s1, damping)
+            mu, e_r = generalized_eigh(r2, r1d)
+            nu, e_s = generalized_eigh(s2, s1d)
+            self._eig_cache = {k: val for k, val in self._eig_cache.items() if k[0] != "gen"}
+            self._eig_cache[key] = (mu, e_r, nu, e_s)
+        mu, e_r, nu, e_s = self._eig_cache[key]
+        denom = 1.0 + torch.outer(nu, mu)
+        low = denom < self.psd_floor
+        self.safeguard.record(int(low.sum()), denom.numel())
+        denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)
+        return e_s @ ((e_s.T @ v @ e_r) / denom) @ e_r.T
+
+    def _solve_exact_sum(self, v: torch.Tensor, damping: float) -> torch.Tensor:
+        if self.n <= DENSE_EIG_LIMIT:
+            key = ("dense",)
+            if key not in self._eig_cache:
+                self._eig_cache[key] = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
+            lam, u = self._eig_cache[key]
+            negative = lam < 0
+            self.safeguard.record(int(negative.sum()), lam.numel())
+            x = u @ ((u.T @ vec(v).to(torch.float64)) / (lam.clamp_min(0.0) + damping))
+            return x.reshape(self.da, self.dg).T.to(v.dtype)
+        # Large: MINRES (valid for indefinite systems), preconditioned by the first term's
+        # exact damped inverse, which is symmetric positive definite.
+        r1, s1 = self.terms[0]
+        first64 = KronEig.of(r1.to(torch.float64), s1.to(torch.float64))
+        da, dg = self.da, self.dg
+
+        def precondition(x: np.ndarray) -> np.ndarray:
+            xm = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
+            return vec(first64.solve(xm, damping)).numpy()
+
+        op = self._scipy_operator(damping)
+        pre = sla.LinearOperator((self.n, self.n), matvec=precondition, dtype=np.float64)
+        rhs = vec(v.to(torch.float64)).numpy()
+        x, status = sla.minres(op, rhs, M=pre, rtol=1e-10, maxiter=500)
+        self.info["minres_status"] = int(status)
+        return torch.from_numpy(x).reshape(da, dg).T.to(v.dtype)
+
+
+@dataclass(eq=False)
+class EigenbasisDiagonal(Approximation):
+    """EKFAC: F̃ = (U_A ⊗ U_G) diag(vec(s)) (U_A ⊗ U_G)ᵀ with s of shape (dg, da)."""
+
+    method: str
+    u_a: torch.Tensor
+    u_g: torch.Tensor
+    scale: torch.Tensor
+    info: dict = field(default_factory=dict)
+    safeguard: SafeguardStats = field(default_factory=SafeguardStats)
+
+    def __post_init__(self) -> None:
+        self.da = self.u_a.shape[0]
+        self.dg = self.u_g.shape[0]
+
+    def _dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.u_g @ ((self.u_g.T @ v @ self.u_a) * self.scale) @ self.u_a.T
+
+    def frobenius_sq(self) -> float:
+        return float((self.scale.to(torch.float64) ** 2).sum())
+
+    def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
+        """⟨F, F̃⟩ = (1/m) Σ_i Σ_pi s_pi (u_Gpᵀ g_i)² (u_Aiᵀ ā_i)²."""
+        at = (a.to(torch.float64) @ self.u_a.to(torch.float64)) ** 2
+        gt = (g.to(torch.float64) @ self.u_g.to(torch.float64)) ** 2
+        return float(((gt @ self.scale.to(torch.float64)) * at).sum() / a.shape[0])
+
+    def eigvals(self, k: int | None = None) -> torch.Tensor:
+        lam = torch.sort(self.scale.reshape(-1), descending=True).values
+        return lam if k is None else lam[:k]
+
+    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
+        """``(F̃ + λI)⁻¹``; the eigenbasis is orthonormal, so both modes are the exact inverse."""
+        v, damping = self._check(v, damping, mode)
+        return self.u_g @ ((self.u_g.T @ v @ self.u_a) / (self.scale + damping)) @ self.u_a.T
+
+
+# -- constructors --------------------------------------------------------------------------
+
+
+def _kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    m = a.shape[0]
+    return a.T @ a / m, g.T @ g / m
+
+
+def _fix_sign(r: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip (R, S) jointly so that tr R ≥ 0; R ⊗ S is unchanged."""
+    return (-r, -s) if float(torch.trace(r)) < 0 else (r, s)
+
+
+Terms = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _terms_from_gram(op: RearrangedFisher, trip: Triplets) -> Terms:
+    """σ U ⊗ V with U = Āᵀ diag(c) Ā, V = Γᵀ diag(d) Γ, split as (√σ U, √σ V)."""
+    terms = []
+    for sigma, c, d in zip(trip.sigma.tolist(), trip.left, trip.right, strict=True):
+        root = sigma**0.5
+        terms.append(_fix_sign(root * op.factor_a(c), root * op.factor_g(d)))
+    return terms
+
+
+def _terms_from_factors(trip: Triplets, dtype: torch.dtype) -> Terms:
+    terms = []
+    for sigma, u, v in zip(trip.sigma.tolist(), trip.left, trip.right, strict=True):
+        root = sigma**0.5
+        terms.append(_fix_sign(sym(root * u).to(dtype), sym(root * v).to(dtype)))
+    return terms
+
+
+def _svd_terms(
+    op: RearrangedFisher, rank: int, solver: str, algorithm: str, tol: float, max_iter: int
+) -> tuple[Terms, dict]:
+    """Top-``rank`` Kronecker terms of ℛ(F) (or of ℛ(F − A⊗G) when the operator is centered)."""
+    if solver == "gram":
+        trip = op.triplets_gram(rank, tol)
+        terms = _terms_from_gram(op, trip)
+    elif algorithm == "lanczos":
+        trip = op.triplets_lanczos(rank, tol)
+        terms = _terms_from_factors(trip, op.a.dtype)
+    else:
+        trip = op.triplets_power(rank, tol, max_iter)
+        terms = _terms_from_factors(trip, op.a.dtype)
+    info = {
+        "singular_values": trip.sigma.tolist(),
+        "iterations": trip.iterations,
+        "converged": trip.converged,
+        "solver": solver if solver == "gram" else f"matrix_free/{algorithm}",
+        **trip.info,
+    }
+    # A zero singular value contributes nothing; keep the terms that carry weight.
+    keep = [i for i, s in enumerate(trip.sigma.tolist()) if s > 1e-14 * float(trip.sigma[0])]
+    return [terms[i] for i in keep], info
+
+
+def approximate(
+    method: str,
+    a: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    rank: int = 1,
+    solver: str = "gram",
+    tol: float | None = None,
+    max_iter: int = 5000,
+    psd_floor: float = 0.1,
+) -> Approximation:
+    """Approximate the Fisher block of one layer from its per-sample inputs and gradients.
+
+    ``a`` is (m, da) — inputs with the bias column — and ``g`` is (m, dg). ``rank`` applies to
+    ``kpsvd``; ``solver`` ("gram" or "matrix_free") to the KPSVD family; ``tol`` is the relative
+    residual at which the singular-vector iterations stop (default 1e-6 for float32 inputs,
+    1e-10 for float64); ``max_iter`` caps the matrix-free power iterations.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be an integer ≥ 1, got {rank!r}")
+    if not 0.0 < psd_floor <= 1.0:
+        raise ValueError(f"psd_floor must lie in (0, 1], got {psd_floor}")
+    a, g = check_layer_batch(a, g)
+    if tol is None:
+        tol = 1e-10 if a.dtype == torch.float64 else 1e-6
+    start = time.perf_counter()
+    m = a.shape[0]
+    info: dict = {}
+    if method == "kfac":
+        approx: Approximation = KroneckerSum(method, [_kfac_factors(a, g)])
+    elif method == "shampoo":
+        left = a.T @ (((g * g).sum(1) / m)[:, None] * a)
+        right = g.T @ (((a * a).sum(1) / m)[:, None] * g)
+        unit = KroneckerSum(method, [(left, right)])
+        c = unit.inner_fisher(a, g) / max(unit.frobenius_sq(), 1e-300)
+        approx = KroneckerSum(method, [(c * left, right)])
+    elif method == "ekfac":
+        fa, fg = _kfac_factors(a, g)
+        u_a = torch.linalg.eigh(sym(fa)).eigenvectors
+        u_g = torch.linalg.eigh(sym(fg)).eigenvectors
+        scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / m
+        approx = EigenbasisDiagonal(method, u_a, u_g, scale)
+    else:
+        centered = method == "kfac_corrected"
+        op = RearrangedFisher(a, g, centered=centered)
+        r = {"kpsvd": rank, "deflation": 2, "lanczos": 2, "kfac_corrected": 1}[method]
+        algorithm = "lanczos" if method == "lanczos" else "power"
+        terms, info = _svd_terms(op, r, solver, algorithm, tol, max_iter)
+        if centered:
+            terms = [_kfac_factors(a, g), *terms]
+        approx = KroneckerSum(method, terms, psd_floor=psd_floor)
+    if isinstance(approx, KroneckerSum):
+        approx.psd_floor = psd_floor
+    approx.info.update(info)
+    approx.info["seconds"] = time.perf_counter() - start
+    return approx

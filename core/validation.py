@@ -1,0 +1,110 @@
+"""Input checks shared by the engine: every public entry point validates before computing."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+
+def as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    """Return ``x`` as a floating torch tensor, or raise ValueError naming ``name``."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError when ``x`` holds NaN or inf, saying how many and what to do."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+            "the training run that produced it has probably diverged — lower the learning rate "
+            "or raise the damping, and capture again"
+        )
+
+
+def check_layer_batch(
+    a: torch.Tensor | np.ndarray, g: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the per-sample inputs ``a`` (m, da) and output gradients ``g`` (m, dg).
+
+    Returns both as tensors of one floating dtype (the wider of the two).
+    """
+    a = as_tensor(a, "a (layer inputs)")
+    g = as_tensor(g, "g (output gradients)")
+    if a.ndim != 2 or g.ndim != 2:
+        raise ValueError(
+            f"a and g must be 2-D (samples × features); got a of shape {tuple(a.shape)} "
+            f"and g of shape {tuple(g.shape)}"
+        )
+    if a.shape[0] != g.shape[0]:
+        raise ValueError(
+            f"a and g must hold the same number of samples: a has {a.shape[0]} rows, "
+            f"g has {g.shape[0]}"
+        )
+    if a.shape[0] == 0:
+        raise ValueError("empty batch: a and g have 0 samples; the Fisher needs at least one")
+    if a.shape[1] == 0 or g.shape[1] == 0:
+        raise ValueError(f"a and g need at least one column; got da={a.shape[1]}, dg={g.shape[1]}")
+    check_finite(a, "a (layer inputs)")
+    check_finite(g, "g (output gradients)")
+    dtype = torch.promote_types(a.dtype, g.dtype)
+    return a.to(dtype), g.to(dtype)
+
+
+def check_gradient_matrix(v: torch.Tensor | np.ndarray, da: int, dg: int) -> torch.Tensor:
+    """Validate a gradient matrix V of shape (dg, da) (the layer's weight shape)."""
+    v = as_tensor(v, "V (gradient matrix)")
+    if tuple(v.shape) != (dg, da):
+        raise ValueError(
+            f"V must have the layer's weight shape (dg, da) = ({dg}, {da}); got {tuple(v.shape)}"
+        )
+    check_finite(v, "V (gradient matrix)")
+    return v
+
+
+def check_damping(damping: float) -> float:
+    """Damping must be a finite, strictly positive number."""
+    damping = float(damping)
+    if not np.isfinite(damping) or damping <= 0.0:
+        raise ValueError(f"damping must be a finite number > 0, got {damping}")
+    return damping
+
+
+def max_dense_bytes() -> int:
+    """Largest dense matrix the engine forms: KRONOSCOPE_MAX_DENSE_BYTES (default 1 GiB)."""
+    return int(os.environ.get("KRONOSCOPE_MAX_DENSE_BYTES", str(1 << 30)))
+
+
+def check_dense_size(n: int, dtype: torch.dtype, what: str, alternative: str) -> None:
+    """Refuse to form an n × n dense matrix larger than :func:`max_dense_bytes`.
+
+    The message states the memory it would need and names the matrix-free alternative.
+    """
+    need = n * n * torch.empty((), dtype=dtype).element_size()
+    limit = max_dense_bytes()
+    if need > limit:
+        raise DenseTooLargeError(
+            f"forming the dense {what} ({n:,} × {n:,}, {dtype}) needs {_human(need)}, above the "
+            f"limit of {_human(limit)} (KRONOSCOPE_MAX_DENSE_BYTES); use {alternative} instead, "
+            "which works without forming it"
+        )
+
+
+class DenseTooLargeError(ValueError):
+    """A dense matrix was requested above the configured memory limit."""
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")

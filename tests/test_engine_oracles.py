@@ -1,0 +1,256 @@
+"""Every approximation against a dense float64 oracle built from F and ℛ(F) explicitly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.approx import KPSVD_FAMILY, METHODS, approximate
+from core.fisher import LayerFisher, exact_fisher
+from core.kron import KronEig, factored_damping, rearrange, unvec, vec
+
+torch.set_default_dtype(torch.float64)
+
+
+def batch(m: int, da: int, dg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, da, generator=gen, dtype=torch.float64)
+    a[:, -1] = 1.0  # a bias column, as captured
+    g = torch.randn(m, dg, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, dg)
+    return a, g
+
+
+def unrearrange(low_rank: torch.Tensor, da: int, dg: int) -> torch.Tensor:
+    """Σ_k σ_k mat(u_k) ⊗ mat(v_k) from a matrix given in rearranged form."""
+    u, s, vh = torch.linalg.svd(low_rank)
+    out = torch.zeros(da * dg, da * dg)
+    for k in range(int((s > 1e-12 * s[0]).sum())):
+        out += s[k] * torch.kron(unvec(u[:, k], da, da), unvec(vh[k], dg, dg))
+    return out
+
+
+def truncated(matrix: torch.Tensor, r: int) -> torch.Tensor:
+    u, s, vh = torch.linalg.svd(matrix)
+    return (u[:, :r] * s[:r]) @ vh[:r]
+
+
+def rel(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.linalg.norm(x - y) / torch.linalg.norm(y))
+
+
+M, DA, DG = 24, 6, 5
+
+
+@pytest.fixture(scope="module")
+def layer():
+    a, g = batch(M, DA, DG)
+    f = exact_fisher(a, g)
+    return a, g, f, rearrange(f, DA, DG)
+
+
+def test_exact_fisher_is_the_sum_of_per_sample_kronecker_products(layer):
+    a, g, f, _ = layer
+    loop = sum(torch.kron(torch.outer(ai, ai), torch.outer(gi, gi)) for ai, gi in zip(a, g))
+    assert rel(f, loop / M) < 1e-13
+    # vec(W) ordering: vec(V)ᵀ F vec(V) = (1/m) Σ (g_iᵀ V ā_i)², V of shape (dg, da)
+    v = torch.randn(DG, DA)
+    quad = float(vec(v) @ f @ vec(v))
+    assert quad == pytest.approx(float(((g @ v * a).sum(1) ** 2).mean()), rel=1e-12)
+
+
+def test_rearrangement_maps_kronecker_products_to_rank_one():
+    r, s = torch.randn(DA, DA), torch.randn(DG, DG)
+    x = torch.kron(r, s)
+    assert torch.allclose(rearrange(x, DA, DG), torch.outer(vec(r), vec(s)))
+    assert torch.linalg.norm(rearrange(x, DA, DG)) == pytest.approx(float(torch.linalg.norm(x)))
+
+
+def test_kfac_is_a_kron_g(layer):
+    a, g, _, _ = layer
+    ap = approximate("kfac", a, g)
+    assert rel(ap.to_dense(), torch.kron(a.T @ a / M, g.T @ g / M)) < 1e-13
+
+
+@pytest.mark.parametrize("solver", ["gram", "matrix_free"])
+@pytest.mark.parametrize("rank", [1, 2, 3, 5])
+def test_kpsvd_is_the_truncated_svd_of_the_rearrangement(layer, solver, rank):
+    a, g, _, rf = layer
+    ap = approximate("kpsvd", a, g, rank=rank, solver=solver)
+    oracle = unrearrange(truncated(rf, rank), DA, DG)
+    assert rel(ap.to_dense(), oracle) < 1e-8
+    sig = torch.linalg.svdvals(rf)[:rank]
+    assert torch.allclose(torch.tensor(ap.info["singular_values"]), sig, rtol=1e-8)
+
+
+def test_kpsvd_factors_match_singular_vectors_up_to_sign(layer):
+    a, g, _, rf = layer
+    u, s, vh = torch.linalg.svd(rf)
+    ap = approximate("kpsvd", a, g, rank=3)
+    for k, (r, sm) in enumerate(ap.terms):
+        ur, vs = vec(r) / torch.linalg.norm(r), vec(sm) / torch.linalg.norm(sm)
+        sign = torch.sign(ur @ u[:, k])
+        assert torch.allclose(sign * ur, u[:, k], atol=1e-8)
+        assert torch.allclose(sign * vs, vh[k], atol=1e-8)
+        assert float(torch.linalg.norm(r) * torch.linalg.norm(sm)) == pytest.approx(
+            float(s[k]), rel=1e-9
+        )
+
+
+@pytest.mark.parametrize("method", ["deflation", "lanczos"])
+@pytest.mark.parametrize("solver", ["gram", "matrix_free"])
+def test_two_term_methods_are_the_best_two_terms(layer, method, solver):
+    a, g, _, rf = layer
+    ap = approximate(method, a, g, solver=solver)
+    assert len(ap.terms) == 2
+    assert rel(ap.to_dense(), unrearrange(truncated(rf, 2), DA, DG)) < 1e-8
+
+
+@pytest.mark.parametrize("solver", ["gram", "matrix_free"])
+def test_kfac_corrected_adds_the_best_product_of_the_residual(layer, solver):
+    a, g, f, rf = layer
+    kfac = torch.kron(a.T @ a / M, g.T @ g / M)
+    residual = rearrange(f - kfac, DA, DG)
+    oracle = kfac + unrearrange(truncated(residual, 1), DA, DG)
+    ap = approximate("kfac_corrected", a, g, solver=solver)
+    assert rel(ap.to_dense(), oracle) < 1e-8
+
+
+def test_ekfac_is_the_best_diagonal_in_kfacs_eigenbasis(layer):
+    a, g, f, _ = layer
+    ap = approximate("ekfac", a, g)
+    basis = torch.kron(ap.u_a, ap.u_g)
+    diag = torch.diagonal(basis.T @ f @ basis)
+    assert rel(ap.to_dense(), basis @ torch.diag(diag) @ basis.T) < 1e-12
+    # orthonormal eigenbasis of A ⊗ G
+    kfac = torch.kron(a.T @ a / M, g.T @ g / M)
+    off = basis.T @ kfac @ basis
+    assert torch.allclose(off, torch.diag(torch.diagonal(off)), atol=1e-10)
+
+
+def test_shampoo_is_the_scaled_product_of_its_factors(layer):
+    a, g, f, _ = layer
+    left = sum((gi @ gi) * torch.outer(ai, ai) for ai, gi in zip(a, g)) / M
+    right = sum((ai @ ai) * torch.outer(gi, gi) for ai, gi in zip(a, g)) / M
+    k = torch.kron(left, right)
+    oracle = (f * k).sum() / (k * k).sum() * k
+    assert rel(approximate("shampoo", a, g).to_dense(), oracle) < 1e-12
+
+
+@pytest.mark.parametrize("method", KPSVD_FAMILY)
+def test_gram_and_matrix_free_routes_agree(layer, method):
+    a, g, _, _ = layer
+    fast = approximate(method, a, g, solver="gram").to_dense()
+    paper = approximate(method, a, g, solver="matrix_free").to_dense()
+    assert rel(fast, paper) < 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matrix_free_metrics_match_dense_ones(layer, method):
+    a, g, f, _ = layer
+    ap = approximate(method, a, g)
+    dense = ap.to_dense()
+    lf = LayerFisher(a, g)
+    assert lf.relative_error(ap) == pytest.approx(rel(dense, f), rel=1e-9)
+    lam = torch.linalg.eigvalsh(f).flip(0)
+    lam_t = torch.linalg.eigvalsh(0.5 * (dense + dense.T)).flip(0)
+    err, exact = lf.spectrum_error(ap)
+    assert exact
+    assert err == pytest.approx(float(torch.linalg.norm(lam - lam_t) / torch.linalg.norm(lam)))
+    assert torch.allclose(ap.eigvals(), lam_t, atol=1e-12 * float(lam_t.abs().max()))
+
+
+def test_fisher_eigenvalues_from_the_gram_matrix(layer):
+    a, g, f, _ = layer
+    lam = torch.linalg.eigvalsh(f).flip(0)
+    mine = LayerFisher(a, g).eigvals
+    assert mine.numel() == min(M, DA * DG)
+    assert torch.allclose(mine, lam[: mine.numel()], atol=1e-13 * float(lam[0]))
+    assert float(lam[mine.numel() :].abs().max()) < 1e-12 * float(lam[0])
+
+
+def test_woodbury_natural_gradient_matches_a_dense_solve(layer):
+    a, g, f, _ = layer
+    v = torch.randn(DG, DA)
+    lf = LayerFisher(a, g)
+    x = lf.natural_gradient(v, 1e-3)
+    dense = torch.linalg.solve(f + 1e-3 * torch.eye(DA * DG), vec(v))
+    assert rel(vec(x), dense) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["kfac", "kpsvd", "ekfac", "shampoo"])
+def test_exact_damped_solve_of_single_products(layer, method):
+    a, g, _, _ = layer
+    ap = approximate(method, a, g)
+    v = torch.randn(DG, DA)
+    dense = torch.linalg.solve(ap.to_dense() + 0.05 * torch.eye(DA * DG), vec(v))
+    assert rel(vec(ap.solve(v, 0.05)), dense) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected"])
+def test_factored_damped_solve_matches_dense(layer, method):
+    a, g, _, _ = layer
+    ap = approximate(method, a, g, psd_floor=1e-9)
+    damping = 0.5  # large enough that the damped sum stays positive definite here
+    (r1, s1), *rest = ap.terms
+    r1d, s1d = factored_damping(r1, s1, damping)
+    damped = torch.kron(r1d, s1d) + sum((torch.kron(r, s) for r, s in rest), torch.zeros(1))
+    assert float(torch.linalg.eigvalsh(damped)[0]) > 0
+    v = torch.randn(DG, DA)
+    dense = torch.linalg.solve(damped, vec(v))
+    assert rel(vec(ap.solve(v, damping, mode="factored")), dense) < 1e-9
+    assert ap.safeguard.entries_raised == 0
+
+
+def test_safeguard_engages_on_an_indefinite_sum_and_counts_it():
+    a, g = batch(8, 4, 3, seed=3)
+    ap = approximate("deflation", a, g)
+    v = torch.randn(3, 4)
+    x = ap.solve(v, 1e-6, mode="factored")
+    assert torch.isfinite(x).all()
+    assert ap.safeguard.solves == 1
+    # Without the floor the congruent diagonal 1 + μν has entries below 0.1 here.
+    (r1, s1), (r2, s2) = ap.terms
+    r1d, s1d = factored_damping(r1, s1, 1e-6)
+    mu = torch.linalg.eigvals(torch.linalg.solve(r1d, r2)).real
+    nu = torch.linalg.eigvals(torch.linalg.solve(s1d, s2)).real
+    expected = int(((1 + torch.outer(nu, mu)) < 0.1).sum())
+    assert expected > 0
+    assert ap.safeguard.entries_raised == expected
+    assert ap.safeguard.engaged == 1
+
+
+def test_exact_solve_projects_an_indefinite_sum_onto_the_psd_cone():
+    a, g = batch(8, 4, 3, seed=3)
+    ap = approximate("kfac_corrected", a, g)
+    dense = ap.to_dense()
+    lam, u = torch.linalg.eigh(dense)
+    assert float(lam[0]) < 0  # this batch gives an indefinite approximation
+    v = torch.randn(3, 4)
+    oracle = u @ ((u.T @ vec(v)) / (lam.clamp_min(0) + 0.01))
+    assert rel(vec(ap.solve(v, 0.01)), oracle) < 1e-10
+    assert ap.safeguard.entries_raised == int((lam < 0).sum())
+
+
+def test_large_sums_use_lanczos_eigenvalues_and_minres(monkeypatch):
+    a, g = batch(30, 60, 40, seed=4)  # n = 2400 > the dense limit for sums
+    ap = approximate("kfac_corrected", a, g)
+    dense = ap.to_dense()
+    lam = torch.linalg.eigvalsh(dense).flip(0)
+    top = ap.eigvals(10)
+    assert torch.allclose(top, lam[:10], rtol=1e-8, atol=1e-10 * float(lam[0]))
+    v = torch.randn(40, 60)
+    x = ap.solve(v, 0.1)
+    residual = dense @ vec(x) + 0.1 * vec(x) - vec(v)
+    assert float(torch.linalg.norm(residual) / torch.linalg.norm(v)) < 1e-6
+    err, exact = LayerFisher(a, g).spectrum_error(ap)
+    assert not exact and 0 < err < 1
+
+
+def test_kron_eig_solve_matches_dense():
+    r = torch.randn(4, 4)
+    s = torch.randn(3, 3)
+    r, s = r @ r.T, s @ s.T
+    v = torch.randn(3, 4)
+    x = KronEig.of(r, s).solve(v, 0.3)
+    dense = torch.linalg.solve(torch.kron(r, s) + 0.3 * torch.eye(12), vec(v))
+    assert rel(vec(x), dense) < 1e-12

@@ -1,0 +1,576 @@
+"""Optimizers: SGD, Adam, and natural gradient preconditioned by every engine approximation.
+
+A natural-gradient optimizer here is a :class:`Preconditioner` (per-layer curvature state, the
+engine's approximations and their damped inverses) plus ``torch.optim.SGD`` for the final
+momentum step. One training step, after ``loss.backward()``:
+
+1. every ``t_cov`` steps: capture ``ā_i`` and ``g_i`` of every ``nn.Linear`` on a Fisher minibatch
+   (:func:`core.capture.capture`, true or empirical Fisher, a seeded ``torch.Generator``) and fold
+   them into the curvature state (see "Curvature EMA" below);
+2. every ``t_inv`` steps: rebuild each layer's approximation F̃ from that state and its damped
+   inverse (eigendecompositions, cached until the next refresh);
+3. add ``weight_decay · θ`` to the gradient (the natural gradient of the L2-regularised loss);
+4. precondition each Linear layer's gradient matrix ``V = [∇W | ∇b]`` of shape (dg, da)
+   (bias as the last column, the engine's convention) — ``P = (F̃ + damping)⁻¹ V``;
+5. KL-clipping (Martens & Grosse 2015, §10; Ba et al. 2017): scale every update by
+   ``ν = min(1, sqrt(kl_clip / (lr² Σ_layers ⟨V, P⟩)))``;
+6. ``torch.optim.SGD(lr, momentum)`` on the clipped, preconditioned gradients.
+
+Damping convention (what "(F̃ + damping)⁻¹" means, per method; the engine's
+``solve(V, λ, mode="factored")``):
+
+* one Kronecker product R ⊗ S (``kfac``, ``kpsvd``, ``shampoo``): Martens–Grosse factored
+  damping, ``((R + π√λ I) ⊗ (S + √λ/π I))⁻¹`` with ``π = sqrt((tr R/da)/(tr S/dg))``;
+* two products R₁⊗S₁ + R₂⊗S₂ (``deflation``, ``lanczos``, ``kfac_corrected``): the first term
+  gets factored damping, the second is added undamped, ``((R₁+π√λI)⊗(S₁+√λ/πI) + R₂⊗S₂)⁻¹``,
+  inverted in closed form by the generalized eigenproblems, with the engine's documented
+  indefiniteness safeguard (``1 + μν`` floored at ``psd_floor``, counted in ``safeguard``);
+* ``ekfac``: ``(F̃ + λI)⁻¹`` exactly (orthonormal eigenbasis);
+* ``exact``: ``(F_l + λI)⁻¹`` with ``F_l`` the exact Fisher block of layer ``l``, by Woodbury
+  (:meth:`core.fisher.LayerFisher.natural_gradient`). This is BLOCK-DIAGONAL per layer: the
+  cross-layer blocks of the Fisher are ignored, as in every other method here.
+
+Curvature EMA (``ema`` = ρ):
+
+* ``kfac``: the classic exponential moving averages of the factors A and G (Martens & Grosse
+  2015); ``shampoo``: the same for its two (scaled) factors. Both are linear in the captured
+  second moments, so their EMA is what the method averages anyway.
+* the KPSVD family (``kpsvd``, ``deflation``, ``lanczos``, ``kfac_corrected``), ``ekfac`` and
+  ``exact``: these are NONLINEAR functions of F (singular vectors, eigenbases), so an EMA of
+  their factors or terms means nothing (the second term's sign and order can change from one
+  refresh to the next: σ₃/σ₂ ≈ 0.95 on autoencoder layers). What they approximate instead is the
+  EMA of the Fisher itself, ``F_ema = Σ_k w_k F_k`` with ``w_k ∝ ρ^k`` over the last ``window``
+  captures (k = 0 the newest), which is again a Fisher of a weighted sample set: the captured
+  rows are concatenated, those of capture k scaled by ``(w_k M / m_k)^{1/4}`` (M rows in all),
+  so that ``(1/M) Σ_i (ā_iā_iᵀ) ⊗ (g_ig_iᵀ) = F_ema`` exactly, and the engine approximates that.
+  The window holds at most ``WINDOW_CAPTURES`` = 4 captures and ``WINDOW_SAMPLES`` = 1024 rows
+  (at least one capture; one when ρ = 0), i.e. a TRUNCATED EMA: with ρ = 0.95 its 4 weights are
+  nearly equal (0.27, 0.26, 0.24, 0.23). The bound keeps a refresh within a small multiple of
+  KFAC's cost (the engine's Gram route costs O(M²) per Lanczos step on M rows).
+
+Precision: the model trains in float32; captures are converted to float64 for the engine and the
+curvature estimation runs on the CPU (the engine's Lanczos keeps its small work vectors on the
+CPU); the resulting factors are moved to the training device, where the solves run in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .approx import EigenbasisDiagonal, KroneckerSum, approximate
+from .capture import FISHER_KINDS, capture
+from .fisher import LayerFisher
+from .kron import KronEig, factored_damping
+
+__all__ = [
+    "OPTIMIZERS",
+    "NATURAL_OPTIMIZERS",
+    "WINDOWED",
+    "OptimizerConfig",
+    "default_lr",
+    "default_damping",
+    "Preconditioner",
+    "TrainingOptimizer",
+    "build_optimizer",
+    "NonFiniteError",
+]
+
+OPTIMIZERS: tuple[str, ...] = (
+    "sgd",
+    "adam",
+    "kfac",
+    "kpsvd",
+    "deflation",
+    "lanczos",
+    "kfac_corrected",
+    "ekfac",
+    "shampoo",
+    "exact",
+)
+FIRST_ORDER: tuple[str, ...] = ("sgd", "adam")
+NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
+# Methods whose curvature state is a weighted window of captured (ā, g) (see module docstring).
+WINDOWED: tuple[str, ...] = ("kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "exact")
+WINDOW_CAPTURES = 4  # captures kept in the curvature window of the WINDOWED methods …
+WINDOW_SAMPLES = 1024  # … and rows at most (at least one capture is always kept)
+
+# Defaults chosen on the curves-small preset (bench/train_bench.py, bench/RESULTS-training.md).
+_DEFAULT_LR = {
+    "sgd": 0.05,
+    "adam": 1e-3,
+    "kfac": 0.1,
+    "kpsvd": 0.1,
+    "deflation": 0.1,
+    "lanczos": 0.1,
+    "kfac_corrected": 0.1,
+    "ekfac": 0.1,
+    "shampoo": 0.1,
+    "exact": 0.1,
+}
+_DEFAULT_DAMPING = 1e-3
+
+
+class NonFiniteError(FloatingPointError):
+    """A gradient or update became NaN/inf (the run has diverged)."""
+
+
+def _check_name(name: str) -> str:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def default_lr(name: str) -> float:
+    """A sensible learning rate per optimizer (tuned on curves-small, see the benchmark)."""
+    return _DEFAULT_LR[_check_name(name)]
+
+
+def default_damping(name: str) -> float:
+    """The default damping λ (ignored by sgd and adam)."""
+    _check_name(name)
+    return _DEFAULT_DAMPING
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass
+class OptimizerConfig:
+    """Options of one optimizer; validated on construction (clear ``ValueError`` messages).
+
+    ``lr``: learning rate (> 0). ``damping``: λ > 0 for the natural-gradient methods (ignored,
+    but still ≥ 0, for sgd/adam). ``t_cov`` / ``t_inv``: curvature refresh and inverse periods
+    in steps. ``ema``: decay ρ ∈ [0, 1) of the curvature estimate. ``kl_clip``: KL-clipping
+    bound (> 0) or ``None`` for no clipping. ``momentum`` ∈ [0, 1) (Adam's β₁). ``weight_decay``
+    ≥ 0. ``fisher_batch``: Fisher minibatch size (``None``: the training minibatch).
+    ``fisher``: ``"true"`` (targets sampled from the model) or ``"empirical"`` (data targets).
+    """
+
+    name: str
+    lr: float
+    damping: float = _DEFAULT_DAMPING
+    t_cov: int = 10
+    t_inv: int = 10
+    ema: float = 0.95
+    kl_clip: float | None = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    fisher_batch: int | None = None
+    fisher: str = "true"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ValueError(f"optimizer name must be a string, got {self.name!r}")
+        self.name = self.name.strip().lower().replace("-", "_")
+        _check_name(self.name)
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ValueError(f"learning rate must be a finite number > 0, got {self.lr!r}")
+        if not _finite(self.damping) or self.damping < 0:
+            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
+        if self.name in NATURAL_OPTIMIZERS and self.damping <= 0:
+            raise ValueError(
+                f"damping must be > 0 for the natural-gradient optimizer {self.name!r} "
+                f"(it keeps (F̃ + damping) invertible), got {self.damping!r}"
+            )
+        for key in ("t_cov", "t_inv"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer ≥ 1 (steps), got {value!r}")
+        if not _finite(self.ema) or not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema!r}")
+        if self.kl_clip is not None and (not _finite(self.kl_clip) or self.kl_clip <= 0):
+            raise ValueError(f"kl_clip must be a finite number > 0 or None, got {self.kl_clip!r}")
+        if not _finite(self.momentum) or not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be a finite number ≥ 0, got {self.weight_decay!r}")
+        fb = self.fisher_batch
+        if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or fb < 1):
+            raise ValueError(f"fisher_batch must be an integer ≥ 1 or None, got {fb!r}")
+        if self.fisher not in FISHER_KINDS:
+            raise ValueError(f"fisher must be one of {FISHER_KINDS}, got {self.fisher!r}")
+
+    @property
+    def natural(self) -> bool:
+        return self.name in NATURAL_OPTIMIZERS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- curvature state -----------------------------------------------------------------------
+
+
+@dataclass
+class _Capture:
+    a: torch.Tensor  # (m, da) float64, CPU
+    g: torch.Tensor  # (m, dg) float64, CPU
+
+
+class _Window:
+    """The last few captures of one layer; their weighted union has Fisher F_ema."""
+
+    def __init__(self, ema: float, max_captures: int, max_samples: int) -> None:
+        self.ema = ema
+        self.max_captures = max(1, max_captures if ema > 0 else 1)
+        self.max_samples = max_samples
+        self.items: deque[_Capture] = deque()
+
+    def push(self, item: _Capture) -> None:
+        self.items.appendleft(item)
+        while len(self.items) > 1 and (
+            len(self.items) > self.max_captures
+            or sum(c.a.shape[0] for c in self.items) > self.max_samples
+        ):
+            self.items.pop()
+
+    def weighted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ā, g) rows whose Fisher (1/M) Σ (āāᵀ)⊗(ggᵀ) is Σ_k w_k F_k, w_k ∝ ρ^k, Σ w_k = 1."""
+        if len(self.items) == 1:
+            return self.items[0].a, self.items[0].g
+        raw = [self.ema**k for k in range(len(self.items))]
+        total_w = sum(raw)
+        big_m = sum(c.a.shape[0] for c in self.items)
+        rows_a, rows_g = [], []
+        for w, c in zip(raw, self.items, strict=True):
+            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.25
+            rows_a.append(c.a * scale)
+            rows_g.append(c.g * scale)
+        return torch.cat(rows_a), torch.cat(rows_g)
+
+
+class _LayerInverse:
+    """The damped inverse of one layer's approximation, fixed until the next inverse refresh."""
+
+    def __init__(self, method: str, approx, damping: float, device: torch.device) -> None:
+        self.method = method
+        self.damping = damping
+        self.approx = approx  # on the CPU: what to_dense()/tests/diagnostics look at
+        self._kron: KronEig | None = None
+        self._solver = None
+        if method == "exact":
+            a, g = approx
+            self._solver = LayerFisher(a.to(device), g.to(device))
+        elif isinstance(approx, KroneckerSum) and len(approx.terms) == 1:
+            # The engine's solve(mode="factored") for one product, with its eigendecomposition
+            # cached here for the t_inv period: KronEig of the factored-damped factors.
+            r, s = approx.terms[0]
+            rd, sd = factored_damping(r.to(device), s.to(device), damping)
+            self._kron = KronEig.of(rd, sd)
+        elif isinstance(approx, KroneckerSum):
+            self._solver = KroneckerSum(
+                approx.method,
+                [(r.to(device), s.to(device)) for r, s in approx.terms],
+                info=approx.info,
+                psd_floor=approx.psd_floor,
+                safeguard=approx.safeguard,  # shared: engagements are counted on approx
+            )
+        else:  # EigenbasisDiagonal
+            self._solver = EigenbasisDiagonal(
+                approx.method, approx.u_a.to(device), approx.u_g.to(device), approx.scale.to(device)
+            )
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        if self._kron is not None:
+            return self._kron.solve(v, 0.0)
+        if self.method == "exact":
+            return self._solver.natural_gradient(v, self.damping)
+        return self._solver.solve(v, self.damping, mode="factored")
+
+
+class Preconditioner:
+    """Per-layer curvature state and damped inverses for one natural-gradient method.
+
+    ``update_curvature(x, y)`` captures on a Fisher minibatch; ``update_inverses()`` rebuilds
+    the approximations and their inverses; ``precondition(name, V)`` applies the inverse to a
+    (dg, da) gradient matrix. See the module docstring for the EMA and damping conventions.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: OptimizerConfig,
+        *,
+        loss: str,
+        generator: torch.Generator,
+        window_captures: int = WINDOW_CAPTURES,
+        window_samples: int = WINDOW_SAMPLES,
+    ) -> None:
+        if not config.natural:
+            raise ValueError(f"{config.name!r} is a first-order optimizer: no preconditioner")
+        self.model = model
+        self.config = config
+        self.method = config.name
+        self.loss = loss
+        self.generator = generator
+        self.window_captures = window_captures
+        self.window_samples = window_samples
+        self.last_capture = None  # the latest CaptureResult (diagnostics, tests)
+        self.factors: dict[str, list[torch.Tensor]] = {}  # kfac / shampoo EMA factors
+        self.windows: dict[str, _Window] = {}
+        self.inverses: dict[str, _LayerInverse] = {}
+        self.curvature_updates = 0
+        self.inverse_updates = 0
+        self._retired_safeguard = {"solves": 0, "engaged": 0, "entries_raised": 0}
+
+    # -- curvature ---------------------------------------------------------------------
+    def update_curvature(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        result = capture(
+            self.model,
+            x,
+            loss=self.loss,
+            fisher=self.config.fisher,
+            targets=y,
+            generator=self.generator,
+            strict=False,
+        )
+        self.last_capture = result
+        rho = self.config.ema
+        for name, lc in result.layers.items():
+            a = lc.a.detach().to("cpu", torch.float64)
+            g = lc.g.detach().to("cpu", torch.float64)
+            if self.method in WINDOWED:
+                if name not in self.windows:
+                    self.windows[name] = _Window(rho, self.window_captures, self.window_samples)
+                self.windows[name].push(_Capture(a, g))
+                continue
+            if self.method == "kfac":
+                m = a.shape[0]
+                new = [a.T @ a / m, g.T @ g / m]
+            else:  # shampoo: the engine's scaled factors (c·L, R)
+                new = list(approximate("shampoo", a, g).terms[0])
+            old = self.factors.get(name)
+            if old is None:
+                self.factors[name] = new
+            else:
+                self.factors[name] = [rho * o + (1.0 - rho) * n for o, n in zip(old, new)]
+        self.curvature_updates += 1
+
+    def approximation(self, name: str):
+        """The current approximation of layer ``name`` (a fresh engine object, on the CPU).
+
+        For ``exact`` this is the weighted sample set ``(ā, g)`` of the window.
+        """
+        if self.method in ("kfac", "shampoo"):
+            return KroneckerSum(self.method, [tuple(self.factors[name])])
+        a, g = self.windows[name].weighted()
+        if self.method == "exact":
+            return a, g
+        if not bool((g != 0).any()) or not bool((a != 0).any()):
+            # F = 0 (e.g. a layer whose units are all dead): the damped inverse is V / λ.
+            zeros = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
+            return KroneckerSum(self.method, [zeros])
+        return approximate(self.method, a, g)
+
+    def update_inverses(self) -> None:
+        names = list(self.factors) if self.method in ("kfac", "shampoo") else list(self.windows)
+        if not names:
+            raise RuntimeError("update_inverses() before any update_curvature()")
+        device = next(self.model.parameters()).device
+        self._retired_safeguard = self.safeguard_counts()
+        self.inverses = {
+            name: _LayerInverse(self.method, self.approximation(name), self.config.damping, device)
+            for name in names
+        }
+        self.inverse_updates += 1
+
+    def precondition(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """``(F̃ + damping)⁻¹ vec(V)`` for layer ``name`` (float64 in, float64 out)."""
+        return self.inverses[name].solve(v)
+
+    def safeguard_counts(self) -> dict[str, int]:
+        """Engagements of the engine's indefiniteness safeguard, summed over layers and over
+        every inverse since the start (two-term methods only; zero for the others)."""
+        total = dict(self._retired_safeguard)
+        for inv in self.inverses.values():
+            sg = getattr(inv.approx, "safeguard", None)
+            if sg is not None:
+                for key in total:
+                    total[key] += getattr(sg, key)
+        return total
+
+
+# -- the optimizer -------------------------------------------------------------------------
+
+
+def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    return {
+        name: mod
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward
+    }
+
+
+class TrainingOptimizer:
+    """One optimizer object for every method; ``step(x, y)`` after ``loss.backward()``.
+
+    ``x``, ``y``: the current training minibatch (used as the Fisher minibatch when no
+    ``fisher_data`` is given; ``y`` are the data targets, needed for the empirical Fisher).
+    ``fisher_data``: ``(x_train, y_train)`` to draw Fisher minibatches of ``fisher_batch`` rows
+    from, with the seeded generator. ``loss``: the likelihood kind (``"bce"``, ``"mse"``,
+    ``"ce"``), as in :func:`core.capture.capture`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: OptimizerConfig,
+        *,
+        loss: str,
+        seed: int = 0,
+        fisher_data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        window_captures: int = WINDOW_CAPTURES,
+        window_samples: int = WINDOW_SAMPLES,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.loss = loss
+        self.fisher_data = fisher_data
+        self.steps = 0
+        self.last_kl_scale = 1.0
+        self.generator = torch.Generator().manual_seed(int(seed))
+        params = [p for p in model.parameters() if p.requires_grad]
+        c = config
+        self.preconditioner: Preconditioner | None = None
+        if c.name == "adam":
+            self.base: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
+            )
+        elif c.name == "sgd":
+            self.base = torch.optim.SGD(
+                params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+            )
+        else:
+            self.base = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+            self.preconditioner = Preconditioner(
+                model,
+                c,
+                loss=loss,
+                generator=self.generator,
+                window_captures=window_captures,
+                window_samples=window_samples,
+            )
+        self.layers = _linear_modules(model)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def zero_grad(self) -> None:
+        self.base.zero_grad(set_to_none=True)
+
+    def _fisher_minibatch(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fb = self.config.fisher_batch
+        if self.fisher_data is not None and fb is not None:
+            fx, fy = self.fisher_data
+            n = fx.shape[0]
+            if fb >= n:
+                return fx, fy
+            idx = torch.randperm(n, generator=self.generator)[:fb].to(fx.device)
+            return fx[idx], (None if fy is None else fy[idx])
+        if fb is not None and fb < x.shape[0]:
+            return x[:fb], (None if y is None else y[:fb])
+        return x, y
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Apply one update from the gradients in ``.grad`` (call after ``backward()``)."""
+        pre = self.preconditioner
+        if pre is None:
+            self._check_grads()
+            self.base.step()
+            self.steps += 1
+            return
+        c = self.config
+        if self.steps % c.t_cov == 0:
+            try:
+                pre.update_curvature(*self._fisher_minibatch(x, y))
+            except ValueError as err:  # the engine's finiteness checks
+                if "NaN" in str(err) or "non-finite" in str(err):
+                    raise NonFiniteError(
+                        f"the Fisher capture became non-finite at step {self.steps}: {err}"
+                    ) from err
+                raise
+        if self.steps % c.t_inv == 0 or not pre.inverses:
+            pre.update_inverses()
+        self._check_grads()
+        with torch.no_grad():
+            if c.weight_decay:
+                for p in self.base.param_groups[0]["params"]:
+                    if p.grad is not None:
+                        p.grad.add_(p, alpha=c.weight_decay)
+            vg = 0.0
+            handled: set[int] = set()
+            for name, layer in self.layers.items():
+                if name not in pre.inverses or layer.weight.grad is None:
+                    continue
+                w = layer.weight
+                b = layer.bias
+                v = w.grad
+                if b is not None:
+                    v = torch.cat([v, b.grad[:, None]], dim=1)
+                v64 = v.to(torch.float64)
+                p64 = pre.precondition(name, v64)
+                vg += float((v64 * p64).sum())
+                p32 = p64.to(w.dtype)
+                if b is not None:
+                    w.grad.copy_(p32[:, :-1])
+                    b.grad.copy_(p32[:, -1])
+                    handled.add(id(b))
+                else:
+                    w.grad.copy_(p32)
+                handled.add(id(w))
+            # Parameters outside the Linear layers (none in the autoencoders) keep their
+            # gradient and count in the KL sum with the identity metric.
+            for p in self.base.param_groups[0]["params"]:
+                if id(p) not in handled and p.grad is not None:
+                    vg += float((p.grad.to(torch.float64) ** 2).sum())
+            if not math.isfinite(vg):
+                raise NonFiniteError(
+                    f"the preconditioned gradient became non-finite at step {self.steps}"
+                )
+            nu = 1.0
+            if c.kl_clip is not None and vg > 0:
+                nu = min(1.0, math.sqrt(c.kl_clip / (c.lr**2 * vg)))
+            self.last_kl_scale = nu
+            if nu != 1.0:
+                for p in self.base.param_groups[0]["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(nu)
+        self.base.step()
+        self.steps += 1
+
+    def _check_grads(self) -> None:
+        for p in self.base.param_groups[0]["params"]:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                raise NonFiniteError(f"the gradient became non-finite at step {self.steps}")
+
+    def diagnostics(self) -> dict:
+        """Counters for logs: steps, refreshes, last KL scale, safeguard engagements."""
+        out = {"steps": self.steps, "kl_scale": self.last_kl_scale}
+        if self.preconditioner is not None:
+            out["curvature_updates"] = self.preconditioner.curvature_updates
+            out["inverse_updates"] = self.preconditioner.inverse_updates
+            out.update(
+                {f"safeguard_{k}": v for k, v in self.preconditioner.safeguard_counts().items()}
+            )
+        return out
+
+
+def build_optimizer(
+    model: nn.Module,
+    config: OptimizerConfig,
+    *,
+    loss: str,
+    seed: int = 0,
+    fisher_data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> TrainingOptimizer:
+    """The optimizer for ``config`` over ``model``'s parameters (see :class:`TrainingOptimizer`)."""
+    return TrainingOptimizer(model, config, loss=loss, seed=seed, fisher_data=fisher_data)

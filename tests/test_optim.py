@@ -202,7 +202,7 @@ def test_window_weights_reproduce_the_ema_fisher():
 def test_every_optimizer_lowers_the_loss(name):
     model = _Logits(seed=1)
     x = _data(n=128)
-    lr = {"sgd": 0.5, "adam": 0.02}.get(name, 0.2)
+    lr = {"sgd": 0.5, "adam": 0.05}.get(name, 0.2)
     cfg = OptimizerConfig(name, lr=lr, damping=0.1, t_cov=2, t_inv=4)
     opt = build_optimizer(model, cfg, loss="bce", seed=0)
     with torch.no_grad():

@@ -31,16 +31,17 @@ SOLVERS = ("gram", "matrix_free")
 
 @dataclass
 class Space:
-    """An inner-product space of stacked vectors: ``inner(X, y)`` gives ⟨X_k, y⟩ for each k.
+    """An inner-product space ⟨x, y⟩ = vec(x)ᵀ K vec(y), with K applied by ``metric``.
 
-    The Gram route uses coefficient vectors with ⟨c, c'⟩ = cᵀ K c'; the matrix-free route uses
-    matrices with the Frobenius product.
+    The Gram route uses coefficient vectors with K = K_a or K_g; the matrix-free route uses
+    matrices with the Frobenius product (K = I, ``metric=None``). Iterations carry each
+    vector's image K y along with it, so every step applies K once per space.
     """
 
-    inner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metric: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def norm(self, y: torch.Tensor) -> float:
-        return float(self.inner(y.unsqueeze(0), y)[0].clamp_min(0.0).sqrt())
+    def image(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.metric is None else self.metric(y)
 
 
 @dataclass
@@ -55,20 +56,45 @@ class Triplets:
     info: dict = field(default_factory=dict)
 
 
-def _orthogonalize(space: Space, basis: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    """Two passes of classical Gram–Schmidt of y against an orthonormal basis."""
-    if not basis:
-        return y
-    stack = torch.stack(basis)
-    for _ in range(2):
-        coeffs = space.inner(stack, y)
-        y = y - torch.tensordot(coeffs, stack, dims=1)
-    return y
+def _dot(x: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
+    """⟨x_k, y⟩ for a stack x (k, …) given the image K y."""
+    return x.reshape(x.shape[0], -1) @ ky.reshape(-1)
+
+
+def _norm(y: torch.Tensor, ky: torch.Tensor) -> float:
+    return float((y.reshape(-1) @ ky.reshape(-1)).clamp_min(0.0).sqrt())
+
+
+class _Basis:
+    """An orthonormal basis of one space, with the images of its vectors."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self.vectors: list[torch.Tensor] = []
+        self.images: list[torch.Tensor] = []
+
+    def orthogonalize(self, y: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two passes of classical Gram–Schmidt; the image is updated, not recomputed."""
+        if not self.vectors:
+            return y, ky
+        stack, images = torch.stack(self.vectors), torch.stack(self.images)
+        for _ in range(2):
+            coeffs = _dot(stack, ky)
+            y = y - torch.tensordot(coeffs, stack, dims=1)
+            ky = ky - torch.tensordot(coeffs, images, dims=1)
+        return y, ky
+
+    def append(self, y: torch.Tensor, ky: torch.Tensor) -> None:
+        self.vectors.append(y)
+        self.images.append(ky)
+
+
+Operator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def golub_kahan_lanczos(
-    op: Callable[[torch.Tensor], torch.Tensor],
-    op_t: Callable[[torch.Tensor], torch.Tensor],
+    op: Operator,
+    op_t: Operator,
     left: Space,
     right: Space,
     start: torch.Tensor,
@@ -80,54 +106,57 @@ def golub_kahan_lanczos(
 ) -> Triplets:
     """Top-``rank`` singular triplets of an operator M by Golub–Kahan–Lanczos bidiagonalisation.
 
-    ``op(v) = M v`` and ``op_t(u) = Mᵀ u``. With full reorthogonalisation,
-    M V_k = U_k B_k and Mᵀ U_k = V_k B_kᵀ + β_k v_{k+1} e_kᵀ (B_k upper bidiagonal), so the SVD
-    B_k = X Σ Yᵀ gives Ritz triplets (Σ, U_k X, V_k Y) whose residual ‖Mᵀu − σv‖ equals
-    β_k |X_{k,i}| (Golub & Van Loan, §10.4). On breakdown (an invariant subspace), the
-    recurrence restarts from a fresh vector orthogonal to the basis (β = 0), so repeated and
-    zero singular values are found too; when no fresh direction is left the whole space has
-    been spanned and the result is exact. ``max_steps`` bounds the Krylov dimension.
+    ``op(v, Kv) = M v`` and ``op_t(u, Ku) = Mᵀ u`` (each may use the image of its argument).
+    With full reorthogonalisation, M V_k = U_k B_k and Mᵀ U_k = V_k B_kᵀ + β_k v_{k+1} e_kᵀ
+    (B_k upper bidiagonal), so the SVD B_k = X Σ Yᵀ gives Ritz triplets (Σ, U_k X, V_k Y)
+    whose residual ‖Mᵀu − σv‖ equals β_k |X_{k,i}| (Golub & Van Loan, §10.4). On breakdown
+    (an invariant subspace), the recurrence restarts from a fresh vector orthogonal to the
+    basis (β = 0), so repeated and zero singular values are found too; when no fresh direction
+    is left the whole space has been spanned and the result is exact. ``max_steps`` bounds the
+    Krylov dimension.
     """
-    us: list[torch.Tensor] = []
-    vs: list[torch.Tensor] = []
+    us, vs = _Basis(left), _Basis(right)
     alphas: list[float] = []
     betas: list[float] = []
-    v = start / right.norm(start)
+    kv = right.image(start)
+    nv = _norm(start, kv)
+    v, kv = start / nv, kv / nv
     u_prev: torch.Tensor | None = None
     restarts = 0
     while len(alphas) < max_steps:
-        vs.append(v)
-        u = op(v)
+        vs.append(v, kv)
+        u = op(v, kv)
         if u_prev is not None:
             u = u - betas[-1] * u_prev
-        u = _orthogonalize(left, us, u)
-        alpha = left.norm(u)
+        u, ku = us.orthogonalize(u, left.image(u))
+        alpha = _norm(u, ku)
         scale = max(alphas[0] if alphas else alpha, 1e-300)
-        if alpha <= 1e-13 * scale:  # M v lies in the span already: a zero pivot
-            alpha, u = 0.0, torch.zeros_like(u)
+        if alpha <= 1e-12 * scale:  # M v lies in the span already: a zero pivot
+            alpha, u, ku = 0.0, torch.zeros_like(u), torch.zeros_like(ku)
         else:
-            u = u / alpha
-        us.append(u)
+            u, ku = u / alpha, ku / alpha
+        us.append(u, ku)
         alphas.append(alpha)
-        w = _orthogonalize(right, vs, op_t(u) - alpha * v)
-        beta = right.norm(w)
-        if beta <= 1e-13 * scale:
+        w = op_t(u, ku) - alpha * v
+        w, kw = vs.orthogonalize(w, right.image(w))
+        beta = _norm(w, kw)
+        if beta <= 1e-12 * scale:
             # Invariant subspace: continue from a fresh direction orthogonal to the basis.
             restarts += 1
             fresh = fresh_start()
-            w = _orthogonalize(right, vs, fresh)
-            beta, fresh_norm = 0.0, right.norm(w)
-            if fresh_norm <= 1e-10 * right.norm(fresh):
-                betas.append(0.0)
-                break
+            k_fresh = right.image(fresh)
+            w, kw = vs.orthogonalize(fresh, k_fresh)
+            fresh_norm = _norm(w, kw)
             betas.append(0.0)
-            v = w / fresh_norm
+            if fresh_norm <= 1e-9 * _norm(fresh, k_fresh):
+                break
+            v, kv = w / fresh_norm, kw / fresh_norm
         else:
             betas.append(beta)
-            v = w / beta
+            v, kv = w / beta, kw / beta
         u_prev = u
         k = len(alphas)
-        if k >= rank and (k % 4 == 0) and _ritz(us, vs, alphas, betas, rank, tol).converged:
+        if k >= rank and k % 4 == 0 and _ritz(us, vs, alphas, betas, rank, tol).converged:
             break
     result = _ritz(us, vs, alphas, betas, rank, tol)
     result.info["restarts"] = restarts
@@ -135,8 +164,8 @@ def golub_kahan_lanczos(
 
 
 def _ritz(
-    us: list[torch.Tensor],
-    vs: list[torch.Tensor],
+    us: _Basis,
+    vs: _Basis,
     alphas: list[float],
     betas: list[float],
     rank: int,
@@ -155,8 +184,8 @@ def _ritz(
     r = min(rank, k)
     residuals = betas[k - 1] * x[k - 1, :r].abs()
     scale = max(float(sig[0]), 1e-300)
-    left = torch.tensordot(x[:, :r].T.contiguous(), torch.stack(us), dims=1)
-    right = torch.tensordot(yt[:r, :].contiguous(), torch.stack(vs[:k]), dims=1)
+    left = torch.tensordot(x[:, :r].T.contiguous(), torch.stack(us.vectors), dims=1)
+    right = torch.tensordot(yt[:r, :].contiguous(), torch.stack(vs.vectors[:k]), dims=1)
     return Triplets(
         sigma=sig[:r].clone(),
         left=left,
@@ -168,8 +197,8 @@ def _ritz(
 
 
 def power_svd(
-    op: Callable[[torch.Tensor], torch.Tensor],
-    op_t: Callable[[torch.Tensor], torch.Tensor],
+    op: Operator,
+    op_t: Operator,
     left: Space,
     right: Space,
     start: torch.Tensor,
@@ -191,35 +220,38 @@ def power_svd(
     converged_all = True
 
     def deflated_op(v: torch.Tensor) -> torch.Tensor:
-        out = op(v)
+        kv = right.image(v)
+        out = op(v, kv)
         for s_j, u_j, v_j in zip(sigmas, lefts, rights, strict=True):
-            out = out - s_j * float(right.inner(v_j.unsqueeze(0), v)[0]) * u_j
+            out = out - s_j * float(_dot(v_j.unsqueeze(0), kv)[0]) * u_j
         return out
 
     def deflated_op_t(u: torch.Tensor) -> torch.Tensor:
-        out = op_t(u)
+        ku = left.image(u)
+        out = op_t(u, ku)
         for s_j, u_j, v_j in zip(sigmas, lefts, rights, strict=True):
-            out = out - s_j * float(left.inner(u_j.unsqueeze(0), u)[0]) * v_j
+            out = out - s_j * float(_dot(u_j.unsqueeze(0), ku)[0]) * v_j
         return out
 
+    def normalized(space: Space, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        size = max(_norm(y, space.image(y)), 1e-300)
+        return y / size, size
+
     for _ in range(rank):
-        v = start / right.norm(start)
-        u = deflated_op(v)
-        sigma = left.norm(u)
-        u = u / max(sigma, 1e-300)
+        v, _ = normalized(right, start)
+        u, sigma = normalized(left, deflated_op(v))
         converged = False
         for _ in range(max_iter):
             total += 1
             w = deflated_op_t(u)
-            residual = right.norm(w - sigma * v)
+            gap = w - sigma * v
+            residual = _norm(gap, right.image(gap))
             scale = sigmas[0] if sigmas else sigma
             if residual <= tol * max(scale, 1e-300):
                 converged = True
                 break
-            v = w / max(right.norm(w), 1e-300)
-            u = deflated_op(v)
-            sigma = left.norm(u)
-            u = u / max(sigma, 1e-300)
+            v, _ = normalized(right, w)
+            u, sigma = normalized(left, deflated_op(v))
         converged_all &= converged
         sigmas.append(sigma)
         lefts.append(u)
@@ -231,6 +263,42 @@ def power_svd(
         iterations=total,
         converged=converged_all,
     )
+
+
+def sym_small(h: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (h + h.T)
+
+
+def _orthonormal_block(
+    x: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    zs: list[torch.Tensor],
+    kzs: list[torch.Tensor],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K-orthonormalise a block against a basis and within itself; drop dependent columns.
+
+    Returns (Z_new, K Z_new, B) with x_⊥ = Z_new B, where x_⊥ is x minus its K-projection on
+    the basis (two passes of block classical Gram–Schmidt). The within-block step uses the
+    eigendecomposition of x_⊥ᵀ K x_⊥ (twice). K-norms computed as xᵀKx carry round-off of
+    order √ε relative to the vectors' scale, so directions of x_⊥ whose K-norm is below
+    1e-7 · ``scale`` are dropped as round-off; a block that leaves nothing means span(Z) is
+    invariant.
+    """
+    if zs:
+        z, kz = torch.cat(zs, 1), torch.cat(kzs, 1)
+        for _ in range(2):
+            x = x - z @ (kz.T @ x)  # ⟨z_i, x_j⟩_K = (K z_i)ᵀ x_j
+    kx = metric(x)
+    coeff = torch.eye(x.shape[1], dtype=x.dtype)
+    for _ in range(2):
+        lam, vecs = torch.linalg.eigh(sym_small(x.T @ kx))
+        keep = lam > (1e-7 * scale) ** 2
+        lam, vecs = lam[keep], vecs[:, keep]
+        rescale = vecs / lam.sqrt()
+        x, kx = x @ rescale, kx @ rescale
+        coeff = (lam.sqrt()[:, None] * vecs.T) @ coeff
+    return x, kx, coeff
 
 
 @dataclass
@@ -247,35 +315,76 @@ class RearrangedFisher:
         self.g64 = self.g.to(torch.float64)
 
     # -- Gram route ---------------------------------------------------------------------
-    def gram_spaces(self) -> tuple[Space, Space, torch.Tensor, torch.Tensor]:
+    def gram_spaces(self) -> tuple[Space, Space]:
         """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘² computed in the input dtype, used in float64."""
         ka = ((self.a @ self.a.T) ** 2).to(torch.float64)
         kg = ((self.g @ self.g.T) ** 2).to(torch.float64)
-        return Space(lambda x, y: x @ (ka @ y)), Space(lambda x, y: x @ (kg @ y)), ka, kg
+        return Space(lambda y: ka @ y), Space(lambda y: kg @ y)
 
     def _center(self, c: torch.Tensor) -> torch.Tensor:
-        return c - c.mean() if self.centered else c
+        """W c for W = C = I − 11ᵀ/m (centered) or I; columns of a block independently."""
+        return c - c.mean(dim=0, keepdim=True) if self.centered else c
 
     def triplets_gram(self, rank: int, tol: float) -> Triplets:
-        left, right, ka, kg = self.gram_spaces()
+        """Top-``rank`` triplets by block Krylov iteration on the m × m Gram matrices.
+
+        In coefficient space M maps d ↦ W K_g d / m and Mᵀ maps c ↦ W K_a c / m, and
+        T = MᵀM is self-adjoint in the K_g inner product. A block Krylov basis Z of T
+        (K_g-orthonormal, block size rank + 6) is grown block by block; Rayleigh–Ritz on
+        H = Zᵀ K_g T Z = Cᵀ K_a C with C = M Z gives θ = σ², right vectors d = Z y and left
+        vectors c = C y / σ. Since T Z_j ∈ span(Z_0 … Z_{j+1}), the residual of a Ritz pair
+        is ‖B y_last‖ where B is the new block's coefficient (block Lanczos; Golub & Van Loan
+        §10.3), and ‖Mᵀu − σv‖ = ‖T v − θ v‖ / σ. Each block step costs two m × m × b
+        products (K_a C_j and K_g T Z_j), so the solve reads the Grams a few dozen times.
+        """
+        left, right = self.gram_spaces()
+        ka, kg = left.metric, right.metric
         m = self.m
-
-        def op(d: torch.Tensor) -> torch.Tensor:  # ℛ(F) Q d = P (W K_g d / m)
-            return self._center(kg @ d) / m
-
-        def op_t(c: torch.Tensor) -> torch.Tensor:  # ℛ(F)ᵀ P c = Q (W K_a c / m)
-            return self._center(ka @ c) / m
-
+        width = min(m, rank + 6)
         gen = torch.Generator().manual_seed(0)
-
-        def fresh() -> torch.Tensor:
-            return torch.rand(m, generator=gen, dtype=torch.float64) - 0.5
-
-        # A positive start vector: the top singular vectors of the uncentered problem are
-        # nonnegative (Perron–Frobenius: K_a, K_g have nonnegative entries).
-        start = torch.rand(m, generator=gen, dtype=torch.float64) + 0.5
-        return golub_kahan_lanczos(
-            op, op_t, left, right, start, rank, tol=tol, max_steps=m, fresh_start=fresh
+        # A positive first column: the top singular vectors of the uncentered problem are
+        # nonnegative (Perron–Frobenius: K_a and K_g have nonnegative entries).
+        start = torch.rand(m, width, generator=gen, dtype=torch.float64) - 0.5
+        start[:, 0] += 1.0
+        zs: list[torch.Tensor] = []
+        kzs: list[torch.Tensor] = []
+        cs: list[torch.Tensor] = []
+        kacs: list[torch.Tensor] = []
+        start_scale = float((start * kg(start)).sum(0).clamp_min(0.0).max().sqrt())
+        block, kblock, _ = _orthonormal_block(start, kg, zs, kzs, start_scale)
+        steps = 0
+        while True:
+            steps += 1
+            zs.append(block)
+            kzs.append(kblock)
+            cs.append(self._center(kblock) / m)  # C_j = M Z_j
+            kacs.append(ka(cs[-1]))
+            c_all, kac_all = torch.cat(cs, 1), torch.cat(kacs, 1)
+            theta, y = torch.linalg.eigh(sym_small(c_all.T @ kac_all))
+            theta, y = theta.flip(0), y.flip(1)
+            t_block = self._center(kacs[-1]) / m  # T Z_j = Mᵀ C_j
+            # ‖T z‖_K ≤ θ₁ for a K-unit z: θ₁ sets the scale of the new block.
+            block, kblock, coeff = _orthonormal_block(t_block, kg, zs, kzs, float(theta[0]))
+            r = min(rank, int((theta > 0).sum()))
+            sigma = theta[:r].clamp_min(0.0).sqrt()
+            last = y[-zs[-1].shape[1] :, :r]
+            residual = torch.linalg.norm(coeff @ last, dim=0) / sigma.clamp_min(1e-300)
+            scale = float(sigma[0]) if r else 1.0
+            done = bool((residual <= tol * scale).all())
+            # An empty new block means span(Z) is invariant under T: the Ritz pairs are exact.
+            exhausted = block.shape[1] == 0 or steps >= m
+            if done or exhausted:
+                break
+        z_all = torch.cat(zs, 1)
+        keep = sigma > 1e-14 * scale
+        sigma, y_r = sigma[keep], y[:, :r][:, keep]
+        return Triplets(
+            sigma=sigma,
+            left=(c_all @ y_r / sigma).T,
+            right=(z_all @ y_r).T,
+            iterations=steps,
+            converged=done or exhausted,
+            info={"max_residual": float(residual.max()) / scale if r else 0.0},
         )
 
     def factor_a(self, c: torch.Tensor) -> torch.Tensor:
@@ -286,15 +395,12 @@ class RearrangedFisher:
         return self.g.T @ (d.to(self.g.dtype)[:, None] * self.g)
 
     # -- matrix-free route (the seed paper's) --------------------------------------------
-    def _frobenius(self) -> Space:
-        return Space(lambda x, y: x.reshape(x.shape[0], -1) @ y.reshape(-1))
-
-    def apply(self, s: torch.Tensor) -> torch.Tensor:
+    def apply(self, s: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
         """ℛ(F) vec(S) as a da × da matrix: (1/m) Āᵀ diag(g_iᵀ S g_i) Ā (minus centering)."""
         w = ((self.g64 @ s) * self.g64).sum(1)
         return self.a64.T @ (self._center(w)[:, None] * self.a64) / self.m
 
-    def apply_t(self, r: torch.Tensor) -> torch.Tensor:
+    def apply_t(self, r: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
         """ℛ(F)ᵀ vec(R) as a dg × dg matrix: (1/m) Γᵀ diag(ā_iᵀ R ā_i) Γ (minus centering)."""
         w = ((self.a64 @ r) * self.a64).sum(1)
         return self.g64.T @ (self._center(w)[:, None] * self.g64) / self.m
@@ -307,13 +413,13 @@ class RearrangedFisher:
         return x @ x.T / dg + torch.eye(dg, dtype=torch.float64)
 
     def triplets_power(self, rank: int, tol: float, max_iter: int) -> Triplets:
-        space = self._frobenius()
+        space = Space()
         return power_svd(
             self.apply, self.apply_t, space, space, self._start(), rank, tol=tol, max_iter=max_iter
         )
 
     def triplets_lanczos(self, rank: int, tol: float) -> Triplets:
-        space = self._frobenius()
+        space = Space()
         dg = self.g.shape[1]
         gen = torch.Generator().manual_seed(1)
 

@@ -254,3 +254,21 @@ def test_kron_eig_solve_matches_dense():
     x = KronEig.of(r, s).solve(v, 0.3)
     dense = torch.linalg.solve(torch.kron(r, s) + 0.3 * torch.eye(12), vec(v))
     assert rel(vec(x), dense) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["kpsvd", "deflation", "kfac_corrected"])
+def test_many_samples_against_the_dense_oracle(method):
+    """m ≫ da, dg: the block Krylov basis spans many blocks before it converges."""
+    m, da, dg = 400, 9, 7
+    a, g = batch(m, da, dg, seed=5)
+    f = exact_fisher(a, g)
+    rf = rearrange(f, da, dg)
+    if method == "kfac_corrected":
+        kfac = torch.kron(a.T @ a / m, g.T @ g / m)
+        oracle = kfac + unrearrange(truncated(rearrange(f - kfac, da, dg), 1), da, dg)
+    else:
+        oracle = unrearrange(truncated(rf, 1 if method == "kpsvd" else 2), da, dg)
+    ap = approximate(method, a, g)
+    assert rel(ap.to_dense(), oracle) < 1e-8
+    ap32 = approximate(method, a.float(), g.float())
+    assert rel(ap32.to_dense().double(), oracle) < 1e-5

@@ -1,0 +1,719 @@
+"""Datasets for the autoencoder experiments: CURVES (generated here), DIGITS (bundled with
+scikit-learn), MNIST and FACES (read from files the user supplies). Nothing is ever downloaded.
+
+Every loader returns a :class:`Dataset` whose images are flattened to ``float32`` rows of shape
+``(n, d)``. Autoencoders reconstruct their input, so there are no labels: the target is ``x``.
+
+* ``loss == "bce"``: intensities in ``[0, 1]``, the model outputs logits, and the per-sample loss
+  is the Bernoulli negative log-likelihood summed over pixels (CURVES, MNIST, DIGITS).
+* ``loss == "mse"``: real-valued targets, linear outputs, per-sample loss ``½‖ŷ − x‖²`` (the
+  N(ŷ, I) negative log-likelihood up to a constant) (FACES). See :mod:`core.models`.
+
+The setups follow Hinton & Salakhutdinov, "Reducing the dimensionality of data with neural
+networks", Science 313 (2006), as used by Martens (2010) and Martens & Grosse (2015).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASETS",
+    "DATASET_SPECS",
+    "Dataset",
+    "DatasetError",
+    "DatasetSpec",
+    "default_cache_dir",
+    "generate_curves",
+    "load_curves",
+    "load_dataset",
+    "load_digits",
+    "load_faces",
+    "load_idx_images",
+    "load_mnist",
+]
+
+Loss = Literal["bce", "mse"]
+
+#: Environment variable that overrides the default cache directory.
+CACHE_ENV_VAR = "KRONOSCOPE_CACHE_DIR"
+
+#: Bump when the CURVES generator changes, so that stale cache files are never reused.
+CURVES_VERSION = 1
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed. The message names the path, what was expected
+    and what to do about it."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """An autoencoder dataset: flattened images, train and test split.
+
+    Attributes:
+        name: registry name, e.g. ``"curves"``.
+        x_train: ``float32`` tensor ``(n_train, d)``, ``d = H·W``.
+        x_test: ``float32`` tensor ``(n_test, d)``.
+        image_shape: ``(H, W)``, for drawing rows as images.
+        loss: ``"bce"`` (values in ``[0, 1]``, sigmoid outputs) or ``"mse"`` (linear outputs).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    image_shape: tuple[int, int]
+    loss: Loss
+
+    def __post_init__(self) -> None:
+        d = self.image_shape[0] * self.image_shape[1]
+        for split, x in (("x_train", self.x_train), ("x_test", self.x_test)):
+            if x.dtype != torch.float32 or x.ndim != 2 or x.shape[1] != d:
+                raise ValueError(
+                    f"{self.name}: {split} must be a float32 tensor of shape (n, {d}), "
+                    f"got {x.dtype} {tuple(x.shape)}"
+                )
+        if self.loss not in ("bce", "mse"):
+            raise ValueError(f"{self.name}: loss must be 'bce' or 'mse', got {self.loss!r}")
+
+    @property
+    def input_dim(self) -> int:
+        """Number of pixels ``d = H·W`` (the autoencoder's first and last width)."""
+        return self.image_shape[0] * self.image_shape[1]
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the registry knows about a dataset before loading it."""
+
+    name: str
+    image_shape: tuple[int, int]
+    loss: Loss
+    needs_path: bool
+    description: str
+
+    @property
+    def input_dim(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = {
+    "curves": DatasetSpec(
+        "curves",
+        (28, 28),
+        "bce",
+        False,
+        "CURVES (Hinton & Salakhutdinov 2006), generated: 28×28 curves through three random "
+        "points, 20,000 train / 10,000 test.",
+    ),
+    "curves-small": DatasetSpec(
+        "curves-small",
+        (14, 14),
+        "bce",
+        False,
+        "CURVES at 14×14, 2,000 train / 1,000 test: trains in seconds on a CPU.",
+    ),
+    "digits": DatasetSpec(
+        "digits",
+        (8, 8),
+        "bce",
+        False,
+        "scikit-learn's bundled 8×8 handwritten digits (1,797 images), scaled to [0, 1].",
+    ),
+    "mnist": DatasetSpec(
+        "mnist",
+        (28, 28),
+        "bce",
+        True,
+        "MNIST 28×28, 60,000 train / 10,000 test, from IDX files or an .npz you provide.",
+    ),
+    "faces": DatasetSpec(
+        "faces",
+        (25, 25),
+        "mse",
+        True,
+        "FACES 25×25 (625 pixels), squared-error loss, from an .npz you provide.",
+    ),
+}
+
+#: Registry name -> one-line description, for user interfaces.
+DATASETS: dict[str, str] = {name: spec.description for name, spec in DATASET_SPECS.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$KRONOSCOPE_CACHE_DIR`` if set, else ``~/.cache/kronoscope``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "kronoscope"
+
+
+def _resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    """Write a compressed .npz to ``path`` via a temporary file in the same directory and
+    ``os.replace``, so that a concurrent reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# CURVES
+# ---------------------------------------------------------------------------------------------
+
+
+def _bezier_distance(
+    px: np.ndarray, py: np.ndarray, p0: np.ndarray, p1: np.ndarray, p2: np.ndarray
+) -> np.ndarray:
+    """Exact Euclidean distance from points ``(px, py)`` (each ``(P,)``) to the quadratic Bézier
+    segments with control points ``p0, p1, p2`` (each ``(m, 2)``); returns ``(m, P)``.
+
+    With ``B(t) = p0 + 2t·a + t²·b``, ``a = p1 − p0``, ``b = p0 − 2p1 + p2`` and
+    ``d = p0 − x``, the stationary points of ``‖B(t) − x‖²`` solve the cubic
+    ``(b·b)t³ + 3(a·b)t² + (2a·a + d·b)t + d·a = 0``, solved in closed form (Cardano, or the
+    trigonometric form when there are three real roots, of which the middle one is a maximum).
+    The minimum over ``[0, 1]`` is at one of the clamped outer roots. Float64: the normalised
+    cubic's coefficients grow like ``1/‖b‖²`` for nearly straight curves. NumPy rather than
+    torch: single-threaded elementwise work on cache-sized chunks is the fastest here.
+    """
+    a = p1 - p0
+    b = p0 - 2.0 * p1 + p2
+    kk = 1.0 / np.maximum((b * b).sum(-1), 1e-12)
+    ax, ay, bx, by = a[:, 0:1], a[:, 1:2], b[:, 0:1], b[:, 1:2]
+    kx = (kk * (a * b).sum(-1))[:, None]
+    dx = p0[:, 0:1] - px[None]
+    dy = p0[:, 1:2] - py[None]
+    # d·b and d·a are linear in the pixel position.
+    ky = dx * (bx * kk[:, None] / 3.0)
+    ky += dy * (by * kk[:, None] / 3.0)
+    ky += (2.0 * kk * (a * a).sum(-1) / 3.0)[:, None]
+    kz = dx * (ax * kk[:, None])
+    kz += dy * (ay * kk[:, None])
+    # Depressed cubic s³ + 3p·s + q = 0 with t = s − kx.
+    p = ky - kx * kx
+    q = ky
+    q *= -3.0 * kx
+    q += kz
+    q += 2.0 * kx**3
+    del kz
+    h = q * q + 4.0 * p * p * p
+    one_root = h >= 0.0
+    sh = np.sqrt(np.maximum(h, 0.0, out=h), out=h)
+    t_one = np.cbrt(0.5 * (sh - q)) + np.cbrt(-0.5 * (sh + q)) - kx
+    z = np.sqrt(np.maximum(-p, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cos_3phi = np.clip(q / np.minimum(2.0 * p * z, -1e-300), -1.0, 1.0)
+    cos_phi = np.cos(np.arccos(cos_3phi) / 3.0)  # phi in [0, π/3]
+    sin_phi = np.sqrt(np.maximum(1.0 - cos_phi * cos_phi, 0.0)) * 3.0**0.5
+    t_hi = np.where(one_root, t_one, 2.0 * cos_phi * z - kx)
+    t_lo = np.where(one_root, t_one, (-sin_phi - cos_phi) * z - kx)
+
+    def squared_distance(t: np.ndarray) -> np.ndarray:
+        np.clip(t, 0.0, 1.0, out=t)
+        qx = bx * t
+        qx += 2.0 * ax
+        qx *= t
+        qx += dx
+        qy = by * t
+        qy += 2.0 * ay
+        qy *= t
+        qy += dy
+        qx *= qx
+        qy *= qy
+        return qx + qy
+
+    return np.sqrt(np.minimum(squared_distance(t_hi), squared_distance(t_lo)))
+
+
+def _fit_into_box(ctrl: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Shrink (about its centre) and shift each quadratic Bézier ``ctrl`` ``(m, 3, 2)`` so that
+    the whole curve, not just its control points, lies in ``[lo, hi]²``. Curves already inside
+    are unchanged. Uses the tight bounding box: per axis the extremum is at an end point or at
+    ``t* = (p0 − p1)/(p0 − 2p1 + p2)``."""
+    p0, p1, p2 = ctrl[:, 0], ctrl[:, 1], ctrl[:, 2]
+    den = p0 - 2.0 * p1 + p2
+    safe = np.where(np.abs(den) > 1e-12, den, 1.0)
+    t = np.clip((p0 - p1) / safe, 0.0, 1.0)
+    mid = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2
+    ext = np.stack([p0, p2, mid], 1)
+    cmin, cmax = ext.min(1), ext.max(1)  # (m, 2)
+    centre = (cmin + cmax) / 2
+    extent = np.maximum((cmax - cmin).max(-1), 1e-12)  # (m,)
+    scale = np.minimum((hi - lo) / extent, 1.0)[:, None]
+    new_min = centre - scale * (cmax - cmin) / 2
+    new_max = centre + scale * (cmax - cmin) / 2
+    shift = np.maximum(lo - new_min, 0.0) - np.maximum(new_max - hi, 0.0)
+    return centre[:, None] + scale[:, None] * (ctrl - centre[:, None]) + shift[:, None]
+
+
+def generate_curves(
+    n: int, *, size: int = 28, seed: int = 0, stream: int = 0, chunk: int = 512
+) -> np.ndarray:
+    """Generate ``n`` CURVES images, ``uint8`` array ``(n, size, size)`` (intensity·255).
+
+    Each image is a smooth curve through three random points (Hinton & Salakhutdinov 2006):
+    the points are uniform in the central 80 % of the image; the curve is the quadratic through
+    them, parametrised by chord length (a quadratic Bézier with ``B(0) = P₀``, ``B(τ) = P₁``,
+    ``B(1) = P₂``, ``τ = |P₀P₁| / (|P₀P₁| + |P₁P₂|)``), shrunk back into the central 80 % when
+    it overshoots. It is drawn with a soft pen of random width ``w ~ U[1.5, 3]`` px (at 28×28,
+    scaled with ``size``) and a 1 px (scaled) linear edge: intensity
+    ``clip((w/2 − dist)/edge + ½, 0, 1)`` with the exact distance from the pixel centre to the
+    curve, so the strokes are anti-aliased.
+
+    Deterministic per ``(seed, stream, size)`` (``stream`` separates train from test); all
+    random numbers come from one ``(n, 7)`` draw, so the first ``k`` images of a larger run
+    equal a run with ``n = k``. Float64 throughout, then rounded to 8 bits.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    if size < 4:
+        raise ValueError(f"size must be at least 4, got {size}")
+    if seed < 0 or stream < 0:
+        raise ValueError(f"seed and stream must be non-negative, got {seed}, {stream}")
+    u = np.random.default_rng([seed, stream, size]).random((n, 7))
+    out = np.empty((n, size * size), dtype=np.uint8)
+    centres = np.arange(size, dtype=np.float64) + 0.5
+    py, px = (g.reshape(-1) for g in np.meshgrid(centres, centres, indexing="ij"))
+    unit = size / 28.0
+    for start in range(0, n, chunk):
+        params = u[start : start + chunk]
+        m = params.shape[0]
+        pts = (0.1 + 0.8 * params[:, :6]).reshape(m, 3, 2) * size
+        d01 = np.linalg.norm(pts[:, 1] - pts[:, 0], axis=-1)
+        d12 = np.linalg.norm(pts[:, 2] - pts[:, 1], axis=-1)
+        tau = np.clip(d01 / np.maximum(d01 + d12, 1e-12), 0.05, 0.95)[:, None]
+        ctrl1 = (pts[:, 1] - (1 - tau) ** 2 * pts[:, 0] - tau**2 * pts[:, 2]) / (
+            2 * tau * (1 - tau)
+        )
+        ctrl = np.stack([pts[:, 0], ctrl1, pts[:, 2]], 1)
+        ctrl = _fit_into_box(ctrl, 0.1 * size, 0.9 * size)
+        dist = _bezier_distance(px, py, ctrl[:, 0], ctrl[:, 1], ctrl[:, 2])
+        width = (1.5 + 1.5 * params[:, 6:7]) * unit
+        ink = np.clip((width / 2 - dist) / unit + 0.5, 0.0, 1.0)
+        out[start : start + m] = np.rint(ink * 255.0).astype(np.uint8)
+    return out.reshape(n, size, size)
+
+
+def _curves_cache_path(cache_dir: Path, size: int, seed: int, split: str, n: int) -> Path:
+    return cache_dir / f"curves-v{CURVES_VERSION}-{size}px-seed{seed}-{split}{n}.npz"
+
+
+def _cached_curves(n: int, size: int, seed: int, split: str, cache_dir: Path | None) -> np.ndarray:
+    """CURVES for one split, from ``cache_dir`` when present, else generated and cached."""
+    stream = 0 if split == "train" else 1  # independent random streams per split
+    if cache_dir is None:
+        return generate_curves(n, size=size, seed=seed, stream=stream)
+    path = _curves_cache_path(cache_dir, size, seed, split, n)
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                images = f["images"]
+            if images.shape == (n, size, size) and images.dtype == np.uint8:
+                return images
+        except Exception:  # any unreadable cache file (bad zip, truncated, wrong keys): redo it
+            pass
+    images = generate_curves(n, size=size, seed=seed, stream=stream)
+    try:
+        _atomic_savez(path, images=images)
+    except OSError as exc:
+        warnings.warn(f"could not cache CURVES in {path}: {exc}", stacklevel=3)
+    return images
+
+
+def load_curves(
+    *,
+    size: int = 28,
+    n_train: int = 20_000,
+    n_test: int = 10_000,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    name: str | None = None,
+) -> Dataset:
+    """CURVES (see :func:`generate_curves`), cached as ``.npz`` under ``cache_dir`` (default
+    :func:`default_cache_dir`). Train and test come from disjoint random streams of ``seed``."""
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
+    directory = _resolve_cache_dir(cache_dir) if use_cache else None
+    x_train = _cached_curves(n_train, size, seed, "train", directory)
+    x_test = _cached_curves(n_test, size, seed, "test", directory)
+    return Dataset(
+        name=name or ("curves" if size == 28 else f"curves-{size}px"),
+        x_train=_to_unit_tensor(x_train),
+        x_test=_to_unit_tensor(x_test),
+        image_shape=(size, size),
+        loss="bce",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the file loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_unit_tensor(images: np.ndarray) -> torch.Tensor:
+    """``uint8`` images ``(n, H, W)`` -> ``float32`` rows ``(n, H·W)`` in ``[0, 1]``."""
+    flat = images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255.0)
+    return torch.from_numpy(flat)
+
+
+def _split_sizes(total: int, n_train: int | None, n_test: int | None) -> tuple[int, int]:
+    """Defaults: test = ``total // 6``, train = the rest."""
+    n_test = total // 6 if n_test is None else n_test
+    n_train = total - n_test if n_train is None else n_train
+    if n_train < 1 or n_test < 1 or n_train + n_test > total:
+        raise ValueError(
+            f"need 1 <= n_train, 1 <= n_test and n_train + n_test <= {total}, "
+            f"got n_train={n_train}, n_test={n_test}"
+        )
+    return n_train, n_test
+
+
+def _take(x: np.ndarray, n: int | None, what: str) -> np.ndarray:
+    if n is None:
+        return x
+    if not 1 <= n <= x.shape[0]:
+        raise ValueError(f"{what}: asked for {n} images, the file has {x.shape[0]}")
+    return x[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# DIGITS
+# ---------------------------------------------------------------------------------------------
+
+
+def load_digits(*, seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images, pixel values 0–16, no download), divided
+    by 16. The split is a permutation drawn from ``seed``; default 1,498 train / 299 test."""
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    x = sklearn_load_digits().data.astype(np.float32) / np.float32(16.0)
+    n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
+    order = np.random.default_rng(seed).permutation(x.shape[0])
+    return Dataset(
+        name="digits",
+        x_train=torch.from_numpy(np.ascontiguousarray(x[order[:n_train]])),
+        x_test=torch.from_numpy(np.ascontiguousarray(x[order[n_train : n_train + n_test]])),
+        image_shape=(8, 8),
+        loss="bce",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX (MNIST)
+# ---------------------------------------------------------------------------------------------
+
+_MNIST_HELP = (
+    "Get the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; only the two image files are used) "
+    "from a mirror of Yann LeCun's MNIST page, put them in one directory and pass that "
+    "directory, or pass an .npz with arrays x_train and x_test of shape (n, 28, 28) or (n, 784)."
+)
+
+
+def load_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX image file (plain or gzip-compressed), ``uint8`` array ``(n, rows, cols)``.
+
+    Format (LeCun's MNIST page): big-endian ``uint32`` magic ``2051`` (``0x00000803``: unsigned
+    bytes, 3 dimensions), then ``n``, ``rows``, ``cols`` as big-endian ``uint32``, then
+    ``n·rows·cols`` pixel bytes, row-major. Raises :class:`DatasetError` otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"IDX image file not found: {path}. {_MNIST_HELP}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file name says
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DatasetError(
+                f"{path}: looks gzip-compressed but cannot be decompressed ({exc}); the file is "
+                f"probably truncated or corrupt. Download it again. {_MNIST_HELP}"
+            ) from exc
+    magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
+    if magic is not None and magic != IDX_IMAGES_MAGIC:
+        hint = (
+            " This is an IDX label file (magic 2049); pass the images file instead."
+            if magic == IDX_LABELS_MAGIC
+            else ""
+        )
+        raise DatasetError(
+            f"{path}: IDX magic number is {magic} (0x{magic:08x}), expected {IDX_IMAGES_MAGIC} "
+            f"(0x{IDX_IMAGES_MAGIC:08x}, unsigned-byte images with 3 dimensions).{hint} "
+            f"{_MNIST_HELP}"
+        )
+    if len(raw) < 16:
+        raise DatasetError(
+            f"{path}: only {len(raw)} bytes, too short for an IDX image header (16 bytes: magic "
+            f"{IDX_IMAGES_MAGIC} and three big-endian uint32 dimensions). {_MNIST_HELP}"
+        )
+    n, rows, cols = struct.unpack(">III", raw[4:16])
+    expected = 16 + n * rows * cols
+    if len(raw) != expected:
+        raise DatasetError(
+            f"{path}: header says {n} images of {rows}×{cols} = {expected} bytes in all, the file "
+            f"has {len(raw)} bytes ({'truncated' if len(raw) < expected else 'trailing data'}). "
+            f"Download it again. {_MNIST_HELP}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols).copy()
+
+
+def _find_idx(directory: Path, split: str) -> Path | None:
+    """``{split}-images-idx3-ubyte`` (or ``.idx3-ubyte``), optionally ``.gz``, in ``directory``
+    or in torchvision's layout ``directory/MNIST/raw``."""
+    for folder in (directory, directory / "MNIST" / "raw"):
+        for stem in (f"{split}-images-idx3-ubyte", f"{split}-images.idx3-ubyte"):
+            for suffix in ("", ".gz"):
+                candidate = folder / (stem + suffix)
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz files (MNIST, FACES)
+# ---------------------------------------------------------------------------------------------
+
+_TRAIN_KEYS = ("x_train", "train_images", "train")
+_TEST_KEYS = ("x_test", "test_images", "test")
+_SINGLE_KEYS = ("x", "images", "data", "faces")
+
+
+def _npz_help(image_shape: tuple[int, int]) -> str:
+    h, w = image_shape
+    return (
+        f"Expected an .npz with arrays 'x_train' and 'x_test' (or 'train_images'/'test_images', "
+        f"or 'train'/'test'), or a single array 'x' (or 'images', 'data', 'faces') that is split "
+        f"here; each of shape (n, {h}, {w}), (n, 1, {h}, {w}) or (n, {h * w})."
+    )
+
+
+def _check_images(
+    arr: np.ndarray, path: Path, key: str, image_shape: tuple[int, int], unit_range: bool
+) -> np.ndarray:
+    """Validate one array from an .npz and return ``float32`` rows ``(n, H·W)``. Integer arrays
+    are divided by 255; float arrays are used as they are (and must lie in ``[0, 1]`` when
+    ``unit_range``)."""
+    h, w = image_shape
+    d = h * w
+    ok_shape = arr.ndim >= 2 and (arr.shape[1:] in ((d,), (h, w), (1, h, w)) and arr.shape[0] >= 1)
+    if not ok_shape:
+        raise DatasetError(
+            f"{path}: array '{key}' has shape {arr.shape}, expected (n, {h}, {w}), "
+            f"(n, 1, {h}, {w}) or (n, {d}) ({h}×{w} = {d} pixels per image). "
+            f"{_npz_help(image_shape)}"
+        )
+    flat = arr.reshape(arr.shape[0], d)
+    if np.issubdtype(flat.dtype, np.integer):
+        if flat.min() < 0 or flat.max() > 255:
+            raise DatasetError(
+                f"{path}: integer array '{key}' has values outside 0..255 "
+                f"[{flat.min()}, {flat.max()}]; store 8-bit intensities or floats."
+            )
+        return flat.astype(np.float32) / np.float32(255.0)
+    if not np.issubdtype(flat.dtype, np.floating):
+        raise DatasetError(f"{path}: array '{key}' has dtype {flat.dtype}, expected numbers.")
+    flat = flat.astype(np.float32)
+    if not np.isfinite(flat).all():
+        raise DatasetError(f"{path}: array '{key}' contains NaN or infinite values.")
+    if unit_range and (flat.min() < 0.0 or flat.max() > 1.0):
+        raise DatasetError(
+            f"{path}: float array '{key}' has values in [{flat.min():g}, {flat.max():g}], "
+            f"expected [0, 1] for a sigmoid/BCE dataset; divide by 255 (or store uint8)."
+        )
+    return flat
+
+
+def _load_npz(
+    path: Path,
+    image_shape: tuple[int, int],
+    *,
+    unit_range: bool,
+    seed: int,
+    n_train: int | None,
+    n_test: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows from an .npz (see :func:`_npz_help` for the accepted layouts)."""
+    if not path.is_file():
+        raise DatasetError(f"file not found: {path}. {_npz_help(image_shape)}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays: Mapping[str, np.ndarray] = {k: f[k] for k in f.files}
+    except Exception as exc:  # zipfile, pickle and format errors all mean "not a usable .npz"
+        raise DatasetError(
+            f"{path}: cannot be read as an .npz ({type(exc).__name__}: {exc}). "
+            f"{_npz_help(image_shape)}"
+        ) from exc
+
+    train_key = next((k for k in _TRAIN_KEYS if k in arrays), None)
+    test_key = next((k for k in _TEST_KEYS if k in arrays), None)
+    if train_key and test_key:
+        x_train = _check_images(arrays[train_key], path, train_key, image_shape, unit_range)
+        x_test = _check_images(arrays[test_key], path, test_key, image_shape, unit_range)
+        return _take(x_train, n_train, f"{path} [{train_key}]"), _take(
+            x_test, n_test, f"{path} [{test_key}]"
+        )
+    single_key = next((k for k in _SINGLE_KEYS if k in arrays), None)
+    if single_key and not (train_key or test_key):
+        x = _check_images(arrays[single_key], path, single_key, image_shape, unit_range)
+        n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
+        order = np.random.default_rng(seed).permutation(x.shape[0])
+        return x[order[:n_train]], x[order[n_train : n_train + n_test]]
+    raise DatasetError(
+        f"{path}: has arrays {sorted(arrays)}, none of the expected layouts. "
+        f"{_npz_help(image_shape)}"
+    )
+
+
+def load_mnist(
+    path: str | os.PathLike[str],
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """MNIST from a directory with the IDX image files (``train-images-idx3-ubyte`` and
+    ``t10k-images-idx3-ubyte``, optionally ``.gz``; torchvision's ``MNIST/raw`` also works) or
+    from an ``.npz`` (keys ``x_train``, ``x_test``, e.g. Keras' ``mnist.npz``). Intensities are
+    divided by 255. ``n_train``/``n_test`` keep the first images in file order; ``seed`` is
+    used only when an .npz holds a single array that must be split."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = {split: _find_idx(path, split) for split in ("train", "t10k")}
+        missing = [split for split, p in found.items() if p is None]
+        if missing:
+            names = ", ".join(f"{s}-images-idx3-ubyte[.gz]" for s in missing)
+            raise DatasetError(f"{path}: directory has no {names}. {_MNIST_HELP}")
+        images = {split: load_idx_images(p) for split, p in found.items() if p is not None}
+        for split, x in images.items():
+            if x.shape[1:] != (28, 28):
+                raise DatasetError(
+                    f"{found[split]}: images are {x.shape[1]}×{x.shape[2]}, MNIST's are 28×28."
+                )
+        x_train = _take(images["train"], n_train, str(found["train"]))
+        x_test = _take(images["t10k"], n_test, str(found["t10k"]))
+        return Dataset("mnist", _to_unit_tensor(x_train), _to_unit_tensor(x_test), (28, 28), "bce")
+    if path.is_file() and "idx" in path.name:
+        raise DatasetError(
+            f"{path} is a single IDX file; pass the directory that holds both "
+            f"train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz]. {_MNIST_HELP}"
+        )
+    if path.suffix == ".npz" or path.is_file():
+        x_train, x_test = _load_npz(
+            path, (28, 28), unit_range=True, seed=seed, n_train=n_train, n_test=n_test
+        )
+        return Dataset(
+            "mnist", torch.from_numpy(x_train), torch.from_numpy(x_test), (28, 28), "bce"
+        )
+    raise DatasetError(f"MNIST path not found: {path}. {_MNIST_HELP}")
+
+
+def load_faces(
+    path: str | os.PathLike[str],
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """FACES (Hinton & Salakhutdinov 2006: 25×25 = 625-pixel face images, squared-error loss)
+    from an ``.npz`` with ``x_train``/``x_test`` or one array ``x``/``images``/``faces`` split
+    with ``seed`` (default 1/6 test). Integer arrays are divided by 255; float arrays are used
+    unchanged (linear outputs need no [0, 1] range)."""
+    path = Path(path).expanduser()
+    x_train, x_test = _load_npz(
+        path, (25, 25), unit_range=False, seed=seed, n_train=n_train, n_test=n_test
+    )
+    return Dataset("faces", torch.from_numpy(x_train), torch.from_numpy(x_test), (25, 25), "mse")
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    name: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Load a dataset by registry name (see :data:`DATASETS`).
+
+    ``path`` is required for ``"mnist"`` and ``"faces"`` and rejected for the others; ``seed``
+    selects the CURVES sample or the DIGITS/single-array split; ``n_train``/``n_test`` default to
+    the dataset's standard sizes; ``cache_dir`` is where generated CURVES are kept.
+    """
+    spec = DATASET_SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_SPECS)}")
+    if spec.needs_path and path is None:
+        raise DatasetError(
+            f"dataset {name!r} is not bundled and is never downloaded: pass path=... "
+            + (_MNIST_HELP if name == "mnist" else _npz_help(spec.image_shape))
+        )
+    if not spec.needs_path and path is not None:
+        raise ValueError(f"dataset {name!r} takes no path (got {path!r})")
+
+    if name == "curves":
+        return load_curves(
+            size=28,
+            n_train=20_000 if n_train is None else n_train,
+            n_test=10_000 if n_test is None else n_test,
+            seed=seed,
+            cache_dir=cache_dir,
+            name=name,
+        )
+    if name == "curves-small":
+        return load_curves(
+            size=14,
+            n_train=2_000 if n_train is None else n_train,
+            n_test=1_000 if n_test is None else n_test,
+            seed=seed,
+            cache_dir=cache_dir,
+            name=name,
+        )
+    if name == "digits":
+        return load_digits(seed=seed, n_train=n_train, n_test=n_test)
+    assert path is not None
+    if name == "mnist":
+        return load_mnist(path, n_train=n_train, n_test=n_test, seed=seed)
+    return load_faces(path, n_train=n_train, n_test=n_test, seed=seed)

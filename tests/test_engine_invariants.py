@@ -39,7 +39,10 @@ def test_error_orderings_hold_for_any_batch(shape):
     assert err["deflation"] <= err["kpsvd"] + slack
     assert err["ekfac"] <= err["kfac"] + slack  # the best diagonal in KFAC's own eigenbasis
     assert abs(err["deflation"] - err["lanczos"]) <= 1e-6
-    assert all(0.0 <= e <= 1.0 + slack for e in err.values())
+    # Projections (and the optimally scaled Shampoo product) never do worse than F̃ = 0;
+    # KFAC itself can, when the per-sample gradient norms vary a lot.
+    optimal = ("kpsvd", "deflation", "lanczos", "shampoo")
+    assert all(0.0 <= err[meth] <= 1.0 + slack for meth in optimal)
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,0 +1,464 @@
+"""Training runs: one autoencoder, one optimizer, per-step records; runnable in a thread.
+
+A :class:`TrainingRun` trains the seed paper's autoencoder for a dataset with one optimizer and
+emits one record per step:
+
+* ``optimizer``, ``step`` (0-based), ``epoch`` (epochs of data consumed once the step is done,
+  fractional), ``wall_time_s`` (training time since the start: evaluation and quality tracking
+  are NOT counted, so loss-against-time curves compare the optimizers alone);
+* ``train_loss``: the minibatch loss (mean per-sample NLL, :func:`core.models.batch_loss`) of the
+  parameters BEFORE this step's update;
+* ``test_loss``: the mean per-sample NLL on the whole test set, same parameters, every
+  ``eval_every`` steps and at the last step (``None`` elsewhere);
+* with quality tracking on (``quality_layer``), every ``quality_every`` steps and at the last
+  step: ``rel_error_<method>`` = ‖F − F̃‖_F/‖F‖_F and ``spectrum_error_<method>`` for each method
+  in ``quality_methods`` (all engine methods when empty), on a Fisher minibatch of the chosen
+  layer (the seed paper's approximation-quality-over-training experiment).
+
+Reproducibility: the model's initialisation, the minibatch order, the Fisher minibatches (and
+the true Fisher's sampled targets) and the quality minibatches come from generators seeded with
+``seed`` (separate streams, so turning quality tracking on does not change the training). The
+same config gives the same records apart from ``wall_time_s`` (on one device and thread count).
+The data are always the dataset's seed-0 sample/split.
+
+A non-finite loss (or gradient, or update) stops the run with status ``"diverged"`` and a
+message naming the step; the records so far are kept (plus the diverged step's record with its
+non-finite loss), and the model is put back to the last parameters whose loss was finite.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .approx import METHODS, approximate
+from .capture import capture
+from .data import DATASET_SPECS, Dataset, load_dataset
+from .fisher import LayerFisher
+from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
+from .optim import NonFiniteError, OptimizerConfig, build_optimizer, default_lr
+
+__all__ = ["RunConfig", "TrainingRun", "run_comparison", "STATUSES", "resolve_device"]
+
+STATUSES = ("pending", "running", "finished", "stopped", "diverged", "failed")
+QUALITY_BATCH = 256  # Fisher minibatch for quality tracking when the optimizer sets none
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` → ``"cuda"`` when available, else ``"cpu"``; a CUDA request without CUDA fails."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+def _positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+
+
+@dataclass
+class RunConfig:
+    """One training run. ``optimizer`` may be given as a name (then with its default lr).
+
+    ``preset``: a :data:`core.models.PRESETS` name (``None``: the dataset's own preset);
+    ``widths``: a custom encoder width list (overrides ``preset``). Exactly one of ``steps`` and
+    ``epochs``. ``device``: ``None`` → CUDA when available, else CPU.
+    """
+
+    dataset: str
+    optimizer: OptimizerConfig
+    preset: str | None = None
+    widths: list[int] | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 128
+    seed: int = 0
+    eval_every: int = 10
+    quality_layer: str | None = None
+    quality_methods: tuple[str, ...] = ()
+    quality_every: int = 10
+    data_path: str | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASET_SPECS:
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_SPECS)}"
+            )
+        if isinstance(self.optimizer, str):
+            name = self.optimizer.strip().lower().replace("-", "_")
+            self.optimizer = OptimizerConfig(name, lr=default_lr(name))
+        if not isinstance(self.optimizer, OptimizerConfig):
+            raise ValueError(
+                f"optimizer must be an OptimizerConfig or a name, got {type(self.optimizer)}"
+            )
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown model preset {self.preset!r}; valid names: {', '.join(PRESETS)}"
+            )
+        if self.widths is not None:
+            self.widths = [int(w) for w in self.widths]
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        if self.steps is not None:
+            _positive_int(self.steps, "steps")
+        if self.epochs is not None and (
+            isinstance(self.epochs, bool)
+            or not isinstance(self.epochs, (int, float))
+            or not math.isfinite(self.epochs)
+            or self.epochs <= 0
+        ):
+            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs!r}")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.eval_every, "eval_every")
+        _positive_int(self.quality_every, "quality_every")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
+        self.quality_methods = tuple(self.quality_methods)
+        unknown = [m for m in self.quality_methods if m not in METHODS]
+        if unknown:
+            raise ValueError(
+                f"unknown quality method(s) {unknown}; choose from {', '.join(METHODS)}"
+            )
+        resolve_device(self.device)
+
+    @property
+    def model_preset(self) -> str:
+        """The preset used when no widths are given."""
+        return self.preset or self.dataset
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["quality_methods"] = list(self.quality_methods)
+        return out
+
+
+@dataclass
+class _Clock:
+    """Accumulates training time only (paused around evaluation)."""
+
+    total: float = 0.0
+    _since: float | None = field(default=None, repr=False)
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self.total += time.perf_counter() - self._since
+            self._since = None
+
+
+class TrainingRun:
+    """One training run (see the module docstring). ``dataset``/``model`` may be passed in
+    (e.g. cached by the app); the model is deep-copied, so the caller's stays untouched.
+
+    ``on_step``: optional callable, called with each new record (from the training thread).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        dataset: Dataset | None = None,
+        model: nn.Module | None = None,
+        on_step: Callable[[dict], None] | None = None,
+    ) -> None:
+        if not isinstance(config, RunConfig):
+            raise ValueError(f"config must be a RunConfig, got {type(config).__name__}")
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.on_step = on_step
+        self.status = "pending"
+        self.message = ""
+        self.traceback = ""
+        self.progress = 0.0
+        self._lock = threading.Lock()
+        self._records: list[dict] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        if dataset is None:
+            dataset = load_dataset(config.dataset, path=config.data_path, seed=0)
+        self.dataset = dataset
+        if model is None:
+            arch = config.widths if config.widths is not None else config.model_preset
+            model = build_model(
+                arch, input_dim=dataset.input_dim, loss=dataset.loss, seed=config.seed
+            )
+        else:
+            model = copy.deepcopy(model)
+        first = next((m for _, m in linear_layers(model)), None)
+        if first is None:
+            raise ValueError("the model has no nn.Linear layer")
+        if first.in_features != dataset.input_dim:
+            raise ValueError(
+                f"the model's input width {first.in_features} does not match the dataset "
+                f"{dataset.name!r} ({dataset.input_dim} pixels)"
+            )
+        self.model: nn.Module = model.to(self.device)
+        self.loss_kind = dataset.loss
+        names = [n for n, _ in linear_layers(self.model)]
+        if config.quality_layer is not None and config.quality_layer not in names:
+            raise ValueError(
+                f"unknown quality layer {config.quality_layer!r}; linear layers: {names}"
+            )
+        self.quality_methods = tuple(config.quality_methods) or (
+            METHODS if config.quality_layer else ()
+        )
+        n_train = dataset.n_train
+        self.batch_size = min(config.batch_size, n_train)
+        self.steps_per_epoch = max(1, n_train // self.batch_size)
+        if config.steps is not None:
+            self.total_steps = int(config.steps)
+        else:
+            self.total_steps = max(1, round(config.epochs * self.steps_per_epoch))
+
+    # -- public API --------------------------------------------------------------------
+    def records(self) -> list[dict]:
+        """A snapshot (copies) of the records so far; safe to call from any thread."""
+        with self._lock:
+            return [dict(r) for r in self._records]
+
+    def dataframe(self):
+        import pandas as pd
+
+        records = self.records()
+        columns = ["optimizer", "step", "epoch", "wall_time_s", "train_loss", "test_loss"]
+        df = pd.DataFrame(records)
+        if df.empty:
+            return pd.DataFrame(columns=columns)
+        rest = [c for c in df.columns if c not in columns]
+        return df[columns + rest]
+
+    def start(self) -> None:
+        """Run in a background daemon thread."""
+        if self._thread is not None:
+            raise RuntimeError("this run was already started")
+        self._thread = threading.Thread(target=self.run, name="kronoscope-run", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the run to stop after the current step (status becomes "stopped")."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("finished", "stopped", "diverged", "failed")
+
+    def run(self) -> None:
+        """Train synchronously; never raises (failures set status "failed" and ``message``)."""
+        if self.status != "pending":
+            raise RuntimeError(f"a run can only be run once (status {self.status!r})")
+        self.status = "running"
+        try:
+            self._train()
+        except Exception as err:  # reported through status/message, not raised
+            self.status = "failed"
+            self.message = f"{type(err).__name__}: {err}"
+            self.traceback = traceback.format_exc()
+
+    # -- training loop -----------------------------------------------------------------
+    def _train(self) -> None:
+        cfg = self.config
+        model, device = self.model, self.device
+        x_train = self.dataset.x_train.to(device)
+        x_test = self.dataset.x_test.to(device)
+        batch_gen = torch.Generator().manual_seed(cfg.seed)
+        quality_gen = torch.Generator().manual_seed(cfg.seed + 2_000_003)
+        opt = build_optimizer(
+            model,
+            cfg.optimizer,
+            loss=self.loss_kind,
+            seed=cfg.seed + 1_000_003,
+            fisher_data=(x_train, x_train),
+        )
+        params = [p for p in model.parameters()]
+        last_finite = [p.detach().clone() for p in params]
+        clock = _Clock()
+        order = torch.empty(0, dtype=torch.long)
+        model.train()
+        name = cfg.optimizer.name
+        for step in range(self.total_steps):
+            if self._stop.is_set():
+                self.status = "stopped"
+                self.message = f"stopped by the user after {step} step(s)"
+                return
+            k = step % self.steps_per_epoch
+            if k == 0:
+                order = torch.randperm(x_train.shape[0], generator=batch_gen)
+            idx = order[k * self.batch_size : (k + 1) * self.batch_size].to(device)
+            xb = x_train[idx]
+            last = step == self.total_steps - 1
+            record = {
+                "optimizer": name,
+                "step": step,
+                "epoch": (step + 1) / self.steps_per_epoch,
+                "wall_time_s": 0.0,
+                "train_loss": None,
+                "test_loss": None,
+            }
+            if step % cfg.eval_every == 0 or last:
+                record["test_loss"] = self._evaluate(x_test)
+            if cfg.quality_layer is not None and (step % cfg.quality_every == 0 or last):
+                record.update(self._quality(x_train, quality_gen))
+
+            clock.resume()
+            opt.zero_grad()
+            loss = batch_loss(model(xb), xb, self.loss_kind)
+            value = float(loss.detach())
+            record["train_loss"] = value
+            diverged = None
+            if not math.isfinite(value):
+                diverged = f"the training loss became {value} at step {step}"
+            else:
+                with torch.no_grad():
+                    for keep, p in zip(last_finite, params, strict=True):
+                        keep.copy_(p)
+                loss.backward()
+                try:
+                    opt.step(xb, xb)
+                except NonFiniteError as err:
+                    diverged = f"{err} (training loss {value:.6g})"
+                else:
+                    if not all(bool(torch.isfinite(p).all()) for p in params):
+                        diverged = f"the parameters became non-finite at step {step}"
+            clock.pause()
+            record["wall_time_s"] = clock.total
+            self._append(record, step)
+            if diverged is not None:
+                with torch.no_grad():
+                    for keep, p in zip(last_finite, params, strict=True):
+                        p.copy_(keep)
+                self.status = "diverged"
+                self.message = (
+                    f"diverged: {diverged}; the run stopped, the records so far are kept and the "
+                    f"model holds the last parameters with a finite loss (before step {step}'s "
+                    f"update). Lower the learning rate or raise the damping."
+                )
+                return
+        self.status = "finished"
+        self.message = f"finished {self.total_steps} step(s)"
+
+    def _append(self, record: dict, step: int) -> None:
+        with self._lock:
+            self._records.append(record)
+            self.progress = (step + 1) / self.total_steps
+        if self.on_step is not None:
+            self.on_step(record)
+
+    @torch.no_grad()
+    def _evaluate(self, x: torch.Tensor, chunk: int = 2048) -> float:
+        total = 0.0
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i : i + chunk]
+            total += float(per_sample_nll(self.model(xb), xb, self.loss_kind).sum())
+        return total / x.shape[0]
+
+    def _quality(self, x_train: torch.Tensor, gen: torch.Generator) -> dict:
+        cfg = self.config
+        m = min(cfg.optimizer.fisher_batch or QUALITY_BATCH, x_train.shape[0])
+        idx = torch.randperm(x_train.shape[0], generator=gen)[:m].to(x_train.device)
+        xb = x_train[idx]
+        result = capture(
+            self.model,
+            xb,
+            loss=self.loss_kind,
+            fisher=cfg.optimizer.fisher,
+            targets=xb,
+            generator=gen,
+            layers=[cfg.quality_layer],
+        )
+        lc = result.layers[cfg.quality_layer]
+        a = lc.a.detach().to("cpu", torch.float64)
+        g = lc.g.detach().to("cpu", torch.float64)
+        fisher = LayerFisher(a, g)
+        out: dict = {}
+        for method in self.quality_methods:
+            approx = approximate(method, a, g)
+            out[f"rel_error_{method}"] = fisher.relative_error(approx)
+            out[f"spectrum_error_{method}"] = fisher.spectrum_error(approx)[0]
+        return out
+
+
+def run_comparison(
+    configs: list[RunConfig],
+    *,
+    progress_callback: Callable[[float, str], None] | None = None,
+    datasets: dict | None = None,
+):
+    """Run several configurations one after another and return all records in one DataFrame.
+
+    Runs with the same dataset share one loaded copy; runs with the same architecture and seed
+    start from the SAME initial parameters (and see the same minibatch order). A ``label``
+    column names each run (the optimizer, plus its learning rate when an optimizer appears more
+    than once). ``progress_callback(fraction, message)`` is called after every step.
+    ``df.attrs["runs"]`` lists each run's label, status and message (a diverged run keeps its
+    records and does not stop the others).
+    """
+    import pandas as pd
+
+    if not configs:
+        raise ValueError("run_comparison needs at least one RunConfig")
+    datasets = {} if datasets is None else datasets
+    models: dict = {}
+    names = [c.optimizer.name for c in configs]
+    frames, summary = [], []
+    n = len(configs)
+    for i, cfg in enumerate(configs):
+        key = (cfg.dataset, cfg.data_path)
+        if key not in datasets:
+            datasets[key] = load_dataset(cfg.dataset, path=cfg.data_path, seed=0)
+        ds = datasets[key]
+        arch = tuple(cfg.widths) if cfg.widths is not None else cfg.model_preset
+        mkey = (key, arch, cfg.seed)
+        if mkey not in models:
+            models[mkey] = build_model(
+                list(arch) if isinstance(arch, tuple) else arch,
+                input_dim=ds.input_dim,
+                loss=ds.loss,
+                seed=cfg.seed,
+            )
+        label = cfg.optimizer.name
+        if names.count(label) > 1:
+            label = f"{label} (lr={cfg.optimizer.lr:g}, λ={cfg.optimizer.damping:g})"
+            if sum(1 for c in configs if c.optimizer == cfg.optimizer) > 1:
+                label += f" seed {cfg.seed}"
+
+        run = TrainingRun(cfg, dataset=ds, model=models[mkey])
+        if progress_callback is not None:
+
+            def report(record: dict, i: int = i, label: str = label, total=run.total_steps):
+                frac = (i + (record["step"] + 1) / total) / n
+                progress_callback(frac, f"{label}: step {record['step'] + 1}/{total}")
+
+            run.on_step = report
+        run.run()
+        df = run.dataframe()
+        df.insert(0, "label", label)
+        df["seed"] = cfg.seed
+        frames.append(df)
+        summary.append({"label": label, "status": run.status, "message": run.message})
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["runs"] = summary
+    return out

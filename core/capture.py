@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .models import per_sample_nll
 
 __all__ = [
     "CaptureResult",
@@ -112,21 +113,6 @@ def _unsupported_modules(model: nn.Module) -> list[tuple[str, str]]:
         if owns_params or couples_samples:
             found.append((name or "<root>", type(mod).__name__))
     return found
-
-
-def _per_sample_nll(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample negative log-likelihood ``ℓ_i``, shape ``(m,)``; never averaged.
-
-    ``"bce"``: ``Σ_k BCEWithLogits(z_ik, y_ik)``; ``"mse"``: ``½ Σ_k (y_ik − z_ik)²``;
-    ``"ce"``: ``−log softmax(z_i)[y_i]`` with integer class targets ``y_i``.
-    """
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(output, target, reduction="none").sum(dim=1)
-    if loss == "mse":
-        return 0.5 * (target - output).pow(2).sum(dim=1)
-    if loss == "ce":
-        return F.cross_entropy(output, target, reduction="none")
-    raise ValueError(f"unknown loss kind {loss!r}; expected one of {LOSS_KINDS}")
 
 
 def _sample_targets(output: torch.Tensor, loss: str, generator: torch.Generator) -> torch.Tensor:
@@ -301,7 +287,7 @@ def capture(
                 y = _sample_targets(output, loss, generator)
             else:
                 y = _check_targets(targets, output, loss)
-            nll = _per_sample_nll(output, y, loss)
+            nll = per_sample_nll(output, y, loss)
             # Σ_i ℓ_i, not the mean: each row of ∂L/∂s is one sample's g_i (no 1/m).
             total = nll.sum()
             order = list(outputs)  # forward order

@@ -45,13 +45,14 @@ __all__ = [
     "validate_widths",
 ]
 
-Loss = Literal["bce", "mse"]
-_LOSSES = ("bce", "mse")
+Loss = Literal["bce", "mse", "ce"]
+_LOSSES = ("bce", "mse", "ce")
+_AUTOENCODER_LOSSES = ("bce", "mse")  # reconstruction targets are the inputs
 
 
-def _check_loss(loss: str) -> None:
-    if loss not in _LOSSES:
-        raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+def _check_loss(loss: str, allowed: tuple[str, ...] = _LOSSES) -> None:
+    if loss not in allowed:
+        raise ValueError(f"loss must be one of {allowed}, got {loss!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,9 +67,12 @@ def per_sample_nll(output: torch.Tensor, target: torch.Tensor, loss: str) -> tor
     (Bernoulli NLL, computed stably). ``"mse"``: ``output`` is the mean ``μ``;
     ``ℓ_i = ½ Σ_j (μ_ij − x_ij)²`` (Gaussian N(μ, I) NLL up to ``(d/2) log 2π``). Note that
     PyTorch's ``BCEWithLogitsLoss``/``MSELoss`` average over units by default and ``MSELoss``
-    has no ½: neither is this loss.
+    has no ½: neither is this loss. ``"ce"`` (classifiers): ``output`` are logits and
+    ``target`` integer class indices; ``ℓ_i = −log softmax(z_i)[y_i]``.
     """
     _check_loss(loss)
+    if loss == "ce":
+        return F.cross_entropy(output, target, reduction="none")
     if output.shape != target.shape:
         raise ValueError(
             f"output and target shapes differ: {tuple(output.shape)} vs {tuple(target.shape)}"
@@ -163,7 +167,7 @@ class Autoencoder(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        _check_loss(loss)
+        _check_loss(loss, _AUTOENCODER_LOSSES)
         self.widths: list[int] = validate_widths(widths)
         self.loss: Loss = loss  # type: ignore[assignment]
         self.seed = seed

@@ -189,6 +189,7 @@ class TrainingRun:
         self.message = ""
         self.traceback = ""
         self.progress = 0.0
+        self.diverged_step: int | None = None
         self._lock = threading.Lock()
         self._records: list[dict] = []
         self._stop = threading.Event()
@@ -299,6 +300,7 @@ class TrainingRun:
         order = torch.empty(0, dtype=torch.long)
         model.train()
         name = cfg.optimizer.name
+        finite_step: int | None = None
         for step in range(self.total_steps):
             if self._stop.is_set():
                 self.status = "stopped"
@@ -335,6 +337,7 @@ class TrainingRun:
                 with torch.no_grad():
                     for keep, p in zip(last_finite, params, strict=True):
                         keep.copy_(p)
+                finite_step = step
                 loss.backward()
                 try:
                     opt.step(xb, xb)
@@ -350,12 +353,17 @@ class TrainingRun:
                 with torch.no_grad():
                     for keep, p in zip(last_finite, params, strict=True):
                         p.copy_(keep)
+                held = (
+                    "the initial parameters"
+                    if finite_step is None
+                    else f"the parameters of step {finite_step} (the last with a finite loss)"
+                )
                 self.status = "diverged"
                 self.message = (
-                    f"diverged: {diverged}; the run stopped, the records so far are kept and the "
-                    f"model holds the last parameters with a finite loss (before step {step}'s "
-                    f"update). Lower the learning rate or raise the damping."
+                    f"diverged: {diverged}. The run stopped; the records so far are kept and the "
+                    f"model holds {held}. Lower the learning rate or raise the damping."
                 )
+                self.diverged_step = step
                 return
         self.status = "finished"
         self.message = f"finished {self.total_steps} step(s)"

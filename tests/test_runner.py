@@ -1,0 +1,232 @@
+"""Tests of core.runner (training runs) and core.report (figures) on a tiny problem."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from core.data import Dataset
+from core.models import Autoencoder, batch_loss
+from core.optim import OptimizerConfig
+from core.report import error_figure, loss_vs_step, loss_vs_time, quality_table, summary_table
+from core.runner import RunConfig, TrainingRun, run_comparison
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Dataset:
+    """8×8 binary-ish images: 96 train, 32 test (registered under the name "digits")."""
+    gen = torch.Generator().manual_seed(0)
+    protos = (torch.rand(4, 64, generator=gen) > 0.6).float()
+    labels = torch.randint(0, 4, (128,), generator=gen)
+    noise = torch.rand(128, 64, generator=gen) * 0.2
+    x = (protos[labels] * 0.8 + noise).clamp(0, 1)
+    return Dataset("digits", x[:96].contiguous(), x[96:].contiguous(), (8, 8), "bce")
+
+
+def _model(seed: int = 0) -> Autoencoder:
+    return Autoencoder([64, 6, 3], "bce", seed=seed)
+
+
+def _cfg(opt="kfac", lr=0.1, **kw) -> RunConfig:
+    kw.setdefault("steps", 12)
+    kw.setdefault("batch_size", 32)
+    kw.setdefault("eval_every", 5)
+    return RunConfig("digits", OptimizerConfig(opt, lr=lr, t_cov=2, t_inv=2), **kw)
+
+
+def _strip_time(records):
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
+
+
+def test_run_finishes_with_records(tiny):
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    run = TrainingRun(_cfg(), dataset=tiny, model=model)
+    assert run.status == "pending" and run.progress == 0.0
+    run.run()
+    assert run.status == "finished", run.message
+    assert run.progress == 1.0
+    recs = run.records()
+    assert [r["step"] for r in recs] == list(range(12))
+    assert set(recs[0]) >= {"optimizer", "step", "epoch", "wall_time_s", "train_loss", "test_loss"}
+    assert all(r["optimizer"] == "kfac" for r in recs)
+    # 96 samples / 32 per batch = 3 steps per epoch
+    assert recs[2]["epoch"] == pytest.approx(1.0) and recs[-1]["epoch"] == pytest.approx(4.0)
+    evals = [r["step"] for r in recs if r["test_loss"] is not None]
+    assert evals == [0, 5, 10, 11]
+    times = [r["wall_time_s"] for r in recs]
+    assert all(b >= a for a, b in zip(times, times[1:], strict=False)) and times[0] > 0
+    assert recs[-1]["train_loss"] < recs[0]["train_loss"]
+    # the caller's model is untouched (deep copy)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    df = run.dataframe()
+    assert list(df.columns[:6]) == [
+        "optimizer",
+        "step",
+        "epoch",
+        "wall_time_s",
+        "train_loss",
+        "test_loss",
+    ]
+
+
+def test_epochs_set_the_number_of_steps(tiny):
+    run = TrainingRun(_cfg(steps=None, epochs=2.5, batch_size=32), dataset=tiny, model=_model())
+    assert run.steps_per_epoch == 3 and run.total_steps == 8  # round(2.5 · 3)
+
+
+def test_same_seed_same_records(tiny):
+    def records(seed, quality=False):
+        extra = {"quality_layer": "encoder.linear2", "quality_every": 4} if quality else {}
+        cfg = _cfg("deflation", seed=seed, **extra)
+        run = TrainingRun(cfg, dataset=tiny, model=_model(seed))
+        run.run()
+        assert run.status == "finished", run.message
+        return _strip_time(run.records())
+
+    a, b = records(3), records(3)
+    assert a == b
+    assert records(4) != a
+    # quality tracking draws from its own generator: the training is the same
+    q = records(3, quality=True)
+    assert [r["train_loss"] for r in q] == [r["train_loss"] for r in a]
+
+
+def test_quality_tracking_records_every_method(tiny):
+    cfg = _cfg(
+        "kfac",
+        steps=9,
+        quality_layer="encoder.linear2",
+        quality_methods=("kfac", "kpsvd", "deflation"),
+        quality_every=4,
+    )
+    run = TrainingRun(cfg, dataset=tiny, model=_model())
+    run.run()
+    recs = run.records()
+    tracked = [r for r in recs if "rel_error_kfac" in r]
+    assert [r["step"] for r in tracked] == [0, 4, 8]
+    for r in tracked:
+        # optimality: best rank-2 ≤ best rank-1 ≤ KFAC (Frobenius)
+        assert r["rel_error_deflation"] <= r["rel_error_kpsvd"] + 1e-9
+        assert r["rel_error_kpsvd"] <= r["rel_error_kfac"] + 1e-9
+        assert 0 <= r["spectrum_error_kpsvd"] < 2
+    table = quality_table(run.dataframe())
+    assert list(table.columns) == ["step", "kfac", "kpsvd", "deflation"] and len(table) == 3
+    fig = error_figure(run.dataframe(), kind="spectrum_error")
+    assert isinstance(fig, go.Figure) and len(fig.data) == 3
+
+
+def test_huge_learning_rate_diverges_and_keeps_last_finite_parameters(tiny):
+    cfg = _cfg("sgd", lr=1e3, steps=20)  # the loss explodes, then is NaN at step 3
+    run = TrainingRun(cfg, dataset=tiny, model=_model())
+    run.run()
+    assert run.status == "diverged"
+    k = run.diverged_step
+    assert k is not None and f"step {k}" in run.message
+    recs = run.records()
+    assert len(recs) == k + 1 and not math.isfinite(recs[-1]["train_loss"])
+    assert all(math.isfinite(r["train_loss"]) for r in recs[:-1])
+    params = list(run.model.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in params)
+    # they are exactly the parameters that gave the last finite loss (step k − 1)
+    assert k >= 2
+    ref = TrainingRun(_cfg("sgd", lr=1e3, steps=k - 1), dataset=tiny, model=_model())
+    ref.run()
+    assert all(torch.equal(a, b) for a, b in zip(params, ref.model.parameters(), strict=True))
+    assert f"parameters of step {k - 1}" in run.message
+
+
+def test_natural_gradient_divergence_is_caught(tiny):
+    cfg = RunConfig(
+        "digits",
+        OptimizerConfig("kpsvd", lr=1e30, kl_clip=None, t_cov=1, t_inv=1),
+        steps=10,
+        batch_size=32,
+    )
+    run = TrainingRun(cfg, dataset=tiny, model=_model())
+    run.run()
+    assert run.status == "diverged", run.message
+    assert "step" in run.message
+    assert all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+    # the model's loss on the training set is finite
+    with torch.no_grad():
+        assert math.isfinite(float(batch_loss(run.model(tiny.x_train), tiny.x_train, "bce")))
+
+
+def test_background_run_can_be_stopped(tiny):
+    run = TrainingRun(_cfg("adam", lr=1e-3, steps=100_000), dataset=tiny, model=_model())
+    run.start()
+    deadline = time.time() + 20
+    while len(run.records()) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert run.status == "running"
+    run.stop()
+    run.join(timeout=20)
+    assert run.status == "stopped" and "stopped" in run.message
+    assert 0 < run.progress < 1
+    n = len(run.records())
+    time.sleep(0.05)
+    assert len(run.records()) == n
+
+
+def test_a_crash_sets_failed(tiny):
+    def boom(record):
+        raise RuntimeError("callback exploded")
+
+    run = TrainingRun(_cfg(), dataset=tiny, model=_model(), on_step=boom)
+    run.run()
+    assert run.status == "failed" and "callback exploded" in run.message
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: RunConfig("cifar", OptimizerConfig("kfac", lr=0.1), steps=3), "unknown dataset"),
+        (lambda: RunConfig("digits", "rmsprop", steps=3), "unknown optimizer 'rmsprop'"),
+        (lambda: RunConfig("digits", "kfac"), "exactly one of steps and epochs"),
+        (lambda: RunConfig("digits", "kfac", steps=3, epochs=1.0), "exactly one"),
+        (lambda: RunConfig("digits", "kfac", steps=0), "steps must be"),
+        (lambda: RunConfig("digits", "kfac", epochs=-1.0), "epochs must be"),
+        (lambda: RunConfig("digits", "kfac", steps=3, batch_size=0), "batch_size must be"),
+        (lambda: RunConfig("digits", "kfac", steps=3, preset="vgg"), "unknown model preset"),
+        (
+            lambda: RunConfig("digits", "kfac", steps=3, quality_methods=("svd",)),
+            "unknown quality method",
+        ),
+    ],
+)
+def test_invalid_run_configs(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_invalid_layer_and_model(tiny):
+    with pytest.raises(ValueError, match="unknown quality layer 'encoder.linear9'"):
+        TrainingRun(_cfg(quality_layer="encoder.linear9"), dataset=tiny, model=_model())
+    with pytest.raises(ValueError, match="does not match the dataset"):
+        TrainingRun(_cfg(), dataset=tiny, model=Autoencoder([16, 4], "bce"))
+
+
+def test_comparison_shares_data_and_initialisation(tiny):
+    configs = [_cfg(name, lr=lr, steps=6) for name, lr in (("adam", 1e-3), ("kfac", 0.1))]
+    configs.append(_cfg("kfac", lr=0.05, steps=6))
+    seen = []
+    df = run_comparison(
+        configs,
+        progress_callback=lambda f, m: seen.append(f),
+        datasets={("digits", None): tiny},
+    )
+    assert seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
+    first = df[df.step == 0].train_loss.tolist()
+    assert len(first) == 3 and max(first) == min(first)  # same init, same first batch
+    assert set(df.label) == {"adam", "kfac (lr=0.1, λ=0.001)", "kfac (lr=0.05, λ=0.001)"}
+    assert [r["status"] for r in df.attrs["runs"]] == ["finished"] * 3
+    figs = [loss_vs_step(df, smooth=2), loss_vs_time(df)]
+    assert all(isinstance(f, go.Figure) for f in figs)
+    assert len(figs[0].data) == 6  # train + test per run
+    summary = summary_table(df)
+    assert len(summary) == 3 and (summary.steps == 6).all()

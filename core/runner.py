@@ -360,7 +360,7 @@ class TrainingRun:
                 )
                 self.status = "diverged"
                 self.message = (
-                    f"diverged: {diverged}. The run stopped; the records so far are kept and the "
+                    f"{diverged}. The run stopped; the records so far are kept and the "
                     f"model holds {held}. Lower the learning rate or raise the damping."
                 )
                 self.diverged_step = step

@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.capture import _per_sample_nll
 from core.fisher import exact_fisher
 from core.kron import rearrange
+from core.models import per_sample_nll
 from core.optim import (
     NATURAL_OPTIMIZERS,
     OPTIMIZERS,
@@ -61,7 +61,7 @@ def _data(n: int = 64, d: int = 6, seed: int = 1) -> torch.Tensor:
 
 
 def _loss(model, x):
-    return _per_sample_nll(model(x), x, "bce").mean()
+    return per_sample_nll(model(x), x, "bce").mean()
 
 
 def _train_step(model, opt, x):

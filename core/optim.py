@@ -98,6 +98,9 @@ NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FI
 WINDOWED: tuple[str, ...] = ("kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "exact")
 WINDOW_CAPTURES = 4  # captures kept in the curvature window of the WINDOWED methods …
 WINDOW_SAMPLES = 1024  # … and rows at most (at least one capture is always kept)
+# Relative residual at which the engine's singular-vector iterations stop for the optimizers:
+# far below the sampling noise of a minibatch Fisher (the engine's float64 default is 1e-10).
+APPROX_TOL = 1e-6
 
 # Defaults chosen on the curves-small preset (bench/train_bench.py, bench/RESULTS-training.md).
 _DEFAULT_LR = {
@@ -112,7 +115,7 @@ _DEFAULT_LR = {
     "shampoo": 0.1,
     "exact": 0.1,
 }
-_DEFAULT_DAMPING = 1e-3
+_DEFAULT_DAMPING = {name: 1e-3 for name in OPTIMIZERS}
 
 
 class NonFiniteError(FloatingPointError):
@@ -131,9 +134,8 @@ def default_lr(name: str) -> float:
 
 
 def default_damping(name: str) -> float:
-    """The default damping λ (ignored by sgd and adam)."""
-    _check_name(name)
-    return _DEFAULT_DAMPING
+    """The default damping λ per optimizer (tuned on curves-small; ignored by sgd and adam)."""
+    return _DEFAULT_DAMPING[_check_name(name)]
 
 
 def _finite(x: float) -> bool:
@@ -145,16 +147,17 @@ class OptimizerConfig:
     """Options of one optimizer; validated on construction (clear ``ValueError`` messages).
 
     ``lr``: learning rate (> 0). ``damping``: λ > 0 for the natural-gradient methods (ignored,
-    but still ≥ 0, for sgd/adam). ``t_cov`` / ``t_inv``: curvature refresh and inverse periods
-    in steps. ``ema``: decay ρ ∈ [0, 1) of the curvature estimate. ``kl_clip``: KL-clipping
-    bound (> 0) or ``None`` for no clipping. ``momentum`` ∈ [0, 1) (Adam's β₁). ``weight_decay``
-    ≥ 0. ``fisher_batch``: Fisher minibatch size (``None``: the training minibatch).
-    ``fisher``: ``"true"`` (targets sampled from the model) or ``"empirical"`` (data targets).
+    but still ≥ 0, for sgd/adam); ``None`` picks :func:`default_damping`. ``t_cov`` and
+    ``t_inv``: curvature refresh and inverse periods, in steps. ``ema``: decay ρ ∈ [0, 1) of
+    the curvature estimate. ``kl_clip``: KL-clipping bound (> 0), or ``None`` for none.
+    ``momentum`` ∈ [0, 1) (Adam's β₁). ``weight_decay`` ≥ 0. ``fisher_batch``: Fisher
+    minibatch size (``None``: the training minibatch). ``fisher``: ``"true"`` (targets sampled
+    from the model) or ``"empirical"`` (the data's targets).
     """
 
     name: str
     lr: float
-    damping: float = _DEFAULT_DAMPING
+    damping: float | None = None  # None: default_damping(name), the tuned per-method default
     t_cov: int = 10
     t_inv: int = 10
     ema: float = 0.95
@@ -169,6 +172,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer name must be a string, got {self.name!r}")
         self.name = self.name.strip().lower().replace("-", "_")
         _check_name(self.name)
+        if self.damping is None:
+            self.damping = default_damping(self.name)
         if not _finite(self.lr) or self.lr <= 0:
             raise ValueError(f"learning rate must be a finite number > 0, got {self.lr!r}")
         if not _finite(self.damping) or self.damping < 0:
@@ -366,7 +371,7 @@ class Preconditioner:
             # F = 0 (e.g. a layer whose units are all dead): the damped inverse is V / λ.
             zeros = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
             return KroneckerSum(self.method, [zeros])
-        return approximate(self.method, a, g)
+        return approximate(self.method, a, g, tol=APPROX_TOL)
 
     def update_inverses(self) -> None:
         names = list(self.factors) if self.method in ("kfac", "shampoo") else list(self.windows)

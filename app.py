@@ -1,7 +1,36 @@
-"""Kronoscope: Streamlit entry point."""
+"""Kronoscope: Streamlit entry point (`streamlit run app.py`).
+
+Five pages (st.navigation); each page is a thin script in pages/ that reads its settings from
+the URL, calls core/ and draws. The sidebar shows the compute device and the server's limits.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="Kronoscope", layout="wide")
-st.title("Kronoscope")
-st.write("Kronecker-factored approximations of the Fisher information, made visible.")
+from pages import _shared as sh
+
+sh.ensure_navigation()  # before anything else: see its docstring
+st.set_page_config(page_title="Kronoscope", page_icon=":material/blur_on:", layout="wide")
+st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page(
+        "pages/explorer.py", title="Fisher explorer", icon=":material/grid_on:", url_path="explorer"
+    ),
+    st.Page(
+        "pages/training.py",
+        title="Approximation over training",
+        icon=":material/show_chart:",
+        url_path="training",
+    ),
+    st.Page(
+        "pages/race.py", title="Optimizer race", icon=":material/sports_score:", url_path="race"
+    ),
+    st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
+]
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.caption(f"Compute device: **{sh.device_label()}**")
+    st.caption(sh.limits_caption())
+with sh.friendly_errors(page.title):
+    page.run()

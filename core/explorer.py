@@ -1,0 +1,560 @@
+"""The Fisher explorer's numerics: one layer's Fisher block next to its approximations.
+
+Given a model, a batch and a layer, :func:`capture_layer` records the layer's per-sample inputs
+``ā_i`` and output gradients ``g_i`` (core.capture); :func:`analyse` builds each approximation
+(core.approx) and compares it with the exact block through :class:`core.fisher.LayerFisher`.
+Every metric here is matrix-free, so it works for layers of any size:
+
+* relative Frobenius error ``‖F − F̃‖_F / ‖F‖_F``;
+* the seed paper's spectrum error ``‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂``;
+* the cosine between the exact damped natural gradient ``(F + λI)⁻¹∇`` (Woodbury) and the
+  approximate one ``(F̃ + λI)⁻¹∇``;
+* the seconds each approximation took to build.
+
+Pictures of dense matrices are a different matter: ``F`` has ``(da·dg)²`` entries. The views
+below are *pooled*: inputs are averaged in contiguous groups of ``block_a`` and outputs in
+groups of ``block_g`` (matrices ``P_a``, ``P_g`` with rows summing to one), and the picture is
+``(P_a ⊗ P_g) X (P_a ⊗ P_g)ᵀ`` — each cell the mean of ``X`` over one (input group × output
+group)² block, still in ``vec(W)`` order ``(i, p) ↦ i·dg + p``. Because
+``(P_a ⊗ P_g)(ā ⊗ g) = (P_a ā) ⊗ (P_g g)``, the pooled Fisher is the Fisher of the pooled
+batch, and a pooled Kronecker product is ``(P_a R P_aᵀ) ⊗ (P_g S P_gᵀ)``: nothing of size
+``n × n`` is ever formed. With blocks of 1 the view is the exact dense matrix.
+
+The Kronecker-rank view uses Eckart–Young on the rearrangement (Van Loan & Pitsianis 1993): the
+best rank-``r`` sum is the first ``r`` terms of the truncated SVD of ℛ(F), and its error curve
+is evaluated term by term with the matrix-free relative error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .approx import METHODS, Approximation, EigenbasisDiagonal, KroneckerSum, approximate
+from .capture import LayerCapture, capture
+from .fisher import LayerFisher, exact_fisher
+from .kron import sym
+
+DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
+DEFAULT_DAMPING = 1e-3
+SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
+DENSE_SPECTRUM_LIMIT = 4096  # sums of products up to this n: spectrum by one dense eigvalsh
+SLOW_LIMIT = 4096  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
+
+METHOD_LABELS = {
+    "exact": "Exact F",
+    "kfac": "KFAC",
+    "kpsvd": "KPSVD",
+    "deflation": "Deflation",
+    "lanczos": "Lanczos",
+    "kfac_corrected": "KFAC-corrected",
+    "ekfac": "EKFAC",
+    "shampoo": "Shampoo",
+}
+
+
+def method_label(method: str) -> str:
+    """Display name of a method (``kfac_corrected`` → ``KFAC-corrected``)."""
+    return METHOD_LABELS.get(method, method)
+
+
+# -- capture ---------------------------------------------------------------------------------
+
+
+def capture_layer(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    *,
+    loss: str,
+    fisher: str = "true",
+    targets: torch.Tensor | None = None,
+    seed: int = 0,
+) -> LayerCapture:
+    """Per-sample ``ā_i`` and ``g_i`` of one Linear layer on the batch ``x`` (core.capture).
+
+    The true Fisher's targets are drawn with a generator seeded by ``seed``, so one setting
+    gives one batch of gradients.
+    """
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    result = capture(
+        model,
+        x,
+        loss=loss,
+        fisher=fisher,
+        targets=targets if fisher == "empirical" else None,
+        generator=generator if fisher == "true" else None,
+        layers=[layer],
+    )
+    return result.layers[layer]
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+@dataclass
+class MethodResult:
+    """One approximation of a layer's Fisher block and how well it matches the exact one.
+
+    ``spectrum_error`` and ``ng_cosine`` are NaN when they were deferred (``deferred``): for a
+    sum of several Kronecker products on a layer above ``slow_limit`` weights they need an
+    iterative eigensolver and an iterative solve (see :func:`analyse_method`).
+    """
+
+    method: str
+    approx: Approximation
+    relative_error: float
+    spectrum_error: float
+    spectrum_exact: bool  # False: both spectra truncated to their top eigenvalues
+    ng_cosine: float
+    seconds: float  # time to build the approximation
+    metric_seconds: float  # time to evaluate the metrics
+    deferred: bool = False
+
+
+@dataclass
+class LayerAnalysis:
+    """The exact block (held implicitly) and the chosen approximations of one layer batch."""
+
+    fisher: LayerFisher
+    results: dict[str, MethodResult] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.fisher.da, self.fisher.dg
+
+    def table(self) -> pd.DataFrame:
+        return metrics_table(self.results.values())
+
+
+def is_slow(approx: Approximation, slow_limit: int = SLOW_LIMIT) -> bool:
+    """True for a sum of ≥ 2 Kronecker products with more than ``slow_limit`` weights: its
+    spectrum needs Lanczos on the n × n operator and its exact damped inverse MINRES (seconds
+    to minutes on a CPU, against milliseconds for everything else)."""
+    return len(getattr(approx, "terms", ())) > 1 and approx.n > slow_limit
+
+
+def _share_eigvals(approx: Approximation) -> Approximation:
+    """Make ``approx.eigvals`` compute each spectrum once (the spectrum error and the spectra
+    figure ask for the same eigenvalues), and eigendecompose a sum of several products densely
+    up to ``DENSE_SPECTRUM_LIMIT`` (one ``eigvalsh`` is much faster than Lanczos for its top
+    64 eigenvalues at these sizes, and gives all of them)."""
+    original = approx.eigvals
+    cache: dict = {}
+    dense = len(getattr(approx, "terms", ())) > 1 and approx.n <= DENSE_SPECTRUM_LIMIT
+
+    def eigvals(k: int | None = None) -> torch.Tensor:
+        if dense:
+            if "all" not in cache:
+                cache["all"] = torch.linalg.eigvalsh(_dense_sum(approx)).flip(0)
+            lam = cache["all"]
+            return lam if k is None else lam[:k]
+        if k not in cache:
+            cache[k] = original(k)
+        return cache[k]
+
+    approx.eigvals = eigvals  # type: ignore[method-assign]
+    return approx
+
+
+def _dense_sum(approx: Approximation) -> torch.Tensor:
+    """Σ_k kron(R_k, S_k) in float64 (``kron(R, S)`` is R ⊗ S in vec(W) order)."""
+    assert isinstance(approx, KroneckerSum)
+    out = torch.zeros(approx.n, approx.n, dtype=torch.float64)
+    for r, s in approx.terms:
+        out += torch.kron(r.to(torch.float64), s.to(torch.float64))
+    return sym(out)
+
+
+def analyse_method(
+    fisher: LayerFisher,
+    method: str,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    rank: int = 1,
+    slow_limit: int = SLOW_LIMIT,
+    compute_slow: bool = False,
+) -> MethodResult:
+    """Build ``method`` on the layer batch held by ``fisher`` (float64) and measure it.
+
+    The relative error is always computed (matrix-free, milliseconds). The spectrum error and
+    the natural-gradient cosine are deferred (NaN) for slow cases (:func:`is_slow`) unless
+    ``compute_slow``.
+    """
+    approx = _share_eigvals(approximate(method, fisher.a, fisher.g, rank=rank))
+    start = time.perf_counter()
+    rel = fisher.relative_error(approx)
+    deferred = is_slow(approx, slow_limit) and not compute_slow
+    if deferred:
+        spec, spec_exact, cosine = math.nan, False, math.nan
+    else:
+        spec, spec_exact = fisher.spectrum_error(approx)
+        cosine = fisher.natural_gradient_agreement(approx, damping).cosine
+    return MethodResult(
+        method=method,
+        approx=approx,
+        relative_error=rel,
+        spectrum_error=spec,
+        spectrum_exact=spec_exact,
+        ng_cosine=cosine,
+        seconds=float(approx.info["seconds"]),
+        metric_seconds=time.perf_counter() - start,
+        deferred=deferred,
+    )
+
+
+def analyse(
+    a: torch.Tensor,
+    g: torch.Tensor,
+    methods: tuple[str, ...] | list[str] = METHODS,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    compute_slow: bool = False,
+) -> LayerAnalysis:
+    """Every method in ``methods`` on one layer batch (``a``: (m, da), ``g``: (m, dg))."""
+    unknown = [mt for mt in methods if mt not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    fisher = LayerFisher(a, g)
+    analysis = LayerAnalysis(fisher)
+    for method in methods:
+        analysis.results[method] = analyse_method(
+            fisher, method, damping=damping, compute_slow=compute_slow
+        )
+    return analysis
+
+
+METRIC_COLUMNS = {
+    "method": "Method",
+    "relative_error": "Relative Frobenius error",
+    "spectrum_error": "Spectrum error",
+    "ng_cosine": "Natural-gradient cosine",
+    "seconds": "Compute time (s)",
+}
+
+
+def metrics_table(results) -> pd.DataFrame:
+    """One row per method: relative error, spectrum error, natural-gradient cosine, time."""
+    rows = [
+        {
+            "method": r.method,
+            "relative_error": r.relative_error,
+            "spectrum_error": r.spectrum_error,
+            "spectrum_exact": r.spectrum_exact,
+            "ng_cosine": r.ng_cosine,
+            "seconds": r.seconds,
+            "deferred": r.deferred,
+            "terms": len(getattr(r.approx, "terms", ())) or None,
+        }
+        for r in results
+    ]
+    columns = ["method", "relative_error", "spectrum_error", "spectrum_exact", "ng_cosine"]
+    return pd.DataFrame(rows, columns=[*columns, "seconds", "terms", "deferred"])
+
+
+# -- pooled dense views ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Average inputs in contiguous groups of ``block_a`` and outputs in groups of ``block_g``.
+
+    The last group of each side may be shorter; every group is averaged over its own size.
+    """
+
+    da: int
+    dg: int
+    block_a: int = 1
+    block_g: int = 1
+
+    @property
+    def da_out(self) -> int:
+        return math.ceil(self.da / self.block_a)
+
+    @property
+    def dg_out(self) -> int:
+        return math.ceil(self.dg / self.block_g)
+
+    @property
+    def side(self) -> int:
+        """Cells per axis of a pooled block view."""
+        return self.da_out * self.dg_out
+
+    @property
+    def downsampled(self) -> bool:
+        return self.block_a > 1 or self.block_g > 1
+
+    def matrix_a(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return _pool_matrix(self.da, self.block_a, dtype)
+
+    def matrix_g(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return _pool_matrix(self.dg, self.block_g, dtype)
+
+    def input_ranges(self) -> list[tuple[int, int]]:
+        return _ranges(self.da, self.block_a)
+
+    def output_ranges(self) -> list[tuple[int, int]]:
+        return _ranges(self.dg, self.block_g)
+
+    def labels(self) -> list[str]:
+        """Axis labels in vec(W) order: entry ``i·dg_out + p`` is (input group i, output p)."""
+        ins = [_range_label(lo, hi) for lo, hi in self.input_ranges()]
+        outs = [_range_label(lo, hi) for lo, hi in self.output_ranges()]
+        return [f"in {i}, out {p}" for i in ins for p in outs]
+
+    def describe(self) -> str:
+        if not self.downsampled:
+            return f"full resolution: {self.side:,} × {self.side:,} entries"
+        return (
+            f"downsampled: each cell averages a block of {self.block_a} input(s) × "
+            f"{self.block_g} output(s) on both sides ({self.da * self.dg:,} → {self.side:,} "
+            "cells per axis)"
+        )
+
+
+def _pool_matrix(d: int, block: int, dtype: torch.dtype) -> torch.Tensor:
+    rows = _ranges(d, block)
+    p = torch.zeros(len(rows), d, dtype=dtype)
+    for k, (lo, hi) in enumerate(rows):
+        p[k, lo : hi + 1] = 1.0 / (hi + 1 - lo)
+    return p
+
+
+def _ranges(d: int, block: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + block, d) - 1) for lo in range(0, d, block)]
+
+
+def _range_label(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def choose_pooling(da: int, dg: int, max_side: int = DEFAULT_MAX_SIDE) -> Pooling:
+    """The finest pooling whose view has at most ``max_side`` cells per axis.
+
+    Groups grow on the side with more groups left, so both sides keep similar resolution.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be ≥ 1, got {max_side}")
+    block_a = block_g = 1
+    while math.ceil(da / block_a) * math.ceil(dg / block_g) > max_side:
+        if math.ceil(da / block_a) >= math.ceil(dg / block_g):
+            block_a = _next_block(da, block_a)
+        else:
+            block_g = _next_block(dg, block_g)
+    return Pooling(da, dg, block_a, block_g)
+
+
+def _next_block(d: int, block: int) -> int:
+    """Smallest block size larger than ``block`` that reduces the number of groups."""
+    groups = math.ceil(d / block)
+    return math.ceil(d / (groups - 1)) if groups > 1 else block
+
+
+def pooled_fisher(fisher: LayerFisher, pooling: Pooling) -> np.ndarray:
+    """``(P_a ⊗ P_g) F (P_a ⊗ P_g)ᵀ`` = the Fisher of the pooled batch."""
+    a = fisher.a @ pooling.matrix_a().T
+    g = fisher.g @ pooling.matrix_g().T
+    return exact_fisher(a, g).numpy()
+
+
+def pooled_approximation(approx: Approximation, pooling: Pooling) -> np.ndarray:
+    """``(P_a ⊗ P_g) F̃ (P_a ⊗ P_g)ᵀ`` without forming F̃."""
+    pa, pg = pooling.matrix_a(), pooling.matrix_g()
+    if isinstance(approx, KroneckerSum):
+        out = torch.zeros(pooling.side, pooling.side, dtype=torch.float64)
+        for r, s in approx.terms:
+            r64, s64 = r.to(torch.float64), s.to(torch.float64)
+            out += torch.kron(pa @ r64 @ pa.T, pg @ s64 @ pg.T)
+        return out.numpy()
+    if isinstance(approx, EigenbasisDiagonal):
+        # F̃ = Σ_ip s_pi (u_Ai u_Aiᵀ) ⊗ (u_Gp u_Gpᵀ), pooled column by column.
+        ua = pa @ approx.u_a.to(torch.float64)
+        ug = pg @ approx.u_g.to(torch.float64)
+        scale = approx.scale.to(torch.float64)
+        per_input = torch.einsum("ap,bp,pi->abi", ug, ug, scale)
+        block = torch.einsum("xi,yi,abi->xayb", ua, ua, per_input)
+        return block.reshape(pooling.side, pooling.side).numpy()
+    # Unknown structure: fall back to the dense matrix (refused above the memory limit).
+    dense = approx.to_dense().to(torch.float64)
+    big = torch.kron(pa, pg)
+    return (big @ dense @ big.T).numpy()
+
+
+@dataclass
+class BlockView:
+    """Pooled exact block, approximation and their difference, ready to draw."""
+
+    exact: np.ndarray
+    approx: np.ndarray
+    pooling: Pooling
+
+    @property
+    def difference(self) -> np.ndarray:
+        return self.approx - self.exact
+
+    @property
+    def scale(self) -> float:
+        """One symmetric colour range for the three pictures: max |entry| over all."""
+        return float(max(np.abs(self.exact).max(), np.abs(self.approx).max(), 1e-300))
+
+
+def block_view(
+    fisher: LayerFisher, approx: Approximation, max_side: int = DEFAULT_MAX_SIDE
+) -> BlockView:
+    pooling = choose_pooling(fisher.da, fisher.dg, max_side)
+    return BlockView(pooled_fisher(fisher, pooling), pooled_approximation(approx, pooling), pooling)
+
+
+# -- factors ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FactorView:
+    """One factor matrix of an approximation, possibly pooled for display."""
+
+    label: str  # e.g. "A (inputs, term 1)"
+    side: str  # "input" (da × da) or "output" (dg × dg)
+    matrix: np.ndarray
+    block: int  # pooling block size (1: full resolution)
+
+
+def factor_views(approx: Approximation, max_side: int = DEFAULT_MAX_SIDE) -> list[FactorView]:
+    """The Kronecker factors of an approximation, each pooled to at most ``max_side`` rows.
+
+    KFAC: A, G. KPSVD family: R_k, S_k per term (KFAC-corrected: A, G, then R, S). EKFAC: the
+    eigenbasis-diagonal scaling ``s`` (dg × da), shown as one matrix. Shampoo: L, R.
+    """
+    if isinstance(approx, EigenbasisDiagonal):
+        scale = approx.scale.to(torch.float64)
+        ba = math.ceil(scale.shape[1] / max_side)
+        bg = math.ceil(scale.shape[0] / max_side)
+        pooled = _pool_matrix(scale.shape[0], bg, torch.float64) @ scale
+        pooled = pooled @ _pool_matrix(scale.shape[1], ba, torch.float64).T
+        return [FactorView("s (eigenbasis scaling, output × input)", "scaling", pooled.numpy(), ba)]
+    if not isinstance(approx, KroneckerSum):
+        return []
+    names = _factor_names(approx.method, len(approx.terms))
+    views = []
+    for (r, s), (rn, sn) in zip(approx.terms, names, strict=True):
+        for mat, name, side in ((r, rn, "input"), (s, sn, "output")):
+            block = math.ceil(mat.shape[0] / max_side)
+            p = _pool_matrix(mat.shape[0], block, torch.float64)
+            views.append(FactorView(name, side, (p @ mat.to(torch.float64) @ p.T).numpy(), block))
+    return views
+
+
+def _factor_names(method: str, n_terms: int) -> list[tuple[str, str]]:
+    if method == "kfac":
+        return [("A (inputs)", "G (output gradients)")]
+    if method == "shampoo":
+        return [("L (inputs, ‖g‖²-weighted)", "R (outputs, ‖ā‖²-weighted)")]
+    if method == "kfac_corrected":
+        names = [("A (inputs)", "G (output gradients)"), ("R (correction)", "S (correction)")]
+        return names[:n_terms]
+    return [
+        (f"R{k} (inputs, term {k})", f"S{k} (outputs, term {k})") for k in range(1, n_terms + 1)
+    ]
+
+
+# -- spectra ---------------------------------------------------------------------------------
+
+
+def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> dict[str, np.ndarray]:
+    """Largest eigenvalues (descending) of F and of each approximation.
+
+    F has at most m nonzero eigenvalues (from its m × m Gram matrix). One Kronecker product and
+    EKFAC give all their eigenvalues cheaply; a sum of several products is eigendecomposed
+    densely up to ``DENSE_SPECTRUM_LIMIT`` and by Lanczos (its top min(m, 64), the ones the
+    spectrum error used) above. Methods whose slow metrics were deferred are left out.
+    """
+    n = analysis.fisher.da * analysis.fisher.dg
+    out = {"exact": analysis.fisher.eigvals[:max_points].numpy()}
+    for method, result in analysis.results.items():
+        if result.deferred:
+            continue
+        approx = result.approx
+        many = len(getattr(approx, "terms", ())) > 1
+        lanczos = many and n > DENSE_SPECTRUM_LIMIT
+        k = min(analysis.fisher.m, 64) if lanczos else min(max_points, n)
+        out[method] = approx.eigvals(k).to(torch.float64).numpy()[:max_points]
+    return out
+
+
+# -- Kronecker rank --------------------------------------------------------------------------
+
+
+@dataclass
+class RankCurve:
+    """Relative error of the best rank-r Kronecker sum, r = 1 … len(errors)."""
+
+    ranks: np.ndarray
+    errors: np.ndarray
+    singular_values: np.ndarray
+    terms: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def approximation(self, rank: int) -> KroneckerSum:
+        """The best rank-``rank`` sum (clipped to the terms that carry weight)."""
+        if rank < 1:
+            raise ValueError(f"rank must be ≥ 1, got {rank}")
+        return KroneckerSum("kpsvd", self.terms[: min(rank, len(self.terms))])
+
+    @property
+    def max_rank(self) -> int:
+        return len(self.terms)
+
+
+def rank_curve(fisher: LayerFisher, max_rank: int = 10) -> RankCurve:
+    """Error of the best rank-r sum for r = 1 … max_rank, from one truncated SVD of ℛ(F).
+
+    The rank of ℛ(F) is at most min(m, da², dg²); beyond it the error is 0 and no further
+    terms exist.
+    """
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be ≥ 1, got {max_rank}")
+    full = min(max_rank, fisher.m, fisher.da**2, fisher.dg**2)
+    approx = approximate("kpsvd", fisher.a, fisher.g, rank=full)
+    assert isinstance(approx, KroneckerSum)
+    errors = [
+        fisher.relative_error(KroneckerSum("kpsvd", approx.terms[:r]))
+        for r in range(1, len(approx.terms) + 1)
+    ]
+    return RankCurve(
+        ranks=np.arange(1, len(errors) + 1),
+        errors=np.asarray(errors),
+        singular_values=np.asarray(approx.info["singular_values"][: len(errors)]),
+        terms=approx.terms,
+    )
+
+
+# -- downloads -------------------------------------------------------------------------------
+
+
+def view_arrays(
+    view: BlockView | None,
+    factors: list[FactorView],
+    spectra_: dict[str, np.ndarray],
+    curve: RankCurve | None,
+    method: str,
+) -> dict[str, np.ndarray]:
+    """The arrays behind the explorer's figures, named for an ``.npz`` download."""
+    arrays: dict[str, np.ndarray] = {}
+    if view is not None:
+        arrays["exact_block"] = view.exact
+        arrays[f"{method}_block"] = view.approx
+        arrays[f"{method}_difference"] = view.difference
+        arrays["pool_blocks"] = np.array([view.pooling.block_a, view.pooling.block_g])
+    for k, fv in enumerate(factors):
+        arrays[f"{method}_factor{k}_{fv.side}"] = fv.matrix
+    for name, lam in spectra_.items():
+        arrays[f"eigvals_{name}"] = lam
+    if curve is not None:
+        arrays["rank_curve_ranks"] = curve.ranks
+        arrays["rank_curve_errors"] = curve.errors
+        arrays["rank_curve_singular_values"] = curve.singular_values
+    return arrays

@@ -1,0 +1,264 @@
+"""Fisher explorer: one layer's Fisher block next to its Kronecker-factored approximations."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import streamlit as st
+
+from core import explorer, figures
+from core.approx import METHODS
+from core.limits import check_layer_size
+from core.models import describe_layers
+from core.optim import OPTIMIZERS
+from pages import _shared as sh
+
+sh.ensure_navigation()
+
+st.title("Fisher explorer")
+settings = sh.UrlSettings("explorer")
+
+# -- model -------------------------------------------------------------------------------
+with st.sidebar:
+    st.header("Model")
+    data = sh.data_controls(settings)
+with sh.friendly_errors("Loading the dataset"):
+    ds = sh.dataset(data.name, data.path)
+with st.sidebar:
+    preset, seed = sh.model_controls(settings, data)
+    state = settings.radio(
+        "Parameters",
+        ["init", "trained"],
+        "model",
+        "init",
+        format_func={"init": "at initialization", "trained": "after training"}.get,
+        horizontal=True,
+    )
+    if state == "trained":
+        opt_name = settings.select(
+            "Optimizer", OPTIMIZERS, "opt", "adam", format_func=sh.OPTIMIZER_LABELS.get
+        )
+        steps = settings.number("Training steps", "steps", 200, min_value=1, max_value=20_000)
+        lr = settings.number(
+            "Learning rate", "lr", sh.lr_default(opt_name), min_value=1e-6, max_value=10.0,
+            format="%g",
+        )  # fmt: skip
+
+if state == "trained":
+    with sh.friendly_errors("Training settings"):
+        config = sh.optimizer_config(opt_name, float(lr))
+    choice = sh.trained_model(data, ds, preset, int(seed), config, int(steps))
+else:
+    init = sh.initial_model(data.key, preset, int(seed), ds)
+    choice = sh.ModelChoice(f"{data.key}|{preset}|seed={seed}|init", init, "at initialization")
+
+# -- layer and methods -------------------------------------------------------------------
+layers = sh.layer_options(choice.model)
+with st.sidebar:
+    st.header("Fisher block")
+    layer = settings.select(
+        "Linear layer",
+        list(layers),
+        "layer",
+        sh.default_layer(choice.model),
+        format_func=layers.get,
+        help="W has shape (outputs, inputs + 1): the bias is the last column.",
+    )
+    methods = settings.multiselect(
+        "Approximations", METHODS, "methods", METHODS, format_func=explorer.method_label
+    )
+    m = settings.select(
+        "Fisher minibatch m", [32, 64, 128, 256, 512, 1024], "m", 256,
+        help="Samples in the estimate F = (1/m) Σ (ā ā^T) ⊗ (g g^T); rank F ≤ m.",
+    )  # fmt: skip
+    fisher_kind = settings.radio(
+        "Fisher",
+        ["true", "empirical"],
+        "fisher",
+        "true",
+        format_func={"true": "true (sampled targets)", "empirical": "empirical"}.get,
+        horizontal=True,
+    )
+    damping = settings.select(
+        "Damping λ (natural gradient)", [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "damping", 1e-3,
+        format_func=lambda v: f"{v:g}",
+    )  # fmt: skip
+
+info = next(i for i in describe_layers(choice.model) if i.name == layer)
+st.caption(
+    f"{data.name} · {preset} · {choice.description} · layer **{info.label}** · "
+    f"m = {m} · {fisher_kind} Fisher · training device: {sh.device_label()}, "
+    "Fisher numerics: CPU, float64"
+)
+with sh.friendly_errors("Layer size"):
+    check_layer_size(info.n_params, f"layer {layer}")
+
+fisher_key = f"{choice.key}|{layer}|{fisher_kind}|m={m}"
+with sh.friendly_errors("Capturing the layer's gradients"), st.spinner("Capturing…"):
+    fisher = sh.layer_fisher(choice.key, layer, fisher_kind, int(m), int(seed), choice.model, ds)
+
+slow = settings.toggle(
+    "Compute slow metrics (spectrum and natural gradient of 2-term sums on large layers)",
+    "slow",
+    False,
+)
+results: dict[str, explorer.MethodResult] = {}
+with sh.friendly_errors("Approximating"):
+    for method in methods:
+        with st.spinner(f"{explorer.method_label(method)}…"):
+            results[method] = sh.method_result(fisher_key, method, float(damping), slow, fisher)
+analysis = explorer.LayerAnalysis(fisher, results)
+
+# -- metrics -----------------------------------------------------------------------------
+st.subheader("How close is each approximation?")
+table = analysis.table()
+if len(table):
+    shown = table.assign(method=table["method"].map(explorer.method_label))
+    st.dataframe(
+        shown.drop(columns=["deferred"]),
+        hide_index=True,
+        column_config={
+            "method": "Method",
+            "relative_error": st.column_config.NumberColumn(
+                "Relative Frobenius error", format="%.4f", help="‖F − F̃‖_F / ‖F‖_F"
+            ),
+            "spectrum_error": st.column_config.NumberColumn(
+                "Spectrum error", format="%.4f", help="‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂"
+            ),
+            "spectrum_exact": st.column_config.CheckboxColumn(
+                "Full spectrum", help="unticked: top min(m, 64) eigenvalues compared"
+            ),
+            "ng_cosine": st.column_config.NumberColumn(
+                "Natural-gradient cosine",
+                format="%.4f",
+                help=f"cos∠((F + λI)⁻¹∇, (F̃ + λI)⁻¹∇), λ = {damping:g}",
+            ),
+            "seconds": st.column_config.NumberColumn("Compute time (s)", format="%.4f"),
+            "terms": st.column_config.NumberColumn(
+                "Kronecker terms", format="%d", help="empty: EKFAC (an eigenbasis diagonal)"
+            ),
+        },
+    )
+    if table["deferred"].any():
+        st.info(
+            "Spectrum error and natural-gradient cosine of the 2-term sums are not computed on "
+            f"this layer ({info.n_params:,} weights): they need Lanczos and MINRES on the "
+            "full operator (seconds to minutes). Switch on *Compute slow metrics* above."
+        )
+    st.download_button(
+        "Metrics (CSV)", table.to_csv(index=False), f"metrics-{layer}.csv", "text/csv"
+    )
+else:
+    st.info("Choose at least one approximation in the sidebar.")
+
+# -- pictures ----------------------------------------------------------------------------
+labels = {"exact": "Exact F", **{mt: explorer.method_label(mt) for mt in METHODS}}
+arrays: dict[str, np.ndarray] = {}
+show = None
+col_show, col_contrast = st.columns(2)
+if methods:
+    with col_show:
+        show = settings.select(
+            "Approximation shown in the block and factor views",
+            methods,
+            "show",
+            "kpsvd" if "kpsvd" in methods else methods[0],
+            format_func=explorer.method_label,
+        )
+with col_contrast:
+    contrast = settings.select(
+        "Heatmap colour range",
+        [1.0, 0.999, 0.99, 0.95],
+        "contrast",
+        0.99,
+        format_func=lambda q: "full range" if q == 1.0 else f"saturate the top {1 - q:.1%}",
+        help="The scale stays linear, symmetric and shared by the three panels; hover for values.",
+    )
+
+tab_block, tab_factors, tab_spectra, tab_rank = st.tabs(
+    ["Fisher block", "Kronecker factors", "Spectra", "Kronecker rank"]
+)
+
+with tab_block:
+    if show is not None:
+        view = sh.block_view(fisher_key, show, fisher, results[show].approx)
+        st.plotly_chart(
+            figures.block_heatmaps(
+                view.exact,
+                view.approx,
+                view.pooling.labels(),
+                method=explorer.method_label(show),
+                note=view.pooling.describe(),
+                group=view.pooling.dg_out,
+                saturate=contrast,
+            ),
+            key="block",
+        )
+        arrays.update(explorer.view_arrays(view, [], {}, None, show))
+    else:
+        st.info("Choose an approximation to compare with F.")
+
+with tab_factors:
+    if show is not None:
+        factors = explorer.factor_views(results[show].approx)
+        pooled = [f for f in factors if f.block > 1]
+        note = f"pooled in blocks of {pooled[0].block}" if pooled else ""
+        st.plotly_chart(
+            figures.factor_heatmaps(
+                [(f.label, f.matrix) for f in factors],
+                title=f"Kronecker factors of {explorer.method_label(show)}",
+                note=note,
+            ),
+            key="factors",
+        )
+        arrays.update(explorer.view_arrays(None, factors, {}, None, show))
+
+with tab_spectra:
+    spec = explorer.spectra(analysis)
+    n = fisher.da * fisher.dg
+    note = (
+        f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
+        f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
+    )
+    st.plotly_chart(figures.spectra_figure(spec, labels=labels, note=note), key="spectra")
+    arrays.update(explorer.view_arrays(None, [], spec, None, show or "none"))
+
+with tab_rank:
+    max_rank = min(10, fisher.m)
+    with sh.friendly_errors("Kronecker rank"):
+        curve = sh.rank_curve(fisher_key, max_rank, fisher)
+    rank = settings.slider(
+        "Kronecker rank r", "rank", 2, min_value=1, max_value=max(curve.max_rank, 1)
+    )
+    refs = {
+        explorer.method_label(mt): results[mt].relative_error
+        for mt in ("kfac", "kfac_corrected")
+        if mt in results
+    }
+    st.plotly_chart(
+        figures.rank_curve_figure(curve.ranks, curve.errors, selected=rank, references=refs),
+        key="rank_curve",
+    )
+    ranked = curve.approximation(rank)
+    rview = sh.block_view(fisher_key, f"rank{rank}", fisher, ranked)
+    st.plotly_chart(
+        figures.block_heatmaps(
+            rview.exact,
+            rview.approx,
+            rview.pooling.labels(),
+            method=f"best rank-{rank} sum",
+            note=rview.pooling.describe(),
+            group=rview.pooling.dg_out,
+            saturate=contrast,
+        ),
+        key="rank_block",
+    )
+    arrays.update(explorer.view_arrays(None, [], {}, curve, show or "none"))
+
+buffer = io.BytesIO()
+np.savez_compressed(buffer, **arrays)
+st.download_button(
+    "Figure data (NPZ)", buffer.getvalue(), f"fisher-{layer}.npz", "application/octet-stream"
+)
+settings.sync()

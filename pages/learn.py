@@ -1,0 +1,150 @@
+"""Learn: the mathematics behind the approximations (conventions as in core/)."""
+
+import streamlit as st
+
+from pages import _shared as sh
+
+sh.ensure_navigation()
+
+st.title("Learn: the mathematics")
+st.markdown(
+    "Conventions used everywhere in Kronoscope. A linear layer computes $s = W\\bar a$ with "
+    "$W$ of shape $d_g \\times d_a$; $\\bar a$ is the input with a trailing 1 when the layer "
+    "has a bias (the bias is the last column of $W$). $g = \\partial \\ell / \\partial s$ is "
+    "the gradient of **one** sample's negative log-likelihood."
+)
+
+st.header("1. The Fisher block of a layer")
+st.markdown("With column-major vec, the per-sample weight gradient is")
+st.latex(
+    r"\operatorname{vec}(\nabla_W \ell) = \operatorname{vec}(g\,\bar a^\top) = \bar a\otimes g,"
+)
+st.markdown("so on a minibatch of $m$ samples the layer's Fisher block is")
+st.latex(
+    r"F = \frac1m\sum_{i=1}^m (\bar a_i\otimes g_i)(\bar a_i\otimes g_i)^\top"
+    r" = \frac1m\sum_{i=1}^m (\bar a_i\bar a_i^\top)\otimes(g_i g_i^\top),"
+    r"\qquad F\in\mathbb R^{d_a d_g\times d_a d_g}."
+)
+st.markdown(
+    "The **true** Fisher draws the targets from the model's own predictive distribution; the "
+    "**empirical** Fisher uses the data's targets. $F$ has rank at most $m$: its nonzero "
+    "eigenvalues are those of the $m\\times m$ matrix "
+    "$\\tfrac1m(\\bar A\\bar A^\\top)\\circ(\\Gamma\\Gamma^\\top)$, which is how Kronoscope "
+    "gets the exact spectrum of blocks with millions of rows."
+)
+
+st.header("2. KFAC")
+st.latex(
+    r"F \approx A\otimes G,\qquad A=\frac1m\sum_i \bar a_i\bar a_i^\top,\quad"
+    r"G=\frac1m\sum_i g_i g_i^\top"
+)
+st.markdown(
+    "Exact when inputs and output gradients are independent (Martens & Grosse, 2015). Its "
+    "inverse is cheap because $(A\\otimes G)^{-1}=A^{-1}\\otimes G^{-1}$ and "
+    "$(A\\otimes G)\\operatorname{vec}(V)=\\operatorname{vec}(G V A^\\top)$."
+)
+
+st.header("3. The rearrangement and KPSVD")
+st.markdown(
+    "View $X$ as a $d_a\\times d_a$ grid of $d_g\\times d_g$ blocks $X_{ij}$, and stack the "
+    "blocks' vecs as rows: that is $\\mathcal R(X)$ (Van Loan & Pitsianis, 1993). Then"
+)
+st.latex(
+    r"\mathcal R(R\otimes S)=\operatorname{vec}(R)\operatorname{vec}(S)^\top,\qquad"
+    r"\|\mathcal R(X)\|_F=\|X\|_F,"
+)
+st.markdown(
+    "so the best sum of $r$ Kronecker products is the rank-$r$ truncated SVD of "
+    "$\\mathcal R(F)$ (Eckart–Young):"
+)
+st.latex(
+    r"\min_{R_k,S_k}\Big\|F-\sum_{k=1}^r R_k\otimes S_k\Big\|_F"
+    r"\;\Rightarrow\; R_k\otimes S_k=\sigma_k\,U_k\otimes V_k,\quad"
+    r"\mathcal R(F)=\sum_k \sigma_k \operatorname{vec}(U_k)\operatorname{vec}(V_k)^\top ."
+)
+st.markdown(
+    "**KPSVD** (Koroko et al., 2022) keeps the top term. Since "
+    "$\\mathcal R(F)=\\frac1m PQ^\\top$ with $P=[\\operatorname{vec}(\\bar a_i\\bar a_i^\\top)]_i$ "
+    "and $Q=[\\operatorname{vec}(g_ig_i^\\top)]_i$, every singular vector lies in their span, "
+    "so each factor has the form $R=\\bar A^\\top\\operatorname{diag}(c)\\bar A$ — as cheap to "
+    "form as KFAC's $A$ — and the SVD runs on $m\\times m$ Gram matrices "
+    "$(\\bar A\\bar A^\\top)^{\\circ 2}$, $(\\Gamma\\Gamma^\\top)^{\\circ 2}$."
+)
+
+st.header("4. Deflation and Lanczos")
+st.markdown(
+    "Both compute the best **two** terms. Deflation finds the second by power iteration on "
+    "$\\mathcal R(F)-\\sigma_1 u_1 v_1^\\top$; Lanczos by Golub–Kahan–Lanczos "
+    "bidiagonalisation of $\\mathcal R(F)$. The second singular value is close to the third "
+    "on autoencoder layers ($\\sigma_3/\\sigma_2\\approx0.95$), so power iteration converges "
+    "slowly while Krylov methods do not."
+)
+
+st.header("5. KFAC-corrected")
+st.latex(
+    r"F\approx A\otimes G + R\otimes S,\qquad R\otimes S=\arg\min\|F-A\otimes G-R\otimes S\|_F ."
+)
+st.markdown(
+    "Because $\\mathcal R(A\\otimes G)=\\operatorname{vec}(A)\\operatorname{vec}(G)^\\top"
+    "=\\frac1{m^2}P\\mathbf 1\\mathbf 1^\\top Q^\\top$, the residual is "
+    "$\\frac1m P C Q^\\top$ with the centering matrix $C=I-\\frac1m\\mathbf 1\\mathbf 1^\\top$: "
+    "the same Gram machinery, centred."
+)
+
+st.header("6. Comparison rows: EKFAC and Shampoo")
+st.markdown(
+    "**EKFAC** (George et al., 2018) keeps KFAC's eigenbasis $U_A\\otimes U_G$ and refits the "
+    "diagonal to the second moments of the projected per-sample gradients. **Shampoo**-style "
+    "factors (Gupta et al., 2018) are "
+    "$L=\\frac1m\\sum\\|g_i\\|^2\\bar a_i\\bar a_i^\\top$ and "
+    "$R=\\frac1m\\sum\\|\\bar a_i\\|^2 g_ig_i^\\top$, scaled by the Frobenius-optimal scalar."
+)
+
+st.header("7. Why inverting a sum of Kronecker products needs care")
+st.markdown(
+    "For one product, $(R\\otimes S+\\lambda I)^{-1}$ is diagonal in the eigenbasis "
+    "$U_R\\otimes U_S$. For two products there is no such rule: "
+    "$(R_1\\otimes S_1+R_2\\otimes S_2)^{-1}\\neq$ anything factored. With $R_1,S_1$ positive "
+    "definite (after damping), solve the generalized eigenproblems"
+)
+st.latex(
+    r"R_2x=\mu R_1x,\quad S_2y=\nu S_1y,\qquad E_R^\top R_1E_R=I,\;"
+    r"E_R^\top R_2E_R=\operatorname{diag}(\mu)"
+)
+st.markdown("(and likewise for $S$); then the sum is congruent to a diagonal matrix and")
+st.latex(
+    r"(R_1\otimes S_1+R_2\otimes S_2)^{-1}\operatorname{vec}(V)"
+    r"=\operatorname{vec}\!\Big(E_S\big[(E_S^\top V E_R)\oslash(\mathbf 1+\nu\mu^\top)\big]"
+    r"E_R^\top\Big)."
+)
+st.markdown(
+    "The second term is **indefinite** (a singular vector of $\\mathcal R(F)$ beyond the first "
+    "need not be positive semi-definite), and so can be the sum: where "
+    "$1+\\mu_i\\nu_j\\le 0$ the approximation is not positive definite and the formula above "
+    "would amplify or flip a direction. Kronoscope floors $1+\\mu\\nu$ (default 0.1: the "
+    "correction may cancel at most 90% of the damped first term along any generalized "
+    "eigendirection) and counts how often that happens — never a silent $|\\cdot|$."
+)
+st.markdown(
+    "Damping: the optimizers apply Martens–Grosse factored damping to the first term, "
+    "$(R_1+\\pi\\sqrt\\lambda I)\\otimes(S_1+\\sqrt\\lambda/\\pi\\, I)$ with "
+    "$\\pi=\\sqrt{(\\operatorname{tr}R_1/d_a)/(\\operatorname{tr}S_1/d_g)}$. The explorer's "
+    "natural-gradient cosine uses exact damping $(\\tilde F+\\lambda I)^{-1}$ on both sides."
+)
+
+st.header("8. The numbers in the explorer")
+st.latex(
+    r"\text{relative error}=\frac{\|F-\tilde F\|_F}{\|F\|_F},\qquad"
+    r"\text{spectrum error}=\frac{\|\lambda(F)-\lambda(\tilde F)\|_2}{\|\lambda(F)\|_2},"
+)
+st.latex(
+    r"\text{natural-gradient cosine}=\cos\angle\big((F+\lambda I)^{-1}\nabla,\;"
+    r"(\tilde F+\lambda I)^{-1}\nabla\big),"
+)
+st.markdown(
+    "all computed without forming $F$: $\\|F\\|_F^2=\\frac1{m^2}\\sum_{ij}"
+    "(\\bar a_i^\\top\\bar a_j)^2(g_i^\\top g_j)^2$, "
+    "$\\langle F,R\\otimes S\\rangle=\\frac1m\\sum_i(\\bar a_i^\\top R\\bar a_i)"
+    "(g_i^\\top S g_i)$, and the exact natural gradient by Woodbury on the $m\\times m$ Gram "
+    "matrix. Eigenvalues are sorted descending and zero-padded."
+)

@@ -1,0 +1,115 @@
+"""Approximation over training: each method's error on one layer while a model trains."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import explorer, report
+from core.approx import METHODS
+from core.limits import check_layer_size
+from core.models import describe_layers
+from core.optim import OPTIMIZERS
+from core.runner import RunConfig, TrainingRun
+from pages import _shared as sh
+
+sh.ensure_navigation()
+
+PAGE = "training"
+st.title("Approximation over training")
+st.markdown(
+    "The seed paper's experiment, live: a model trains in the background, and every few steps "
+    "the chosen layer's Fisher block is captured on a fresh minibatch and each approximation "
+    "is measured against it (relative Frobenius error and spectrum error)."
+)
+settings = sh.UrlSettings(PAGE)
+
+with st.sidebar:
+    st.header("Model and data")
+    data = sh.data_controls(settings)
+with sh.friendly_errors("Loading the dataset"):
+    ds = sh.dataset(data.name, data.path)
+with st.sidebar:
+    preset, seed = sh.model_controls(settings, data)
+    st.header("Training")
+    opt_name = settings.select(
+        "Optimizer", OPTIMIZERS, "opt", "kfac", format_func=sh.OPTIMIZER_LABELS.get
+    )
+    hyper = sh.optimizer_controls(settings, opt_name)
+    steps = settings.number("Steps", "steps", 300, min_value=1, max_value=20_000)
+    batch = settings.select("Batch size", [32, 64, 128, 256, 512], "batch", 128)
+
+init = sh.initial_model(data.key, preset, seed, ds)
+layers = sh.layer_options(init)
+col_layer, col_every, col_m = st.columns([3, 1, 1])
+with col_layer:
+    layer = settings.select(
+        "Layer tracked", list(layers), "layer", sh.default_layer(init), format_func=layers.get
+    )
+with col_every:
+    every = settings.number("Measure every … steps", "every", 10, min_value=1, max_value=1000)
+with col_m:
+    m = settings.select("Fisher minibatch m", [64, 128, 256, 512, 1024], "m", 256)
+methods = settings.multiselect(
+    "Approximations", METHODS, "methods", METHODS, format_func=explorer.method_label
+)
+info = next(i for i in describe_layers(init) if i.name == layer)
+
+group = sh.session_group(PAGE)
+running = group is not None and not group.done
+start_col, stop_col, _ = st.columns([1, 1, 4])
+start = start_col.button(
+    "Start", type="primary", disabled=not methods or running, key="training.start"
+)
+stop = stop_col.button("Stop", disabled=not running, key="training.stop")
+
+if start:
+    with sh.friendly_errors("Starting the run"):
+        check_layer_size(info.n_params, f"layer {layer}")
+        config = RunConfig(
+            dataset=data.name,
+            optimizer=sh.optimizer_config(opt_name, fisher_batch=int(m), **hyper),
+            preset=preset,
+            steps=int(steps),
+            batch_size=int(batch),
+            seed=seed,
+            eval_every=int(every),
+            quality_layer=layer,
+            quality_methods=tuple(methods),
+            quality_every=int(every),
+            data_path=data.path,
+        )
+        run = TrainingRun(config, dataset=ds, model=init)
+        sh.start_group(PAGE, [run], sequential=True, label=f"{opt_name} on {layer}")
+    settings.sync()
+    st.rerun()
+if stop and group is not None:
+    group.stop()
+
+settings.sync()
+
+
+@st.fragment(run_every=1.0 if running else None)
+def live() -> None:
+    group = sh.session_group(PAGE)
+    if group is None:
+        st.info("Choose a layer and the approximations, then press **Start**.")
+        return
+    run = group.runs[0]
+    label = sh.OPTIMIZER_LABELS.get(run.config.optimizer.name, run.config.optimizer.name)
+    sh.run_status_lines(group, [label])
+    st.caption(f"Layer {run.config.quality_layer}, measured every {run.config.quality_every} steps")
+    df = run.dataframe()
+    if len(df):
+        left, right = st.columns(2)
+        left.plotly_chart(report.error_figure(df, kind="rel_error"), key="training.rel")
+        right.plotly_chart(report.error_figure(df, kind="spectrum_error"), key="training.spec")
+        st.plotly_chart(report.loss_vs_step(df), key="training.loss")
+        st.download_button(
+            "Records (CSV)", df.to_csv(index=False), "approximation-over-training.csv",
+            "text/csv", key="training.csv",
+        )  # fmt: skip
+    if running and group.done:
+        st.rerun()
+
+
+live()

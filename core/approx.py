@@ -117,12 +117,15 @@ class Approximation(ABC):
         """The n × n matrix, built column by column from ``matvec`` (refused above the limit)."""
         dtype = self._dtype()
         check_dense_size(self.n, dtype, f"{self.method} approximation", "matvec/solve/eigvals")
-        eye = torch.eye(self.n, dtype=dtype)
+        eye = torch.eye(self.n, dtype=dtype, device=self._device())
         cols = [vec(self.matvec(eye[j].reshape(self.da, self.dg).T)) for j in range(self.n)]
         return torch.stack(cols, dim=1)
 
     @abstractmethod
     def _dtype(self) -> torch.dtype: ...
+
+    @abstractmethod
+    def _device(self) -> torch.device: ...
 
     def _check(self, v: torch.Tensor, damping: float, mode: str) -> tuple[torch.Tensor, float]:
         if mode not in SOLVE_MODES:
@@ -147,6 +150,9 @@ class KroneckerSum(Approximation):
 
     def _dtype(self) -> torch.dtype:
         return self.terms[0][0].dtype
+
+    def _device(self) -> torch.device:
+        return self.terms[0][0].device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return sum(kron_matvec(r, s, v) for r, s in self.terms)
@@ -184,10 +190,11 @@ class KroneckerSum(Approximation):
             return lam if k is None else lam[:k]
         k = min(k or 64, self.n - 1)
         vals = sla.eigsh(self._scipy_operator(0.0), k=k, which="LA", return_eigenvectors=False)
-        return torch.from_numpy(np.sort(vals)[::-1].copy())
+        return torch.from_numpy(np.sort(vals)[::-1].copy()).to(self._device())
 
     def _scipy_operator(self, shift: float) -> sla.LinearOperator:
-        terms64 = [(r.to(torch.float64), s.to(torch.float64)) for r, s in self.terms]
+        # SciPy works on CPU float64 arrays.
+        terms64 = [(r.to("cpu", torch.float64), s.to("cpu", torch.float64)) for r, s in self.terms]
         da, dg = self.da, self.dg
 
         def mv(x: np.ndarray) -> np.ndarray:
@@ -202,8 +209,10 @@ class KroneckerSum(Approximation):
         if len(self.terms) == 1:
             if mode == "exact":
                 return self._kron_eig().solve(v, damping)
-            rd, sd = factored_damping(*self.terms[0], damping)
-            return KronEig.of(rd, sd).solve(v, 0.0)
+            key = ("factored", damping)
+            if key not in self._eig_cache:
+                self._eig_cache[key] = KronEig.of(*factored_damping(*self.terms[0], damping))
+            return self._eig_cache[key].solve(v, 0.0)
         if mode == "factored":
             if len(self.terms) != 2:
                 raise ValueError(
@@ -242,7 +251,7 @@ class KroneckerSum(Approximation):
         # Large: MINRES (valid for indefinite systems), preconditioned by the first term's
         # exact damped inverse, which is symmetric positive definite.
         r1, s1 = self.terms[0]
-        first64 = KronEig.of(r1.to(torch.float64), s1.to(torch.float64))
+        first64 = KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64))
         da, dg = self.da, self.dg
 
         def precondition(x: np.ndarray) -> np.ndarray:
@@ -251,10 +260,10 @@ class KroneckerSum(Approximation):
 
         op = self._scipy_operator(damping)
         pre = sla.LinearOperator((self.n, self.n), matvec=precondition, dtype=np.float64)
-        rhs = vec(v.to(torch.float64)).numpy()
+        rhs = vec(v.to("cpu", torch.float64)).numpy()
         x, status = sla.minres(op, rhs, M=pre, rtol=1e-10, maxiter=500)
         self.info["minres_status"] = int(status)
-        return torch.from_numpy(x).reshape(da, dg).T.to(v.dtype)
+        return torch.from_numpy(x).reshape(da, dg).T.to(v.device, v.dtype)
 
 
 @dataclass(eq=False)
@@ -274,6 +283,9 @@ class EigenbasisDiagonal(Approximation):
 
     def _dtype(self) -> torch.dtype:
         return self.scale.dtype
+
+    def _device(self) -> torch.device:
+        return self.scale.device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.u_g @ ((self.u_g.T @ v @ self.u_a) * self.scale) @ self.u_a.T

@@ -98,7 +98,8 @@ class LayerFisher:
         damping = check_damping(damping)
         v = check_gradient_matrix(v, self.da, self.dg).to(torch.float64)
         jv = ((self.g @ v) * self.a).sum(1)  # (J vec V)_i = g_iᵀ V ā_i
-        system = self.gram + self.m * damping * torch.eye(self.m, dtype=torch.float64)
+        eye = torch.eye(self.m, dtype=torch.float64, device=self.a.device)
+        system = self.gram + self.m * damping * eye
         y = torch.linalg.solve(system, jv)
         return (v - self.g.T @ (y[:, None] * self.a)) / damping
 

@@ -184,8 +184,9 @@ def _ritz(
     r = min(rank, k)
     residuals = betas[k - 1] * x[k - 1, :r].abs()
     scale = max(float(sig[0]), 1e-300)
-    left = torch.tensordot(x[:, :r].T.contiguous(), torch.stack(us.vectors), dims=1)
-    right = torch.tensordot(yt[:r, :].contiguous(), torch.stack(vs.vectors[:k]), dims=1)
+    device = us.vectors[0].device
+    left = torch.tensordot(x[:, :r].T.contiguous().to(device), torch.stack(us.vectors), dims=1)
+    right = torch.tensordot(yt[:r, :].contiguous().to(device), torch.stack(vs.vectors[:k]), dims=1)
     return Triplets(
         sigma=sig[:r].clone(),
         left=left,
@@ -257,7 +258,7 @@ def power_svd(
         lefts.append(u)
         rights.append(v)
     return Triplets(
-        sigma=torch.tensor(sigmas, dtype=torch.float64),
+        sigma=torch.tensor(sigmas, dtype=torch.float64, device=start.device),
         left=torch.stack(lefts),
         right=torch.stack(rights),
         iterations=total,
@@ -290,7 +291,7 @@ def _orthonormal_block(
         for _ in range(2):
             x = x - z @ (kz.T @ x)  # ⟨z_i, x_j⟩_K = (K z_i)ᵀ x_j
     kx = metric(x)
-    coeff = torch.eye(x.shape[1], dtype=x.dtype)
+    coeff = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     for _ in range(2):
         lam, vecs = torch.linalg.eigh(sym_small(x.T @ kx))
         keep = lam > (1e-7 * scale) ** 2
@@ -346,6 +347,7 @@ class RearrangedFisher:
         # nonnegative (Perron–Frobenius: K_a and K_g have nonnegative entries).
         start = torch.rand(m, width, generator=gen, dtype=torch.float64) - 0.5
         start[:, 0] += 1.0
+        start = start.to(self.a.device)
         zs: list[torch.Tensor] = []
         kzs: list[torch.Tensor] = []
         cs: list[torch.Tensor] = []
@@ -410,7 +412,7 @@ class RearrangedFisher:
         dg = self.g.shape[1]
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(dg, dg, generator=gen, dtype=torch.float64)
-        return x @ x.T / dg + torch.eye(dg, dtype=torch.float64)
+        return (x @ x.T / dg + torch.eye(dg, dtype=torch.float64)).to(self.a.device)
 
     def triplets_power(self, rank: int, tol: float, max_iter: int) -> Triplets:
         space = Space()
@@ -425,7 +427,7 @@ class RearrangedFisher:
 
         def fresh() -> torch.Tensor:
             x = torch.randn(dg, dg, generator=gen, dtype=torch.float64)
-            return x + x.T
+            return (x + x.T).to(self.a.device)
 
         max_steps = min(dg * (dg + 1) // 2, self.a.shape[1] * (self.a.shape[1] + 1) // 2, self.m)
         return golub_kahan_lanczos(

@@ -46,7 +46,19 @@ Curvature EMA (``ema`` = ρ):
   The window holds at most ``WINDOW_CAPTURES`` = 4 captures and ``WINDOW_SAMPLES`` = 1024 rows
   (at least one capture; one when ρ = 0), i.e. a TRUNCATED EMA: with ρ = 0.95 its 4 weights are
   nearly equal (0.27, 0.26, 0.24, 0.23). The bound keeps a refresh within a small multiple of
-  KFAC's cost (the engine's Gram route costs O(M²) per Lanczos step on M rows).
+  KFAC's cost (the engine's Gram route costs O(M²) per Lanczos step on M rows). For ``ekfac``
+  the eigenbasis is that of the KFAC factors of these weighted rows (each row's weight enters
+  them as √w), and the diagonal is the exact best one for F_ema in that basis.
+
+Engine options: the KPSVD family uses the engine's Gram route with a relative residual
+tolerance of 1e-6 (``APPROX_TOL``; the engine's float64 default, 1e-10, buys nothing against a
+minibatch Fisher's sampling noise). On that route ``deflation`` and ``lanczos`` compute the same
+best two-term approximation (they differ only in the seed paper's matrix-free algorithms), so
+as optimizers they give the same updates up to that tolerance. For a single product the damped
+inverse (the engine's ``solve(mode="factored")``: ``KronEig`` of the factored-damped factors) is
+cached for the ``t_inv`` period, because the engine recomputes that eigendecomposition on every
+call; two-term solves go through the engine's own solve, which caches its generalized
+eigendecomposition.
 
 Precision: the model trains in float32; captures are converted to float64 for the engine and the
 curvature estimation runs on the CPU (the engine's Lanczos keeps its small work vectors on the
@@ -102,20 +114,32 @@ WINDOW_SAMPLES = 1024  # … and rows at most (at least one capture is always ke
 # far below the sampling noise of a minibatch Fisher (the engine's float64 default is 1e-10).
 APPROX_TOL = 1e-6
 
-# Defaults chosen on the curves-small preset (bench/train_bench.py, bench/RESULTS-training.md).
+# Defaults tuned on the curves-small preset (bench/train_bench.py → bench/RESULTS-training.md:
+# 20 epochs, T_cov = T_inv = 10, KL-clip 1e-2, momentum 0.9; grid lr × damping, seed 0).
 _DEFAULT_LR = {
-    "sgd": 0.05,
-    "adam": 1e-3,
-    "kfac": 0.1,
+    "sgd": 0.01,
+    "adam": 0.01,
+    "kfac": 0.3,
     "kpsvd": 0.1,
     "deflation": 0.1,
     "lanczos": 0.1,
-    "kfac_corrected": 0.1,
+    "kfac_corrected": 0.3,
     "ekfac": 0.1,
     "shampoo": 0.1,
     "exact": 0.1,
 }
-_DEFAULT_DAMPING = {name: 1e-3 for name in OPTIMIZERS}
+_DEFAULT_DAMPING = {
+    "sgd": 0.0,  # unused
+    "adam": 0.0,  # unused
+    "kfac": 0.1,
+    "kpsvd": 1.0,
+    "deflation": 1.0,
+    "lanczos": 1.0,
+    "kfac_corrected": 1.0,
+    "ekfac": 0.1,
+    "shampoo": 0.1,
+    "exact": 0.1,
+}
 
 
 class NonFiniteError(FloatingPointError):
@@ -134,7 +158,8 @@ def default_lr(name: str) -> float:
 
 
 def default_damping(name: str) -> float:
-    """The default damping λ per optimizer (tuned on curves-small; ignored by sgd and adam)."""
+    """The default damping λ per optimizer (tuned on curves-small; 0 for sgd and adam, which
+    do not use it)."""
     return _DEFAULT_DAMPING[_check_name(name)]
 
 
@@ -314,6 +339,9 @@ class Preconditioner:
         self.method = config.name
         self.loss = loss
         self.generator = generator
+        # Curvature state: a weighted window of captures (WINDOWED methods) or EMA'd factors
+        # (kfac, shampoo); the attribute may be flipped before the first step for ablations.
+        self.windowed = self.method in WINDOWED
         self.window_captures = window_captures
         self.window_samples = window_samples
         self.last_capture = None  # the latest CaptureResult (diagnostics, tests)
@@ -340,7 +368,7 @@ class Preconditioner:
         for name, lc in result.layers.items():
             a = lc.a.detach().to("cpu", torch.float64)
             g = lc.g.detach().to("cpu", torch.float64)
-            if self.method in WINDOWED:
+            if self.windowed:
                 if name not in self.windows:
                     self.windows[name] = _Window(rho, self.window_captures, self.window_samples)
                 self.windows[name].push(_Capture(a, g))
@@ -362,7 +390,7 @@ class Preconditioner:
 
         For ``exact`` this is the weighted sample set ``(ā, g)`` of the window.
         """
-        if self.method in ("kfac", "shampoo"):
+        if not self.windowed:
             return KroneckerSum(self.method, [tuple(self.factors[name])])
         a, g = self.windows[name].weighted()
         if self.method == "exact":
@@ -374,7 +402,7 @@ class Preconditioner:
         return approximate(self.method, a, g, tol=APPROX_TOL)
 
     def update_inverses(self) -> None:
-        names = list(self.factors) if self.method in ("kfac", "shampoo") else list(self.windows)
+        names = list(self.windows) if self.windowed else list(self.factors)
         if not names:
             raise RuntimeError("update_inverses() before any update_curvature()")
         device = next(self.model.parameters()).device

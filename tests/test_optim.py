@@ -326,6 +326,8 @@ def test_valid_options_and_defaults():
     assert OptimizerConfig("KFAC-corrected", lr=0.1).name == "kfac_corrected"
     assert OptimizerConfig("kfac", lr=0.1, kl_clip=None).kl_clip is None
     for name in OPTIMIZERS:
-        assert default_lr(name) > 0 and default_damping(name) > 0
+        assert default_lr(name) > 0 and default_damping(name) >= 0
+        assert OptimizerConfig(name, lr=0.1).damping == default_damping(name)
+    assert all(default_damping(name) > 0 for name in NATURAL_OPTIMIZERS)
     with pytest.raises(ValueError, match="unknown optimizer"):
         default_lr("lbfgs")

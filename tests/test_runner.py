@@ -223,7 +223,8 @@ def test_comparison_shares_data_and_initialisation(tiny):
     assert seen[-1] == pytest.approx(1.0) and seen == sorted(seen)
     first = df[df.step == 0].train_loss.tolist()
     assert len(first) == 3 and max(first) == min(first)  # same init, same first batch
-    assert set(df.label) == {"adam", "kfac (lr=0.1, λ=0.001)", "kfac (lr=0.05, λ=0.001)"}
+    lam = f"{configs[1].optimizer.damping:g}"
+    assert set(df.label) == {"adam", f"kfac (lr=0.1, λ={lam})", f"kfac (lr=0.05, λ={lam})"}
     assert [r["status"] for r in df.attrs["runs"]] == ["finished"] * 3
     figs = [loss_vs_step(df, smooth=2), loss_vs_time(df)]
     assert all(isinstance(f, go.Figure) for f in figs)

@@ -5,10 +5,13 @@ the URL, calls core/ and draws. The sidebar shows the compute device and the ser
 """
 
 import streamlit as st
+import torch
 
+from core.limits import torch_threads
 from pages import _shared as sh
 
 sh.ensure_navigation()  # before anything else: see its docstring
+torch.set_num_threads(torch_threads())  # one intra-op thread per task: see core/limits.py
 st.set_page_config(page_title="Kronoscope", page_icon=":material/blur_on:", layout="wide")
 st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
 

@@ -36,7 +36,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .approx import METHODS, Approximation, EigenbasisDiagonal, KroneckerSum, approximate
+from .approx import (
+    DENSE_EIG_LIMIT,
+    METHODS,
+    Approximation,
+    EigenbasisDiagonal,
+    KroneckerSum,
+    approximate,
+)
 from .capture import LayerCapture, capture
 from .fisher import LayerFisher, exact_fisher
 from .kron import sym
@@ -45,7 +52,7 @@ DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
 DEFAULT_DAMPING = 1e-3
 SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
 DENSE_SPECTRUM_LIMIT = 4096  # sums of products up to this n: spectrum by one dense eigvalsh
-SLOW_LIMIT = 4096  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
+SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
 
 METHOD_LABELS = {
     "exact": "Exact F",
@@ -93,6 +100,18 @@ def capture_layer(
         layers=[layer],
     )
     return result.layers[layer]
+
+
+def check_fisher(fisher: LayerFisher, layer: str = "this layer") -> None:
+    """Refuse a Fisher block that is zero (every output gradient vanished: e.g. all ReLUs after
+    the layer are dead, typical after a too large learning rate): there is nothing to
+    approximate, and every relative metric would divide by zero."""
+    if not fisher.frobenius_sq > 0.0:
+        raise ValueError(
+            f"the Fisher block of {layer} is zero on this batch: every output gradient (or every "
+            "input) vanished, e.g. because the units after it are dead ReLUs. Nothing to "
+            "approximate; pick another layer, or train with a smaller learning rate."
+        )
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -143,16 +162,30 @@ def is_slow(approx: Approximation, slow_limit: int = SLOW_LIMIT) -> bool:
 def _share_eigvals(approx: Approximation) -> Approximation:
     """Make ``approx.eigvals`` compute each spectrum once (the spectrum error and the spectra
     figure ask for the same eigenvalues), and eigendecompose a sum of several products densely
-    up to ``DENSE_SPECTRUM_LIMIT`` (one ``eigvalsh`` is much faster than Lanczos for its top
-    64 eigenvalues at these sizes, and gives all of them)."""
+    up to ``DENSE_SPECTRUM_LIMIT``: one ``eigvalsh`` of ``Σ kron(R_k, S_k)`` is much faster than
+    Lanczos for the top 64 eigenvalues at these sizes, and gives all of them.
+
+    Up to the engine's own dense limit (``core.approx.DENSE_EIG_LIMIT``) the eigenvectors are
+    kept too and handed to the approximation's exact damped solve, which would otherwise build
+    the same matrix again column by column and eigendecompose it a second time.
+    """
     original = approx.eigvals
     cache: dict = {}
-    dense = len(getattr(approx, "terms", ())) > 1 and approx.n <= DENSE_SPECTRUM_LIMIT
+    many = len(getattr(approx, "terms", ())) > 1
+    dense = many and approx.n <= DENSE_SPECTRUM_LIMIT
+    with_vectors = dense and approx.n <= DENSE_EIG_LIMIT and hasattr(approx, "_eig_cache")
 
     def eigvals(k: int | None = None) -> torch.Tensor:
         if dense:
             if "all" not in cache:
-                cache["all"] = torch.linalg.eigvalsh(_dense_sum(approx)).flip(0)
+                matrix = _dense_sum(approx)
+                if with_vectors:
+                    lam, vectors = torch.linalg.eigh(matrix)
+                    # the key and layout KroneckerSum._solve_exact_sum caches its eigh under
+                    approx._eig_cache.setdefault(("dense",), (lam, vectors))
+                else:
+                    lam = torch.linalg.eigvalsh(matrix)
+                cache["all"] = lam.flip(0)
             lam = cache["all"]
             return lam if k is None else lam[:k]
         if k not in cache:

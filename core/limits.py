@@ -7,6 +7,11 @@ Two limits, read from the environment on every check (the Docker image sets them
 * ``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 2,000,000): the largest layer (``dg·da`` weights,
   bias included) whose Fisher block may be analysed.
 
+and one setting of the web server, ``KRONOSCOPE_TORCH_THREADS`` (default 1): PyTorch's
+intra-op threads. The server runs many things at once (sessions, background training runs),
+and intra-op parallelism on top of that oversubscribes the cores: on a loaded 2-core machine a
+528 × 528 ``eigh`` took 0.03 s with one thread and 0.1–0.9 s with two (bench/RESULTS-app.md).
+
 :class:`RunRegistry` is the one process-wide object that starts background training runs: it
 refuses a start that would exceed the run limit (:class:`LimitError`, with a message that says
 what to do) and stops the runs of sessions that have gone away. Which sessions are alive is
@@ -33,10 +38,12 @@ __all__ = [
     "check_layer_size",
     "max_concurrent_runs",
     "max_layer_params",
+    "torch_threads",
 ]
 
 MAX_CONCURRENT_RUNS_ENV = "KRONOSCOPE_MAX_CONCURRENT_RUNS"
 MAX_LAYER_PARAMS_ENV = "KRONOSCOPE_MAX_LAYER_PARAMS"
+TORCH_THREADS_ENV = "KRONOSCOPE_TORCH_THREADS"
 DEFAULT_MAX_CONCURRENT_RUNS = 4
 DEFAULT_MAX_LAYER_PARAMS = 2_000_000
 
@@ -66,6 +73,11 @@ def max_concurrent_runs() -> int:
 def max_layer_params() -> int:
     """``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 2,000,000)."""
     return _env_int(MAX_LAYER_PARAMS_ENV, DEFAULT_MAX_LAYER_PARAMS, 1)
+
+
+def torch_threads() -> int:
+    """``KRONOSCOPE_TORCH_THREADS`` (default 1): intra-op threads for the web server."""
+    return _env_int(TORCH_THREADS_ENV, 1, 1)
 
 
 def check_layer_size(n_params: int, name: str = "this layer") -> None:

@@ -510,7 +510,7 @@ def optimizer_controls(settings: UrlSettings, name: str) -> dict:
         f"{label}: damping λ",
         f"damping.{name}",
         float(default_damping(name)),
-        min_value=1e-8,
+        min_value=1e-10,
         max_value=10.0,
         format="%g",
     )
@@ -520,6 +520,14 @@ def optimizer_controls(settings: UrlSettings, name: str) -> dict:
     out["t_inv"] = settings.number(
         f"{label}: T_inv (steps)", f"tinv.{name}", 10, min_value=1, max_value=1000
     )
+    kl = settings.select(
+        f"{label}: KL clip",
+        [1e-3, 1e-2, 1e-1, "off"],
+        f"kl.{name}",
+        1e-2,
+        format_func=lambda v: "off" if v == "off" else f"{v:g}",
+    )
+    out["kl_clip"] = None if kl == "off" else kl
     return out
 
 
@@ -543,9 +551,9 @@ def run_status_lines(group: RunGroup, labels: Sequence[str]) -> None:
         done = f"{run.progress:.0%}"
         st.progress(min(max(run.progress, 0.0), 1.0), text=f"{label}: {run.status} ({done})")
         if run.status == "diverged":
-            st.warning(f"{label} {run.message}")
+            st.warning(f"**{label} diverged:** {run.message}")
         elif run.status == "failed":
-            st.error(f"{label} failed: {run.message}")
+            st.error(f"**{label} failed:** {run.message}")
 
 
 def ensure_navigation() -> None:

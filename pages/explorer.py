@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import streamlit as st
@@ -15,6 +16,7 @@ from core.optim import OPTIMIZERS
 from pages import _shared as sh
 
 sh.ensure_navigation()
+started = time.perf_counter()
 
 st.title("Fisher explorer")
 settings = sh.UrlSettings("explorer")
@@ -40,14 +42,11 @@ with st.sidebar:
             "Optimizer", OPTIMIZERS, "opt", "adam", format_func=sh.OPTIMIZER_LABELS.get
         )
         steps = settings.number("Training steps", "steps", 200, min_value=1, max_value=20_000)
-        lr = settings.number(
-            "Learning rate", "lr", sh.lr_default(opt_name), min_value=1e-6, max_value=10.0,
-            format="%g",
-        )  # fmt: skip
+        hyper = sh.optimizer_controls(settings, opt_name)
 
 if state == "trained":
     with sh.friendly_errors("Training settings"):
-        config = sh.optimizer_config(opt_name, float(lr))
+        config = sh.optimizer_config(opt_name, **hyper)
     choice = sh.trained_model(data, ds, preset, int(seed), config, int(steps))
 else:
     init = sh.initial_model(data.key, preset, int(seed), ds)
@@ -97,6 +96,7 @@ with sh.friendly_errors("Layer size"):
 fisher_key = f"{choice.key}|{layer}|{fisher_kind}|m={m}"
 with sh.friendly_errors("Capturing the layer's gradients"), st.spinner("Capturing…"):
     fisher = sh.layer_fisher(choice.key, layer, fisher_kind, int(m), int(seed), choice.model, ds)
+    explorer.check_fisher(fisher, layer)
 
 slow = settings.toggle(
     "Compute slow metrics (spectrum and natural gradient of 2-term sums on large layers)",
@@ -262,3 +262,4 @@ st.download_button(
     "Figure data (NPZ)", buffer.getvalue(), f"fisher-{layer}.npz", "application/octet-stream"
 )
 settings.sync()
+st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")

@@ -1,0 +1,371 @@
+"""AppTest tests of every page, and unit tests of the server-wide run limits and registry.
+
+Pages run through app.py's ``st.navigation`` exactly as in the server. Runs use tiny settings
+(a few steps of the DIGITS preset) passed through the URL, as a shared link would.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from core.limits import (
+    LimitError,
+    RunGroup,
+    RunRegistry,
+    check_layer_size,
+    max_concurrent_runs,
+    max_layer_params,
+    torch_threads,
+)
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ("home", "explorer", "training", "race", "learn")
+
+
+@pytest.fixture(autouse=True)
+def _app_env(monkeypatch):
+    # AppTest forgets, before every run, that app.py uses st.navigation and sees the pages/
+    # folder as a legacy multipage app; a real server is in that state only until its first
+    # st.navigation call (pages._shared.ensure_navigation, tested in the browser test). Start
+    # every AppTest run in the server's steady state, so that widget events are not lost to
+    # ensure_navigation's rerun.
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original_init = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+    # app.py sets torch's thread count; keep this test process's setting unchanged.
+    monkeypatch.setenv("KRONOSCOPE_TORCH_THREADS", str(torch.get_num_threads()))
+    monkeypatch.delenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", raising=False)
+    monkeypatch.delenv("KRONOSCOPE_MAX_LAYER_PARAMS", raising=False)
+    yield
+    from pages._shared import run_registry
+
+    registry = run_registry()
+    for sid in list(registry._groups):
+        for group in registry.groups(sid):
+            group.stop()
+            group.join(30)
+
+
+def app(page: str, **params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(params)
+    if page != "home":
+        at.switch_page(f"pages/{page}.py")
+    return at.run()
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not errors(at), errors(at)
+
+
+def charts(at: AppTest) -> list:
+    return list(at.get("plotly_chart"))
+
+
+def spec(chart) -> str:
+    """A chart's figure JSON with its unicode unescaped."""
+    return json.dumps(json.loads(chart.proto.spec), ensure_ascii=False)
+
+
+def wait_group(at: AppTest, page: str, timeout: float = 120):
+    group = at.session_state[f"runs.{page}"]
+    group.join(timeout)
+    assert group.done, "the background runs did not finish in time"
+    return group
+
+
+# -- every page ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_by_default(page):
+    at = app(page)
+    assert_clean(at)
+    assert at.title, "every page has a title"
+    device = [c.value for c in at.sidebar.caption if "Compute device" in c.value]
+    assert device and ("CPU" in device[0] or "CUDA" in device[0])
+
+
+# -- Fisher explorer ---------------------------------------------------------------------------
+
+
+def test_explorer_default_view():
+    at = app("explorer")
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table) == 7  # every method
+    assert table["relative_error"].notna().all()
+    kfac = table.set_index("method").loc["KFAC", "relative_error"]
+    kpsvd = table.set_index("method").loc["KPSVD", "relative_error"]
+    assert kpsvd <= kfac + 1e-9
+    assert len(charts(at)) == 5  # block, factors, spectra, rank curve, rank block
+    assert at.query_params["layer"] == "encoder.linear3"  # the smallest layer
+    assert any("Server time for this view" in c.value for c in at.caption)
+
+
+def test_explorer_change_layer_method_and_rank():
+    at = app("explorer")
+    at.selectbox(key="explorer.layer").set_value("encoder.linear2").run()
+    assert_clean(at)
+    assert "encoder.linear2" in at.caption[0].value
+    assert at.query_params["layer"] == "encoder.linear2"
+
+    at.multiselect(key="explorer.methods").set_value(["kfac", "kfac_corrected"]).run()
+    assert_clean(at)
+    assert list(at.dataframe[0].value["method"]) == ["KFAC", "KFAC-corrected"]
+    at.selectbox(key="explorer.show").set_value("kfac_corrected").run()
+    assert_clean(at)
+    block = spec(charts(at)[0])
+    assert "KFAC-corrected − F" in block
+
+    at.slider(key="explorer.rank").set_value(4).run()
+    assert_clean(at)
+    assert at.query_params["rank"] == "4"
+    assert "best rank-4 sum" in spec(charts(at)[-1])
+
+
+def test_explorer_link_reproduces_the_view():
+    at = app("explorer", layer="decoder.linear1", methods="kfac,ekfac", show="ekfac", rank="3")
+    assert_clean(at)
+    assert at.selectbox(key="explorer.layer").value == "decoder.linear1"
+    assert at.multiselect(key="explorer.methods").value == ["kfac", "ekfac"]
+    assert at.slider(key="explorer.rank").value == 3
+    assert list(at.dataframe[0].value["method"]) == ["KFAC", "EKFAC"]
+
+
+def test_explorer_ignores_malformed_url_values():
+    at = app("explorer", layer="no-such-layer", rank="many", m="7", methods="kfac,bogus")
+    assert_clean(at)
+    assert at.selectbox(key="explorer.layer").value == "encoder.linear3"
+    assert at.multiselect(key="explorer.methods").value == ["kfac"]
+
+
+def test_explorer_trains_before_exploring():
+    at = app("explorer", model="trained", opt="adam", steps="4")
+    assert_clean(at)
+    assert "trained 4 steps with adam" in at.caption[0].value
+    # Changing the method or the layer does not retrain: the run is cached.
+    at.multiselect(key="explorer.methods").set_value(["kfac"]).run()
+    at.selectbox(key="explorer.layer").set_value("decoder.linear1").run()
+    assert_clean(at)
+    assert "trained 4 steps with adam" in at.caption[0].value
+
+
+DIVERGING = {"lr.kfac": "10", "damping.kfac": "1e-08", "kl.kfac": "off"}
+
+
+def test_explorer_reports_a_diverging_training_run():
+    at = app("explorer", model="trained", opt="kfac", steps="30", **DIVERGING)
+    assert not at.exception
+    assert any("diverged" in e.lower() for e in errors(at)), errors(at)
+
+
+def test_explorer_zero_fisher_is_a_message():
+    # SGD with a huge step kills every ReLU: the Fisher block of the layer is zero.
+    at = app("explorer", model="trained", opt="sgd", steps="30", **{"lr.sgd": "10"})
+    assert not at.exception
+    assert all("Traceback" not in e for e in errors(at))
+
+
+def test_explorer_missing_data_path_is_a_message(tmp_path):
+    at = app("explorer", dataset="mnist", path=str(tmp_path / "nowhere"))
+    assert not at.exception
+    assert any("not found" in e for e in errors(at)), errors(at)
+
+
+def test_explorer_malformed_file_is_a_message(tmp_path):
+    bad = tmp_path / "faces.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    at = app("explorer", dataset="faces", path=str(bad))
+    assert not at.exception
+    assert errors(at), "a malformed file gets a message"
+
+
+def test_explorer_layer_size_limit(monkeypatch):
+    monkeypatch.setenv("KRONOSCOPE_MAX_LAYER_PARAMS", "200")
+    at = app("explorer")
+    assert_clean(at)  # the default layer (136 weights) is within the limit
+    at.selectbox(key="explorer.layer").set_value("encoder.linear2").run()
+    assert not at.exception
+    assert any("KRONOSCOPE_MAX_LAYER_PARAMS" in e for e in errors(at))
+
+
+def test_explorer_defers_slow_metrics_on_larger_layers():
+    at = app("explorer", layer="encoder.linear1", methods="kfac,deflation")
+    assert_clean(at)
+    table = at.dataframe[0].value.set_index("method")
+    assert table.loc["KFAC", "spectrum_error"] >= 0
+    assert table.loc["Deflation", "spectrum_error"] != table.loc["Deflation", "spectrum_error"]
+    assert any("Compute slow metrics" in i.value for i in at.info)
+
+
+# -- optimizer race ----------------------------------------------------------------------------
+
+
+def test_race_start_and_finish():
+    at = app("race", opts="sgd,kfac", steps="6", eval="3")
+    at.button(key="race.start").click().run()
+    assert_clean(at)
+    group = wait_group(at, "race")
+    at.run()
+    assert_clean(at)
+    assert [run.status for run in group.runs] == ["finished", "finished"]
+    assert len(charts(at)) == 2  # loss against step and against wall time
+    assert "KFAC train" in spec(charts(at)[0])
+    assert any(d.label == "Results (CSV)" for d in at.get("download_button"))
+
+
+def test_race_stop():
+    at = app("race", opts="sgd,adam", steps="20000", schedule="sequential")
+    at.button(key="race.start").click().run()
+    group = at.session_state["runs.race"]
+    time.sleep(0.5)
+    at.button(key="race.stop").click().run()
+    group.join(60)
+    assert group.done
+    statuses = [run.status for run in group.runs]
+    assert statuses[0] == "stopped" and statuses[1] == "pending", statuses  # 2nd never began
+    at.run()
+    assert not at.exception
+
+
+def test_race_divergence_is_a_message():
+    at = app("race", opts="kfac", steps="30", **DIVERGING)
+    at.button(key="race.start").click().run()
+    wait_group(at, "race")
+    at.run()
+    assert not at.exception
+    assert any("diverged" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_race_concurrent_run_limit(monkeypatch):
+    monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "1")
+    at = app("race", opts="sgd,adam", steps="5")
+    at.button(key="race.start").click().run()
+    assert not at.exception
+    assert any("KRONOSCOPE_MAX_CONCURRENT_RUNS" in e for e in errors(at)), errors(at)
+    assert "runs.race" not in at.session_state
+
+
+def test_sessions_do_not_see_each_other_runs():
+    first = app("race", opts="sgd", steps="5")
+    first.button(key="race.start").click().run()
+    second = app("race")
+    assert "runs.race" not in second.session_state
+    assert any("press **Start**" in i.value for i in second.info)
+    wait_group(first, "race")
+
+
+# -- approximation over training ---------------------------------------------------------------
+
+
+def test_training_page_tracks_errors():
+    at = app("training", steps="6", every="3", methods="kfac,kpsvd", m="64", opt="sgd")
+    at.button(key="training.start").click().run()
+    group = wait_group(at, "training")
+    at.run()
+    assert_clean(at)
+    df = group.runs[0].dataframe()
+    assert df["rel_error_kfac"].notna().sum() >= 2
+    assert len(charts(at)) == 3
+
+
+# -- limits and registry (no Streamlit) --------------------------------------------------------
+
+
+class FakeRun:
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.status = "pending"
+        self.progress = 0.0
+        self._stop = threading.Event()
+        self.seconds = seconds
+
+    def run(self) -> None:
+        self.status = "running"
+        if self._stop.wait(self.seconds):
+            self.status = "stopped"
+        else:
+            self.status = "finished"
+        self.progress = 1.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("finished", "stopped")
+
+
+def test_env_limits(monkeypatch):
+    assert max_concurrent_runs() == 4 and max_layer_params() == 2_000_000
+    monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "2")
+    monkeypatch.setenv("KRONOSCOPE_MAX_LAYER_PARAMS", "1_000")
+    assert max_concurrent_runs() == 2 and max_layer_params() == 1000
+    check_layer_size(1000)
+    with pytest.raises(LimitError, match="KRONOSCOPE_MAX_LAYER_PARAMS"):
+        check_layer_size(1001)
+    monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "four")
+    with pytest.raises(ValueError, match="must be an integer"):
+        max_concurrent_runs()
+    monkeypatch.setenv("KRONOSCOPE_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="≥ 1"):
+        torch_threads()
+
+
+def test_registry_enforces_the_limit():
+    registry = RunRegistry(limit=lambda: 2)
+    long = RunGroup([FakeRun(30), FakeRun(30)])
+    registry.start("a", long)
+    assert registry.active_slots() == 2
+    with pytest.raises(LimitError, match="2 of its 2"):
+        registry.start("b", RunGroup([FakeRun()]))
+    long.stop()
+    long.join(5)
+    registry.start("b", RunGroup([FakeRun(30)], sequential=True)).stop()
+
+
+def test_sequential_group_runs_one_after_another_and_stops():
+    runs = [FakeRun(30), FakeRun(30)]
+    group = RunGroup(runs, sequential=True)
+    assert group.slots == 1
+    group._start()
+    time.sleep(0.1)
+    assert [r.status for r in runs] == ["running", "pending"]
+    group.stop()
+    group.join(5)
+    assert group.done and [r.status for r in runs] == ["stopped", "pending"]
+
+
+def test_registry_stops_runs_of_gone_sessions():
+    alive = {"a": True, "b": True}
+    registry = RunRegistry(limit=lambda: 4, grace_s=10, check_every_s=60)
+    registry.set_session_check(lambda sid: alive[sid])
+    group_a = registry.start("a", RunGroup([FakeRun(30)]))
+    group_b = registry.start("b", RunGroup([FakeRun(30)]))
+    alive["a"] = False
+    assert registry.reap(now=1000.0) == []  # within the grace period
+    assert registry.reap(now=1011.0) == ["a"]
+    group_a.join(5)
+    assert group_a.runs[0].status == "stopped"
+    assert group_b.runs[0].status == "running"
+    assert registry.groups("a") == []
+    group_b.stop()
+    group_b.join(5)

@@ -1,0 +1,224 @@
+"""End-to-end test in a real browser: the Streamlit server, Debian's Chromium, Playwright.
+
+Opens every page, picks a layer and a method in the Fisher explorer, starts a short optimizer
+race and sees its loss curve grow, then stops it; screenshots go to
+``$KRONOSCOPE_SCREENSHOT_DIR`` (default ``artifacts/screenshots``; the README's images are made
+with ``KRONOSCOPE_SCREENSHOT_DIR=docs/screenshots``).
+
+Chromium is Debian's (``apt-get install chromium``), never Playwright's download. Without it
+the test is skipped, unless ``KRONOSCOPE_REQUIRE_BROWSER=1`` (set by ``.ci/run``), in which case
+it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REQUIRED = os.environ.get("KRONOSCOPE_REQUIRE_BROWSER") == "1"
+SHOTS = Path(os.environ.get("KRONOSCOPE_SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
+LOG = ROOT / "artifacts" / "streamlit-browser-test.log"  # the server's output, for failures
+TIMEOUT_MS = 90_000
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"KRONOSCOPE_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "KRONOSCOPE_MAX_CONCURRENT_RUNS": "4"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--server.port",
+        str(port),
+    ]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield _wait_healthy(proc, f"http://127.0.0.1:{port}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the Streamlit server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Streamlit server did not answer /_stcore/health within {timeout} s")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium chromium-driver)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, "a page shows an exception"
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    box.locator("input").click()
+    page.keyboard.type(option)
+    page.get_by_role("option").filter(has_text=option).first.click()
+
+
+def _button(page, name: str):
+    """An app button (not Streamlit's own "Stop" in the header)."""
+    return page.locator('[data-testid="stButton"]').get_by_role("button", name=name, exact=True)
+
+
+def _plot_points(page, index: int) -> int:
+    """Points in the first trace of the ``index``-th plotly chart on the page."""
+    return page.evaluate(
+        """(i) => {
+            const plots = document.querySelectorAll('.js-plotly-plot');
+            const traces = plots.length > i ? plots[i]._fullData : null;  // decoded data
+            if (!traces || !traces.length) return 0;
+            return Math.max(...traces.map(t => (t.x ? t.x.length : 0)));
+        }""",
+        index,
+    )
+
+
+def test_every_page_renders(server, page):
+    # First request of a fresh server is a deep link (see pages._shared.ensure_navigation).
+    checks = {
+        "learn": ("learn", "Why inverting a sum of Kronecker products needs care"),
+        "home": ("", "A short guided tour"),
+        "training": ("training", "Layer tracked"),
+        "race": ("race", "Hyper-parameters"),
+    }
+    for name, (path, text) in checks.items():
+        page.goto(f"{server}/{path}")
+        page.get_by_text(text).first.wait_for()
+        page.get_by_text("Compute device").first.wait_for()
+        _no_exception(page)
+        _shot(page, name)
+
+
+def test_explorer_pick_layer_and_method(server, page):
+    started = time.monotonic()
+    page.goto(f"{server}/explorer")
+    page.get_by_text("Server time for this view").wait_for()
+    page.wait_for_selector(".js-plotly-plot")
+    cold = time.monotonic() - started
+    _no_exception(page)
+    _shot(page, "explorer")
+
+    _choose(page, "Linear layer", "encoder.linear2")
+    page.get_by_text(re.compile(r"layer encoder\.linear2: 32→16")).wait_for()
+    _choose(page, "Approximation shown", "KFAC-corrected")
+    page.get_by_text("KFAC-corrected − F").first.wait_for()
+    page.get_by_text("Server time for this view").wait_for()
+    assert "layer=encoder.linear2" in page.url and "show=kfac_corrected" in page.url
+    _no_exception(page)
+    for tab in ("Kronecker factors", "Spectra", "Kronecker rank"):
+        page.get_by_role("tab", name=tab).click()
+    page.get_by_text("Error of the best sum of r Kronecker products").first.wait_for()
+    _shot(page, "explorer-rank")
+    print(f"explorer default view in the browser: {cold:.1f} s (cold server)")
+
+
+def test_race_curve_grows_and_stops(server, page):
+    page.goto(f"{server}/race?opts=sgd,adam&steps=3000&eval=50")
+    _button(page, "Start").click()
+    page.get_by_text("Loss against step").first.wait_for()
+    deadline = time.monotonic() + 60
+    while (first := _plot_points(page, 0)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert first >= 2, "no loss curve appeared"
+    deadline = time.monotonic() + 30
+    while _plot_points(page, 0) <= first and time.monotonic() < deadline:
+        time.sleep(0.5)
+    grown = _plot_points(page, 0)
+    assert grown > first, f"the loss curve did not grow ({first} → {grown} points)"
+    _shot(page, "race")
+    _button(page, "Stop").click()
+    page.get_by_text(re.compile(r"SGD: stopped")).wait_for()
+    page.get_by_text(re.compile(r"Adam: stopped")).wait_for()
+    _no_exception(page)

@@ -1,0 +1,104 @@
+"""Tests of core.figures: plain functions, arrays in, plotly figures out."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from core import figures
+
+
+def sym(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, n))
+    return x + x.T
+
+
+def labels(n: int) -> list[str]:
+    return [f"in {i // 2}, out {i % 2}" for i in range(n)]
+
+
+def test_block_heatmaps_share_one_symmetric_scale():
+    exact, approx = sym(6), 3 * sym(6, 1)
+    fig = figures.block_heatmaps(exact, approx, labels(6), method="KFAC", note="full")
+    assert isinstance(fig, go.Figure)
+    heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
+    assert len(heatmaps) == 3
+    assert all(h.coloraxis == "coloraxis" for h in heatmaps)
+    axis = fig.layout.coloraxis
+    scale = max(np.abs(exact).max(), np.abs(approx).max())
+    assert (
+        axis.cmid == 0 and axis.cmin == pytest.approx(-scale) and axis.cmax == pytest.approx(scale)
+    )
+    np.testing.assert_allclose(np.asarray(heatmaps[2].z), approx - exact, rtol=1e-6, atol=1e-6)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["Exact F", "KFAC", "KFAC − F"]
+    assert list(heatmaps[0].x) == labels(6) and "row: %{y}" in heatmaps[0].hovertemplate
+    assert "full" in fig.layout.title.text
+    assert fig.layout.yaxis.autorange == "reversed"
+
+
+def test_block_heatmaps_saturation_keeps_the_scale_symmetric():
+    exact = sym(10)
+    exact[0, 0] = 1e3  # one outlier
+    fig = figures.block_heatmaps(exact, exact, labels(10), method="x", saturate=0.95)
+    axis = fig.layout.coloraxis
+    assert axis.cmax < 1e3 and axis.cmin == -axis.cmax and axis.cmid == 0
+    assert "quantile" in fig.layout.title.text
+    with pytest.raises(ValueError, match="saturate"):
+        figures.block_heatmaps(exact, exact, labels(10), method="x", saturate=0)
+
+
+def test_block_heatmaps_reject_bad_shapes():
+    with pytest.raises(ValueError, match="square"):
+        figures.block_heatmaps(sym(3), sym(4), labels(3), method="x")
+    with pytest.raises(ValueError, match="labels"):
+        figures.block_heatmaps(sym(3), sym(3), labels(2), method="x")
+
+
+def test_factor_heatmaps_one_panel_per_factor():
+    factors = [("A", sym(4)), ("G", sym(3)), ("R", sym(4, 2)), ("S", sym(3, 3))]
+    fig = figures.factor_heatmaps(factors, title="factors", note="pooled")
+    heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
+    assert len(heatmaps) == 4
+    for h, (_, mat) in zip(heatmaps, factors, strict=True):
+        assert h.zmid == 0 and h.zmin == pytest.approx(-np.abs(mat).max()) and h.zmax == -h.zmin
+    assert [a.text for a in fig.layout.annotations] == ["A", "G", "R", "S"]
+    empty = figures.factor_heatmaps([])
+    assert not empty.data and "no Kronecker factors" in empty.layout.title.text
+
+
+def test_spectra_figure_log_axis_drops_zeros_counts_negatives():
+    spectra = {
+        "exact": np.array([4.0, 2.0, 1.0, 1e-20]),
+        "deflation": np.array([4.2, 1.9, 0.5, -0.3]),
+    }
+    fig = figures.spectra_figure(spectra, labels={"exact": "Exact F", "deflation": "Deflation"})
+    assert fig.layout.yaxis.type == "log"
+    exact, deflation = fig.data
+    assert list(exact.y) == [4.0, 2.0, 1.0]  # 1e-20 is numerically zero
+    assert list(exact.x) == [1, 2, 3]
+    assert list(deflation.y) == [4.2, 1.9, 0.5]
+    assert deflation.name == "Deflation (1 < 0)" and exact.name == "Exact F"
+
+
+def test_rank_curve_figure_marks_the_selected_rank_and_references():
+    fig = figures.rank_curve_figure(
+        np.arange(1, 5), np.array([0.5, 0.3, 0.2, 0.1]), selected=2, references={"kfac": 0.6}
+    )
+    curve, marker = fig.data
+    assert list(curve.y) == [0.5, 0.3, 0.2, 0.1]
+    assert list(marker.x) == [2] and list(marker.y) == [0.3]
+    assert any(shape.y0 == 0.6 for shape in fig.layout.shapes)
+    assert len(figures.rank_curve_figure([1], [0.2], selected=9).data) == 1
+
+
+def test_metrics_figure():
+    fig = figures.metrics_figure(["kfac", "kpsvd"], [0.3, 0.2], labels={"kfac": "KFAC"})
+    assert list(fig.data[0].x) == ["KFAC", "kpsvd"] and list(fig.data[0].y) == [0.3, 0.2]
+
+
+def test_figures_serialise():
+    """What st.plotly_chart sends: the figure JSON."""
+    fig = figures.block_heatmaps(sym(4), sym(4, 1), labels(4), method="KPSVD")
+    assert '"coloraxis"' in fig.to_json()

@@ -55,14 +55,16 @@ tolerance of 1e-6 (``APPROX_TOL``; the engine's float64 default, 1e-10, buys not
 minibatch Fisher's sampling noise). On that route ``deflation`` and ``lanczos`` compute the same
 best two-term approximation (they differ only in the seed paper's matrix-free algorithms), so
 as optimizers they give the same updates up to that tolerance. For a single product the damped
-inverse (the engine's ``solve(mode="factored")``: ``KronEig`` of the factored-damped factors) is
-cached for the ``t_inv`` period, because the engine recomputes that eigendecomposition on every
-call; two-term solves go through the engine's own solve, which caches its generalized
-eigendecomposition.
+inverse is the engine's ``solve(mode="factored")`` formula, ``KronEig`` of the factored-damped
+factors (:func:`core.kron.factored_damping`), built once per inverse refresh and kept for the
+``t_inv`` period (tests check it against a dense solve); two-term solves call the engine's
+``solve(V, λ, mode="factored")``, which caches its generalized eigendecomposition.
 
-Precision: the model trains in float32; captures are converted to float64 for the engine and the
-curvature estimation runs on the CPU (the engine's Lanczos keeps its small work vectors on the
-CPU); the resulting factors are moved to the training device, where the solves run in float64.
+Precision and device: the model trains in float32 on its device (CUDA when available). Captures
+are converted to float64 and the curvature estimation (``approximate``) runs on the CPU — float64
+is slow on many GPUs and the refresh is amortized over ``t_cov``/``t_inv`` steps; this also keeps
+one code path on every device. The factors are then moved to the training device, where the
+per-step solves run in float64 and the result is cast back to the parameters' dtype.
 """
 
 from __future__ import annotations

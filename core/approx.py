@@ -66,15 +66,18 @@ DENSE_EIG_LIMIT = 2048  # largest n for which sums of ≥ 2 products are eigende
 
 @dataclass
 class SafeguardStats:
-    """How often the indefiniteness safeguard engaged in this approximation's solves."""
+    """How often the indefiniteness safeguard engaged in this approximation's damped inverses.
 
-    solves: int = 0
-    engaged: int = 0  # solves in which at least one entry was raised
-    entries_raised: int = 0  # total entries raised, over all solves
+    Counted once per inverse formed (per damping value), not per solve: the inverse is cached.
+    """
+
+    inverses: int = 0
+    engaged: int = 0  # inverses in which at least one entry was raised
+    entries_raised: int = 0  # total entries raised, over all inverses
     entries_total: int = 0
 
     def record(self, raised: int, total: int) -> None:
-        self.solves += 1
+        self.inverses += 1
         self.engaged += int(raised > 0)
         self.entries_raised += raised
         self.entries_total += total
@@ -229,23 +232,23 @@ class KroneckerSum(Approximation):
             r1d, s1d = factored_damping(r1, s1, damping)
             mu, e_r = generalized_eigh(r2, r1d)
             nu, e_s = generalized_eigh(s2, s1d)
+            denom = 1.0 + torch.outer(nu, mu)
+            low = denom < self.psd_floor
+            self.safeguard.record(int(low.sum()), denom.numel())
+            denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)
             self._eig_cache = {k: val for k, val in self._eig_cache.items() if k[0] != "gen"}
-            self._eig_cache[key] = (mu, e_r, nu, e_s)
-        mu, e_r, nu, e_s = self._eig_cache[key]
-        denom = 1.0 + torch.outer(nu, mu)
-        low = denom < self.psd_floor
-        self.safeguard.record(int(low.sum()), denom.numel())
-        denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)
+            self._eig_cache[key] = (e_r, e_s, denom)
+        e_r, e_s, denom = self._eig_cache[key]
         return e_s @ ((e_s.T @ v @ e_r) / denom) @ e_r.T
 
     def _solve_exact_sum(self, v: torch.Tensor, damping: float) -> torch.Tensor:
         if self.n <= DENSE_EIG_LIMIT:
             key = ("dense",)
             if key not in self._eig_cache:
-                self._eig_cache[key] = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
+                lam, u = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
+                self.safeguard.record(int((lam < 0).sum()), lam.numel())
+                self._eig_cache[key] = (lam, u)
             lam, u = self._eig_cache[key]
-            negative = lam < 0
-            self.safeguard.record(int(negative.sum()), lam.numel())
             x = u @ ((u.T @ vec(v).to(torch.float64)) / (lam.clamp_min(0.0) + damping))
             return x.reshape(self.da, self.dg).T.to(v.dtype)
         # Large: MINRES (valid for indefinite systems), preconditioned by the first term's

@@ -207,7 +207,9 @@ def test_safeguard_engages_on_an_indefinite_sum_and_counts_it():
     v = torch.randn(3, 4)
     x = ap.solve(v, 1e-6, mode="factored")
     assert torch.isfinite(x).all()
-    assert ap.safeguard.solves == 1
+    assert ap.safeguard.inverses == 1
+    ap.solve(v, 1e-6, mode="factored")  # the cached inverse: counted once
+    assert ap.safeguard.inverses == 1
     # Without the floor the congruent diagonal 1 + μν has entries below 0.1 here.
     (r1, s1), (r2, s2) = ap.terms
     r1d, s1d = factored_damping(r1, s1, 1e-6)

@@ -317,9 +317,11 @@ class RearrangedFisher:
 
     # -- Gram route ---------------------------------------------------------------------
     def gram_spaces(self) -> tuple[Space, Space]:
-        """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘² computed in the input dtype, used in float64."""
-        ka = ((self.a @ self.a.T) ** 2).to(torch.float64)
-        kg = ((self.g @ self.g.T) ** 2).to(torch.float64)
+        """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘²: the inner products in the input dtype, the Grams
+        and all products with them in float64 (float32 products with K lose up to 1e-5 of
+        the second term's accuracy, through sums with cancellation over m samples)."""
+        ka = ((self.a @ self.a.T).to(torch.float64)) ** 2
+        kg = ((self.g @ self.g.T).to(torch.float64)) ** 2
         return Space(lambda y: ka @ y), Space(lambda y: kg @ y)
 
     def _center(self, c: torch.Tensor) -> torch.Tensor:
@@ -331,7 +333,7 @@ class RearrangedFisher:
 
         In coefficient space M maps d ↦ W K_g d / m and Mᵀ maps c ↦ W K_a c / m, and
         T = MᵀM is self-adjoint in the K_g inner product. A block Krylov basis Z of T
-        (K_g-orthonormal, block size rank + 6) is grown block by block; Rayleigh–Ritz on
+        (K_g-orthonormal, block size rank + 10) is grown block by block; Rayleigh–Ritz on
         H = Zᵀ K_g T Z = Cᵀ K_a C with C = M Z gives θ = σ², right vectors d = Z y and left
         vectors c = C y / σ. Since T Z_j ∈ span(Z_0 … Z_{j+1}), the residual of a Ritz pair
         is ‖B y_last‖ where B is the new block's coefficient (block Lanczos; Golub & Van Loan
@@ -341,7 +343,7 @@ class RearrangedFisher:
         left, right = self.gram_spaces()
         ka, kg = left.metric, right.metric
         m = self.m
-        width = min(m, rank + 6)
+        width = min(m, rank + 10)
         gen = torch.Generator().manual_seed(0)
         # A positive first column: the top singular vectors of the uncentered problem are
         # nonnegative (Perron–Frobenius: K_a and K_g have nonnegative entries).

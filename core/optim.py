@@ -30,25 +30,62 @@ Damping convention (what "(F̃ + damping)⁻¹" means, per method; the engine's
   (:meth:`core.fisher.LayerFisher.natural_gradient`). This is BLOCK-DIAGONAL per layer: the
   cross-layer blocks of the Fisher are ignored, as in every other method here.
 
-Curvature EMA (``ema`` = ρ):
+Curvature EMA (``ema`` = ρ, ``ema_mode``):
 
-* ``kfac``: the classic exponential moving averages of the factors A and G (Martens & Grosse
-  2015); ``shampoo``: the same for its two (scaled) factors. Both are linear in the captured
-  second moments, so their EMA is what the method averages anyway.
-* the KPSVD family (``kpsvd``, ``deflation``, ``lanczos``, ``kfac_corrected``), ``ekfac`` and
-  ``exact``: these are NONLINEAR functions of F (singular vectors, eigenbases), so an EMA of
-  their factors or terms means nothing (the second term's sign and order can change from one
-  refresh to the next: σ₃/σ₂ ≈ 0.95 on autoencoder layers). What they approximate instead is the
-  EMA of the Fisher itself, ``F_ema = Σ_k w_k F_k`` with ``w_k ∝ ρ^k`` over the last ``window``
-  captures (k = 0 the newest), which is again a Fisher of a weighted sample set: the captured
-  rows are concatenated, those of capture k scaled by ``(w_k M / m_k)^{1/4}`` (M rows in all),
-  so that ``(1/M) Σ_i (ā_iā_iᵀ) ⊗ (g_ig_iᵀ) = F_ema`` exactly, and the engine approximates that.
-  The window holds at most ``WINDOW_CAPTURES`` = 4 captures and ``WINDOW_SAMPLES`` = 1024 rows
-  (at least one capture; one when ρ = 0), i.e. a TRUNCATED EMA: with ρ = 0.95 its 4 weights are
-  nearly equal (0.27, 0.26, 0.24, 0.23). The bound keeps a refresh within a small multiple of
-  KFAC's cost (the engine's Gram route costs O(M²) per Lanczos step on M rows). For ``ekfac``
-  the eigenbasis is that of the KFAC factors of these weighted rows (each row's weight enters
-  them as √w), and the diagonal is the exact best one for F_ema in that basis.
+* ``ema_mode="factors"`` (the default, for every method except ``exact``): each curvature
+  refresh approximates the Fisher of the CURRENT Fisher minibatch only,
+  ``F̃_t = Σ_k R_k,t ⊗ S_k,t``, and keeps an exponential moving average of its Kronecker factors,
+  term by term: ``R_k ← ρ R_k + (1 − ρ) R_k,t``, ``S_k ← ρ S_k + (1 − ρ) S_k,t`` (the first
+  capture initialises them). The preconditioner is ``F̃_ema = Σ_k R_k ⊗ S_k``. This is exactly
+  what KFAC does for A and G (Martens & Grosse 2015), and what the seed paper does for all its
+  methods (EMA 0.95 of the curvature estimates). It is NOT the EMA of the F̃_t (a product of
+  averages is not an average of products), nor a best approximation of the EMA of F.
+
+  - ``kfac``: A and G. ``shampoo``: its two (scaled) factors.
+  - ``kpsvd`` (rank 1), ``deflation``, ``lanczos`` (2 terms): the engine's terms, with balanced
+    scaling ``‖R_k‖_F = ‖S_k‖_F = √σ_k`` and ``tr R_k ≥ 0``. The first term's factors are
+    positive semidefinite (the nearest Kronecker product of a PSD matrix; Van Loan & Pitsianis
+    1993), so ``⟨R₁,t, R₁⟩ ≥ 0`` always. The second term is indefinite and its sign is not
+    determined by the data (its trace can be ≈ 0): before averaging, the new term is flipped
+    jointly (``−R, −S``; R ⊗ S is unchanged) when ``⟨R₂,t, R₂⟩ < 0``, so that it cannot cancel
+    the running average (the rule is applied to every term; only the second one can trigger
+    it). Caveat: the second singular pair can swap with the third from one refresh to the next
+    when σ₂ ≈ σ₃ (σ₃/σ₂ ≈ 0.95 measured on autoencoder layers); the new R₂,t is then nearly
+    orthogonal to the average, and the EMA blends the two directions (including cross products
+    R_a ⊗ S_b) — it smooths such a swap rather than tracking it exactly.
+    :attr:`Preconditioner.alignment` counts the second-term updates, the sign flips and the
+    low-overlap arrivals (``|cos(R₂,t, R₂)| < 0.5``). On curves-small (Fisher minibatches of
+    128) about half the second terms arrive flipped and two thirds with low overlap: the second
+    term of one minibatch's Fisher is mostly sampling noise there, and its running average ends
+    2–9× smaller, relative to the first term, than one minibatch's (bench/RESULTS-training.md).
+  - ``kfac_corrected``: the EMA of A and G (as KFAC) plus the EMA of the correction (R, S), the
+    best Kronecker product of ``F_t − A_t ⊗ G_t`` on the current minibatch, sign-aligned as
+    above.
+  - ``ekfac``: the EMA of KFAC's A and G; at every curvature refresh the eigenbasis
+    ``U_A ⊗ U_G`` of these running factors, the diagonal ``s_t`` refitted in that basis on the
+    current minibatch (``s_t,pi = (1/m) Σ_j (u_Gpᵀ g_j)² (u_Aiᵀ ā_j)²``), and its running
+    average ``s ← ρ s + (1 − ρ) s_t``, continued across basis changes (George et al. 2018: the
+    eigenbasis from the running factors, the second moments in it as a running average).
+  - ``exact``: the exact block is not a factored object, so "factors" has no meaning for it: it
+    uses the window below in both modes.
+
+  A term the engine drops (a zero singular value) or a layer with F_t = 0 (all units dead)
+  contributes zero factors to the average. The engine's ``approximate`` runs once per curvature
+  refresh on one minibatch (m rows).
+* ``ema_mode="window"`` (the ablation; every natural method, ``kfac`` and ``shampoo`` included):
+  the method approximates the EMA of the Fisher itself, ``F_ema = Σ_k w_k F_k`` with
+  ``w_k ∝ ρ^k`` over the last ``window`` captures (k = 0 the newest), which is again a Fisher of
+  a weighted sample set: the captured rows are concatenated, those of capture k scaled by
+  ``(w_k M / m_k)^{1/4}`` (M rows in all), so that ``(1/M) Σ_i (ā_iā_iᵀ) ⊗ (g_ig_iᵀ) = F_ema``
+  exactly, and the engine approximates that at every inverse refresh. The window holds at most
+  ``WINDOW_CAPTURES`` = 4 captures and ``WINDOW_SAMPLES`` = 1024 rows (at least one capture; one
+  when ρ = 0), i.e. a TRUNCATED EMA: with ρ = 0.95 its 4 weights are nearly equal (0.27, 0.26,
+  0.24, 0.23). The bound keeps a refresh within a small multiple of KFAC's cost (the engine's
+  Gram route costs O(M²) per Lanczos step on M rows). For ``kfac``, ``shampoo`` and ``ekfac``
+  the factors are those of the weighted rows (each row's weight enters them as √w); for
+  ``ekfac`` the diagonal is the exact best one for F_ema in that basis. (Before ``ema_mode``
+  existed, kpsvd/deflation/lanczos/kfac_corrected/ekfac used this mode and kfac/shampoo the
+  factor EMA; bench/RESULTS-training.md keeps those numbers as the ablation.)
 
 Engine options: the KPSVD family uses the engine's Gram route with a relative residual
 tolerance of 1e-6 (``APPROX_TOL``; the engine's float64 default, 1e-10, buys nothing against a
@@ -71,20 +108,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from .approx import EigenbasisDiagonal, KroneckerSum, approximate
+from .approx import EigenbasisDiagonal, KroneckerSum, SafeguardStats, approximate
 from .capture import FISHER_KINDS, capture
 from .fisher import LayerFisher
-from .kron import KronEig, factored_damping
+from .kron import KronEig, factored_damping, sym
 
 __all__ = [
     "OPTIMIZERS",
     "NATURAL_OPTIMIZERS",
-    "WINDOWED",
+    "EMA_MODES",
     "OptimizerConfig",
     "default_lr",
     "default_damping",
@@ -108,25 +145,40 @@ OPTIMIZERS: tuple[str, ...] = (
 )
 FIRST_ORDER: tuple[str, ...] = ("sgd", "adam")
 NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
-# Methods whose curvature state is a weighted window of captured (ā, g) (see module docstring).
-WINDOWED: tuple[str, ...] = ("kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "exact")
-WINDOW_CAPTURES = 4  # captures kept in the curvature window of the WINDOWED methods …
+# Curvature averaging (see the module docstring): an EMA of each refresh's Kronecker factors
+# ("factors", the default) or an approximation of a truncated EMA of the Fisher ("window").
+EMA_MODES: tuple[str, ...] = ("factors", "window")
+# Methods that use the window whatever ema_mode says (the exact block is not a factored object).
+WINDOW_ONLY: tuple[str, ...] = ("exact",)
+# Kronecker terms per refresh in "factors" mode (ekfac: the KFAC factors A, G).
+FACTOR_TERMS = {
+    "kfac": 1,
+    "shampoo": 1,
+    "kpsvd": 1,
+    "deflation": 2,
+    "lanczos": 2,
+    "kfac_corrected": 2,
+    "ekfac": 1,
+}
+LOW_OVERLAP = 0.5  # |cos(R₂,t, R₂)| below this counts as a low-overlap arrival (diagnostics)
+WINDOW_CAPTURES = 4  # captures kept in the curvature window ("window" mode, and exact) …
 WINDOW_SAMPLES = 1024  # … and rows at most (at least one capture is always kept)
 # Relative residual at which the engine's singular-vector iterations stop for the optimizers:
 # far below the sampling noise of a minibatch Fisher (the engine's float64 default is 1e-10).
 APPROX_TOL = 1e-6
 
 # Defaults tuned on the curves-small preset (bench/train_bench.py → bench/RESULTS-training.md:
-# 20 epochs, T_cov = T_inv = 10, KL-clip 1e-2, momentum 0.9; grid lr × damping, seed 0).
+# 20 epochs, T_cov = T_inv = 10, KL-clip 1e-2, momentum 0.9, ema_mode "factors"; grid
+# lr × damping, seed 0). With ema_mode="window" the KPSVD family was best at lr 0.1, damping 1.
 _DEFAULT_LR = {
     "sgd": 0.01,
     "adam": 0.01,
     "kfac": 0.3,
-    "kpsvd": 0.1,
-    "deflation": 0.1,
-    "lanczos": 0.1,
+    "kpsvd": 0.3,
+    "deflation": 0.3,
+    "lanczos": 0.3,
     "kfac_corrected": 0.3,
-    "ekfac": 0.1,
+    "ekfac": 0.03,
     "shampoo": 0.1,
     "exact": 0.1,
 }
@@ -134,10 +186,10 @@ _DEFAULT_DAMPING = {
     "sgd": 0.0,  # unused
     "adam": 0.0,  # unused
     "kfac": 0.1,
-    "kpsvd": 1.0,
-    "deflation": 1.0,
-    "lanczos": 1.0,
-    "kfac_corrected": 1.0,
+    "kpsvd": 0.1,
+    "deflation": 0.1,
+    "lanczos": 0.1,
+    "kfac_corrected": 0.1,
     "ekfac": 0.1,
     "shampoo": 0.1,
     "exact": 0.1,
@@ -179,7 +231,9 @@ class OptimizerConfig:
     the curvature estimate. ``kl_clip``: KL-clipping bound (> 0), or ``None`` for none.
     ``momentum`` ∈ [0, 1) (Adam's β₁). ``weight_decay`` ≥ 0. ``fisher_batch``: Fisher
     minibatch size (``None``: the training minibatch). ``fisher``: ``"true"`` (targets sampled
-    from the model) or ``"empirical"`` (the data's targets).
+    from the model) or ``"empirical"`` (the data's targets). ``ema_mode``: ``"factors"`` (EMA
+    of each refresh's Kronecker factors, as KFAC; the default) or ``"window"`` (approximate a
+    truncated EMA of the Fisher); see the module docstring. ``exact`` uses the window in both.
     """
 
     name: str
@@ -193,6 +247,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     fisher_batch: int | None = None
     fisher: str = "true"
+    ema_mode: str = "factors"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -227,6 +282,10 @@ class OptimizerConfig:
             raise ValueError(f"fisher_batch must be an integer ≥ 1 or None, got {fb!r}")
         if self.fisher not in FISHER_KINDS:
             raise ValueError(f"fisher must be one of {FISHER_KINDS}, got {self.fisher!r}")
+        if isinstance(self.ema_mode, str):
+            self.ema_mode = self.ema_mode.strip().lower()
+        if self.ema_mode not in EMA_MODES:
+            raise ValueError(f"ema_mode must be one of {EMA_MODES}, got {self.ema_mode!r}")
 
     @property
     def natural(self) -> bool:
@@ -316,6 +375,44 @@ class _LayerInverse:
         return self._solver.solve(v, self.damping, mode="factored")
 
 
+class _FactorEMA:
+    """State of one layer in "factors" mode: the running Kronecker factors (and, for ekfac,
+    the running diagonal in the eigenbasis of the running KFAC factors)."""
+
+    def __init__(self, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.terms = [(r.clone(), s.clone()) for r, s in terms]
+        self.u_a: torch.Tensor | None = None  # ekfac
+        self.u_g: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None
+
+    def fold(
+        self, new: list[tuple[torch.Tensor, torch.Tensor]], rho: float, alignment: dict[str, int]
+    ) -> None:
+        """``R_k ← ρ R_k + (1 − ρ) R_k,t`` (same for S), the new term sign-aligned first."""
+        out = []
+        for k, ((r_old, s_old), (r, s)) in enumerate(zip(self.terms, new, strict=True)):
+            inner = float((r * r_old).sum())
+            if k >= 1:
+                alignment["updates"] += 1
+                norms = float(torch.linalg.norm(r)) * float(torch.linalg.norm(r_old))
+                if norms > 0 and abs(inner) < LOW_OVERLAP * norms:
+                    alignment["low_overlap"] += 1
+            if inner < 0:  # R ⊗ S = (−R) ⊗ (−S): take the sign closest to the running term
+                r, s = -r, -s
+                if k >= 1:
+                    alignment["flipped"] += 1
+            out.append((rho * r_old + (1.0 - rho) * r, rho * s_old + (1.0 - rho) * s))
+        self.terms = out
+
+    def fold_ekfac_scale(self, a: torch.Tensor, g: torch.Tensor, rho: float) -> None:
+        """Eigenbasis of the running (A, G); the batch's diagonal in it, folded into the EMA."""
+        fa, fg = self.terms[0]
+        self.u_a = torch.linalg.eigh(sym(fa)).eigenvectors
+        self.u_g = torch.linalg.eigh(sym(fg)).eigenvectors
+        s_t = ((g @ self.u_g) ** 2).T @ ((a @ self.u_a) ** 2) / a.shape[0]
+        self.scale = s_t if self.scale is None else rho * self.scale + (1.0 - rho) * s_t
+
+
 class Preconditioner:
     """Per-layer curvature state and damped inverses for one natural-gradient method.
 
@@ -341,18 +438,22 @@ class Preconditioner:
         self.method = config.name
         self.loss = loss
         self.generator = generator
-        # Curvature state: a weighted window of captures (WINDOWED methods) or EMA'd factors
-        # (kfac, shampoo); the attribute may be flipped before the first step for ablations.
-        self.windowed = self.method in WINDOWED
+        # Curvature state: EMA'd Kronecker factors ("factors") or a weighted window of captures
+        # ("window"; always for exact).
+        self.ema_mode = "window" if self.method in WINDOW_ONLY else config.ema_mode
+        self.windowed = self.ema_mode == "window"
         self.window_captures = window_captures
         self.window_samples = window_samples
         self.last_capture = None  # the latest CaptureResult (diagnostics, tests)
-        self.factors: dict[str, list[torch.Tensor]] = {}  # kfac / shampoo EMA factors
+        self.factors: dict[str, _FactorEMA] = {}
         self.windows: dict[str, _Window] = {}
         self.inverses: dict[str, _LayerInverse] = {}
         self.curvature_updates = 0
         self.inverse_updates = 0
-        self._retired_safeguard = {"solves": 0, "engaged": 0, "entries_raised": 0}
+        # "factors" mode, second terms: EMA updates, sign flips, |cos| < LOW_OVERLAP arrivals.
+        self.alignment = {"updates": 0, "flipped": 0, "low_overlap": 0}
+        # the engine's SafeguardStats counters (inverses formed, engaged, entries raised, …)
+        self._retired_safeguard = {f.name: 0 for f in fields(SafeguardStats)}
 
     # -- curvature ---------------------------------------------------------------------
     def update_curvature(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -375,17 +476,34 @@ class Preconditioner:
                     self.windows[name] = _Window(rho, self.window_captures, self.window_samples)
                 self.windows[name].push(_Capture(a, g))
                 continue
-            if self.method == "kfac":
-                m = a.shape[0]
-                new = [a.T @ a / m, g.T @ g / m]
-            else:  # shampoo: the engine's scaled factors (c·L, R)
-                new = list(approximate("shampoo", a, g).terms[0])
-            old = self.factors.get(name)
-            if old is None:
-                self.factors[name] = new
+            new = self.batch_terms(a, g)
+            state = self.factors.get(name)
+            if state is None:
+                state = self.factors[name] = _FactorEMA(new)
             else:
-                self.factors[name] = [rho * o + (1.0 - rho) * n for o, n in zip(old, new)]
+                state.fold(new, rho, self.alignment)
+            if self.method == "ekfac":
+                state.fold_ekfac_scale(a, g, rho)
         self.curvature_updates += 1
+
+    def batch_terms(
+        self, a: torch.Tensor, g: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For "factors" mode: this method's Kronecker terms on one minibatch's (ā, g), padded
+        with zero terms to ``FACTOR_TERMS[method]`` (ekfac: the KFAC factors A, G)."""
+        method = self.method
+        if method in ("kfac", "ekfac", "shampoo"):
+            return list(approximate("shampoo" if method == "shampoo" else "kfac", a, g).terms)
+        n_terms = FACTOR_TERMS[method]
+        zero = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
+        if not bool((g != 0).any()) or not bool((a != 0).any()):
+            # F_t = 0 (e.g. a layer whose units are all dead): zero terms (kfac_corrected: A, G
+            # as KFAC computes them, and a zero correction).
+            first = approximate("kfac", a, g).terms if method == "kfac_corrected" else [zero]
+            terms = list(first)
+        else:
+            terms = list(approximate(method, a, g, tol=APPROX_TOL).terms)
+        return terms + [zero] * (n_terms - len(terms))
 
     def approximation(self, name: str):
         """The current approximation of layer ``name`` (a fresh engine object, on the CPU).
@@ -393,7 +511,10 @@ class Preconditioner:
         For ``exact`` this is the weighted sample set ``(ā, g)`` of the window.
         """
         if not self.windowed:
-            return KroneckerSum(self.method, [tuple(self.factors[name])])
+            state = self.factors[name]
+            if self.method == "ekfac":
+                return EigenbasisDiagonal(self.method, state.u_a, state.u_g, state.scale)
+            return KroneckerSum(self.method, list(state.terms), info={"ema_mode": "factors"})
         a, g = self.windows[name].weighted()
         if self.method == "exact":
             return a, g
@@ -420,8 +541,9 @@ class Preconditioner:
         return self.inverses[name].solve(v)
 
     def safeguard_counts(self) -> dict[str, int]:
-        """Engagements of the engine's indefiniteness safeguard, summed over layers and over
-        every inverse since the start (two-term methods only; zero for the others)."""
+        """Engagements of the engine's indefiniteness safeguard (the counters of
+        :class:`core.approx.SafeguardStats`), summed over layers and over every inverse since
+        the start (two-term methods only; zero for the others)."""
         total = dict(self._retired_safeguard)
         for inv in self.inverses.values():
             sg = getattr(inv.approx, "safeguard", None)

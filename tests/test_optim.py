@@ -4,7 +4,10 @@ The central check (the seed authors' Deflation and KFAC-corrected optimizers nev
 their KFAC-corrected one failed on re-estimation): on a tiny network, after TWO curvature
 refreshes (so re-estimation and the curvature EMA are exercised), each natural-gradient
 optimizer's update is exactly ``−lr · D⁻¹ vec(∇W)`` with ``D`` the dense matrix of the damped
-approximation, formed independently here with ``torch.kron``:
+approximation, formed independently here with ``torch.kron``, in both EMA modes. In "factors"
+mode the EMA'd factors are rebuilt here from the captured batches (``approximate()`` on each
+batch, sign alignment, averaging with torch; for ekfac the eigenbasis and diagonal by hand);
+in "window" mode the approximation is checked against the dense EMA of the Fisher. Then:
 
 * one product R⊗S (kfac, kpsvd, shampoo): ``D = (R + π√λI) ⊗ (S + √λ/πI)``,
   ``π = sqrt((tr R/da)/(tr S/dg))`` (Martens–Grosse factored damping);
@@ -21,10 +24,14 @@ import pytest
 import torch
 from torch import nn
 
+import core.optim as optim_module
+from core.approx import approximate
 from core.fisher import exact_fisher
 from core.kron import rearrange
 from core.models import per_sample_nll
 from core.optim import (
+    APPROX_TOL,
+    EMA_MODES,
     NATURAL_OPTIMIZERS,
     OPTIMIZERS,
     NonFiniteError,
@@ -121,14 +128,58 @@ def _dense_damped(method, approx, lam, ema_fisher):
     return torch.kron(r1, s1) + sum(torch.kron(r, s) for r, s in terms[1:])
 
 
+def _factor_ema_reference(method, captures, rho):
+    """The "factors" mode state, rebuilt from the captures (oldest first): the engine's terms
+    of each batch, the new term's sign aligned with the running one, averaged with torch.
+    Returns the dense F̃_ema (ekfac) or its terms."""
+    terms, scale = None, None
+    for a, g in captures:
+        a, g = a.double(), g.double()
+        if method in ("kfac", "ekfac"):
+            new = [(a.T @ a / a.shape[0], g.T @ g / g.shape[0])]
+        else:
+            new = list(approximate(method, a, g, tol=APPROX_TOL).terms)
+        want_terms = 2 if method in ("deflation", "lanczos", "kfac_corrected") else 1
+        assert len(new) == want_terms  # no dropped (zero) term on this data
+        if terms is None:
+            terms = new
+        else:
+            avg = []
+            for (r_old, s_old), (r, s) in zip(terms, new, strict=True):
+                if float(torch.sum(r * r_old)) < 0:
+                    r, s = -r, -s
+                avg.append((rho * r_old + (1 - rho) * r, rho * s_old + (1 - rho) * s))
+            terms = avg
+        if method == "ekfac":  # eigenbasis of the running A, G; the batch diagonal in it
+            u_a = torch.linalg.eigh(terms[0][0]).eigenvectors
+            u_g = torch.linalg.eigh(terms[0][1]).eigenvectors
+            s_t = torch.einsum("jp,ji->pi", (g @ u_g) ** 2, (a @ u_a) ** 2) / a.shape[0]
+            scale = s_t if scale is None else rho * scale + (1 - rho) * s_t
+    if method == "ekfac":
+        u = torch.kron(u_a, u_g)  # column i·dg + p is u_a[:, i] ⊗ u_g[:, p], i.e. vec order
+        return u @ torch.diag(_vec(scale)) @ u.T
+    return terms
+
+
+@pytest.mark.parametrize("mode", EMA_MODES)
 @pytest.mark.parametrize("method", NATURAL_OPTIMIZERS)
-def test_update_equals_dense_solve_after_reestimation(method):
+def test_update_equals_dense_solve_after_reestimation(method, mode):
+    if method == "exact" and mode == "factors":
+        pytest.skip("exact uses the window in both modes (tested under mode='window')")
     model = _Logits(seed=0)
     x = _data()
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     cfg = OptimizerConfig(
-        method, lr=0.3, damping=DAMPING, t_cov=1, t_inv=1, ema=RHO, kl_clip=None, momentum=0.0
+        method,
+        lr=0.3,
+        damping=DAMPING,
+        t_cov=1,
+        t_inv=1,
+        ema=RHO,
+        kl_clip=None,
+        momentum=0.0,
+        ema_mode=mode,
     )
     opt = build_optimizer(model, cfg, loss="bce", seed=3)
     captures = {n: [] for n in names}
@@ -144,15 +195,25 @@ def test_update_equals_dense_solve_after_reestimation(method):
             captures[n].append((lc.a, lc.g))
     pre = opt.preconditioner
     assert pre.curvature_updates == 3 and pre.inverse_updates == 3
+    assert pre.windowed == (mode == "window")
     for name, layer, v, w0 in zip(names, layers, grads, before, strict=True):
         f_ema = _ema_fisher(captures[name], RHO)
         approx = pre.inverses[name].approx
-        if method in ("kfac", "shampoo"):
-            # EMA of the factors, not of F: check the factors against the captures
-            if method == "kfac":
+        if mode == "factors":
+            ref = _factor_ema_reference(method, captures[name], RHO)
+            if method == "ekfac":
+                dense = ref + DAMPING * torch.eye(ref.shape[0], dtype=torch.float64)
+            else:
+                r1, s1 = _factored(*ref[0], DAMPING)
+                dense = torch.kron(r1, s1) + sum(torch.kron(r, s) for r, s in ref[1:])
+            if method == "kfac":  # the classic form of KFAC's EMA, spelled out
                 fac = [(a.T @ a / a.shape[0], g.T @ g / g.shape[0]) for a, g in captures[name]]
                 want_r = RHO**2 * fac[0][0] + RHO * (1 - RHO) * fac[1][0] + (1 - RHO) * fac[2][0]
                 assert torch.allclose(approx.terms[0][0], want_r.double(), atol=1e-6)
+        elif method in ("kfac", "shampoo"):
+            # window mode: the method of the window's weighted rows (KFAC: A⊗G of those rows)
+            a_w, g_w = pre.windows[name].weighted()
+            assert torch.allclose(approx.to_dense(), approximate(method, a_w, g_w).to_dense())
         elif method != "exact":
             # the approximation is the engine's method applied to the EMA'd Fisher
             da, dg = approx.da, approx.dg
@@ -174,13 +235,81 @@ def test_update_equals_dense_solve_after_reestimation(method):
                 resid = rearrange(f_ema - torch.kron(a_f, g_f), da, dg)
                 best = torch.linalg.svdvals(resid)[1:].norm()
                 assert float(err) == pytest.approx(float(best), rel=1e-6, abs=1e-12)
-        dense = _dense_damped(method, approx, DAMPING, f_ema)
+        if mode == "window":
+            dense = _dense_damped(method, approx, DAMPING, f_ema)
         want = torch.linalg.solve(dense, _vec(v))
         got = -(_weight_matrix(layer) - w0) / cfg.lr
         scale = float(want.abs().max())
         assert torch.allclose(_vec(got), want, atol=2e-5 * scale + 1e-7, rtol=1e-4), name
     # The dense solve is the reference only where the safeguard did not engage.
     assert pre.safeguard_counts()["entries_raised"] == 0
+
+
+def test_factor_ema_aligns_the_sign_of_a_flipped_second_term(monkeypatch):
+    """A second term that arrives with the opposite sign (R⊗S = (−R)⊗(−S)) is flipped back
+    before averaging; without alignment, ρ = 0.5 would cancel it exactly."""
+    calls = {"n": 0}
+    real = optim_module.approximate
+
+    def flipping(method, a, g, **kw):
+        approx = real(method, a, g, **kw)
+        if method == "deflation":
+            calls["n"] += 1
+            if calls["n"] % 2 == 0:  # every other batch: the second term with flipped sign
+                (r1, s1), (r2, s2) = approx.terms
+                approx.terms = [(r1, s1), (-r2, -s2)]
+        return approx
+
+    monkeypatch.setattr(optim_module, "approximate", flipping)
+    model = _Logits(seed=0)
+    x = _data()
+    cfg = OptimizerConfig("deflation", lr=0.1, ema=0.5, fisher="empirical", t_cov=1, t_inv=1)
+    opt = build_optimizer(model, cfg, loss="bce", seed=0)
+    pre = opt.preconditioner
+    pre.update_curvature(x, x)  # the model does not move: both captures are identical
+    first = {n: [t.clone() for t in s.terms[1]] for n, s in pre.factors.items()}
+    pre.update_curvature(x, x)  # … but the second arrives with its second term flipped
+    assert calls["n"] == 2 * len(first)
+    for name, state in pre.factors.items():
+        r2, s2 = state.terms[1]
+        assert float(torch.linalg.norm(first[name][0])) > 0
+        assert torch.allclose(r2, first[name][0], atol=1e-12)  # not 0 (cancelled)
+        assert torch.allclose(s2, first[name][1], atol=1e-12)
+    assert pre.alignment["updates"] == len(first)
+    assert pre.alignment["flipped"] == len(first)
+    # and the preconditioner still solves with the unflipped second term
+    pre.update_inverses()
+    v = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    approx = pre.inverses["body.2"].approx
+    dense = sum(torch.kron(r, s) for r, s in approx.terms)
+    want_dense = sum(torch.kron(r, s) for r, s in [pre.factors["body.2"].terms[0], first["body.2"]])
+    assert torch.allclose(dense, want_dense, atol=1e-12)
+    assert pre.precondition("body.2", v).shape == v.shape
+
+
+def test_factor_ema_handles_a_dead_layer():
+    """F_t = 0 on a layer (all its output gradients zero): zero terms, a finite update."""
+    model = _Logits(seed=0)
+    with torch.no_grad():  # body.0 feeds Tanh; zero the next layer so body.0 gets no gradient
+        model.body[2].weight.zero_()
+    x = _data()
+    for method in ("kpsvd", "deflation", "kfac_corrected", "ekfac"):
+        cfg = OptimizerConfig(method, lr=0.1, t_cov=1, t_inv=1)
+        opt = build_optimizer(model, cfg, loss="bce", seed=0)
+        for _ in range(2):
+            opt.zero_grad()
+            _loss(model, x[:16]).backward()
+            pre_step = [p.detach().clone() for p in model.parameters()]
+            opt.step(x[:16], x[:16])
+            for p in model.parameters():
+                assert bool(torch.isfinite(p).all()), method
+            for p, q in zip(model.parameters(), pre_step, strict=True):
+                p.data.copy_(q)  # keep the layer dead for the second refresh
+        g = opt.preconditioner.last_capture.layers["body.0"].g
+        assert not bool((g != 0).any())
+        state = opt.preconditioner.factors["body.0"]
+        if method != "ekfac":
+            assert len(state.terms) == (1 if method == "kpsvd" else 2)
 
 
 def test_window_weights_reproduce_the_ema_fisher():
@@ -314,6 +443,8 @@ def test_nonfinite_gradient_raises():
         ({"name": "kfac", "lr": 0.1, "weight_decay": -1e-4}, "weight_decay must be"),
         ({"name": "kfac", "lr": 0.1, "fisher_batch": 0}, "fisher_batch must be"),
         ({"name": "kfac", "lr": 0.1, "fisher": "observed"}, "fisher must be one of"),
+        ({"name": "kfac", "lr": 0.1, "ema_mode": "fisher"}, "ema_mode must be one of"),
+        ({"name": "kpsvd", "lr": 0.1, "ema_mode": None}, "ema_mode must be one of"),
     ],
 )
 def test_invalid_options_rejected(kwargs, match):
@@ -325,6 +456,8 @@ def test_valid_options_and_defaults():
     assert OptimizerConfig("sgd", lr=0.1, damping=0.0).damping == 0.0  # not needed by SGD
     assert OptimizerConfig("KFAC-corrected", lr=0.1).name == "kfac_corrected"
     assert OptimizerConfig("kfac", lr=0.1, kl_clip=None).kl_clip is None
+    assert OptimizerConfig("kpsvd", lr=0.1).ema_mode == "factors"  # the default, every method
+    assert OptimizerConfig("kpsvd", lr=0.1, ema_mode=" Window").ema_mode == "window"
     for name in OPTIMIZERS:
         assert default_lr(name) > 0 and default_damping(name) >= 0
         assert OptimizerConfig(name, lr=0.1).damping == default_damping(name)

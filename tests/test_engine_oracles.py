@@ -9,7 +9,14 @@ from core.approx import KPSVD_FAMILY, METHODS, approximate
 from core.fisher import LayerFisher, exact_fisher
 from core.kron import KronEig, factored_damping, rearrange, unvec, vec
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Oracles are float64 throughout; restore the default for the other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def batch(m: int, da: int, dg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

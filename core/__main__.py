@@ -21,7 +21,7 @@ import torch
 from .approx import METHODS
 from .data import DATASET_SPECS, load_dataset
 from .models import PRESETS, build_model, linear_layers, parse_widths
-from .optim import OPTIMIZERS, OptimizerConfig, default_damping, default_lr
+from .optim import EMA_MODES, OPTIMIZERS, OptimizerConfig, default_damping, default_lr
 from .report import comparison_report, quality_report
 from .runner import RunConfig, TrainingRun, run_comparison
 
@@ -52,6 +52,12 @@ def _common(p: argparse.ArgumentParser, *, steps_required: bool = True) -> None:
     g.add_argument("--t-cov", type=int, default=10, help="curvature refresh period (steps)")
     g.add_argument("--t-inv", type=int, default=10, help="inverse refresh period (steps)")
     g.add_argument("--ema", type=float, default=0.95, help="EMA decay of the curvature")
+    g.add_argument(
+        "--ema-mode",
+        choices=EMA_MODES,
+        default="factors",
+        help="average the Kronecker factors (default) or a window of Fisher captures",
+    )
     g.add_argument("--kl-clip", type=_float_or_none, default=1e-2, help="KL-clip bound, or none")
     g.add_argument("--momentum", type=float, default=0.9, help="momentum (Adam's beta1)")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -87,6 +93,7 @@ def _optimizer(args, name: str, lr: float | None, damping: float | None) -> Opti
         t_cov=args.t_cov,
         t_inv=args.t_inv,
         ema=args.ema,
+        ema_mode=args.ema_mode,
         kl_clip=args.kl_clip,
         momentum=args.momentum,
         weight_decay=args.weight_decay,

@@ -1,118 +1,231 @@
-"""Benchmark of the Fisher explorer page (server side), for bench/RESULTS-app.md.
+"""Benchmark of the Fisher explorer page; numbers go to bench/RESULTS-app.md.
 
-Run: ``.venv/bin/python bench/app_bench.py`` (2 CPU cores: ``taskset -c 0,1`` if the machine
-has more). Each measurement runs the real page through Streamlit's AppTest, i.e. everything the
-server does for a view (data, model, capture, every approximation and metric, figures, element
-serialisation) except the browser's drawing.
+Run: ``.venv/bin/python bench/app_bench.py`` (on a machine with more cores, pin it to two:
+``taskset -c 0,1 .venv/bin/python bench/app_bench.py``). Two measurements:
 
-* imports: torch, streamlit, core and the page helpers, in a fresh process;
-* cold: first view of the explorer's default (DIGITS preset, smallest layer, all methods,
-  model at initialization) with empty caches — the dataset is loaded, nothing is cached;
-* warm, method: one method removed, then added back (its result is cached per method), and a
-  method added that was never computed on this layer;
-* warm, layer: every other layer of the same model, first visit (all methods computed there)
-  and second visit (cached).
+1. **Browser** (needs Debian's Chromium and the playwright package): a fresh
+   ``streamlit run app.py`` server; Chromium opens the explorer's default view (DIGITS preset,
+   smallest layer, all seven methods, model at initialization). "Ready" is the moment the app
+   reports its script run finished (``data-test-script-state="notRunning"``) with the charts
+   on the page, measured from the navigation (cold) or from the widget change (warm). Each
+   view's server-side time is read from the page's own "Server time for this view" caption.
+2. **Server only** (AppTest, no browser): the same views, timed around ``AppTest.run``; it
+   includes AppTest's own overhead (about 1 s of component discovery on the first run of each
+   AppTest, and tens of milliseconds per run).
+
+Warm cases: change the method shown (cached results), change the set of methods (a removed
+method re-added is cached; one never computed on this layer is computed), and change the layer
+of the same model (first visit computes every method there; a revisit is cached).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 import statistics
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LAYERS = [
+    "encoder.linear1",
+    "encoder.linear2",
+    "decoder.linear1",
+    "decoder.linear2",
+    "decoder.linear3",
+]
+Row = tuple[str, float, float | None]  # label, wall seconds, server seconds
 
-t0 = time.perf_counter()
-import streamlit  # noqa: E402,F401
-import torch  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
 
-import core.explorer  # noqa: E402,F401
-import pages._shared  # noqa: E402,F401
+# -- browser -------------------------------------------------------------------------------
 
-IMPORT_S = time.perf_counter() - t0
+WATCH = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  window.__ready = new Promise(resolve => {
+    let seen = false;
+    const observer = new MutationObserver(() => {
+      const state = app.getAttribute('data-test-script-state');
+      if (state === 'running') seen = true;
+      if (seen && state === 'notRunning') { observer.disconnect(); resolve(true); }
+    });
+    observer.observe(app, {attributes: true});
+  });
+}"""
 
 
-def new_app() -> AppTest:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _server_seconds(page) -> float | None:
+    text = page.get_by_text(re.compile("Server time for this view")).last.inner_text()
+    match = re.search(r"([\d.]+) s", text)
+    return float(match.group(1)) if match else None
+
+
+def _choose(page, label: str, option: str):
+    """Open the selectbox and filter its options; returns the click that commits the change
+    (the clock starts there, not while the dropdown is being operated)."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    box.locator("input").click()
+    page.keyboard.type(option)
+    target = page.get_by_role("option").filter(has_text=option).first
+    target.wait_for()
+    return target.click
+
+
+def _timed_change(page, prepare) -> tuple[float, float | None]:
+    commit = prepare()
+    page.evaluate(WATCH)
+    start = time.perf_counter()
+    commit()
+    page.evaluate("window.__ready")
+    page.wait_for_selector(".js-plotly-plot")
+    return time.perf_counter() - start, _server_seconds(page)
+
+
+def browser_bench() -> list[Row]:
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--server.port", str(port),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    rows: list[Row] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.2)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.set_default_timeout(300_000)
+            start = time.perf_counter()
+            page.goto(f"{url}/explorer")
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+            page.wait_for_selector(".js-plotly-plot")
+            rows.append(
+                ("cold: default view, fresh server", time.perf_counter() - start,
+                 _server_seconds(page))
+            )  # fmt: skip
+            for method in ("KFAC", "Deflation", "EKFAC"):
+                wall, server = _timed_change(
+                    page, lambda m=method: _choose(page, "Approximation shown", m)
+                )
+                rows.append((f"warm: show {method}", wall, server))
+            for layer in LAYERS:
+                wall, server = _timed_change(page, lambda n=layer: _choose(page, "Linear layer", n))
+                rows.append((f"warm: layer {layer}, first visit", wall, server))
+            wall, server = _timed_change(
+                page, lambda: _choose(page, "Linear layer", "encoder.linear3")
+            )
+            rows.append(("warm: back to the default layer (cached)", wall, server))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return rows
+
+
+# -- server only (AppTest) -------------------------------------------------------------------
+
+
+def apptest_bench(repeat: int) -> list[Row]:
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):  # the server's steady state (see tests/test_app.py)
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    PagesManager.__init__ = init
+
+    def run(at: AppTest) -> tuple[float, float | None]:
+        start = time.perf_counter()
+        at.run()
+        wall = time.perf_counter() - start
+        if at.exception:
+            raise RuntimeError([e.value for e in at.exception])
+        caption = [c.value for c in at.caption if "Server time" in c.value]
+        match = re.search(r"([\d.]+) s", caption[-1]) if caption else None
+        return wall, float(match.group(1)) if match else None
+
+    rows: list[Row] = []
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.switch_page("pages/explorer.py")
-    return at
+    rows.append(("cold: default view, empty caches", *run(at)))
+    methods = at.multiselect(key="explorer.methods")
+    full = list(methods.value)
+    walls, servers = [], []
+    for _ in range(repeat):
+        at.multiselect(key="explorer.methods").set_value([m for m in full if m != "lanczos"])
+        wall, server = run(at)
+        at.multiselect(key="explorer.methods").set_value(full)
+        wall2, server2 = run(at)
+        walls += [wall, wall2]
+        servers += [server, server2]
+    rows.append(("warm: remove / re-add a method, median", statistics.median(walls),
+                 statistics.median(servers)))  # fmt: skip
+    for layer in LAYERS:
+        at.selectbox(key="explorer.layer").set_value(layer)
+        rows.append((f"warm: layer {layer}, first visit", *run(at)))
+    at.selectbox(key="explorer.layer").set_value("encoder.linear3")
+    rows.append(("warm: back to the default layer (cached)", *run(at)))
+    return rows
 
 
-def timed_run(at: AppTest) -> float:
-    start = time.perf_counter()
-    at.run()
-    elapsed = time.perf_counter() - start
-    if at.exception:
-        raise RuntimeError(f"page raised: {[e.value for e in at.exception]}")
-    return elapsed
-
-
-def select(at: AppTest, label: str):
-    return next(s for s in at.selectbox if s.label == label)
+def show(title: str, rows: list[Row]) -> None:
+    print(f"\n{title}")
+    print("| view | ready (s) | server time (s) |")
+    print("|---|---:|---:|")
+    for label, wall, server in rows:
+        print(f"| {label} | {wall:.2f} | {'' if server is None else f'{server:.2f}'} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="warm measurements per case")
+    parser.add_argument("--repeat", type=int, default=3, help="AppTest repetitions (warm)")
+    parser.add_argument("--no-browser", action="store_true", help="skip the browser part")
     args = parser.parse_args()
-
-    rows: list[tuple[str, float]] = [("imports (fresh process)", IMPORT_S)]
-    at = new_app()
-    rows.append(("cold: default view, empty caches", timed_run(at)))
-
-    ms = next(m for m in at.multiselect if m.label == "Approximations")
-    full = list(ms.value)
-    times = []
-    for _ in range(args.repeat):
-        ms = next(m for m in at.multiselect if m.label == "Approximations")
-        ms.set_value([m for m in full if m != "lanczos"])
-        times.append(timed_run(at))
-        ms = next(m for m in at.multiselect if m.label == "Approximations")
-        ms.set_value(full)
-        times.append(timed_run(at))
-    rows.append(("warm: remove / re-add a method (cached)", statistics.median(times)))
-
-    layer_box = select(at, "Linear layer")
-    default_layer = layer_box.value
-    others = [o for o in layer_box.options if o != default_layer]
-    # options are labels; values are names: map through the page's format
-    names = [n for n in at.session_state["explorer.layer"].__class__.__mro__ if False]
-    del names
-    layer_names = list(core_layers(at))
-    first, second = [], []
-    for name in layer_names:
-        if name == default_layer:
-            continue
-        select(at, "Linear layer").set_value(name)
-        first.append((name, timed_run(at)))
-        select(at, "Linear layer").set_value(default_layer)
-        timed_run(at)
-        select(at, "Linear layer").set_value(name)
-        second.append((name, timed_run(at)))
-    for name, t in first:
-        rows.append((f"warm: change layer to {name}, first visit", t))
-    rows.append(
-        ("warm: change layer, revisit (cached), median", statistics.median(t for _, t in second))
-    )
-    del others
-
-    width = max(len(r[0]) for r in rows)
-    print(f"torch threads: {torch.get_num_threads()}, CPU cores visible: {os.cpu_count()}")
-    for label, seconds in rows:
-        print(f"{label:<{width}}  {seconds:7.3f} s")
-
-
-def core_layers(at: AppTest) -> list[str]:
-    from core.models import PRESETS, build_model
-
-    preset = PRESETS[at.session_state["explorer.preset"]]
-    model = build_model(preset.name, input_dim=preset.widths[0], loss="bce")
-    return [name for name, _ in model.named_modules() if isinstance(_, torch.nn.Linear)]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"CPU cores visible: {os.cpu_count()}, load average (1 min) at start: {load:.2f}")
+    if not args.no_browser:
+        if Path(CHROMIUM).exists():
+            show("Browser (Chromium, fresh server)", browser_bench())
+        else:
+            print(f"\nBrowser part skipped: {CHROMIUM} is missing")
+    show("Server only (AppTest)", apptest_bench(args.repeat))
 
 
 if __name__ == "__main__":

@@ -195,6 +195,18 @@ class UrlSettings:
         self.values[name] = "1" if value else "0"
         return value
 
+    def tabs(self, labels: dict[str, str], name: str, default: str | None = None) -> dict:
+        """Lazy tabs (only the open one runs); ``labels``: URL value → tab label.
+
+        Returns URL value → tab container; ``container.open`` tells which one is shown.
+        """
+        slugs = {label: slug for slug, label in labels.items()}
+        default_label = labels.get(default, next(iter(labels.values())))
+        key = self._seed(name, default_label, lambda raw: labels.get(raw), lambda v: v in slugs)
+        containers = st.tabs(list(labels.values()), key=key, on_change="rerun")
+        self.values[name] = slugs.get(st.session_state.get(key), default or next(iter(labels)))
+        return dict(zip(labels, containers, strict=True))
+
     def sync(self) -> None:
         """Write the current values to the URL (only when they changed)."""
         if st.query_params.to_dict() != self.values:
@@ -447,6 +459,14 @@ def start_group(page: str, runs: list[TrainingRun], *, sequential: bool, label: 
     run_registry().start(session_id(), group)
     st.session_state[f"runs.{page}"] = group
     return group
+
+
+def stop_group(page: str) -> None:
+    """Button callback: stop this session's runs on ``page``. A callback runs before the next
+    script run, so the click is not lost if a live fragment's rerun is in flight."""
+    group = session_group(page)
+    if group is not None:
+        group.stop()
 
 
 def group_frame(group: RunGroup, labels: Sequence[str]) -> pd.DataFrame:

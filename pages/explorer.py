@@ -176,12 +176,20 @@ with col_contrast:
         help="The scale stays linear, symmetric and shared by the three panels; hover for values.",
     )
 
-tab_block, tab_factors, tab_spectra, tab_rank = st.tabs(
-    ["Fisher block", "Kronecker factors", "Spectra", "Kronecker rank"]
+settings.sync()  # the URL follows the widgets before the figures are drawn
+tabs = settings.tabs(
+    {
+        "block": "Fisher block",
+        "factors": "Kronecker factors",
+        "spectra": "Spectra",
+        "rank": "Kronecker rank",
+    },
+    "tab",
 )
 
-with tab_block:
-    if show is not None:
+# Only the open tab runs: each view computes and sends its own figures alone.
+with tabs["block"]:
+    if tabs["block"].open is not False and show is not None:
         view = sh.block_view(fisher_key, show, fisher, results[show].approx)
         st.plotly_chart(
             figures.block_heatmaps(
@@ -196,11 +204,11 @@ with tab_block:
             key="block",
         )
         arrays.update(explorer.view_arrays(view, [], {}, None, show))
-    else:
+    elif show is None:
         st.info("Choose an approximation to compare with F.")
 
-with tab_factors:
-    if show is not None:
+with tabs["factors"]:
+    if tabs["factors"].open is not False and show is not None:
         factors = explorer.factor_views(results[show].approx)
         pooled = [f for f in factors if f.block > 1]
         note = f"pooled in blocks of {pooled[0].block}" if pooled else ""
@@ -214,47 +222,51 @@ with tab_factors:
         )
         arrays.update(explorer.view_arrays(None, factors, {}, None, show))
 
-with tab_spectra:
-    spec = explorer.spectra(analysis)
-    n = fisher.da * fisher.dg
-    note = (
-        f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
-        f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
-    )
-    st.plotly_chart(figures.spectra_figure(spec, labels=labels, note=note), key="spectra")
-    arrays.update(explorer.view_arrays(None, [], spec, None, show or "none"))
+with tabs["spectra"]:
+    if tabs["spectra"].open is not False:
+        spec = explorer.spectra(analysis)
+        n = fisher.da * fisher.dg
+        note = (
+            f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
+            f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
+        )
+        st.plotly_chart(figures.spectra_figure(spec, labels=labels, note=note), key="spectra")
+        arrays.update(explorer.view_arrays(None, [], spec, None, show or "none"))
 
-with tab_rank:
-    max_rank = min(10, fisher.m)
-    with sh.friendly_errors("Kronecker rank"):
-        curve = sh.rank_curve(fisher_key, max_rank, fisher)
-    rank = settings.slider(
-        "Kronecker rank r", "rank", 2, min_value=1, max_value=max(curve.max_rank, 1)
-    )
-    refs = {
-        explorer.method_label(mt): results[mt].relative_error
-        for mt in ("kfac", "kfac_corrected")
-        if mt in results
-    }
-    st.plotly_chart(
-        figures.rank_curve_figure(curve.ranks, curve.errors, selected=rank, references=refs),
-        key="rank_curve",
-    )
-    ranked = curve.approximation(rank)
-    rview = sh.block_view(fisher_key, f"rank{rank}", fisher, ranked)
-    st.plotly_chart(
-        figures.block_heatmaps(
-            rview.exact,
-            rview.approx,
-            rview.pooling.labels(),
-            method=f"best rank-{rank} sum",
-            note=rview.pooling.describe(),
-            group=rview.pooling.dg_out,
-            saturate=contrast,
-        ),
-        key="rank_block",
-    )
-    arrays.update(explorer.view_arrays(None, [], {}, curve, show or "none"))
+with tabs["rank"]:
+    if tabs["rank"].open is not False:
+        max_rank = min(10, fisher.m)
+        with sh.friendly_errors("Kronecker rank"):
+            curve = sh.rank_curve(fisher_key, max_rank, fisher)
+        rank = settings.slider(
+            "Kronecker rank r", "rank", 2, min_value=1, max_value=max(curve.max_rank, 1)
+        )
+        refs = {
+            explorer.method_label(mt): results[mt].relative_error
+            for mt in ("kfac", "kfac_corrected")
+            if mt in results
+        }
+        st.plotly_chart(
+            figures.rank_curve_figure(curve.ranks, curve.errors, selected=rank, references=refs),
+            key="rank_curve",
+        )
+        ranked = curve.approximation(rank)
+        rview = sh.block_view(fisher_key, f"rank{rank}", fisher, ranked)
+        st.plotly_chart(
+            figures.block_heatmaps(
+                rview.exact,
+                rview.approx,
+                rview.pooling.labels(),
+                method=f"best rank-{rank} sum",
+                note=rview.pooling.describe(),
+                group=rview.pooling.dg_out,
+                saturate=contrast,
+            ),
+            key="rank_block",
+        )
+        arrays.update(explorer.view_arrays(None, [], {}, curve, show or "none"))
+    elif "explorer.rank" in st.session_state:
+        settings.values["rank"] = str(st.session_state["explorer.rank"])
 
 buffer = io.BytesIO()
 np.savez_compressed(buffer, **arrays)

@@ -63,7 +63,7 @@ group = sh.session_group(PAGE)
 running = group is not None and not group.done
 start_col, stop_col, _ = st.columns([1, 1, 4])
 start = start_col.button("Start", type="primary", disabled=not chosen or running, key="race.start")
-stop = stop_col.button("Stop", disabled=not running, key="race.stop")
+stop_col.button("Stop", disabled=not running, key="race.stop", on_click=sh.stop_group, args=(PAGE,))
 
 if start:
     with sh.friendly_errors("Starting the race"):
@@ -91,8 +91,6 @@ if start:
         )
     settings.sync()
     st.rerun()  # redraw the buttons for a running race
-if stop and group is not None:
-    group.stop()
 
 settings.sync()
 

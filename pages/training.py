@@ -60,7 +60,9 @@ start_col, stop_col, _ = st.columns([1, 1, 4])
 start = start_col.button(
     "Start", type="primary", disabled=not methods or running, key="training.start"
 )
-stop = stop_col.button("Stop", disabled=not running, key="training.stop")
+stop_col.button(
+    "Stop", disabled=not running, key="training.stop", on_click=sh.stop_group, args=(PAGE,)
+)
 
 if start:
     with sh.friendly_errors("Starting the run"):
@@ -82,8 +84,6 @@ if start:
         sh.start_group(PAGE, [run], sequential=True, label=f"{opt_name} on {layer}")
     settings.sync()
     st.rerun()
-if stop and group is not None:
-    group.stop()
 
 settings.sync()
 

@@ -116,7 +116,8 @@ def test_explorer_default_view():
     kfac = table.set_index("method").loc["KFAC", "relative_error"]
     kpsvd = table.set_index("method").loc["KPSVD", "relative_error"]
     assert kpsvd <= kfac + 1e-9
-    assert len(charts(at)) == 5  # block, factors, spectra, rank curve, rank block
+    assert len(charts(at)) == 1  # tabs are lazy: only the open one (the block) runs
+    assert "KPSVD − F" in spec(charts(at)[0])
     assert at.query_params["layer"] == "encoder.linear3"  # the smallest layer
     assert any("Server time for this view" in c.value for c in at.caption)
 
@@ -136,18 +137,44 @@ def test_explorer_change_layer_method_and_rank():
     block = spec(charts(at)[0])
     assert "KFAC-corrected − F" in block
 
+
+@pytest.mark.parametrize(
+    ("tab", "titles"),
+    [
+        ("factors", ["Kronecker factors of KPSVD"]),
+        ("spectra", ["Eigenvalue spectra"]),
+        ("rank", ["Error of the best sum", "best rank-2 sum − F"]),
+    ],
+)
+def test_explorer_tabs(tab, titles):
+    at = app("explorer", tab=tab)
+    assert_clean(at)
+    assert at.query_params["tab"] == tab
+    shown = [spec(c) for c in charts(at)]
+    assert len(shown) == len(titles)
+    for text, title in zip(shown, titles, strict=True):
+        assert title in text
+
+
+def test_explorer_rank_slider():
+    at = app("explorer", tab="rank", layer="decoder.linear2")
     at.slider(key="explorer.rank").set_value(4).run()
     assert_clean(at)
     assert at.query_params["rank"] == "4"
     assert "best rank-4 sum" in spec(charts(at)[-1])
+    errors_by_rank = json.loads(charts(at)[0].proto.spec)["data"][0]["y"]
+    assert errors_by_rank  # the curve of error against r
 
 
 def test_explorer_link_reproduces_the_view():
-    at = app("explorer", layer="decoder.linear1", methods="kfac,ekfac", show="ekfac", rank="3")
+    params = dict(layer="decoder.linear1", methods="kfac,ekfac", show="ekfac", rank="3")
+    at = app("explorer", tab="rank", **params)
     assert_clean(at)
     assert at.selectbox(key="explorer.layer").value == "decoder.linear1"
     assert at.multiselect(key="explorer.methods").value == ["kfac", "ekfac"]
     assert at.slider(key="explorer.rank").value == 3
+    for key, value in params.items():
+        assert at.query_params[key] == value
     assert list(at.dataframe[0].value["method"]) == ["KFAC", "EKFAC"]
 
 

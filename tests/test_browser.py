@@ -131,6 +131,15 @@ def page(browser):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+def _wait_text(page, text, name: str) -> None:
+    """Wait for ``text`` (str or regex); on a timeout, keep a screenshot of the page."""
+    try:
+        page.get_by_text(text).first.wait_for()
+    except Exception:
+        page.screenshot(path=str(LOG.parent / f"failure-{name}.png"))
+        raise
+
+
 def _no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, "a page shows an exception"
 
@@ -194,8 +203,7 @@ def test_explorer_pick_layer_and_method(server, page):
     page.get_by_text(re.compile(r"layer encoder\.linear2: 32→16")).wait_for()
     _choose(page, "Approximation shown", "KFAC-corrected")
     page.get_by_text("KFAC-corrected − F").first.wait_for()
-    page.get_by_text("Server time for this view").wait_for()
-    assert "layer=encoder.linear2" in page.url and "show=kfac_corrected" in page.url
+    page.wait_for_url(re.compile(r"layer=encoder\.linear2.*show=kfac_corrected"))
     _no_exception(page)
     for tab in ("Kronecker factors", "Spectra", "Kronecker rank"):
         page.get_by_role("tab", name=tab).click()
@@ -205,7 +213,7 @@ def test_explorer_pick_layer_and_method(server, page):
 
 
 def test_race_curve_grows_and_stops(server, page):
-    page.goto(f"{server}/race?opts=sgd,adam&steps=3000&eval=50")
+    page.goto(f"{server}/race?opts=sgd,adam&steps=20000&eval=50")
     _button(page, "Start").click()
     page.get_by_text("Loss against step").first.wait_for()
     deadline = time.monotonic() + 60
@@ -219,6 +227,20 @@ def test_race_curve_grows_and_stops(server, page):
     assert grown > first, f"the loss curve did not grow ({first} → {grown} points)"
     _shot(page, "race")
     _button(page, "Stop").click()
-    page.get_by_text(re.compile(r"SGD: stopped")).wait_for()
-    page.get_by_text(re.compile(r"Adam: stopped")).wait_for()
+    _wait_text(page, re.compile(r"SGD: stopped"), "race")
+    _wait_text(page, re.compile(r"Adam: stopped"), "race")
+    _no_exception(page)
+
+
+def test_training_page_grows_error_curves(server, page):
+    page.goto(f"{server}/training?steps=20000&every=5&m=64&opt=kfac")
+    _button(page, "Start").click()
+    page.get_by_text("relative Frobenius error over training").first.wait_for()
+    deadline = time.monotonic() + 60
+    while _plot_points(page, 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _plot_points(page, 0) >= 4, "the error curves did not grow"
+    _shot(page, "training")
+    _button(page, "Stop").click()
+    _wait_text(page, re.compile(r"KFAC: stopped"), "training")
     _no_exception(page)

@@ -207,10 +207,15 @@ class UrlSettings:
         self.values[name] = slugs.get(st.session_state.get(key), default or next(iter(labels)))
         return dict(zip(labels, containers, strict=True))
 
-    def sync(self) -> None:
-        """Write the current values to the URL (only when they changed)."""
-        if st.query_params.to_dict() != self.values:
-            st.query_params.from_dict(self.values)
+    def sync(self, *, final: bool = True) -> None:
+        """Write the current values to the URL (only when they changed). ``final=False`` (an
+        early sync, before every widget of the page has run) keeps the URL's other keys."""
+        current = st.query_params.to_dict()
+        wanted = dict(self.values)
+        if not final:
+            wanted = {**{k: v for k, v in current.items() if k not in wanted}, **wanted}
+        if current != wanted:
+            st.query_params.from_dict(wanted)
 
 
 # -- data and models -----------------------------------------------------------------------

@@ -176,7 +176,7 @@ with col_contrast:
         help="The scale stays linear, symmetric and shared by the three panels; hover for values.",
     )
 
-settings.sync()  # the URL follows the widgets before the figures are drawn
+settings.sync(final=False)  # the URL follows the widgets before the figures are drawn
 tabs = settings.tabs(
     {
         "block": "Fisher block",

@@ -264,7 +264,7 @@ def rank_curve_figure(
     fig.update_layout(
         title="Error of the best sum of r Kronecker products (truncated SVD of ℛ(F))",
         xaxis_title="Kronecker rank r",
-        yaxis_title="‖F − F̃_r‖_F / ‖F‖_F",
+        yaxis_title="‖F − F̃<sub>r</sub>‖<sub>F</sub> / ‖F‖<sub>F</sub>",
         xaxis={"dtick": 1},
         template=_TEMPLATE,
         height=380,

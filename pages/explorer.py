@@ -114,7 +114,10 @@ analysis = explorer.LayerAnalysis(fisher, results)
 st.subheader("How close is each approximation?")
 table = analysis.table()
 if len(table):
-    shown = table.assign(method=table["method"].map(explorer.method_label))
+    shown = table.assign(
+        method=table["method"].map(explorer.method_label),
+        terms=[f"{t:.0f}" if t == t else "eigenbasis diagonal" for t in table["terms"]],
+    )
     st.dataframe(
         shown.drop(columns=["deferred"]),
         hide_index=True,
@@ -135,8 +138,8 @@ if len(table):
                 help=f"cos∠((F + λI)⁻¹∇, (F̃ + λI)⁻¹∇), λ = {damping:g}",
             ),
             "seconds": st.column_config.NumberColumn("Compute time (s)", format="%.4f"),
-            "terms": st.column_config.NumberColumn(
-                "Kronecker terms", format="%d", help="empty: EKFAC (an eigenbasis diagonal)"
+            "terms": st.column_config.TextColumn(
+                "Kronecker terms", help="EKFAC is a diagonal in KFAC's Kronecker eigenbasis"
             ),
         },
     )

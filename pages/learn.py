@@ -35,7 +35,7 @@ st.markdown(
 
 st.header("2. KFAC")
 st.latex(
-    r"F \approx A\otimes G,\qquad A=\frac1m\sum_i \bar a_i\bar a_i^\top,\quad"
+    r"F \approx A\otimes G,\qquad A=\frac1m\sum_i \bar a_i\bar a_i^\top,\quad "
     r"G=\frac1m\sum_i g_i g_i^\top"
 )
 st.markdown(
@@ -103,9 +103,9 @@ st.markdown(
 st.header("7. Why inverting a sum of Kronecker products needs care")
 st.markdown(
     "For one product, $(R\\otimes S+\\lambda I)^{-1}$ is diagonal in the eigenbasis "
-    "$U_R\\otimes U_S$. For two products there is no such rule: "
-    "$(R_1\\otimes S_1+R_2\\otimes S_2)^{-1}\\neq$ anything factored. With $R_1,S_1$ positive "
-    "definite (after damping), solve the generalized eigenproblems"
+    "$U_R\\otimes U_S$. The inverse of a sum of two products is in general neither a "
+    "Kronecker product nor a sum of two, and the two terms have different eigenbases. With "
+    "$R_1,S_1$ positive definite (after damping), solve the generalized eigenproblems"
 )
 st.latex(
     r"R_2x=\mu R_1x,\quad S_2y=\nu S_1y,\qquad E_R^\top R_1E_R=I,\;"

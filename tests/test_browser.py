@@ -213,7 +213,7 @@ def test_explorer_pick_layer_and_method(server, page):
 
 
 def test_race_curve_grows_and_stops(server, page):
-    page.goto(f"{server}/race?opts=sgd,adam&steps=20000&eval=50")
+    page.goto(f"{server}/race?opts=sgd,adam,kfac,kfac_corrected&steps=20000&eval=50")
     _button(page, "Start").click()
     page.get_by_text("Loss against step").first.wait_for()
     deadline = time.monotonic() + 60
@@ -225,10 +225,11 @@ def test_race_curve_grows_and_stops(server, page):
         time.sleep(0.5)
     grown = _plot_points(page, 0)
     assert grown > first, f"the loss curve did not grow ({first} → {grown} points)"
+    time.sleep(3)  # a few more seconds of race for the screenshot
     _shot(page, "race")
     _button(page, "Stop").click()
-    _wait_text(page, re.compile(r"SGD: stopped"), "race")
-    _wait_text(page, re.compile(r"Adam: stopped"), "race")
+    for name in ("SGD", "Adam", "KFAC", "KFAC-corrected"):
+        _wait_text(page, re.compile(rf"{name}: stopped"), "race")
     _no_exception(page)
 
 

@@ -351,10 +351,8 @@ def trained_model(
 ) -> ModelChoice:
     """The preset trained for ``steps`` with ``optimizer`` (cached server-wide); shows a
     progress bar while training, and stops the page with a message if the run fails."""
-    key = (
-        f"{data.key}|{preset}|seed={seed}|{optimizer.name}|lr={optimizer.lr:g}|"
-        f"damping={optimizer.damping:g}|steps={steps}|batch={batch_size}"
-    )
+    settings = ",".join(f"{k}={v}" for k, v in sorted(optimizer.to_dict().items()))
+    key = f"{data.key}|{preset}|seed={seed}|{settings}|steps={steps}|batch={batch_size}"
     init = initial_model(data.key, preset, seed, ds)
 
     def make() -> TrainingRun:
@@ -383,7 +381,10 @@ def trained_model(
             f"**Training diverged.** {run.message} The explorer shows the last finite parameters."
         )
     elif run.status != "finished":
-        st.error(f"**Training did not finish** ({run.status}): {run.message}")
+        st.error(
+            f"**Training did not finish** ({run.status}): {run.message} Change a setting or "
+            "reload the page to train again."
+        )
         st.stop()
     df = run.dataframe()
     loss = df["train_loss"].dropna()
@@ -502,10 +503,6 @@ def limits_caption() -> str:
     except ValueError as err:
         return f"Run limit misconfigured: {err}"
     return f"Training runs on this server: {busy} of {limit} allowed"
-
-
-def lr_default(name: str) -> float:
-    return default_lr(name)
 
 
 def optimizer_controls(settings: UrlSettings, name: str) -> dict:

@@ -245,3 +245,27 @@ def test_training_page_grows_error_curves(server, page):
     _button(page, "Stop").click()
     _wait_text(page, re.compile(r"KFAC: stopped"), "training")
     _no_exception(page)
+
+
+def test_runs_stop_when_their_session_ends(server, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/race?opts=sgd&steps=20000&eval=1000")
+    _button(page, "Start").click()
+    page.get_by_text(re.compile(r"SGD: running")).first.wait_for()
+    other = browser.new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+    other.goto(f"{server}/learn")
+    assert "1 of" in other.get_by_text(re.compile("Training runs on this server")).inner_text()
+    context.close()  # the tab goes away: its session ends
+    deadline = time.monotonic() + 60  # the registry's grace period is 15 s
+    while True:
+        other.goto(f"{server}/learn")
+        caption = other.get_by_text(re.compile("Training runs on this server")).first
+        caption.wait_for()
+        if re.search(r": 0 of", caption.inner_text()):
+            break
+        assert time.monotonic() < deadline, f"the run outlived its session: {caption.inner_text()}"
+        time.sleep(3)
+    other.close()

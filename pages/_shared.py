@@ -393,6 +393,7 @@ def trained_model(
 
 
 # -- the explorer's cached numerics ----------------------------------------------------------
+# Bounded: on the paper's largest layers one method's factors take tens of MB.
 
 
 def fisher_batch(ds: Dataset, m: int, seed: int) -> torch.Tensor:
@@ -401,7 +402,7 @@ def fisher_batch(ds: Dataset, m: int, seed: int) -> torch.Tensor:
     return ds.x_train[order[: min(m, ds.n_train)]]
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@st.cache_resource(max_entries=16, ttl="2h", show_spinner=False)
 def layer_fisher(
     model_key: str, layer: str, fisher: str, m: int, seed: int, _model, _ds: Dataset
 ) -> explorer.LayerFisher:
@@ -413,19 +414,19 @@ def layer_fisher(
     return explorer.LayerFisher(captured.a.cpu(), captured.g.cpu())
 
 
-@st.cache_resource(max_entries=256, show_spinner=False)
+@st.cache_resource(max_entries=64, ttl="2h", show_spinner=False)
 def method_result(
     fisher_key: str, method: str, damping: float, compute_slow: bool, _fisher
 ) -> explorer.MethodResult:
     return explorer.analyse_method(_fisher, method, damping=damping, compute_slow=compute_slow)
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@st.cache_resource(max_entries=16, ttl="2h", show_spinner=False)
 def rank_curve(fisher_key: str, max_rank: int, _fisher) -> explorer.RankCurve:
     return explorer.rank_curve(_fisher, max_rank)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=32, ttl="2h", show_spinner=False)
 def block_view(fisher_key: str, view_key: str, _fisher, _approx) -> explorer.BlockView:
     return explorer.block_view(_fisher, _approx)
 

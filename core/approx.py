@@ -61,7 +61,11 @@ from .validation import (
 METHODS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
 KPSVD_FAMILY = ("kpsvd", "deflation", "lanczos", "kfac_corrected")
 SOLVE_MODES = ("exact", "factored")
-DENSE_EIG_LIMIT = 2048  # largest n for which sums of ≥ 2 products are eigendecomposed densely
+# Sums of ≥ 2 products: up to DENSE_EIG_LIMIT the dense eigendecomposition (vectors too) serves
+# both the spectrum and the exact damped solve; up to DENSE_SPECTRUM_LIMIT one dense eigvalsh
+# gives the whole spectrum (much faster than Lanczos there); above, Lanczos gives the top k.
+DENSE_EIG_LIMIT = 2048
+DENSE_SPECTRUM_LIMIT = 4096
 
 
 @dataclass
@@ -116,13 +120,9 @@ class Approximation(ABC):
     def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
         """The damped inverse applied to V (see the module docstring for ``mode``)."""
 
+    @abstractmethod
     def to_dense(self) -> torch.Tensor:
-        """The n × n matrix, built column by column from ``matvec`` (refused above the limit)."""
-        dtype = self._dtype()
-        check_dense_size(self.n, dtype, f"{self.method} approximation", "matvec/solve/eigvals")
-        eye = torch.eye(self.n, dtype=dtype, device=self._device())
-        cols = [vec(self.matvec(eye[j].reshape(self.da, self.dg).T)) for j in range(self.n)]
-        return torch.stack(cols, dim=1)
+        """The n × n matrix in vec(W) order (refused above the dense memory limit)."""
 
     @abstractmethod
     def _dtype(self) -> torch.dtype: ...
@@ -160,6 +160,19 @@ class KroneckerSum(Approximation):
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return sum(kron_matvec(r, s, v) for r, s in self.terms)
 
+    def to_dense(self) -> torch.Tensor:
+        """Σ_k kron(R_k, S_k) (refused above the dense memory limit)."""
+        check_dense_size(self.n, self._dtype(), f"{self.method} approximation", "matvec/solve")
+        return sum(torch.kron(r, s) for r, s in self.terms)
+
+    def _dense_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascending eigenvalues and eigenvectors of the (symmetrised) dense sum, cached."""
+        if ("dense",) not in self._eig_cache:
+            lam, u = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
+            self.safeguard.record(int((lam < 0).sum()), lam.numel())
+            self._eig_cache[("dense",)] = (lam, u)
+        return self._eig_cache[("dense",)]
+
     def frobenius_sq(self) -> float:
         """‖Σ R_k⊗S_k‖² = Σ_kl ⟨R_k, R_l⟩⟨S_k, S_l⟩."""
         rs = torch.stack([r.reshape(-1) for r, _ in self.terms]).to(torch.float64)
@@ -183,17 +196,30 @@ class KroneckerSum(Approximation):
         return self._eig_cache[key]
 
     def eigvals(self, k: int | None = None) -> torch.Tensor:
-        """One product: all products λ_R,i λ_S,p. Several: dense for n ≤ 2048, else Lanczos."""
-        if len(self.terms) == 1:
-            lam = self._kron_eig().eigvals_grid().reshape(-1)
-            lam = torch.sort(lam, descending=True).values
-            return lam if k is None else lam[:k]
-        if self.n <= DENSE_EIG_LIMIT:
-            lam = torch.linalg.eigvalsh(sym(self.to_dense().to(torch.float64))).flip(0)
+        """All eigenvalues, descending, when they are cheap: one product (all products
+        λ_R,i λ_S,p) or a sum with n ≤ DENSE_SPECTRUM_LIMIT (dense). Above, the top ``k``
+        (default 64) by Lanczos. Cached."""
+        if ("all",) not in self._eig_cache:
+            if len(self.terms) == 1:
+                lam = self._kron_eig().eigvals_grid().reshape(-1)
+            elif self.n <= DENSE_EIG_LIMIT:
+                lam = self._dense_eigh()[0]
+            elif self.n <= DENSE_SPECTRUM_LIMIT:
+                lam = torch.linalg.eigvalsh(sym(self.to_dense().to(torch.float64)))
+            else:
+                lam = None
+            if lam is not None:
+                self._eig_cache[("all",)] = torch.sort(lam, descending=True).values
+        if ("all",) in self._eig_cache:
+            lam = self._eig_cache[("all",)]
             return lam if k is None else lam[:k]
         k = min(k or 64, self.n - 1)
-        vals = sla.eigsh(self._scipy_operator(0.0), k=k, which="LA", return_eigenvectors=False)
-        return torch.from_numpy(np.sort(vals)[::-1].copy()).to(self._device())
+        if ("top", k) not in self._eig_cache:
+            op = self._scipy_operator(0.0)
+            vals = sla.eigsh(op, k=k, which="LA", return_eigenvectors=False)
+            top = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self._device())
+            self._eig_cache[("top", k)] = top
+        return self._eig_cache[("top", k)]
 
     def _scipy_operator(self, shift: float) -> sla.LinearOperator:
         # SciPy works on CPU float64 arrays.
@@ -243,12 +269,7 @@ class KroneckerSum(Approximation):
 
     def _solve_exact_sum(self, v: torch.Tensor, damping: float) -> torch.Tensor:
         if self.n <= DENSE_EIG_LIMIT:
-            key = ("dense",)
-            if key not in self._eig_cache:
-                lam, u = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
-                self.safeguard.record(int((lam < 0).sum()), lam.numel())
-                self._eig_cache[key] = (lam, u)
-            lam, u = self._eig_cache[key]
+            lam, u = self._dense_eigh()
             x = u @ ((u.T @ vec(v).to(torch.float64)) / (lam.clamp_min(0.0) + damping))
             return x.reshape(self.da, self.dg).T.to(v.dtype)
         # Large: MINRES (valid for indefinite systems), preconditioned by the first term's
@@ -292,6 +313,11 @@ class EigenbasisDiagonal(Approximation):
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.u_g @ ((self.u_g.T @ v @ self.u_a) * self.scale) @ self.u_a.T
+
+    def to_dense(self) -> torch.Tensor:
+        check_dense_size(self.n, self._dtype(), "ekfac approximation", "matvec/solve")
+        basis = torch.kron(self.u_a, self.u_g)
+        return (basis * vec(self.scale)) @ basis.T
 
     def frobenius_sq(self) -> float:
         return float((self.scale.to(torch.float64) ** 2).sum())

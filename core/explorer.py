@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .approx import (
-    DENSE_EIG_LIMIT,
+    DENSE_SPECTRUM_LIMIT,
     METHODS,
     Approximation,
     EigenbasisDiagonal,
@@ -46,12 +46,10 @@ from .approx import (
 )
 from .capture import LayerCapture, capture
 from .fisher import LayerFisher, exact_fisher
-from .kron import sym
 
 DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
 DEFAULT_DAMPING = 1e-3
 SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
-DENSE_SPECTRUM_LIMIT = 4096  # sums of products up to this n: spectrum by one dense eigvalsh
 SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
 
 METHOD_LABELS = {
@@ -159,52 +157,6 @@ def is_slow(approx: Approximation, slow_limit: int = SLOW_LIMIT) -> bool:
     return len(getattr(approx, "terms", ())) > 1 and approx.n > slow_limit
 
 
-def _share_eigvals(approx: Approximation) -> Approximation:
-    """Make ``approx.eigvals`` compute each spectrum once (the spectrum error and the spectra
-    figure ask for the same eigenvalues), and eigendecompose a sum of several products densely
-    up to ``DENSE_SPECTRUM_LIMIT``: one ``eigvalsh`` of ``Σ kron(R_k, S_k)`` is much faster than
-    Lanczos for the top 64 eigenvalues at these sizes, and gives all of them.
-
-    Up to the engine's own dense limit (``core.approx.DENSE_EIG_LIMIT``) the eigenvectors are
-    kept too and handed to the approximation's exact damped solve, which would otherwise build
-    the same matrix again column by column and eigendecompose it a second time.
-    """
-    original = approx.eigvals
-    cache: dict = {}
-    many = len(getattr(approx, "terms", ())) > 1
-    dense = many and approx.n <= DENSE_SPECTRUM_LIMIT
-    with_vectors = dense and approx.n <= DENSE_EIG_LIMIT and hasattr(approx, "_eig_cache")
-
-    def eigvals(k: int | None = None) -> torch.Tensor:
-        if dense:
-            if "all" not in cache:
-                matrix = _dense_sum(approx)
-                if with_vectors:
-                    lam, vectors = torch.linalg.eigh(matrix)
-                    # the key and layout KroneckerSum._solve_exact_sum caches its eigh under
-                    approx._eig_cache.setdefault(("dense",), (lam, vectors))
-                else:
-                    lam = torch.linalg.eigvalsh(matrix)
-                cache["all"] = lam.flip(0)
-            lam = cache["all"]
-            return lam if k is None else lam[:k]
-        if k not in cache:
-            cache[k] = original(k)
-        return cache[k]
-
-    approx.eigvals = eigvals  # type: ignore[method-assign]
-    return approx
-
-
-def _dense_sum(approx: Approximation) -> torch.Tensor:
-    """Σ_k kron(R_k, S_k) in float64 (``kron(R, S)`` is R ⊗ S in vec(W) order)."""
-    assert isinstance(approx, KroneckerSum)
-    out = torch.zeros(approx.n, approx.n, dtype=torch.float64)
-    for r, s in approx.terms:
-        out += torch.kron(r.to(torch.float64), s.to(torch.float64))
-    return sym(out)
-
-
 def analyse_method(
     fisher: LayerFisher,
     method: str,
@@ -220,7 +172,7 @@ def analyse_method(
     the natural-gradient cosine are deferred (NaN) for slow cases (:func:`is_slow`) unless
     ``compute_slow``.
     """
-    approx = _share_eigvals(approximate(method, fisher.a, fisher.g, rank=rank))
+    approx = approximate(method, fisher.a, fisher.g, rank=rank)
     start = time.perf_counter()
     rel = fisher.relative_error(approx)
     deferred = is_slow(approx, slow_limit) and not compute_slow

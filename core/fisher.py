@@ -17,7 +17,7 @@ from functools import cached_property
 
 import torch
 
-from .approx import Approximation
+from .approx import DENSE_SPECTRUM_LIMIT, Approximation
 from .validation import check_damping, check_dense_size, check_gradient_matrix, check_layer_batch
 
 
@@ -73,14 +73,14 @@ class LayerFisher:
         """‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂, eigenvalues sorted descending and zero-padded.
 
         Returns (error, exact). Exact whenever F̃'s whole spectrum is available (one Kronecker
-        product, EKFAC, or a sum with n ≤ 2048); otherwise both spectra are truncated to the
-        top min(m, 64) eigenvalues and ``exact`` is False.
+        product, EKFAC, or a sum with n ≤ DENSE_SPECTRUM_LIMIT); otherwise both spectra are
+        truncated to the top min(m, 64) eigenvalues and ``exact`` is False.
         """
         self._check_shape(approx)
         lam = self.eigvals
         n = self.da * self.dg
         many_terms = len(getattr(approx, "terms", ())) > 1
-        if many_terms and n > 2048:
+        if many_terms and n > DENSE_SPECTRUM_LIMIT:
             k = min(self.m, 64)
             lam_t = approx.eigvals(k).to(torch.float64)
             lam = _pad(lam, k)[:k]

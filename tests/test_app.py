@@ -342,7 +342,7 @@ class FakeRun:
 
 
 def test_env_limits(monkeypatch):
-    assert max_concurrent_runs() == 4 and max_layer_params() == 2_000_000
+    assert max_concurrent_runs() == 4 and max_layer_params() == 4_000_000
     monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "2")
     monkeypatch.setenv("KRONOSCOPE_MAX_LAYER_PARAMS", "1_000")
     assert max_concurrent_runs() == 2 and max_layer_params() == 1000

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import core.approx as approx_module
+import core.fisher as fisher_module
 from core.approx import KPSVD_FAMILY, METHODS, approximate
 from core.fisher import LayerFisher, exact_fisher
 from core.kron import KronEig, factored_damping, rearrange, unvec, vec
@@ -241,7 +243,9 @@ def test_exact_solve_projects_an_indefinite_sum_onto_the_psd_cone():
 
 
 def test_large_sums_use_lanczos_eigenvalues_and_minres(monkeypatch):
-    a, g = batch(30, 60, 40, seed=4)  # n = 2400 > the dense limit for sums
+    monkeypatch.setattr(approx_module, "DENSE_SPECTRUM_LIMIT", 2000)
+    monkeypatch.setattr(fisher_module, "DENSE_SPECTRUM_LIMIT", 2000)
+    a, g = batch(30, 60, 40, seed=4)  # n = 2400 > both dense limits for sums
     ap = approximate("kfac_corrected", a, g)
     dense = ap.to_dense()
     lam = torch.linalg.eigvalsh(dense).flip(0)
@@ -281,3 +285,18 @@ def test_many_samples_against_the_dense_oracle(method):
     assert rel(ap.to_dense(), oracle) < 1e-8
     ap32 = approximate(method, a.float(), g.float())
     assert rel(ap32.to_dense().double(), oracle) < 1e-5
+
+
+def test_a_sum_is_eigendecomposed_once_for_spectrum_and_solve():
+    a, g = batch(40, 7, 5, seed=6)
+    ap = approximate("kfac_corrected", a, g)
+    lam = ap.eigvals()
+    assert ap.eigvals(3) is not None and torch.equal(ap.eigvals(3), lam[:3])
+    v = torch.randn(5, 7)
+    x = ap.solve(v, 0.01)
+    assert ap.safeguard.inverses == 1  # the eigendecomposition behind both, formed once
+    dense = ap.to_dense()
+    lam_d, u = torch.linalg.eigh(dense)
+    assert torch.allclose(lam, lam_d.flip(0), atol=1e-12 * float(lam_d.abs().max()))
+    oracle = u @ ((u.T @ vec(v)) / (lam_d.clamp_min(0) + 0.01))
+    assert rel(vec(x), oracle) < 1e-10

@@ -124,17 +124,6 @@ def test_analyse_rejects_unknown_methods():
         explorer.analyse(a, g, ["kfac", "bogus"])
 
 
-def test_shared_eigvals_match_the_engine_for_sums():
-    a, g = batch(64, 9, 6)
-    for method in ("deflation", "kfac_corrected"):
-        plain = approximate(method, a, g)
-        shared = explorer._share_eigvals(approximate(method, a, g))
-        torch.testing.assert_close(shared.eigvals(), plain.eigvals(), atol=1e-13, rtol=1e-10)
-        v = torch.randn(6, 9, dtype=torch.float64)
-        torch.testing.assert_close(shared.solve(v, 1e-3), plain.solve(v, 1e-3), rtol=1e-8, atol=0)
-        assert shared.eigvals(5) is not None and shared.eigvals(5).shape == (5,)
-
-
 def test_slow_metrics_are_deferred_then_computed_on_request():
     a, g = batch(32, 9, 6)
     fisher = LayerFisher(a, g)

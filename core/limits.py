@@ -4,7 +4,7 @@ Two limits, read from the environment on every check (the Docker image sets them
 
 * ``KRONOSCOPE_MAX_CONCURRENT_RUNS`` (default 4): training runs executing at the same time,
   over all sessions of the server;
-* ``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 2,000,000): the largest layer (``dg·da`` weights,
+* ``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000): the largest layer (``dg·da`` weights,
   bias included) whose Fisher block may be analysed.
 
 and one setting of the web server, ``KRONOSCOPE_TORCH_THREADS`` (default 1): PyTorch's
@@ -71,7 +71,7 @@ def max_concurrent_runs() -> int:
 
 
 def max_layer_params() -> int:
-    """``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 2,000,000)."""
+    """``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000)."""
     return _env_int(MAX_LAYER_PARAMS_ENV, DEFAULT_MAX_LAYER_PARAMS, 1)
 
 

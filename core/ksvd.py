@@ -273,11 +273,11 @@ def sym_small(h: torch.Tensor) -> torch.Tensor:
 def _orthonormal_block(
     x: torch.Tensor,
     metric: Callable[[torch.Tensor], torch.Tensor],
-    zs: list[torch.Tensor],
-    kzs: list[torch.Tensor],
+    z: torch.Tensor,
+    kz: torch.Tensor,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """K-orthonormalise a block against a basis and within itself; drop dependent columns.
+    """K-orthonormalise a block against a basis Z (with images K Z) and within itself.
 
     Returns (Z_new, K Z_new, B) with x_⊥ = Z_new B, where x_⊥ is x minus its K-projection on
     the basis (two passes of block classical Gram–Schmidt). The within-block step uses the
@@ -286,8 +286,7 @@ def _orthonormal_block(
     1e-7 · ``scale`` are dropped as round-off; a block that leaves nothing means span(Z) is
     invariant.
     """
-    if zs:
-        z, kz = torch.cat(zs, 1), torch.cat(kzs, 1)
+    if z.shape[1]:
         for _ in range(2):
             x = x - z @ (kz.T @ x)  # ⟨z_i, x_j⟩_K = (K z_i)ᵀ x_j
     kx = metric(x)
@@ -300,6 +299,39 @@ def _orthonormal_block(
         x, kx = x @ rescale, kx @ rescale
         coeff = (lam.sqrt()[:, None] * vecs.T) @ coeff
     return x, kx, coeff
+
+
+class _KrylovBasis:
+    """Growing column buffers for Z, K_g Z, C = M Z and K_a C, and H = Cᵀ K_a C (no re-copying
+    of the whole basis at every block step)."""
+
+    def __init__(self, m: int, like: torch.Tensor) -> None:
+        self.m, self.k, self.like = m, 0, like
+        self._alloc(min(m, 16 * like.shape[1]))  # room for 16 block steps before regrowing
+
+    def _alloc(self, cols: int) -> None:
+        old = None if not hasattr(self, "buf") else (self.buf, self.h)
+        self.buf = self.like.new_zeros(4, self.m, cols)
+        self.h = self.like.new_zeros(cols, cols)
+        if old is not None:
+            self.buf[:, :, : self.k] = old[0][:, :, : self.k]
+            self.h[: self.k, : self.k] = old[1][: self.k, : self.k]
+
+    def view(self, i: int) -> torch.Tensor:
+        return self.buf[i, :, : self.k]
+
+    def append(self, z: torch.Tensor, kz: torch.Tensor, c: torch.Tensor, kac: torch.Tensor) -> None:
+        """Add a block and extend H by its new rows and columns."""
+        b = z.shape[1]
+        if self.k + b > self.buf.shape[2]:
+            self._alloc(max(2 * self.buf.shape[2], self.k + b))
+        new = slice(self.k, self.k + b)
+        for i, block in enumerate((z, kz, c, kac)):
+            self.buf[i, :, new] = block
+        self.k += b
+        cross = self.view(2).T @ kac  # Cᵀ K_a C_new over the whole basis
+        self.h[: self.k, new] = cross
+        self.h[new, : self.k] = cross.T
 
 
 @dataclass
@@ -317,11 +349,11 @@ class RearrangedFisher:
 
     # -- Gram route ---------------------------------------------------------------------
     def gram_spaces(self) -> tuple[Space, Space]:
-        """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘²: the inner products in the input dtype, the Grams
-        and all products with them in float64 (float32 products with K lose up to 1e-5 of
-        the second term's accuracy, through sums with cancellation over m samples)."""
-        ka = ((self.a @ self.a.T).to(torch.float64)) ** 2
-        kg = ((self.g @ self.g.T).to(torch.float64)) ** 2
+        """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘²: formed in the input dtype, then every product with
+        them in float64 (float32 products with K lose up to 1e-5 of the second term's
+        accuracy, through sums with cancellation over m samples)."""
+        ka = (self.a @ self.a.T).square_().to(torch.float64)
+        kg = (self.g @ self.g.T).square_().to(torch.float64)
         return Space(lambda y: ka @ y), Space(lambda y: kg @ y)
 
     def _center(self, c: torch.Tensor) -> torch.Tensor:
@@ -350,42 +382,38 @@ class RearrangedFisher:
         start = torch.rand(m, width, generator=gen, dtype=torch.float64) - 0.5
         start[:, 0] += 1.0
         start = start.to(self.a.device)
-        zs: list[torch.Tensor] = []
-        kzs: list[torch.Tensor] = []
-        cs: list[torch.Tensor] = []
-        kacs: list[torch.Tensor] = []
+        basis = _KrylovBasis(m, start)
         start_scale = float((start * kg(start)).sum(0).clamp_min(0.0).max().sqrt())
-        block, kblock, _ = _orthonormal_block(start, kg, zs, kzs, start_scale)
+        block, kblock, _ = _orthonormal_block(start, kg, basis.view(0), basis.view(1), start_scale)
         steps = 0
         while True:
             steps += 1
-            zs.append(block)
-            kzs.append(kblock)
-            cs.append(self._center(kblock) / m)  # C_j = M Z_j
-            kacs.append(ka(cs[-1]))
-            c_all, kac_all = torch.cat(cs, 1), torch.cat(kacs, 1)
-            theta, y = torch.linalg.eigh(sym_small(c_all.T @ kac_all))
+            c_block = self._center(kblock) / m  # C_j = M Z_j
+            kac_block = ka(c_block)
+            basis.append(block, kblock, c_block, kac_block)
+            theta, y = torch.linalg.eigh(sym_small(basis.h[: basis.k, : basis.k]))
             theta, y = theta.flip(0), y.flip(1)
-            t_block = self._center(kacs[-1]) / m  # T Z_j = Mᵀ C_j
+            t_block = self._center(kac_block) / m  # T Z_j = Mᵀ C_j
             # ‖T z‖_K ≤ θ₁ for a K-unit z: θ₁ sets the scale of the new block.
-            block, kblock, coeff = _orthonormal_block(t_block, kg, zs, kzs, float(theta[0]))
+            last = y[-block.shape[1] :]
+            block, kblock, coeff = _orthonormal_block(
+                t_block, kg, basis.view(0), basis.view(1), float(theta[0])
+            )
             r = min(rank, int((theta > 0).sum()))
             sigma = theta[:r].clamp_min(0.0).sqrt()
-            last = y[-zs[-1].shape[1] :, :r]
-            residual = torch.linalg.norm(coeff @ last, dim=0) / sigma.clamp_min(1e-300)
+            residual = torch.linalg.norm(coeff @ last[:, :r], dim=0) / sigma.clamp_min(1e-300)
             scale = float(sigma[0]) if r else 1.0
             done = bool((residual <= tol * scale).all())
             # An empty new block means span(Z) is invariant under T: the Ritz pairs are exact.
             exhausted = block.shape[1] == 0 or steps >= m
             if done or exhausted:
                 break
-        z_all = torch.cat(zs, 1)
         keep = sigma > 1e-14 * scale
         sigma, y_r = sigma[keep], y[:, :r][:, keep]
         return Triplets(
             sigma=sigma,
-            left=(c_all @ y_r / sigma).T,
-            right=(z_all @ y_r).T,
+            left=(basis.view(2) @ y_r / sigma).T,
+            right=(basis.view(0) @ y_r).T,
             iterations=steps,
             converged=done or exhausted,
             info={"max_residual": float(residual.max()) / scale if r else 0.0},

@@ -33,17 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.chromium import CHROMIUM, launch  # noqa: E402
+
 LAYERS = [
     "encoder.linear1",
     "encoder.linear2",
@@ -126,7 +117,7 @@ def browser_bench() -> list[Row]:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.2)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
             page.set_default_timeout(300_000)
             start = time.perf_counter()
@@ -221,7 +212,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"CPU cores visible: {os.cpu_count()}, load average (1 min) at start: {load:.2f}")
     if not args.no_browser:
-        if Path(CHROMIUM).exists():
+        if CHROMIUM.exists():
             show("Browser (Chromium, fresh server)", browser_bench())
         else:
             print(f"\nBrowser part skipped: {CHROMIUM} is missing")

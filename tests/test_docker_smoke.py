@@ -13,6 +13,8 @@ from urllib.parse import urljoin
 
 import pytest
 
+from tests.chromium import CHROMIUM, launch
+
 BASE_URL = os.environ.get("KRONOSCOPE_BASE_URL", "").rstrip("/")
 
 pytestmark = pytest.mark.skipif(
@@ -21,17 +23,6 @@ pytestmark = pytest.mark.skipif(
     "(`bash .ci/docker-smoke` builds the Docker image, starts it and sets it)",
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 APP = '[data-testid="stApp"]'
 EXCEPTION = '[data-testid="stException"]'
@@ -49,10 +40,10 @@ def test_health_endpoint():
 def browser():
     from playwright.sync_api import sync_playwright
 
-    if not Path(CHROMIUM).exists():
+    if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = launch(pw)
         yield browser
         browser.close()
 

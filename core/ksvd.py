@@ -10,11 +10,12 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
 
 * ``"gram"`` (default, fast): singular vectors lie in the spans, u = P c and v = Q d, and all
   inner products are Gram forms cᵀ K_a c' with K_a = PᵀP = (ĀĀᵀ)∘(ĀĀᵀ), K_g = (ΓΓᵀ)∘(ΓΓᵀ).
-  Golub–Kahan–Lanczos bidiagonalisation then runs on m-vectors at O(m²) per step, and each
-  factor is U = Āᵀ diag(c) Ā — as cheap to form as KFAC's A.
-* ``"matrix_free"`` (the seed paper's algorithms): the same iterations on da × da and dg × dg
-  factor matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā):
-  deflated power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
+  A block Krylov iteration then runs on m × b blocks of coefficients (two m × m × b
+  products per step; :meth:`RearrangedFisher.triplets_gram`), and each factor is
+  U = Āᵀ diag(c) Ā — as cheap to form as KFAC's A.
+* ``"matrix_free"`` (the seed paper's algorithms): iterations on da × da and dg × dg factor
+  matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
+  power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
 
 Both iterate in float64 and stop on the residual ‖ℛ(F)ᵀu − σ v‖ ≤ tol · σ₁.
 """
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from .kron import sym
 
 SOLVERS = ("gram", "matrix_free")
 
@@ -266,10 +269,6 @@ def power_svd(
     )
 
 
-def sym_small(h: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (h + h.T)
-
-
 def _orthonormal_block(
     x: torch.Tensor,
     metric: Callable[[torch.Tensor], torch.Tensor],
@@ -292,7 +291,7 @@ def _orthonormal_block(
     kx = metric(x)
     coeff = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     for _ in range(2):
-        lam, vecs = torch.linalg.eigh(sym_small(x.T @ kx))
+        lam, vecs = torch.linalg.eigh(sym(x.T @ kx))
         keep = lam > (1e-7 * scale) ** 2
         lam, vecs = lam[keep], vecs[:, keep]
         rescale = vecs / lam.sqrt()
@@ -391,7 +390,7 @@ class RearrangedFisher:
             c_block = self._center(kblock) / m  # C_j = M Z_j
             kac_block = ka(c_block)
             basis.append(block, kblock, c_block, kac_block)
-            theta, y = torch.linalg.eigh(sym_small(basis.h[: basis.k, : basis.k]))
+            theta, y = torch.linalg.eigh(sym(basis.h[: basis.k, : basis.k]))
             theta, y = theta.flip(0), y.flip(1)
             t_block = self._center(kac_block) / m  # T Z_j = Mᵀ C_j
             # ‖T z‖_K ≤ θ₁ for a K-unit z: θ₁ sets the scale of the new block.

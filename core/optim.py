@@ -91,11 +91,9 @@ Engine options: the KPSVD family uses the engine's Gram route with a relative re
 tolerance of 1e-6 (``APPROX_TOL``; the engine's float64 default, 1e-10, buys nothing against a
 minibatch Fisher's sampling noise). On that route ``deflation`` and ``lanczos`` compute the same
 best two-term approximation (they differ only in the seed paper's matrix-free algorithms), so
-as optimizers they give the same updates up to that tolerance. For a single product the damped
-inverse is the engine's ``solve(mode="factored")`` formula, ``KronEig`` of the factored-damped
-factors (:func:`core.kron.factored_damping`), built once per inverse refresh and kept for the
-``t_inv`` period (tests check it against a dense solve); two-term solves call the engine's
-``solve(V, λ, mode="factored")``, which caches its generalized eigendecomposition.
+as optimizers they give the same updates up to that tolerance. Every damped inverse is the
+engine's ``solve(V, λ, mode="factored")`` on the approximation rebuilt at each inverse refresh;
+the engine caches the eigendecompositions behind it (per damping) for the ``t_inv`` period.
 
 Precision and device: the model trains in float32 on its device (CUDA when available). Captures
 are converted to float64 and the curvature estimation (``approximate``) runs on the CPU — float64
@@ -116,7 +114,7 @@ from torch import nn
 from .approx import EigenbasisDiagonal, KroneckerSum, SafeguardStats, approximate
 from .capture import FISHER_KINDS, capture
 from .fisher import LayerFisher
-from .kron import KronEig, factored_damping, sym
+from .kron import sym
 
 __all__ = [
     "OPTIMIZERS",
@@ -343,17 +341,10 @@ class _LayerInverse:
         self.method = method
         self.damping = damping
         self.approx = approx  # on the CPU: what to_dense()/tests/diagnostics look at
-        self._kron: KronEig | None = None
         self._solver = None
         if method == "exact":
             a, g = approx
             self._solver = LayerFisher(a.to(device), g.to(device))
-        elif isinstance(approx, KroneckerSum) and len(approx.terms) == 1:
-            # The engine's solve(mode="factored") for one product, with its eigendecomposition
-            # cached here for the t_inv period: KronEig of the factored-damped factors.
-            r, s = approx.terms[0]
-            rd, sd = factored_damping(r.to(device), s.to(device), damping)
-            self._kron = KronEig.of(rd, sd)
         elif isinstance(approx, KroneckerSum):
             self._solver = KroneckerSum(
                 approx.method,
@@ -368,8 +359,6 @@ class _LayerInverse:
             )
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
-        if self._kron is not None:
-            return self._kron.solve(v, 0.0)
         if self.method == "exact":
             return self._solver.natural_gradient(v, self.damping)
         return self._solver.solve(v, self.damping, mode="factored")

@@ -554,6 +554,22 @@ def optimizer_controls(settings: UrlSettings, name: str) -> dict:
     return out
 
 
+def model_and_data(settings: UrlSettings, header: str = "Model and data"):
+    """The sidebar's dataset, preset and seed controls, and the loaded dataset.
+
+    Returns (data choice, dataset, preset, seed); a dataset that cannot be loaded stops the
+    page with a clear message.
+    """
+    with st.sidebar:
+        st.header(header)
+        data = data_controls(settings)
+    with friendly_errors("Loading the dataset"):
+        ds = dataset(data.name, data.path)
+    with st.sidebar:
+        preset, seed = model_controls(settings, data)
+    return data, ds, preset, seed
+
+
 def model_controls(settings: UrlSettings, data: DataChoice) -> tuple[str, int]:
     """Preset and seed selects (in the current container)."""
     presets = presets_for(data.name)

@@ -22,13 +22,8 @@ st.title("Fisher explorer")
 settings = sh.UrlSettings("explorer")
 
 # -- model -------------------------------------------------------------------------------
+data, ds, preset, seed = sh.model_and_data(settings, "Model")
 with st.sidebar:
-    st.header("Model")
-    data = sh.data_controls(settings)
-with sh.friendly_errors("Loading the dataset"):
-    ds = sh.dataset(data.name, data.path)
-with st.sidebar:
-    preset, seed = sh.model_controls(settings, data)
     state = settings.radio(
         "Parameters",
         ["init", "trained"],

@@ -20,13 +20,8 @@ st.markdown(
 )
 settings = sh.UrlSettings(PAGE)
 
+data, ds, preset, seed = sh.model_and_data(settings)
 with st.sidebar:
-    st.header("Model and data")
-    data = sh.data_controls(settings)
-with sh.friendly_errors("Loading the dataset"):
-    ds = sh.dataset(data.name, data.path)
-with st.sidebar:
-    preset, seed = sh.model_controls(settings, data)
     st.header("Training")
     steps = settings.number("Steps", "steps", 200, min_value=1, max_value=20_000)
     batch = settings.select("Batch size", [32, 64, 128, 256, 512], "batch", 128)

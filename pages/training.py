@@ -23,13 +23,8 @@ st.markdown(
 )
 settings = sh.UrlSettings(PAGE)
 
+data, ds, preset, seed = sh.model_and_data(settings)
 with st.sidebar:
-    st.header("Model and data")
-    data = sh.data_controls(settings)
-with sh.friendly_errors("Loading the dataset"):
-    ds = sh.dataset(data.name, data.path)
-with st.sidebar:
-    preset, seed = sh.model_controls(settings, data)
     st.header("Training")
     opt_name = settings.select(
         "Optimizer", OPTIMIZERS, "opt", "kfac", format_func=sh.OPTIMIZER_LABELS.get

@@ -31,10 +31,18 @@ Monte-Carlo estimate of the true Fisher; ``"empirical"`` uses the data's targets
 Hooks: forward hooks on the captured layers record ``ā`` and keep the output ``s``; the
 gradients ``∂L/∂s`` come from ``torch.autograd.grad`` w.r.t. those outputs, so parameters'
 ``.grad`` are never written. Hooks are removed in a ``finally`` block.
+
+Threads: a web server captures on one shared (cached, read-only) model from many sessions at
+once. Hooks live on the module, so two overlapping captures would each see the other's forward
+pass. Captures on the same model are therefore serialised by a per-model lock, and a hook
+records only the forward pass of the thread that registered it (a plain forward of another
+thread, e.g. an evaluation, passes through untouched).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +65,18 @@ __all__ = [
 
 LOSS_KINDS: tuple[str, ...] = ("bce", "mse", "ce")
 FISHER_KINDS: tuple[str, ...] = ("true", "empirical")
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.Lock:
+    """The lock that serialises captures on ``model`` (see the module docstring)."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
 
 
 class UnsupportedLayerError(ValueError):
@@ -239,9 +259,12 @@ def capture(
 
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
+    owner = threading.get_ident()
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor):
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass on the same model
             if name in outputs:
                 raise ValueError(
                     f"layer {name!r} ran more than once in one forward pass (shared weights); "
@@ -263,40 +286,43 @@ def capture(
 
         return hook
 
-    handles = []
-    try:
-        for name in selected:
-            handles.append(modules[name].register_forward_hook(make_hook(name), with_kwargs=True))
-        with torch.enable_grad():
-            output = model(x)
-            if not isinstance(output, torch.Tensor) or output.dim() != 2:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-                raise ValueError(f"model output must be a 2-D tensor (m, d_out), got {shape}")
-            if output.shape[0] != m:
-                raise ValueError(f"model output has batch {output.shape[0]}, but x has {m}")
-            if not torch.isfinite(output).all():
-                raise ValueError("model output contains NaN or inf")
-            missing = [n for n in selected if n not in outputs]
-            if missing:
-                raise ValueError(
-                    f"layer(s) {missing} did not run in the forward pass; "
-                    "select the layers that run with layers="
+    with _model_lock(model):
+        handles = []
+        try:
+            for name in selected:
+                handles.append(
+                    modules[name].register_forward_hook(make_hook(name), with_kwargs=True)
                 )
-            if fisher == "true":
-                assert generator is not None
-                y = _sample_targets(output, loss, generator)
-            else:
-                y = _check_targets(targets, output, loss)
-            nll = per_sample_nll(output, y, loss)
-            # Σ_i ℓ_i, not the mean: each row of ∂L/∂s is one sample's g_i (no 1/m).
-            total = nll.sum()
-            order = list(outputs)  # forward order
-            grads = torch.autograd.grad(
-                total, [outputs[n] for n in order], allow_unused=True, retain_graph=False
-            )
-    finally:
-        for h in handles:
-            h.remove()
+            with torch.enable_grad():
+                output = model(x)
+                if not isinstance(output, torch.Tensor) or output.dim() != 2:
+                    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+                    raise ValueError(f"model output must be a 2-D tensor (m, d_out), got {shape}")
+                if output.shape[0] != m:
+                    raise ValueError(f"model output has batch {output.shape[0]}, but x has {m}")
+                if not torch.isfinite(output).all():
+                    raise ValueError("model output contains NaN or inf")
+                missing = [n for n in selected if n not in outputs]
+                if missing:
+                    raise ValueError(
+                        f"layer(s) {missing} did not run in the forward pass; "
+                        "select the layers that run with layers="
+                    )
+                if fisher == "true":
+                    assert generator is not None
+                    y = _sample_targets(output, loss, generator)
+                else:
+                    y = _check_targets(targets, output, loss)
+                nll = per_sample_nll(output, y, loss)
+                # Σ_i ℓ_i, not the mean: each row of ∂L/∂s is one sample's g_i (no 1/m).
+                total = nll.sum()
+                order = list(outputs)  # forward order
+                grads = torch.autograd.grad(
+                    total, [outputs[n] for n in order], allow_unused=True, retain_graph=False
+                )
+        finally:
+            for h in handles:
+                h.remove()
 
     captured: dict[str, LayerCapture] = {}
     for name, grad in zip(order, grads, strict=True):

@@ -392,3 +392,32 @@ def test_forward_order_differs_from_registration_order():
     res = capture(model, x, loss="mse", generator=torch.Generator().manual_seed(0))
     assert list(res.layers) == ["b_in", "a_out"]
     assert res.layers["b_in"].a.shape == (4, 4) and res.layers["a_out"].g.shape == (4, 3)
+
+
+def test_concurrent_captures_on_one_shared_model_match_single_threaded():
+    """Many sessions capturing on one cached model at once (issue 8): each result equals the
+    single-threaded capture of the same batch and seed, and no hook sees another's pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _mlp(d_in=5, d_out=5, seed=3)
+    batches = [torch.randn(16, 5, generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    batches = [b.to(torch.float64) for b in batches]
+
+    def one(i: int):
+        x = batches[i % len(batches)]
+        gen = torch.Generator().manual_seed(100 + i)
+        return capture(model, x, loss="mse", generator=gen)
+
+    expected = [one(i) for i in range(48)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        # plain forward passes interleaved: they must pass through the hooks untouched
+        plain = [pool.submit(model, batches[0]) for _ in range(24)]
+        got = list(pool.map(one, range(48)))
+    for ref, res in zip(expected, got, strict=True):
+        assert list(res.layers) == list(ref.layers)
+        for name, layer in ref.layers.items():
+            torch.testing.assert_close(res.layers[name].a, layer.a, rtol=0, atol=0)
+            torch.testing.assert_close(res.layers[name].g, layer.g, rtol=0, atol=0)
+    for f in plain:
+        torch.testing.assert_close(f.result(), model(batches[0]), rtol=0, atol=0)
+    assert _hook_counts(model) == [(0, 0, 0, 0)] * len(_hook_counts(model))

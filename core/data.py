@@ -1,5 +1,8 @@
-"""Datasets for the autoencoder experiments: CURVES (generated here), DIGITS (bundled with
-scikit-learn), MNIST and FACES (read from files the user supplies). Nothing is ever downloaded.
+"""Datasets for the autoencoder experiments: CURVES-like (generated here), DIGITS (bundled with
+scikit-learn), and the paper's MNIST, FACES and original CURVES, read from files the user
+supplies (the published IDX and MATLAB files, or .npz). Nothing is downloaded here: explicit
+downloads live in :mod:`core.download`; files named by web visitors go through
+:mod:`core.datafiles`.
 
 Every loader returns a :class:`Dataset` whose images are flattened to ``float32`` rows of shape
 ``(n, d)``. Autoencoders reconstruct their input, so there are no labels: the target is ``x``.
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 import tempfile
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +41,18 @@ __all__ = [
     "DatasetError",
     "DatasetSpec",
     "default_cache_dir",
+    "faces_split",
+    "file_help",
     "generate_curves",
     "load_curves",
+    "load_curves_file",
+    "load_curves_mat",
     "load_dataset",
     "load_digits",
     "load_faces",
     "load_idx_images",
     "load_mnist",
+    "max_data_bytes",
 ]
 
 Loss = Literal["bce", "mse"]
@@ -57,8 +68,9 @@ IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
 
 class DatasetError(ValueError):
-    """A dataset file is missing or malformed. The message names the path, what was expected
-    and what to do about it."""
+    """A dataset file is missing, malformed or too large. The message names the path, what was
+    expected and what to do about it (:func:`core.datafiles.load_visitor_dataset` replaces it
+    with one that names no path)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +83,8 @@ class Dataset:
         x_test: ``float32`` tensor ``(n_test, d)``.
         image_shape: ``(H, W)``, for drawing rows as images.
         loss: ``"bce"`` (values in ``[0, 1]``, sigmoid outputs) or ``"mse"`` (linear outputs).
+        label: what to call it in front of a person, e.g. ``"CURVES-like (generated)"`` or
+            ``"CURVES (original, digs3pts_1.mat)"``; the registry's label when empty.
     """
 
     name: str
@@ -78,6 +92,7 @@ class Dataset:
     x_test: torch.Tensor
     image_shape: tuple[int, int]
     loss: Loss
+    label: str = ""
 
     def __post_init__(self) -> None:
         d = self.image_shape[0] * self.image_shape[1]
@@ -89,6 +104,9 @@ class Dataset:
                 )
         if self.loss not in ("bce", "mse"):
             raise ValueError(f"{self.name}: loss must be 'bce' or 'mse', got {self.loss!r}")
+        if not self.label:
+            spec = DATASET_SPECS.get(self.name)
+            object.__setattr__(self, "label", spec.label if spec else self.name)
 
     @property
     def input_dim(self) -> int:
@@ -106,17 +124,25 @@ class Dataset:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What the registry knows about a dataset before loading it."""
+    """What the registry knows about a dataset before loading it. ``needs_path``: it is read
+    from files only; ``optional_path``: it is generated without a path and read from the
+    original file with one (CURVES). ``label``: the short name shown to people."""
 
     name: str
     image_shape: tuple[int, int]
     loss: Loss
     needs_path: bool
     description: str
+    label: str = ""
+    optional_path: bool = False
 
     @property
     def input_dim(self) -> int:
         return self.image_shape[0] * self.image_shape[1]
+
+    @property
+    def accepts_path(self) -> bool:
+        return self.needs_path or self.optional_path
 
 
 DATASET_SPECS: dict[str, DatasetSpec] = {
@@ -125,15 +151,19 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
         (28, 28),
         "bce",
         False,
-        "CURVES (Hinton & Salakhutdinov 2006), generated: 28×28 curves through three random "
-        "points, 20,000 train / 10,000 test.",
+        "CURVES-like (generated): 28×28 curves through three random points, drawn here after "
+        "Hinton & Salakhutdinov (2006), 20,000 train / 10,000 test. The paper's original "
+        "CURVES is the file digs3pts_1.mat: give it as the data path (or --download).",
+        label="CURVES-like (generated)",
+        optional_path=True,
     ),
     "curves-small": DatasetSpec(
         "curves-small",
         (14, 14),
         "bce",
         False,
-        "CURVES at 14×14, 2,000 train / 1,000 test: trains in seconds on a CPU.",
+        "CURVES-like (generated) at 14×14, 2,000 train / 1,000 test: trains in seconds on a CPU.",
+        label="CURVES-like small (generated)",
     ),
     "digits": DatasetSpec(
         "digits",
@@ -141,20 +171,25 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
         "bce",
         False,
         "scikit-learn's bundled 8×8 handwritten digits (1,797 images), scaled to [0, 1].",
+        label="DIGITS",
     ),
     "mnist": DatasetSpec(
         "mnist",
         (28, 28),
         "bce",
         True,
-        "MNIST 28×28, 60,000 train / 10,000 test, from IDX files or an .npz you provide.",
+        "MNIST 28×28, 60,000 train / 10,000 test, from the IDX files (gzipped or not) or an "
+        ".npz you provide.",
+        label="MNIST",
     ),
     "faces": DatasetSpec(
         "faces",
         (25, 25),
         "mse",
         True,
-        "FACES 25×25 (625 pixels), squared-error loss, from an .npz you provide.",
+        "FACES 25×25 (625 pixels), squared-error loss, 103,500 train / 41,400 test, from the "
+        "original newfaces_rot_single.mat or an .npz you provide.",
+        label="FACES",
     ),
 }
 
@@ -436,37 +471,135 @@ def load_digits(*, seed: int = 0, n_train: int | None = None, n_test: int | None
 
 
 # ---------------------------------------------------------------------------------------------
+# Limits on what a data file may make us read
+# ---------------------------------------------------------------------------------------------
+
+#: Environment variable: the most bytes a dataset file may hold once decompressed.
+MAX_DATA_BYTES_ENV = "KRONOSCOPE_MAX_DATA_BYTES"
+#: Default of :func:`max_data_bytes`: 1 GiB holds every file of the paper (FACES, the largest,
+#: is 625 × 165,600 single-precision values ≈ 414 MB).
+DEFAULT_MAX_DATA_BYTES = 1 << 30
+#: An .npz dataset holds a few arrays; more members than this is not a dataset.
+MAX_NPZ_MEMBERS = 16
+#: Its central directory is then a few hundred bytes; refuse one beyond this before parsing it.
+MAX_ZIP_DIRECTORY_BYTES = 64 * 1024
+_NPZ_MEMBER = re.compile(r"[A-Za-z0-9_]{1,64}\.npy")
+_MAT_ITEMSIZE = {
+    "double": 8,
+    "single": 4,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "logical": 1,
+}
+
+
+def max_data_bytes() -> int:
+    """``$KRONOSCOPE_MAX_DATA_BYTES`` (a positive integer) if set, else
+    :data:`DEFAULT_MAX_DATA_BYTES`: the cap on a dataset file's decompressed size."""
+    text = os.environ.get(MAX_DATA_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_DATA_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DatasetError(f"{MAX_DATA_BYTES_ENV} must be a positive integer, got {text!r}")
+    return value
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _too_large(path: Path, what: str, n: int, limit: int) -> DatasetError:
+    return DatasetError(
+        f"{path}: {what} {n:,} bytes, above this machine's limit of {limit:,} bytes "
+        f"({_bytes_text(limit)}); raise {MAX_DATA_BYTES_ENV} if the file is trusted."
+    )
+
+
+def _sniff(path: Path) -> str:
+    """The file's format from its first bytes, whatever its name says: ``"zip"`` (an .npz),
+    ``"mat5"``/``"mat73"`` (MATLAB; 7.3 is HDF5), ``"gzip"``, ``"idx"`` or ``"unknown"``."""
+    with path.open("rb") as f:
+        head = f.read(128)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(b"MATLAB 7.3 MAT-file"):
+        return "mat73"
+    if head.startswith(b"MATLAB 5.0 MAT-file") and len(head) == 128:
+        return "mat5"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if len(head) >= 4 and struct.unpack(">I", head[:4])[0] in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
+        return "idx"
+    return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
 # IDX (MNIST)
 # ---------------------------------------------------------------------------------------------
 
 _MNIST_HELP = (
-    "Get the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; only the two image files are used) "
-    "from a mirror of Yann LeCun's MNIST page, put them in one directory and pass that "
-    "directory, or pass an .npz with arrays x_train and x_test of shape (n, 28, 28) or (n, 784)."
+    "Get the MNIST image files train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz "
+    "(the label files are not used) from a mirror of Yann LeCun's MNIST page, or with "
+    "--download, put them in one directory and pass that directory, or pass an .npz with "
+    "arrays x_train and x_test of shape (n, 28, 28) or (n, 784)."
 )
 
 
-def load_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
+def _read_up_to(stream, n: int) -> bytearray:
+    """Up to ``n`` bytes from a (possibly decompressing) stream, fewer only at its end."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = stream.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    del view
+    del buf[got:]
+    return buf
+
+
+def load_idx_images(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> np.ndarray:
     """Read an IDX image file (plain or gzip-compressed), ``uint8`` array ``(n, rows, cols)``.
 
     Format (LeCun's MNIST page): big-endian ``uint32`` magic ``2051`` (``0x00000803``: unsigned
     bytes, 3 dimensions), then ``n``, ``rows``, ``cols`` as big-endian ``uint32``, then
-    ``n·rows·cols`` pixel bytes, row-major. Raises :class:`DatasetError` otherwise.
+    ``n·rows·cols`` pixel bytes, row-major. Read as a stream: the header's size is checked
+    against ``max_bytes`` (default :func:`max_data_bytes`) before the pixels are decompressed,
+    so a small .gz cannot expand into more. Raises :class:`DatasetError` otherwise.
     """
     path = Path(path)
+    limit = max_data_bytes() if max_bytes is None else max_bytes
     if not path.is_file():
         raise DatasetError(f"IDX image file not found: {path}. {_MNIST_HELP}")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file name says
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"  # gzip magic, whatever the file name says
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+            return _read_idx(stream, path, limit)
+        except (OSError, EOFError, zlib.error) as exc:
+            if not compressed:
+                raise
             raise DatasetError(
                 f"{path}: looks gzip-compressed but cannot be decompressed ({exc}); the file is "
                 f"probably truncated or corrupt. Download it again. {_MNIST_HELP}"
             ) from exc
-    magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
+
+
+def _read_idx(stream, path: Path, limit: int) -> np.ndarray:
+    header = bytes(_read_up_to(stream, 16))
+    magic = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
     if magic is not None and magic != IDX_IMAGES_MAGIC:
         hint = (
             " This is an IDX label file (magic 2049); pass the images file instead."
@@ -478,20 +611,29 @@ def load_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
             f"(0x{IDX_IMAGES_MAGIC:08x}, unsigned-byte images with 3 dimensions).{hint} "
             f"{_MNIST_HELP}"
         )
-    if len(raw) < 16:
+    if len(header) < 16:
         raise DatasetError(
-            f"{path}: only {len(raw)} bytes, too short for an IDX image header (16 bytes: magic "
-            f"{IDX_IMAGES_MAGIC} and three big-endian uint32 dimensions). {_MNIST_HELP}"
+            f"{path}: only {len(header)} bytes, too short for an IDX image header (16 bytes: "
+            f"magic {IDX_IMAGES_MAGIC} and three big-endian uint32 dimensions). {_MNIST_HELP}"
         )
-    n, rows, cols = struct.unpack(">III", raw[4:16])
+    n, rows, cols = struct.unpack(">III", header[4:16])
     expected = 16 + n * rows * cols
-    if len(raw) != expected:
+    if expected > limit:
+        raise _too_large(
+            path, f"header says {n} images of {rows}×{cols}, decompressed", expected, limit
+        )
+    body = _read_up_to(stream, expected - 16)
+    if len(body) < expected - 16:
         raise DatasetError(
             f"{path}: header says {n} images of {rows}×{cols} = {expected} bytes in all, the file "
-            f"has {len(raw)} bytes ({'truncated' if len(raw) < expected else 'trailing data'}). "
-            f"Download it again. {_MNIST_HELP}"
+            f"has {16 + len(body)} bytes (truncated). Download it again. {_MNIST_HELP}"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols).copy()
+    if stream.read(1):
+        raise DatasetError(
+            f"{path}: header says {n} images of {rows}×{cols} = {expected} bytes in all, the file "
+            f"has trailing data after them. Download it again. {_MNIST_HELP}"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(n, rows, cols)
 
 
 def _find_idx(directory: Path, split: str) -> Path | None:
@@ -507,7 +649,7 @@ def _find_idx(directory: Path, split: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# .npz files (MNIST, FACES)
+# .npz files (MNIST, FACES, CURVES), read without numpy's own loader
 # ---------------------------------------------------------------------------------------------
 
 _TRAIN_KEYS = ("x_train", "train_images", "train")
@@ -527,9 +669,9 @@ def _npz_help(image_shape: tuple[int, int]) -> str:
 def _check_images(
     arr: np.ndarray, path: Path, key: str, image_shape: tuple[int, int], unit_range: bool
 ) -> np.ndarray:
-    """Validate one array from an .npz and return ``float32`` rows ``(n, H·W)``. Integer arrays
-    are divided by 255; float arrays are used as they are (and must lie in ``[0, 1]`` when
-    ``unit_range``)."""
+    """Validate one array of a dataset file and return ``float32`` rows ``(n, H·W)``. Integer
+    arrays are divided by 255; float arrays are used as they are (and must lie in ``[0, 1]``
+    when ``unit_range``)."""
     h, w = image_shape
     d = h * w
     ok_shape = arr.ndim >= 2 and (arr.shape[1:] in ((d,), (h, w), (1, h, w)) and arr.shape[0] >= 1)
@@ -560,6 +702,108 @@ def _check_images(
     return flat
 
 
+def _zip_directory_size(f, path: Path, help_text: str) -> None:
+    """Check the zip's end-of-central-directory record (the last 22–65,557 bytes) before the
+    directory is parsed: at most :data:`MAX_NPZ_MEMBERS` members and a small directory, so
+    that an archive of 10,000 members is refused without reading them."""
+    size = f.seek(0, os.SEEK_END)
+    tail_len = min(size, 22 + 65_535)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise DatasetError(f"{path}: cannot be read as an .npz (no zip directory). {help_text}")
+    _, _, _, _, n_members, dir_bytes, _, _ = struct.unpack("<4s4H2LH", tail[at : at + 22])
+    if n_members > MAX_NPZ_MEMBERS or dir_bytes > MAX_ZIP_DIRECTORY_BYTES:
+        raise DatasetError(
+            f"{path}: an archive of {n_members} members ({dir_bytes:,}-byte directory); a "
+            f"dataset .npz holds at most {MAX_NPZ_MEMBERS} arrays. {help_text}"
+        )
+
+
+def _read_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One ``.npy`` member, its header checked before its data is read: format 1.0 or 2.0, no
+    object dtype (nothing is ever unpickled), and a data size that matches the member's
+    declared size (zipfile stops decompressing at the declared size)."""
+    with zf.open(info) as fp:
+        try:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except ValueError as exc:
+            raise DatasetError(
+                f"{path}: member {info.filename} is not a valid .npy ({exc})."
+            ) from exc
+        if dtype.hasobject:
+            raise DatasetError(
+                f"{path}: array {info.filename} holds Python objects; only numeric arrays are read."
+            )
+        n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if n_bytes > info.file_size:
+            raise DatasetError(
+                f"{path}: array {info.filename} declares {n_bytes:,} bytes of data in a "
+                f"{info.file_size:,}-byte member (corrupt or crafted)."
+            )
+        data = _read_up_to(fp, n_bytes)
+    if len(data) != n_bytes:
+        raise DatasetError(f"{path}: array {info.filename} is truncated.")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npz(path: Path, image_shape: tuple[int, int], limit: int) -> dict[str, np.ndarray]:
+    """The image arrays of an .npz, checked before anything is decompressed: member count and
+    directory size (:func:`_zip_directory_size`), member names (plain ``name.npy``, no path
+    separators), no encryption, and the sum of the declared uncompressed sizes at most
+    ``limit``. Only the arrays a layout of :func:`_npz_help` uses are read."""
+    help_text = _npz_help(image_shape)
+    try:
+        with path.open("rb") as f:
+            _zip_directory_size(f, path, help_text)
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+                bad = [i.filename for i in infos if not _NPZ_MEMBER.fullmatch(i.filename)]
+                if bad or len(infos) > MAX_NPZ_MEMBERS:
+                    shown = ", ".join(repr(b[:40]) for b in bad[:3])
+                    raise DatasetError(
+                        f"{path}: unexpected archive members ({shown}); an .npz holds only "
+                        f"plain 'name.npy' arrays. {help_text}"
+                    )
+                if any(i.flag_bits & 0x1 for i in infos):
+                    raise DatasetError(f"{path}: the archive is encrypted. {help_text}")
+                total = sum(i.file_size for i in infos)
+                if total > limit:
+                    raise _too_large(path, "archive decompresses to", total, limit)
+                members = {i.filename[:-4]: i for i in infos}
+                keys = _npz_layout(members, path, image_shape)
+                return {k: _read_npy_member(zf, members[k], path) for k in keys}
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise DatasetError(
+            f"{path}: cannot be read as an .npz ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"{help_text}"
+        ) from exc
+
+
+def _npz_layout(members: Mapping[str, object], path: Path, image_shape: tuple[int, int]) -> tuple:
+    """The keys to read: ``(train, test)`` or ``(single,)`` (see :func:`_npz_help`)."""
+    train_key = next((k for k in _TRAIN_KEYS if k in members), None)
+    test_key = next((k for k in _TEST_KEYS if k in members), None)
+    if train_key and test_key:
+        return (train_key, test_key)
+    single_key = next((k for k in _SINGLE_KEYS if k in members), None)
+    if single_key and not (train_key or test_key):
+        return (single_key,)
+    raise DatasetError(
+        f"{path}: has arrays {sorted(members)}, none of the expected layouts. "
+        f"{_npz_help(image_shape)}"
+    )
+
+
 def _load_npz(
     path: Path,
     image_shape: tuple[int, int],
@@ -568,37 +812,153 @@ def _load_npz(
     seed: int,
     n_train: int | None,
     n_test: int | None,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and test rows from an .npz (see :func:`_npz_help` for the accepted layouts)."""
     if not path.is_file():
         raise DatasetError(f"file not found: {path}. {_npz_help(image_shape)}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays: Mapping[str, np.ndarray] = {k: f[k] for k in f.files}
-    except Exception as exc:  # zipfile, pickle and format errors all mean "not a usable .npz"
-        raise DatasetError(
-            f"{path}: cannot be read as an .npz ({type(exc).__name__}: {exc}). "
-            f"{_npz_help(image_shape)}"
-        ) from exc
-
-    train_key = next((k for k in _TRAIN_KEYS if k in arrays), None)
-    test_key = next((k for k in _TEST_KEYS if k in arrays), None)
-    if train_key and test_key:
-        x_train = _check_images(arrays[train_key], path, train_key, image_shape, unit_range)
-        x_test = _check_images(arrays[test_key], path, test_key, image_shape, unit_range)
+    arrays = _read_npz(path, image_shape, max_data_bytes() if max_bytes is None else max_bytes)
+    if len(arrays) == 2:
+        (train_key, train), (test_key, test) = arrays.items()
+        x_train = _check_images(train, path, train_key, image_shape, unit_range)
+        x_test = _check_images(test, path, test_key, image_shape, unit_range)
         return _take(x_train, n_train, f"{path} [{train_key}]"), _take(
             x_test, n_test, f"{path} [{test_key}]"
         )
-    single_key = next((k for k in _SINGLE_KEYS if k in arrays), None)
-    if single_key and not (train_key or test_key):
-        x = _check_images(arrays[single_key], path, single_key, image_shape, unit_range)
-        n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
-        order = np.random.default_rng(seed).permutation(x.shape[0])
-        return x[order[:n_train]], x[order[n_train : n_train + n_test]]
-    raise DatasetError(
-        f"{path}: has arrays {sorted(arrays)}, none of the expected layouts. "
-        f"{_npz_help(image_shape)}"
+    ((single_key, single),) = arrays.items()
+    x = _check_images(single, path, single_key, image_shape, unit_range)
+    n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
+    order = np.random.default_rng(seed).permutation(x.shape[0])
+    return x[order[:n_train]], x[order[n_train : n_train + n_test]]
+
+
+# ---------------------------------------------------------------------------------------------
+# MATLAB files (the paper's CURVES and FACES)
+# ---------------------------------------------------------------------------------------------
+
+_CURVES_MAT_HELP = (
+    "Expected the original CURVES file digs3pts_1.mat (MATLAB v5, arrays 'bdata' and "
+    "'bdatatest' of shape (n, 784), values in [0, 1]; from James Martens' page or with "
+    "--download), or an .npz with arrays x_train and x_test of 28×28 images."
+)
+_FACES_MAT_HELP = (
+    "Expected the original FACES file newfaces_rot_single.mat (MATLAB v5, array "
+    "'newfaces_single' of shape (625, n); from James Martens' page or with --download), or an "
+    ".npz with arrays x_train and x_test of 25×25 images."
+)
+
+
+def _read_mat(path: Path, names: tuple[str, ...], help_text: str, limit: int) -> dict:
+    """Arrays ``names`` of a MATLAB v5 file. Their headers are read first
+    (:func:`scipy.io.whosmat`, which decompresses only the headers): each must be a 2-D numeric
+    matrix and together they must fit in ``limit`` bytes; then only they are loaded."""
+    import scipy.io
+
+    kind = _sniff(path)
+    if kind == "mat73":
+        raise DatasetError(
+            f"{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 (or -v6) to read it here. "
+            f"{help_text}"
+        )
+    if kind != "mat5":
+        raise DatasetError(f"{path}: not a MATLAB v5 file. {help_text}")
+    size = path.stat().st_size
+    if size > limit:
+        raise _too_large(path, "file of", size, limit)
+    try:
+        found = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(path)}
+    except Exception as exc:  # scipy raises many kinds for a corrupt file: all mean unreadable
+        raise DatasetError(
+            f"{path}: cannot be read as a MATLAB file ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"{help_text}"
+        ) from exc
+    missing = [n for n in names if n not in found]
+    if missing:
+        shown = sorted(found)[:10]
+        raise DatasetError(f"{path}: has arrays {shown}, not {missing}. {help_text}")
+    total = 0
+    for name in names:
+        shape, cls = found[name]
+        if cls not in _MAT_ITEMSIZE or len(shape) != 2:
+            raise DatasetError(
+                f"{path}: '{name}' is a {cls} array of shape {shape}, expected a 2-D numeric "
+                f"matrix. {help_text}"
+            )
+        total += int(np.prod(shape, dtype=np.int64)) * _MAT_ITEMSIZE[cls]
+    if total > limit:
+        raise _too_large(path, "arrays hold", total, limit)
+    try:
+        loaded = scipy.io.loadmat(path, variable_names=list(names))
+    except Exception as exc:  # as above
+        raise DatasetError(
+            f"{path}: cannot be read as a MATLAB file ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"{help_text}"
+        ) from exc
+    return {name: loaded[name] for name in names}
+
+
+def load_curves_mat(
+    path: str | os.PathLike[str],
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    max_bytes: int | None = None,
+) -> Dataset:
+    """The original CURVES of Hinton & Salakhutdinov (2006), ``digs3pts_1.mat`` as published
+    with Martens' Hessian-free code: ``bdata`` (20,000 × 784) for training and ``bdatatest``
+    (10,000 × 784) for testing, intensities in ``[0, 1]``. Pixels keep the file's order (a
+    fully connected autoencoder does not depend on it). ``n_train``/``n_test`` keep the first
+    rows. Raises :class:`DatasetError` naming what was expected."""
+    path = Path(path).expanduser()
+    limit = max_data_bytes() if max_bytes is None else max_bytes
+    arrays = _read_mat(path, ("bdata", "bdatatest"), _CURVES_MAT_HELP, limit)
+    x_train = _check_images(arrays["bdata"], path, "bdata", (28, 28), True)
+    x_test = _check_images(arrays["bdatatest"], path, "bdatatest", (28, 28), True)
+    x_train = _take(x_train, n_train, f"{path} [bdata]")
+    x_test = _take(x_test, n_test, f"{path} [bdatatest]")
+    return Dataset(
+        "curves",
+        torch.from_numpy(np.ascontiguousarray(x_train)),
+        torch.from_numpy(np.ascontiguousarray(x_test)),
+        (28, 28),
+        "bce",
+        label=f"CURVES (original, {path.name})",
     )
+
+
+def faces_split(total: int) -> tuple[int, int]:
+    """FACES' train and test sizes from its ``total`` images, as in Martens' code
+    (``nnet_experiments.m``): train the first ``25·(total // 40)``, test the last
+    ``10·(total // 40)`` (the 5/40 between are unused). For the published 165,600 images:
+    103,500 and 41,400."""
+    unit = total // 40
+    if unit < 1:
+        raise ValueError(f"FACES needs at least 40 images to split 25:10, got {total}")
+    return 25 * unit, 10 * unit
+
+
+def _load_faces_mat(
+    path: Path, n_train: int | None, n_test: int | None, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    arr = _read_mat(path, ("newfaces_single",), _FACES_MAT_HELP, limit)["newfaces_single"]
+    if arr.ndim != 2 or arr.shape[0] != 625:
+        raise DatasetError(
+            f"{path}: 'newfaces_single' has shape {arr.shape}, expected (625, n): one 25×25 "
+            f"image per column. {_FACES_MAT_HELP}"
+        )
+    try:
+        size_train, size_test = faces_split(arr.shape[1])
+    except ValueError as exc:
+        raise DatasetError(f"{path}: {exc}. {_FACES_MAT_HELP}") from exc
+    x = _check_images(arr.T, path, "newfaces_single", (25, 25), False)
+    x_train = _take(x[:size_train], n_train, f"{path} [newfaces_single, train]")
+    x_test = _take(x[x.shape[0] - size_test :], n_test, f"{path} [newfaces_single, test]")
+    return np.ascontiguousarray(x_train), np.ascontiguousarray(x_test)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST, FACES and the original CURVES
+# ---------------------------------------------------------------------------------------------
 
 
 def load_mnist(
@@ -607,12 +967,14 @@ def load_mnist(
     n_train: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    max_bytes: int | None = None,
 ) -> Dataset:
     """MNIST from a directory with the IDX image files (``train-images-idx3-ubyte`` and
     ``t10k-images-idx3-ubyte``, optionally ``.gz``; torchvision's ``MNIST/raw`` also works) or
     from an ``.npz`` (keys ``x_train``, ``x_test``, e.g. Keras' ``mnist.npz``). Intensities are
     divided by 255. ``n_train``/``n_test`` keep the first images in file order; ``seed`` is
-    used only when an .npz holds a single array that must be split."""
+    used only when an .npz holds a single array that must be split. ``max_bytes`` caps each
+    file's decompressed size (default :func:`max_data_bytes`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         found = {split: _find_idx(path, split) for split in ("train", "t10k")}
@@ -620,7 +982,11 @@ def load_mnist(
         if missing:
             names = ", ".join(f"{s}-images-idx3-ubyte[.gz]" for s in missing)
             raise DatasetError(f"{path}: directory has no {names}. {_MNIST_HELP}")
-        images = {split: load_idx_images(p) for split, p in found.items() if p is not None}
+        images = {
+            split: load_idx_images(p, max_bytes=max_bytes)
+            for split, p in found.items()
+            if p is not None
+        }
         for split, x in images.items():
             if x.shape[1:] != (28, 28):
                 raise DatasetError(
@@ -629,19 +995,26 @@ def load_mnist(
         x_train = _take(images["train"], n_train, str(found["train"]))
         x_test = _take(images["t10k"], n_test, str(found["t10k"]))
         return Dataset("mnist", _to_unit_tensor(x_train), _to_unit_tensor(x_test), (28, 28), "bce")
-    if path.is_file() and "idx" in path.name:
+    if not path.is_file():
+        raise DatasetError(f"MNIST path not found: {path}. {_MNIST_HELP}")
+    kind = _sniff(path)
+    if kind in ("idx", "gzip"):
         raise DatasetError(
             f"{path} is a single IDX file; pass the directory that holds both "
             f"train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz]. {_MNIST_HELP}"
         )
-    if path.suffix == ".npz" or path.is_file():
-        x_train, x_test = _load_npz(
-            path, (28, 28), unit_range=True, seed=seed, n_train=n_train, n_test=n_test
-        )
-        return Dataset(
-            "mnist", torch.from_numpy(x_train), torch.from_numpy(x_test), (28, 28), "bce"
-        )
-    raise DatasetError(f"MNIST path not found: {path}. {_MNIST_HELP}")
+    if kind in ("mat5", "mat73"):
+        raise DatasetError(f"{path} is a MATLAB file; {_MNIST_HELP}")
+    x_train, x_test = _load_npz(
+        path,
+        (28, 28),
+        unit_range=True,
+        seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+        max_bytes=max_bytes,
+    )
+    return Dataset("mnist", torch.from_numpy(x_train), torch.from_numpy(x_test), (28, 28), "bce")
 
 
 def load_faces(
@@ -650,21 +1023,82 @@ def load_faces(
     n_train: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
+    max_bytes: int | None = None,
 ) -> Dataset:
     """FACES (Hinton & Salakhutdinov 2006: 25×25 = 625-pixel face images, squared-error loss)
-    from an ``.npz`` with ``x_train``/``x_test`` or one array ``x``/``images``/``faces`` split
-    with ``seed`` (default 1/6 test). Integer arrays are divided by 255; float arrays are used
-    unchanged (linear outputs need no [0, 1] range)."""
+    from the original ``newfaces_rot_single.mat`` (array ``newfaces_single``, 625 × n, split by
+    :func:`faces_split`), or from an ``.npz`` with ``x_train``/``x_test`` or one array
+    ``x``/``images``/``faces`` split with ``seed`` (default 1/6 test). Integer arrays are
+    divided by 255; float arrays are used unchanged (linear outputs need no [0, 1] range)."""
     path = Path(path).expanduser()
-    x_train, x_test = _load_npz(
-        path, (25, 25), unit_range=False, seed=seed, n_train=n_train, n_test=n_test
+    limit = max_data_bytes() if max_bytes is None else max_bytes
+    if path.is_file() and _sniff(path) in ("mat5", "mat73"):
+        x_train, x_test = _load_faces_mat(path, n_train, n_test, limit)
+        label = f"FACES (original, {path.name})"
+    else:
+        x_train, x_test = _load_npz(
+            path,
+            (25, 25),
+            unit_range=False,
+            seed=seed,
+            n_train=n_train,
+            n_test=n_test,
+            max_bytes=limit,
+        )
+        label = "FACES"
+    return Dataset(
+        "faces", torch.from_numpy(x_train), torch.from_numpy(x_test), (25, 25), "mse", label=label
     )
-    return Dataset("faces", torch.from_numpy(x_train), torch.from_numpy(x_test), (25, 25), "mse")
+
+
+def load_curves_file(
+    path: str | os.PathLike[str],
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    max_bytes: int | None = None,
+) -> Dataset:
+    """CURVES from a file: the original ``digs3pts_1.mat`` (:func:`load_curves_mat`) or an
+    ``.npz`` of 28×28 images in ``[0, 1]`` (layouts of :func:`_npz_help`)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"CURVES file not found: {path}. {_CURVES_MAT_HELP}")
+    if _sniff(path) in ("mat5", "mat73"):
+        return load_curves_mat(path, n_train=n_train, n_test=n_test, max_bytes=max_bytes)
+    x_train, x_test = _load_npz(
+        path,
+        (28, 28),
+        unit_range=True,
+        seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+        max_bytes=max_bytes,
+    )
+    return Dataset(
+        "curves",
+        torch.from_numpy(x_train),
+        torch.from_numpy(x_test),
+        (28, 28),
+        "bce",
+        label=f"CURVES ({path.name})",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------
+
+
+def file_help(name: str) -> str:
+    """What a file for dataset ``name`` must hold (one sentence or two, no paths)."""
+    if name == "mnist":
+        return _MNIST_HELP
+    if name == "faces":
+        return _FACES_MAT_HELP
+    if name == "curves":
+        return _CURVES_MAT_HELP
+    return f"Dataset {name!r} is built in and reads no file."
 
 
 def load_dataset(
@@ -675,24 +1109,32 @@ def load_dataset(
     n_train: int | None = None,
     n_test: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    max_bytes: int | None = None,
 ) -> Dataset:
     """Load a dataset by registry name (see :data:`DATASETS`).
 
-    ``path`` is required for ``"mnist"`` and ``"faces"`` and rejected for the others; ``seed``
-    selects the CURVES sample or the DIGITS/single-array split; ``n_train``/``n_test`` default to
-    the dataset's standard sizes; ``cache_dir`` is where generated CURVES are kept.
+    ``path`` is required for ``"mnist"`` and ``"faces"``, optional for ``"curves"`` (without it
+    the CURVES-like set is generated; with it the original file is read) and rejected for the
+    others. Nothing is ever downloaded here (see :mod:`core.download`). ``seed`` selects the
+    generated CURVES sample or the DIGITS/single-array split; ``n_train``/``n_test`` default to
+    the dataset's standard sizes; ``cache_dir`` is where generated CURVES are kept;
+    ``max_bytes`` caps a file's decompressed size (default :func:`max_data_bytes`).
     """
     spec = DATASET_SPECS.get(name)
     if spec is None:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_SPECS)}")
     if spec.needs_path and path is None:
         raise DatasetError(
-            f"dataset {name!r} is not bundled and is never downloaded: pass path=... "
-            + (_MNIST_HELP if name == "mnist" else _npz_help(spec.image_shape))
+            f"dataset {name!r} is not bundled and is never downloaded implicitly: pass its "
+            f"location as path=... (--data-path on the command line). {file_help(name)}"
         )
-    if not spec.needs_path and path is not None:
+    if not spec.accepts_path and path is not None:
         raise ValueError(f"dataset {name!r} takes no path (got {path!r})")
 
+    if name == "curves" and path is not None:
+        return load_curves_file(
+            path, n_train=n_train, n_test=n_test, seed=seed, max_bytes=max_bytes
+        )
     if name == "curves":
         return load_curves(
             size=28,
@@ -715,5 +1157,5 @@ def load_dataset(
         return load_digits(seed=seed, n_train=n_train, n_test=n_test)
     assert path is not None
     if name == "mnist":
-        return load_mnist(path, n_train=n_train, n_test=n_test, seed=seed)
-    return load_faces(path, n_train=n_train, n_test=n_test, seed=seed)
+        return load_mnist(path, n_train=n_train, n_test=n_test, seed=seed, max_bytes=max_bytes)
+    return load_faces(path, n_train=n_train, n_test=n_test, seed=seed, max_bytes=max_bytes)

@@ -1,9 +1,11 @@
 """Server-wide limits of a shared Kronoscope instance, and the registry of background runs.
 
-Two limits, read from the environment on every check (the Docker image sets them):
+Limits, read from the environment on every check (the Docker image sets them):
 
 * ``KRONOSCOPE_MAX_CONCURRENT_RUNS`` (default 4): training runs executing at the same time,
   over all sessions of the server;
+* ``KRONOSCOPE_RUNS_PER_SESSION`` (default half of the above, at least 1): how many of those
+  one session may hold at once, so one student cannot take every slot while others wait;
 * ``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000): the largest layer (``dg·da`` weights,
   bias included) whose Fisher block may be analysed.
 
@@ -12,12 +14,16 @@ intra-op threads. The server runs many things at once (sessions, background trai
 and intra-op parallelism on top of that oversubscribes the cores: on a loaded 2-core machine a
 528 × 528 ``eigh`` took 0.03 s with one thread and 0.1–0.9 s with two (bench/RESULTS-app.md).
 
-:class:`RunRegistry` is the one process-wide object that starts background training runs: it
-refuses a start that would exceed the run limit (:class:`LimitError`, with a message that says
-what to do) and stops the runs of sessions that have gone away. Which sessions are alive is
+:class:`RunRegistry` is the one process-wide object that starts background training runs. A
+group of runs that does not fit now waits in a first-in, first-out queue (its place is shown to
+the student) and starts when slots free; a session never holds more than its quota, and a group
+wider than the quota runs that many of its runs at a time. It stops the runs of sessions that
+have gone away, queued ones included. Which sessions are alive is
 asked of a callable the caller supplies (the web app passes Streamlit's runtime), so this module
 stays free of any web framework. :class:`RunGroup` is a set of runs started together, either
-side by side (each run its own thread) or one after another (fair wall-time comparisons).
+side by side (each run its own thread, as many at a time as the group's width) or one after
+another (width 1: fair wall-time comparisons). Messages speak of the app, never of settings'
+names: a student cannot change them.
 """
 
 from __future__ import annotations
@@ -32,18 +38,22 @@ from typing import Protocol
 __all__ = [
     "MAX_CONCURRENT_RUNS_ENV",
     "MAX_LAYER_PARAMS_ENV",
+    "RUNS_PER_SESSION_ENV",
     "LimitError",
     "RunGroup",
     "RunRegistry",
     "check_layer_size",
     "max_concurrent_runs",
     "max_layer_params",
+    "runs_per_session",
     "torch_threads",
 ]
 
 MAX_CONCURRENT_RUNS_ENV = "KRONOSCOPE_MAX_CONCURRENT_RUNS"
 MAX_LAYER_PARAMS_ENV = "KRONOSCOPE_MAX_LAYER_PARAMS"
+RUNS_PER_SESSION_ENV = "KRONOSCOPE_RUNS_PER_SESSION"
 TORCH_THREADS_ENV = "KRONOSCOPE_TORCH_THREADS"
+MAX_QUEUED_GROUPS = 64  # waiting groups, server-wide; beyond, a start is refused
 DEFAULT_MAX_CONCURRENT_RUNS = 4
 DEFAULT_MAX_LAYER_PARAMS = 4_000_000  # the paper's largest layer (FACES 2000→1000) has 2,001,000
 
@@ -70,6 +80,11 @@ def max_concurrent_runs() -> int:
     return _env_int(MAX_CONCURRENT_RUNS_ENV, DEFAULT_MAX_CONCURRENT_RUNS, 0)
 
 
+def runs_per_session() -> int:
+    """``KRONOSCOPE_RUNS_PER_SESSION`` (default: half the run limit, at least 1)."""
+    return _env_int(RUNS_PER_SESSION_ENV, max(1, max_concurrent_runs() // 2), 1)
+
+
 def max_layer_params() -> int:
     """``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000)."""
     return _env_int(MAX_LAYER_PARAMS_ENV, DEFAULT_MAX_LAYER_PARAMS, 1)
@@ -85,9 +100,9 @@ def check_layer_size(n_params: int, name: str = "this layer") -> None:
     limit = max_layer_params()
     if n_params > limit:
         raise LimitError(
-            f"{name} has {n_params:,} weights, above this server's limit of {limit:,} "
-            f"({MAX_LAYER_PARAMS_ENV}). Pick a smaller layer, or ask the operator to raise "
-            "the limit."
+            f"{name} has {n_params:,} weights, above this server's limit of {limit:,}. Pick a "
+            "smaller layer, analyse it with the command line (`python -m core quality`), or "
+            "ask the host to raise the layer limit."
         )
 
 
@@ -105,35 +120,69 @@ class Run(Protocol):
 
 @dataclass(eq=False)
 class RunGroup:
-    """Runs started together. ``sequential``: one after another in one thread (one slot of the
-    server's run limit); otherwise side by side, one thread (and one slot) per run."""
+    """Runs started together, ``width`` of them at a time (one thread and one slot of the
+    server's run limit each). ``sequential`` is width 1; by default every run at once. The
+    registry may narrow the width to the session's quota before the group starts.
+
+    ``state``: ``"new"`` → ``"queued"`` (waiting for slots) → ``"running"`` → ``"done"``, or
+    ``"cancelled"`` when stopped before it started.
+    """
 
     runs: Sequence[Run]
     sequential: bool = False
     label: str = ""
-    started_at: float = field(default_factory=time.time)
+    width: int = 0  # 0: every run at once (1 when sequential)
+    state: str = "new"
+    started_at: float | None = None
+    queued_at: float = field(default_factory=time.time)
     _threads: list[threading.Thread] = field(default_factory=list, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _pending: list[Run] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _on_done: Callable[[], None] | None = field(default=None, repr=False)
+    _working: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sequential:
+            self.width = 1
+        elif self.width <= 0:
+            self.width = len(self.runs)
+        self.width = max(1, min(self.width, len(self.runs)))
 
     @property
     def slots(self) -> int:
-        return 1 if self.sequential else len(self.runs)
+        return self.width
 
-    def _start(self) -> None:
-        if self.sequential:
-            targets: list[Callable[[], None]] = [self._run_all]
-        else:
-            targets = [run.run for run in self.runs]
-        for target in targets:
-            thread = threading.Thread(target=target, name="kronoscope-run", daemon=True)
+    def _start(self, on_done: Callable[[], None] | None = None) -> None:
+        self._on_done = on_done
+        self._pending = list(self.runs)
+        self.state, self.started_at = "running", time.time()
+        self._working = self.width
+        for _ in range(self.width):
+            thread = threading.Thread(target=self._work, name="kronoscope-run", daemon=True)
             self._threads.append(thread)
+        for thread in self._threads:
             thread.start()
 
-    def _run_all(self) -> None:
-        for run in self.runs:
-            if self._stop.is_set():
-                break
+    def _work(self) -> None:
+        """One of ``width`` threads: run the group's runs in order until none is left."""
+        while True:
+            with self._lock:
+                if self._stop.is_set() or not self._pending:
+                    self._working -= 1
+                    last = self._working == 0
+                    break
+                run = self._pending.pop(0)
             run.run()
+        if last:
+            self.state = "done"
+            if self._on_done is not None:
+                self._on_done()
+
+    def _cancel(self) -> None:
+        """Stopped while queued: it never starts."""
+        self._stop.set()
+        self.state = "cancelled"
 
     def stop(self) -> None:
         """Stop every run after its current step; runs not begun yet never start."""
@@ -143,7 +192,7 @@ class RunGroup:
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in list(self._threads):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(left)
 
@@ -154,7 +203,12 @@ class RunGroup:
 
     @property
     def done(self) -> bool:
-        return bool(self._threads) and not self.alive
+        """Finished, stopped or cancelled: nothing of the group runs or waits any more."""
+        return self.state in ("done", "cancelled")
+
+    @property
+    def queued(self) -> bool:
+        return self.state == "queued"
 
     @property
     def stopped(self) -> bool:
@@ -166,26 +220,36 @@ class RunGroup:
 
 
 class RunRegistry:
-    """Process-wide bookkeeping of background run groups, per session.
+    """Process-wide bookkeeping of background run groups: slots, quota, queue, sessions.
+
+    ``limit()``: slots of the whole server; ``quota()``: slots one session may hold at once.
+    A group that does not fit waits in a FIFO queue; whenever slots free (a group ends, a group
+    is stopped, the reaper runs), queued groups start in order, skipping a group whose session
+    is at its quota so it cannot block the others.
 
     ``is_session_alive(session_id)`` tells whether a session still exists; a session seen dead
-    for longer than ``grace_s`` seconds has its runs stopped (a short grace lets a browser that
-    lost its connection for a moment reconnect). A daemon thread checks every ``check_every_s``
-    seconds while some run is active.
+    for longer than ``grace_s`` seconds has its runs stopped and its queued groups removed (a
+    short grace lets a browser that lost its connection for a moment reconnect). A daemon
+    thread checks every ``check_every_s`` seconds while some group runs or waits.
     """
 
     def __init__(
         self,
         *,
         limit: Callable[[], int] = max_concurrent_runs,
+        quota: Callable[[], int] | None = None,
         grace_s: float = 15.0,
         check_every_s: float = 5.0,
+        max_queued: int = MAX_QUEUED_GROUPS,
     ) -> None:
         self._limit = limit
+        self._quota = quota if quota is not None else runs_per_session
         self._grace_s = grace_s
         self._check_every_s = check_every_s
-        self._lock = threading.Lock()
+        self._max_queued = max_queued
+        self._lock = threading.RLock()
         self._groups: dict[str, list[RunGroup]] = {}
+        self._queue: list[tuple[str, RunGroup]] = []
         self._dead_since: dict[str, float] = {}
         self._is_alive: Callable[[str], bool] = lambda _sid: True
         self._reaper: threading.Thread | None = None
@@ -195,11 +259,30 @@ class RunRegistry:
 
     # -- queries ------------------------------------------------------------------------
     def active_slots(self) -> int:
+        """Slots held by running groups (what the sidebar counts)."""
         with self._lock:
             return self._active_slots()
 
-    def _active_slots(self) -> int:
-        return sum(g.slots for groups in self._groups.values() for g in groups if not g.done)
+    def _active_slots(self, session_id: str | None = None) -> int:
+        return sum(
+            g.slots
+            for sid, groups in self._groups.items()
+            if session_id is None or sid == session_id
+            for g in groups
+            if g.state == "running" and not g.done
+        )
+
+    def queued_count(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def position(self, group: RunGroup) -> int | None:
+        """1-based place of ``group`` in the queue, or None when it is not waiting."""
+        with self._lock:
+            for i, (_sid, g) in enumerate(self._queue):
+                if g is group:
+                    return i + 1
+        return None
 
     def groups(self, session_id: str) -> list[RunGroup]:
         with self._lock:
@@ -209,44 +292,78 @@ class RunRegistry:
     def limit(self) -> int:
         return self._limit()
 
+    @property
+    def quota(self) -> int:
+        return max(1, min(self._quota(), max(self._limit(), 1)))
+
     # -- actions ------------------------------------------------------------------------
     def start(self, session_id: str, group: RunGroup) -> RunGroup:
-        """Start ``group`` for ``session_id``, or raise :class:`LimitError` when the server is
-        already running as many runs as it allows."""
+        """Start ``group`` for ``session_id`` now if it fits, else queue it (``group.state``
+        tells which). Raises :class:`LimitError` when training is disabled on this server or
+        the queue is full."""
         self.reap()
         with self._lock:
             limit = self._limit()
-            busy = self._active_slots()
-            if busy + group.slots > limit:
-                raise LimitError(self._limit_message(busy, limit, group.slots))
+            if limit == 0:
+                raise LimitError(
+                    "training is switched off on this server; the explorer still works on "
+                    "models at their initialization"
+                )
+            group.width = min(group.width, self.quota)
+            if len(self._queue) >= self._max_queued:
+                raise LimitError(
+                    f"{len(self._queue)} training runs are already waiting on this server; "
+                    "try again in a few minutes"
+                )
             self._groups.setdefault(session_id, []).append(group)
             self._prune(session_id)
-            group._start()
+            group.state = "queued"
+            self._queue.append((session_id, group))
+            self._pump()
             self._ensure_reaper()
         return group
 
-    @staticmethod
-    def _limit_message(busy: int, limit: int, need: int) -> str:
-        if limit == 0:
-            return (
-                f"training is disabled on this server ({MAX_CONCURRENT_RUNS_ENV}=0); the "
-                "explorer still works on models at their initialization"
-            )
-        runs = "run" if need == 1 else "runs"
-        return (
-            f"this server already runs {busy} of its {limit} allowed training runs "
-            f"({MAX_CONCURRENT_RUNS_ENV}); this needs {need} more {runs}. Wait for a run to "
-            "finish, stop one of yours, or race fewer optimizers (or one after another)."
-        )
+    def _pump(self) -> None:
+        """Start queued groups in FIFO order while slots are free (lock held)."""
+        free = self._limit() - self._active_slots()
+        quota = self.quota
+        for sid, group in list(self._queue):
+            if free <= 0:
+                break
+            if group.stopped:
+                self._queue.remove((sid, group))
+                group._cancel()
+                continue
+            if group.slots > free or self._active_slots(sid) + group.slots > quota:
+                continue  # the next in line may fit; this one keeps its place
+            self._queue.remove((sid, group))
+            group._start(on_done=self._group_ended)
+            free -= group.slots
+
+    def _group_ended(self) -> None:
+        with self._lock:
+            self._pump()
+
+    def cancel(self, group: RunGroup) -> None:
+        """Stop ``group``: a queued one leaves the queue at once, a running one stops after
+        its current steps."""
+        with self._lock:
+            for entry in list(self._queue):
+                if entry[1] is group:
+                    self._queue.remove(entry)
+                    group._cancel()
+        group.stop()
+        with self._lock:
+            self._pump()
 
     def stop_session(self, session_id: str) -> int:
-        """Stop every run of one session; returns how many groups were still active."""
+        """Stop every run of one session, queued ones included; returns how many groups were
+        still active or waiting."""
         with self._lock:
-            groups = list(self._groups.get(session_id, ()))
-        active = [g for g in groups if not g.done]
-        for g in active:
-            g.stop()
-        return len(active)
+            groups = [g for g in self._groups.get(session_id, ()) if not g.done]
+        for g in groups:
+            self.cancel(g)
+        return len(groups)
 
     def reap(self, now: float | None = None) -> list[str]:
         """Stop the runs of sessions that have been gone for longer than the grace period, and
@@ -270,6 +387,8 @@ class RunRegistry:
                     self._groups.pop(sid, None)
                     self._dead_since.pop(sid, None)
                 reaped.append(sid)
+        with self._lock:
+            self._pump()
         return reaped
 
     def _prune(self, session_id: str, keep: int = 8) -> None:
@@ -292,6 +411,6 @@ class RunRegistry:
             time.sleep(self._check_every_s)
             self.reap()
             with self._lock:
-                if self._active_slots() == 0 and not self._dead_since:
+                if self._active_slots() == 0 and not self._queue and not self._dead_since:
                     self._reaper = None
                     return

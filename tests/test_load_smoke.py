@@ -1,0 +1,66 @@
+"""A small class on a real server: five students and one dropped tab, over loopback.
+
+Starts ``streamlit run app.py`` on a free 127.0.0.1 port (bench/load_bench.py's ``Server``, a
+fresh cache directory), lets five simulated students open the default Fisher explorer view over
+Streamlit's websocket protocol (bench/loadclient.py) while one more client drops its connection
+in the middle of its view, and probes ``/_stcore/health`` every 0.25 s throughout. Every student
+must see a complete view (finished, at least one plotly chart, no error element), no session may
+drop, health must always answer within 2 s, and the server's process group must be gone after.
+Bounded: 60 s per view, 75 s for the whole class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from load_bench import Probes, Server, free_port  # noqa: E402
+from loadclient import StudentSession, disconnect_mid_view  # noqa: E402
+
+STUDENTS = 5
+VIEW_TIMEOUT_S = 60.0
+CLASS_TIMEOUT_S = 75.0
+HEALTH_LIMIT_S = 2.0
+
+
+async def _student(url: str, delay: float):
+    await asyncio.sleep(delay)
+    async with StudentSession(url) as session:
+        view = await session.open("explorer", "", timeout=VIEW_TIMEOUT_S)
+    return view, session.dropped
+
+
+async def _class(url: str):
+    dropper = asyncio.create_task(disconnect_mid_view(url, "explorer", "seed=7"))
+    students = [_student(url, 0.3 * i) for i in range(STUDENTS)]
+    return await asyncio.wait_for(asyncio.gather(dropper, *students), timeout=CLASS_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with Server(free_port(), tmp_path_factory.mktemp("load-logs")) as srv:
+        yield srv
+    with pytest.raises(ProcessLookupError):
+        os.killpg(srv.proc.pid, 0)  # nothing of the server's process group is left
+
+
+def test_five_students_and_a_dropped_tab(server):
+    with Probes(server.url, server.proc.pid, health_timeout=HEALTH_LIMIT_S) as probes:
+        dropped_tab, *students = asyncio.run(_class(server.url))
+
+    assert dropped_tab.status == "aborted", dropped_tab.as_dict()  # it left mid-view
+    for view, dropped in students:
+        assert not dropped, view.as_dict()
+        assert view.status == "finished", view.as_dict()
+        assert view.errors == [], view.as_dict()
+        assert view.plotly_charts >= 1, view.as_dict()
+    health = probes.summary()
+    assert health["health_checks"] >= 4, health
+    assert health["health_failures"] == 0, f"health unanswered within {HEALTH_LIMIT_S} s: {health}"
+    assert health["health_max_s"] <= HEALTH_LIMIT_S, health
+    assert server.proc.poll() is None, server.log_tail()  # the server survived the class

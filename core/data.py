@@ -43,6 +43,7 @@ __all__ = [
     "default_cache_dir",
     "faces_split",
     "file_help",
+    "find_idx_images",
     "generate_curves",
     "load_curves",
     "load_curves_file",
@@ -636,7 +637,7 @@ def _read_idx(stream, path: Path, limit: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(n, rows, cols)
 
 
-def _find_idx(directory: Path, split: str) -> Path | None:
+def find_idx_images(directory: Path, split: str) -> Path | None:
     """``{split}-images-idx3-ubyte`` (or ``.idx3-ubyte``), optionally ``.gz``, in ``directory``
     or in torchvision's layout ``directory/MNIST/raw``."""
     for folder in (directory, directory / "MNIST" / "raw"):
@@ -977,7 +978,7 @@ def load_mnist(
     file's decompressed size (default :func:`max_data_bytes`)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        found = {split: _find_idx(path, split) for split in ("train", "t10k")}
+        found = {split: find_idx_images(path, split) for split in ("train", "t10k")}
         missing = [split for split, p in found.items() if p is None]
         if missing:
             names = ", ".join(f"{s}-images-idx3-ubyte[.gz]" for s in missing)

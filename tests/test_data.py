@@ -450,3 +450,266 @@ def test_dataset_validates_its_fields() -> None:
     ds = Dataset("t", ok, ok, (2, 2), "mse")
     with pytest.raises(AttributeError):
         ds.name = "u"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's original files (fixtures written here, never downloaded)
+# ---------------------------------------------------------------------------------------------
+
+
+def _savemat(path: Path, **arrays: np.ndarray) -> Path:
+    import scipy.io
+
+    scipy.io.savemat(path, arrays)  # MATLAB v5, as the published files
+    return path
+
+
+def test_original_curves_mat_is_read_with_its_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    bdata, bdatatest = rng.random((30, 784)), rng.random((10, 784))
+    f = _savemat(tmp_path / "digs3pts_1.mat", bdata=bdata, bdatatest=bdatatest, other=np.ones(3))
+    ds = load_dataset("curves", path=f)
+    assert (ds.name, ds.n_train, ds.n_test, ds.image_shape, ds.loss) == (
+        "curves",
+        30,
+        10,
+        (28, 28),
+        "bce",
+    )
+    np.testing.assert_array_equal(ds.x_train.numpy(), bdata.astype(np.float32))
+    np.testing.assert_array_equal(ds.x_test.numpy(), bdatatest.astype(np.float32))
+    assert "original" in ds.label and "digs3pts_1.mat" in ds.label
+    assert load_dataset("curves", path=f, n_train=4, n_test=2).x_train.shape == (4, 784)
+    # without a path the same name is the generated set, and says so
+    assert load_dataset("curves", n_train=3, n_test=2).label == "CURVES-like (generated)"
+    assert "generated" in DATASET_SPECS["curves"].label
+    assert "generated" in load_dataset("curves-small", n_train=3, n_test=2).label
+
+
+def test_original_curves_mat_errors_name_what_was_expected(tmp_path: Path) -> None:
+    f = _savemat(tmp_path / "c.mat", bdata=np.zeros((3, 784)))
+    with pytest.raises(DatasetError, match="bdatatest.*digs3pts_1.mat"):
+        load_dataset("curves", path=f)
+    _savemat(f, bdata=np.zeros((3, 780)), bdatatest=np.zeros((3, 784)))
+    with pytest.raises(DatasetError, match=r"\(3, 780\)"):
+        load_dataset("curves", path=f)
+    _savemat(f, bdata=np.full((3, 784), 2.0), bdatatest=np.zeros((3, 784)))
+    with pytest.raises(DatasetError, match=r"\[0, 1\]"):
+        load_dataset("curves", path=f)
+    f.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(512, b" "))
+    with pytest.raises(DatasetError, match="v7.3"):
+        load_dataset("curves", path=f)
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset("curves", path=tmp_path / "absent.mat")
+    with pytest.raises(DatasetError, match="MATLAB"):
+        load_mnist(f)
+
+
+def test_original_faces_mat_split_is_martens(tmp_path: Path) -> None:
+    assert data.faces_split(165_600) == (103_500, 41_400)  # the published file
+    x = np.random.default_rng(6).normal(size=(625, 80)).astype(np.float32)  # one image a column
+    f = _savemat(tmp_path / "newfaces_rot_single.mat", newfaces_single=x)
+    ds = load_dataset("faces", path=f)
+    assert (ds.n_train, ds.n_test, ds.loss) == (50, 20, "mse")
+    np.testing.assert_array_equal(ds.x_train.numpy(), x.T[:50])
+    np.testing.assert_array_equal(ds.x_test.numpy(), x.T[-20:])
+    _savemat(f, newfaces_single=x[:, :39])
+    with pytest.raises(DatasetError, match="at least 40"):
+        load_faces(f)
+    _savemat(f, newfaces_single=x[:624])
+    with pytest.raises(DatasetError, match=r"\(625, n\)"):
+        load_faces(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives and size caps: checked before anything is loaded
+# ---------------------------------------------------------------------------------------------
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_zip_bomb_is_refused_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    import zipfile
+
+    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(8 << 20))
+    f = tmp_path / "bomb.npz"
+    zeros = np.zeros(((64 << 20) // 784, 28, 28), dtype=np.uint8)  # 64 MiB of zeros
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x_train.npy", _npy_bytes(zeros))
+        zf.writestr("x_test.npy", _npy_bytes(zeros[:2]))
+    assert f.stat().st_size < 1 << 20
+    start = time.perf_counter()
+    with pytest.raises(DatasetError) as err:
+        load_mnist(f)
+    assert time.perf_counter() - start < 1.0
+    assert "limit" in str(err.value) and data.MAX_DATA_BYTES_ENV in str(err.value)
+
+
+def test_zip_of_many_members_is_refused_before_parsing(tmp_path: Path) -> None:
+    import time
+    import zipfile
+
+    f = tmp_path / "many.npz"
+    with zipfile.ZipFile(f, "w") as zf:
+        for i in range(10_000):
+            zf.writestr(f"a{i}.npy", b"")
+    start = time.perf_counter()
+    with pytest.raises(DatasetError) as err:
+        load_mnist(f)
+    assert time.perf_counter() - start < 0.5
+    msg = str(err.value)
+    assert "10000 members" in msg and len(msg) < 600
+
+
+def test_npz_members_and_headers_are_checked(tmp_path: Path) -> None:
+    import zipfile
+
+    f = tmp_path / "m.npz"
+    good = _npy_bytes(np.zeros((2, 784), np.uint8))
+    with zipfile.ZipFile(f, "w") as zf:
+        zf.writestr("../x_train.npy", good)
+        zf.writestr("x_test.npy", good)
+    with pytest.raises(DatasetError, match="unexpected archive members"):
+        load_mnist(f)
+    # a header declaring far more data than the member holds is refused before allocating
+    header = good[: good.index(b"}") + 1].replace(b"(2, 784)", b"(10000000000, 784)")
+    huge = header + b" " * (64 - len(header) % 64 - 1) + b"\n"
+    with zipfile.ZipFile(f, "w") as zf:
+        zf.writestr("x_train.npy", huge)
+        zf.writestr("x_test.npy", good)
+    with pytest.raises(DatasetError, match="declares"):
+        load_mnist(f)
+    # object arrays are never unpickled
+    np.savez(f, x_train=np.array([{"a": 1}, None], dtype=object), x_test=np.zeros((2, 784)))
+    with pytest.raises(DatasetError, match="Python objects"):
+        load_mnist(f)
+
+
+def test_gz_idx_and_mat_sizes_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = np.zeros((2_000, 28, 28), np.uint8)  # 1.5 MB decompressed, a few kB gzipped
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    f.write_bytes(gzip.compress(_idx_bytes(images)))
+    assert load_idx_images(f).shape == (2_000, 28, 28)
+    with pytest.raises(DatasetError, match="limit"):
+        load_idx_images(f, max_bytes=1 << 20)
+    m = _savemat(tmp_path / "c.mat", bdata=np.zeros((300, 784)), bdatatest=np.zeros((3, 784)))
+    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(1 << 20))
+    with pytest.raises(DatasetError, match="limit"):
+        load_dataset("curves", path=m)
+    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, "lots")
+    with pytest.raises(DatasetError, match=data.MAX_DATA_BYTES_ENV):
+        data.max_data_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Files chosen by web visitors (core.datafiles)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from core.datafiles import DATA_DIR_ENV, data_dir
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert data_dir() is None
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    assert data_dir() == tmp_path
+
+
+def test_list_data_files_finds_candidates_inside_only(tmp_path: Path) -> None:
+    from core.datafiles import list_data_files
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    _write_mnist_dir(root / "mnist-idx", 2, 2, gz=True)
+    (root / "empty-dir").mkdir()
+    for name in ("keras-mnist.npz", "faces.mat", "digs3pts_1.mat", "notes.txt", ".hidden.npz"):
+        (root / name).write_bytes(b"x")
+    (outside / "secret.npz").write_bytes(b"x")
+    (root / "escape.npz").symlink_to(outside / "secret.npz")
+    (root / "inside.npz").symlink_to(root / "keras-mnist.npz")
+    assert list_data_files("mnist", root) == ["inside.npz", "keras-mnist.npz", "mnist-idx"]
+    assert list_data_files("faces", root) == [
+        "digs3pts_1.mat",
+        "faces.mat",
+        "inside.npz",
+        "keras-mnist.npz",
+    ]
+    assert list_data_files("digits", root) == []
+    assert list_data_files("mnist", tmp_path / "absent") == []
+    _write_mnist_dir(outside, 1, 1, gz=False)
+    assert list_data_files("mnist", outside)[0] == "."
+    with pytest.raises(ValueError, match="unknown dataset"):
+        list_data_files("cifar", root)
+
+
+def test_resolve_in_dir_refuses_every_escape(tmp_path: Path) -> None:
+    from core.datafiles import resolve_in_dir
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.npz").write_bytes(b"x")
+    (root / "up").symlink_to(tmp_path)
+    (root / "ok.npz").symlink_to(root / "sub" / "a.npz")
+    assert resolve_in_dir("sub/a.npz", root) == (root / "sub" / "a.npz").resolve()
+    assert resolve_in_dir("ok.npz", root) == (root / "sub" / "a.npz").resolve()
+    assert resolve_in_dir("absent.npz", root).parent == root.resolve()
+    for bad, why in [
+        ("/etc/passwd", "Absolute"),
+        ("../data/sub/a.npz", "'..'"),
+        ("sub/../../x", "'..'"),
+        ("a\x00b", "NUL"),
+        ("x" * 300, "too long"),
+        ("up/x.npz", "outside"),
+        ("up", "outside"),
+        ("", "No data file"),
+    ]:
+        with pytest.raises(DatasetError, match=why) as err:
+            resolve_in_dir(bad, root)
+        assert str(tmp_path) not in str(err.value)
+
+
+def test_visitor_files_get_one_message_that_reveals_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    from core.datafiles import load_visitor_dataset
+
+    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(4 << 20))
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x_train=np.array([None], dtype=object), x_test=np.zeros((1, 784)))
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x_train.npy", _npy_bytes(np.zeros((16 << 20) // 784 * 784, np.uint8)))
+        zf.writestr("x_test.npy", _npy_bytes(np.zeros(784, np.uint8)))
+    garbage = tmp_path / "passwd"
+    garbage.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    cases = [tmp_path / "absent", tmp_path, garbage, pickled, bomb]
+    messages = set()
+    for path in cases:
+        with pytest.raises(DatasetError) as err:
+            load_visitor_dataset("mnist", path, display_name="upload.npz")
+        msg = str(err.value)
+        assert msg.startswith("upload.npz is not a readable MNIST dataset: expected ")
+        assert str(tmp_path) not in msg and len(msg) < 400 and "\n" not in msg
+        for internal in ("pickle", "numpy", "zip", "Error", "/tmp"):
+            assert internal not in msg
+        messages.add(msg)
+    assert len(messages) == 1  # missing, a directory, unreadable, not a dataset: one message
+    hostile = "**Session expired** [log in](http://x)\n" + "a" * 500
+    with pytest.raises(DatasetError) as err:
+        load_visitor_dataset("faces", garbage, display_name=hostile)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+    good = tmp_path / "good.npz"
+    np.savez(good, x_train=np.zeros((3, 784), np.uint8), x_test=np.zeros((2, 784), np.uint8))
+    assert load_visitor_dataset("mnist", good, display_name="good.npz").n_train == 3
+    with pytest.raises(ValueError, match="not read from files"):
+        load_visitor_dataset("digits", good, display_name="x")

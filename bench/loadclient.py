@@ -241,7 +241,7 @@ class StudentSession:
         elif kind == "page_info_changed":
             self.query = msg.page_info_changed.query_string
         elif kind == "page_not_found":
-            view.errors.append(_truncate(f"page not found: {msg.page_not_found.page_name!r}"))
+            view.errors.append(_truncate(f"page not found: {view.page!r}"))
         elif kind == "session_event" and msg.session_event.HasField("script_compilation_exception"):
             exc = msg.session_event.script_compilation_exception
             view.errors.append(_truncate(f"{exc.type}: {exc.message}"))

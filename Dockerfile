@@ -60,8 +60,11 @@ RUN groupadd --gid "${APP_UID}" kronoscope \
  && mkdir -p /var/cache/kronoscope \
  && chown kronoscope:kronoscope /var/cache/kronoscope
 
-# Headless server settings (STREAMLIT_* variables override .streamlit/config.toml) and the app's
-# server-wide limits; each can be changed at `docker run -e NAME=value`.
+# Server settings for a public host (STREAMLIT_* variables override .streamlit/config.toml; see
+# DOCKER.md, "Hosting publicly") and the app's server-wide limits; each can be changed at
+# `docker run -e NAME=value`. Visitors get the viewer's toolbar (no Deploy button, no developer
+# menu) and no tracebacks; cross-origin requests and forged uploads are refused (CORS and XSRF
+# protection); the code is never watched or reloaded.
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/home/kronoscope \
     PYTHONUNBUFFERED=1 \
@@ -72,6 +75,11 @@ ENV PATH=/opt/venv/bin:${PATH} \
     STREAMLIT_SERVER_MAX_UPLOAD_SIZE=50 \
     STREAMLIT_SERVER_FILE_WATCHER_TYPE=none \
     STREAMLIT_SERVER_RUN_ON_SAVE=false \
+    STREAMLIT_SERVER_ENABLE_CORS=true \
+    STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION=true \
+    STREAMLIT_SERVER_ENABLE_STATIC_SERVING=false \
+    STREAMLIT_CLIENT_TOOLBAR_MODE=viewer \
+    STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=type \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
     KRONOSCOPE_MAX_CONCURRENT_RUNS=4 \
     KRONOSCOPE_MAX_LAYER_PARAMS=4000000 \

@@ -88,6 +88,22 @@ def test_main_page_renders_without_exception(page):
     assert exception_texts(page) == [], "the main page shows a Streamlit exception"
 
 
+def test_visitor_sees_no_developer_tools(page):
+    """A hosted instance shows the viewer's toolbar (client.toolbarMode = "viewer" in the image):
+    no Deploy button, and the main menu lacks the developer entries. The browser opens the
+    server on 127.0.0.1, where Streamlit's default ("auto") would show both."""
+    page.goto(BASE_URL + "/", wait_until="domcontentloaded")
+    wait_until_idle(page)
+    assert page.locator('[data-testid="stAppDeployButton"]').count() == 0, "a Deploy button"
+    page.locator('[data-testid="stMainMenu"] button').first.click()
+    menu = page.locator('[data-testid="stMainMenuPopover"]')
+    menu.wait_for()
+    entries = menu.inner_text()
+    assert "Print" in entries, f"the main menu did not open as expected: {entries!r}"
+    developer = [entry for entry in ("Rerun", "Clear cache", "Deploy") if entry in entries]
+    assert developer == [], f"developer entries in the visitor's menu: {developer}"
+
+
 def test_every_page_renders_without_exception(page):
     """Visit each page of the app's navigation (if it has several) and look for exceptions."""
     page.goto(BASE_URL + "/", wait_until="domcontentloaded")

@@ -42,6 +42,7 @@ __all__ = [
     "DatasetSpec",
     "default_cache_dir",
     "faces_split",
+    "file_format",
     "file_help",
     "find_idx_images",
     "generate_curves",
@@ -526,7 +527,7 @@ def _too_large(path: Path, what: str, n: int, limit: int) -> DatasetError:
     )
 
 
-def _sniff(path: Path) -> str:
+def file_format(path: Path) -> str:
     """The file's format from its first bytes, whatever its name says: ``"zip"`` (an .npz),
     ``"mat5"``/``"mat73"`` (MATLAB; 7.3 is HDF5), ``"gzip"``, ``"idx"`` or ``"unknown"``."""
     with path.open("rb") as f:
@@ -855,7 +856,7 @@ def _read_mat(path: Path, names: tuple[str, ...], help_text: str, limit: int) ->
     matrix and together they must fit in ``limit`` bytes; then only they are loaded."""
     import scipy.io
 
-    kind = _sniff(path)
+    kind = file_format(path)
     if kind == "mat73":
         raise DatasetError(
             f"{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 (or -v6) to read it here. "
@@ -998,7 +999,7 @@ def load_mnist(
         return Dataset("mnist", _to_unit_tensor(x_train), _to_unit_tensor(x_test), (28, 28), "bce")
     if not path.is_file():
         raise DatasetError(f"MNIST path not found: {path}. {_MNIST_HELP}")
-    kind = _sniff(path)
+    kind = file_format(path)
     if kind in ("idx", "gzip"):
         raise DatasetError(
             f"{path} is a single IDX file; pass the directory that holds both "
@@ -1033,7 +1034,7 @@ def load_faces(
     divided by 255; float arrays are used unchanged (linear outputs need no [0, 1] range)."""
     path = Path(path).expanduser()
     limit = max_data_bytes() if max_bytes is None else max_bytes
-    if path.is_file() and _sniff(path) in ("mat5", "mat73"):
+    if path.is_file() and file_format(path) in ("mat5", "mat73"):
         x_train, x_test = _load_faces_mat(path, n_train, n_test, limit)
         label = f"FACES (original, {path.name})"
     else:
@@ -1065,7 +1066,7 @@ def load_curves_file(
     path = Path(path).expanduser()
     if not path.is_file():
         raise DatasetError(f"CURVES file not found: {path}. {_CURVES_MAT_HELP}")
-    if _sniff(path) in ("mat5", "mat73"):
+    if file_format(path) in ("mat5", "mat73"):
         return load_curves_mat(path, n_train=n_train, n_test=n_test, max_bytes=max_bytes)
     x_train, x_test = _load_npz(
         path,

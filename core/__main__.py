@@ -6,7 +6,17 @@
 * ``quality`` — approximation errors of every engine method on one layer over training;
   DIR/quality.csv, DIR/metrics.csv, DIR/config.json and DIR/report.html.
 
-Exit status: 0 finished (or stopped), 3 diverged (files still written), 1 failed, 2 bad usage.
+Datasets are never downloaded unless ``--download`` is given: then the paper's original files
+(CURVES ``digs3pts_1.mat``, FACES ``newfaces_rot_single.mat``, MNIST IDX) are fetched into the
+cache once (:mod:`core.download`) and their SHA-256 checked on every later use; MNIST and FACES
+already downloaded are used from the cache without ``--download``.
+
+Layers are numbered from 1 in forward order, as their names count (``--layer 1`` is
+``encoder.linear1``); ``--layer`` also takes the name.
+
+Exit status: 0 finished (or stopped), 3 diverged (files still written), 1 failed (a download
+or a run), 2 bad usage (every bad argument, a data file that cannot be used, an ``--out``
+that cannot be created): one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,13 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from .approx import METHODS
-from .data import DATASET_SPECS, load_dataset
-from .models import PRESETS, build_model, linear_layers, parse_widths
+from .data import DATASET_SPECS, file_help, load_dataset
+from .download import SOURCES, DownloadError, cached_dataset, download_dataset
+from .models import PRESETS, build_model, describe_layers, parse_widths
 from .optim import EMA_MODES, OPTIMIZERS, OptimizerConfig, default_damping, default_lr
 from .report import comparison_report, quality_report
 from .runner import RunConfig, TrainingRun, run_comparison
@@ -39,7 +51,17 @@ def _common(p: argparse.ArgumentParser, *, steps_required: bool = True) -> None:
     length.add_argument("--epochs", type=float, help="number of epochs (fractional allowed)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, batches, Fisher samples")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--data-path", help="file/directory for mnist and faces (never downloaded)")
+    p.add_argument(
+        "--data-path",
+        help="mnist: folder of IDX files or .npz; faces: newfaces_rot_single.mat or .npz; "
+        "curves: the original digs3pts_1.mat instead of the generated CURVES-like set",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help=f"download the original files of {', '.join(SOURCES)} into the cache first "
+        "(once; resumable; SHA-256 recorded and checked)",
+    )
     p.add_argument("--preset", help=f"model preset: {', '.join(PRESETS)} (default: the dataset's)")
     p.add_argument("--widths", help="custom encoder widths, e.g. 196-64-32-16 (mirrored)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -229,29 +251,31 @@ def cmd_compare(args) -> int:
     return 3 if "diverged" in statuses else 0
 
 
-def _resolve_layer(args, cfg: RunConfig) -> str:
-    """A layer name, or a 0-based index into the linear layers."""
+def _resolve_layer(args, cfg: RunConfig) -> tuple[int, str]:
+    """``(number, name)`` of the layer given as a name or a number counted from 1."""
     ds_spec = DATASET_SPECS[cfg.dataset]
     arch = cfg.widths if cfg.widths is not None else cfg.model_preset
     model = build_model(arch, input_dim=ds_spec.input_dim, loss=ds_spec.loss, seed=cfg.seed)
-    names = [n for n, _ in linear_layers(model)]
-    if args.layer in names:
-        return args.layer
-    if args.layer.lstrip("-").isdigit() and -len(names) <= int(args.layer) < len(names):
-        return names[int(args.layer)]
-    raise ValueError(f"unknown layer {args.layer!r}; linear layers (or their index): {names}")
+    infos = describe_layers(model)
+    for info in infos:
+        if args.layer in (info.name, str(info.number)):
+            return info.number, info.name
+    listed = ", ".join(f"{i.number} {i.name}" for i in infos)
+    raise ValueError(
+        f"unknown layer {args.layer!r}; give a number 1-{len(infos)} or a name: {listed}"
+    )
 
 
 def cmd_quality(args) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     opt = _optimizer(args, args.optimizer, args.lr, args.damping)
     base = _run_config(args, opt)
-    layer = _resolve_layer(args, base)
+    number, layer = _resolve_layer(args, base)
     cfg = _run_config(
         args, opt, quality_layer=layer, quality_methods=methods, quality_every=args.quality_every
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    run = _single_run(args, cfg, f"{opt.name} + quality on {layer}")
+    run = _single_run(args, cfg, f"{opt.name} + quality on layer {number}")
     df = run.dataframe()
     df.to_csv(args.out / "metrics.csv", index=False)
     errors = [c for c in df.columns if c.startswith(("rel_error_", "spectrum_error_"))]
@@ -260,9 +284,10 @@ def cmd_quality(args) -> int:
     quality_report(
         df,
         args.out / "report.html",
-        title=f"Approximation quality on {layer} ({args.dataset}, {opt.name})",
+        title=f"Approximation quality on layer {number}, {layer} ({args.dataset}, {opt.name})",
         notes=[
-            f"Layer {layer}; Fisher minibatch of {opt.fisher_batch or 256} samples "
+            f"Layer {number} ({layer}; layers are numbered from 1 in forward order); "
+            f"Fisher minibatch of {opt.fisher_batch or 256} samples "
             f"({opt.fisher} Fisher); status: {run.status} — {run.message}"
         ],
     )
@@ -272,6 +297,7 @@ def cmd_quality(args) -> int:
             "command": "quality",
             "config": cfg.to_dict(),
             "layer": layer,
+            "layer_number": number,
             "status": run.status,
             "message": run.message,
             **_environment(),
@@ -292,24 +318,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", required=True, help=f"one of: {', '.join(OPTIMIZERS)}")
     p.add_argument("--lr", type=float, help="learning rate (default: per optimizer)")
     _common(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("compare", help="compare optimizers from the same initialisation")
     p.add_argument("--optimizers", required=True, help="comma-separated, e.g. adam,kfac,kpsvd")
     p.add_argument("--lrs", help="learning rates: 'kfac=0.1,adam=1e-3' or one number for all")
     p.add_argument("--dampings", help="dampings: 'kfac=1e-3,ekfac=1e-2' or one number for all")
     _common(p)
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=cmd_compare, parser=p)
 
     p = sub.add_parser("quality", help="approximation errors on one layer over training")
-    p.add_argument("--layer", required=True, help="linear layer name or 0-based index")
+    p.add_argument(
+        "--layer",
+        required=True,
+        help="linear layer: its number counted from 1 (1 = encoder.linear1) or its name",
+    )
     p.add_argument("--optimizer", default="kfac", help="optimizer that trains the model")
     p.add_argument("--lr", type=float, help="learning rate (default: per optimizer)")
     p.add_argument("--methods", default=",".join(METHODS), help="engine methods to evaluate")
     p.add_argument("--quality-every", type=int, default=10, help="errors every k steps")
     _common(p)
-    p.set_defaults(func=cmd_quality)
+    p.set_defaults(func=cmd_quality, parser=p)
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """``--out`` exists (created here) and accepts files, before any work is done."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        parser.error(
+            f"argument --out: cannot create or write the directory {out} "
+            f"({exc.strerror or _one_line(exc)}); choose a writable place"
+        )
+
+
+def _prepare_data(parser: argparse.ArgumentParser, args) -> None:
+    """Check ``--dataset``/``--data-path``/``--download`` and settle ``args.data_path``:
+    an explicit path, the files ``--download`` fetched, or MNIST/FACES downloaded earlier."""
+    spec = DATASET_SPECS.get(args.dataset)
+    if spec is None:
+        parser.error(
+            f"argument --dataset: unknown dataset {args.dataset!r}; "
+            f"valid names: {', '.join(DATASET_SPECS)}"
+        )
+    if args.data_path is not None:
+        if args.download:
+            parser.error("give either --data-path or --download, not both")
+        if not spec.accepts_path:
+            parser.error(f"--dataset {args.dataset} is built in and reads no --data-path")
+        if not Path(args.data_path).expanduser().exists():
+            parser.error(f"argument --data-path: {args.data_path} not found")
+    elif args.download and args.dataset not in SOURCES:
+        parser.error(
+            f"--dataset {args.dataset} is built in: nothing to --download "
+            f"(downloadable: {', '.join(SOURCES)})"
+        )
+    _check_out(parser, args.out)  # before a download or a run spends time
+    if args.data_path is not None:
+        return
+    if args.download:
+        args.data_path = str(_download(args))
+        return
+    if spec.needs_path:
+        cached = cached_dataset(args.dataset)
+        if cached is not None:
+            args.data_path = str(cached)
+            return
+        parser.error(
+            f"--dataset {args.dataset} needs its files: pass --data-path, or --download to "
+            f"fetch the originals once. {file_help(args.dataset)}"
+        )
+
+
+def _download(args) -> Path:
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        if name not in bars:
+            bars[name] = tqdm(
+                total=total, desc=name, unit="B", unit_scale=True, disable=args.no_progress
+            )
+        bars[name].update(done - bars[name].n)
+
+    try:
+        return download_dataset(args.dataset, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,10 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    sub = args.parser  # its errors name the subcommand
+    prog = sub.prog
     try:
+        _prepare_data(sub, args)
         return args.func(args)
-    except ValueError as err:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
+    except DownloadError as err:  # the network or the source, not the arguments
+        sub.exit(1, f"{prog}: error: {_one_line(err)}\n")
+    except ValueError as err:  # bad arguments, and data files that cannot be used
+        sub.exit(2, f"{prog}: error: {_one_line(err)}\n")
+    except OSError as err:  # e.g. the disk filled up while writing results
+        sub.exit(1, f"{prog}: error: {_one_line(err)}\n")
     return 1  # unreachable
 
 

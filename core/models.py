@@ -266,6 +266,10 @@ class LayerInfo:
     ``W`` has shape ``(dg, da)`` with ``da = in_features + 1`` when the layer has a bias (the
     bias is the last column); the layer's Fisher block is ``n_params × n_params`` with
     ``n_params = dg·da``, its KFAC factors are ``A`` (``da × da``) and ``G`` (``dg × dg``).
+
+    People see layers numbered from 1 in forward order (:attr:`number`: layer 1 is
+    ``encoder.linear1``, as the names count), in the app, the command line and reports;
+    ``index`` is the 0-based position for code that indexes lists.
     """
 
     index: int
@@ -292,16 +296,22 @@ class LayerInfo:
         return self.dg * self.da
 
     @property
+    def number(self) -> int:
+        """The layer's number as people see it: 1 for the first linear layer."""
+        return self.index + 1
+
+    @property
     def label(self) -> str:
-        """Short text for a UI list, e.g. ``"encoder.linear6: 25→6, W 6×26, 156 params"``."""
+        """Short text for a UI list, e.g.
+        ``"layer 6 · encoder.linear6: 25→6, W 6×26, 156 params"``."""
         return (
-            f"{self.name}: {self.in_features}→{self.out_features}, "
+            f"layer {self.number} · {self.name}: {self.in_features}→{self.out_features}, "
             f"W {self.dg}×{self.da}, {self.n_params:,} params"
         )
 
 
 def describe_layers(model: nn.Module) -> list[LayerInfo]:
-    """A :class:`LayerInfo` per linear layer, in forward order."""
+    """A :class:`LayerInfo` per linear layer, in forward order (numbered from 1)."""
     layers = _linear_layers_with_activation(model)
     loss = getattr(model, "loss", None)
     infos = []

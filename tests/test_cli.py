@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pandas as pd
 import pytest
@@ -77,10 +78,15 @@ def test_quality_writes_error_table_and_report(tmp_path):
         assert f"rel_error_{m}" in table and f"spectrum_error_{m}" in table
     assert (table.rel_error_kpsvd <= table.rel_error_kfac + 1e-9).all()
     assert "relative Frobenius error" in (out / "report.html").read_text()
-    # a layer may also be given by its index
-    args[args.index("encoder.linear2")] = "-1"
-    assert main([*args, "2", "--methods", "kfac", "--out", str(tmp_path / "q2")]) == 0
-    assert json.loads((tmp_path / "q2" / "config.json").read_text())["layer"] == "decoder.linear2"
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["layer"], cfg["layer_number"]) == ("encoder.linear2", 2)
+    assert "layer 2, encoder.linear2" in (out / "report.html").read_text()
+    # a layer may also be given by its number, counted from 1 as the names count
+    for number, name in (("4", "decoder.linear2"),):
+        args[args.index("--layer") + 1] = number
+        assert main([*args, "2", "--methods", "kfac", "--out", str(tmp_path / number)]) == 0
+        cfg = json.loads((tmp_path / number / "config.json").read_text())
+        assert (cfg["layer"], cfg["layer_number"]) == (name, int(number))
 
 
 @pytest.mark.parametrize(
@@ -91,14 +97,90 @@ def test_quality_writes_error_table_and_report(tmp_path):
         (["train", *TINY, "--optimizer", "kfac", "--lr", "-1", "--steps", "2"], "learning rate"),
         (["train", *TINY, "--optimizer", "kfac", "--damping", "0", "--steps", "2"], "damping"),
         (["quality", *TINY, "--layer", "enc.9", "--steps", "2"], "unknown layer 'enc.9'"),
+        (["quality", *TINY, "--layer", "0", "--steps", "2"], "1-4 or a name: 1 encoder.linear1"),
+        (["quality", *TINY, "--layer", "5", "--steps", "2"], "unknown layer '5'"),
+        (["train", *TINY, "--optimizer", "kfac", "--steps", "0"], "steps"),
+        (["train", *TINY, "--optimizer", "kfac", "--steps", "2", "--download"], "built in"),
+        (["train", *TINY, "--optimizer", "kfac", "--steps", "2", "--data-path", "."], "reads no"),
+        (["train", "--dataset", "mnist", "--optimizer", "kfac", "--steps", "2"], "--data-path"),
+        (
+            ["train", "--dataset", "faces", "--optimizer", "kfac", "--steps", "2"]
+            + ["--data-path", "/nonexistent/faces.mat"],
+            "argument --data-path: /nonexistent/faces.mat not found",
+        ),
+        (
+            ["train", "--dataset", "mnist", "--optimizer", "kfac", "--steps", "2"]
+            + ["--data-path", ".", "--download"],
+            "either --data-path or --download",
+        ),
         (["compare", *TINY, "--optimizers", "kfac,foo", "--steps", "2"], "unknown optimizer"),
     ],
 )
-def test_bad_usage_exits_2_with_a_message(tmp_path, capsys, argv, match):
+def test_bad_usage_exits_2_with_a_message(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))  # nothing downloaded
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # argparse's usage line, then one line of error
+    assert last.startswith("python -m core ") and ": error: " in last and match in last
+    assert "Traceback" not in err and "path=" not in err
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the network was used without --download")
+
+
+def test_unusable_out_and_data_files_are_one_line_errors(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    garbage = tmp_path / "mnist.npz"
+    garbage.write_bytes(b"not a zip")
+    base = ["train", *TINY, "--optimizer", "kfac", "--steps", "2"]
+    mnist = ["train", "--dataset", "mnist", "--optimizer", "kfac", "--steps", "2"]
+    for argv, match in [
+        ([*base, "--out", str(a_file / "sub")], "argument --out: cannot create"),
+        ([*base, "--out", "/proc/kronoscope/out"], "argument --out: cannot create"),
+        ([*mnist, "--data-path", str(garbage), "--out", str(tmp_path / "o")], "cannot be read"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("python -m core train: error: ") and match in last
+        assert "Traceback" not in err
+
+
+def test_download_flag_fetches_once_then_runs_offline(tmp_path, monkeypatch, capsys):
+    from tests.test_download import _curves_mat, _idx_gz, _Server
+
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    server = _Server()
+    try:
+        server.files["digs3pts_1.mat"] = _curves_mat()
+        server.files["train-images-idx3-ubyte.gz"] = _idx_gz(8)
+        server.files["t10k-images-idx3-ubyte.gz"] = _idx_gz(4)
+        monkeypatch.setenv("KRONOSCOPE_DOWNLOAD_BASE_URL", server.url)
+        small = ["--widths", "784-6-3", "--batch-size", "4", "--no-progress", "--steps", "2"]
+        for dataset in ("curves", "mnist"):
+            argv = ["train", "--dataset", dataset, "--optimizer", "adam", *small, "--download"]
+            assert main([*argv, "--out", str(tmp_path / dataset)]) == 0
+        assert len(server.requests) == 3
+    finally:
+        server.close()
+    cfg = json.loads((tmp_path / "curves" / "config.json").read_text())
+    assert cfg["config"]["data_path"].endswith("digs3pts_1.mat")
+    # later runs use the cache (hash checked) and never the network
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    argv = ["train", "--dataset", "mnist", "--optimizer", "adam", *small]
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 0
+    cached = tmp_path / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz"
+    cached.write_bytes(cached.read_bytes() + b"x")
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "changed")])
+    assert exc.value.code == 1 and "SHA-256" in capsys.readouterr().err
 
 
 def test_divergence_exit_code_and_files(tmp_path, capsys):

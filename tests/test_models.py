@@ -146,6 +146,10 @@ def test_describe_layers_counts_the_bias_column() -> None:
         assert info.n_params == module.weight.numel() + module.bias.numel()
     assert "6×26" in code.label and "156" in code.label
     assert [i.index for i in infos] == list(range(12))
+    # people count layers from 1, as the names do: layer 6 is encoder.linear6
+    assert [i.number for i in infos] == list(range(1, 13))
+    assert code.label.startswith("layer 6 · encoder.linear6:")
+    assert infos[6].name == "decoder.linear1" and infos[6].label.startswith("layer 7 · ")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,6 +86,22 @@ Curvature EMA (``ema`` = ρ, ``ema_mode``):
   ``ekfac`` the diagonal is the exact best one for F_ema in that basis. (Before ``ema_mode``
   existed, kpsvd/deflation/lanczos/kfac_corrected/ekfac used this mode and kfac/shampoo the
   factor EMA; bench/RESULTS-training.md keeps those numbers as the ablation.)
+* ``ema_mode="fisher"`` (the KPSVD family: ``kpsvd``, ``deflation``, ``lanczos``,
+  ``kfac_corrected``): the EMA of the Fisher itself, ``F_ema ← ρ F_ema + (1 − ρ) F_t`` (the
+  first capture initialises it), kept in rearranged low-rank form: K = (terms the method uses)
+  + ``EXTRA_TERMS`` (2) Kronecker terms, refreshed at every capture as the best rank-K
+  approximation of ``ρ ℛ(kept terms) + (1 − ρ) ℛ(F_t)`` by a Gram route over [kept terms |
+  new captures] (:mod:`core.fisher_ema`, with the math, the truncation-error bound and
+  sources). The preconditioner is the leading 1 (kpsvd) or 2 (deflation, lanczos) of those
+  terms: the best sums of Kronecker products of F_ema up to the truncation error, with no sign
+  alignment needed (a sum of outer products has no sign ambiguity). ``kfac_corrected``:
+  ``A_ema ⊗ G_ema`` (the factor EMA, which is exactly KFAC of F_ema seen as the Fisher of a
+  weighted sample set) plus the best Kronecker product of ``F_ema − A_ema ⊗ G_ema`` (from the
+  kept terms and the new capture, before truncation). ``kfac``, ``shampoo`` and ``ekfac`` keep
+  their "factors" state in this mode (one product; for kfac it is the KFAC of F_ema), ``exact``
+  its window. Cost per refresh and layer: O((K + m)³) for the (K + m)-sized Grams plus about
+  2K KFAC-sized products; the first term of the truncated average is nearly, not exactly, PSD
+  (its deviation is of the order of the truncation error; factored damping covers it).
 
 Engine options: the KPSVD family uses the engine's Gram route with a relative residual
 tolerance of 1e-6 (``APPROX_TOL``; the engine's float64 default, 1e-10, buys nothing against a
@@ -114,12 +130,15 @@ from torch import nn
 from .approx import EigenbasisDiagonal, KroneckerSum, SafeguardStats, approximate
 from .capture import FISHER_KINDS, capture
 from .fisher import LayerFisher
+from .fisher_ema import EXTRA_TERMS, FisherEMA
 from .kron import sym
+from .models import PRESETS
 
 __all__ = [
     "OPTIMIZERS",
     "NATURAL_OPTIMIZERS",
     "EMA_MODES",
+    "FISHER_EMA_METHODS",
     "OptimizerConfig",
     "default_lr",
     "default_damping",
@@ -144,10 +163,14 @@ OPTIMIZERS: tuple[str, ...] = (
 FIRST_ORDER: tuple[str, ...] = ("sgd", "adam")
 NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
 # Curvature averaging (see the module docstring): an EMA of each refresh's Kronecker factors
-# ("factors", the default) or an approximation of a truncated EMA of the Fisher ("window").
-EMA_MODES: tuple[str, ...] = ("factors", "window")
+# ("factors", the default), an approximation of a truncated EMA of the Fisher ("window"), or the
+# EMA of the Fisher itself kept in rearranged low-rank form ("fisher", core/fisher_ema.py).
+EMA_MODES: tuple[str, ...] = ("factors", "window", "fisher")
 # Methods that use the window whatever ema_mode says (the exact block is not a factored object).
 WINDOW_ONLY: tuple[str, ...] = ("exact",)
+# Methods with an ema_mode="fisher" state of their own; the single-product methods (kfac,
+# shampoo, ekfac) keep their factor EMA in that mode (for KFAC it is the KFAC of F_ema).
+FISHER_EMA_METHODS: tuple[str, ...] = ("kpsvd", "deflation", "lanczos", "kfac_corrected")
 # Kronecker terms per refresh in "factors" mode (ekfac: the KFAC factors A, G).
 FACTOR_TERMS = {
     "kfac": 1,
@@ -192,6 +215,12 @@ _DEFAULT_DAMPING = {
     "shampoo": 0.1,
     "exact": 0.1,
 }
+# Per-preset overrides of the two tables above, chosen so that no optimizer diverges with its
+# defaults on any preset (bench/train_bench.py --defaults-check → bench/RESULTS-training.md).
+_PRESET_LR: dict[str, dict[str, float]] = {
+    "curves": {"sgd": 1e-3, "adam": 3e-3},
+}
+_PRESET_DAMPING: dict[str, dict[str, float]] = {}
 
 
 class NonFiniteError(FloatingPointError):
@@ -204,15 +233,24 @@ def _check_name(name: str) -> str:
     return name
 
 
-def default_lr(name: str) -> float:
-    """A sensible learning rate per optimizer (tuned on curves-small, see the benchmark)."""
-    return _DEFAULT_LR[_check_name(name)]
+def _check_preset(preset: str | None) -> str | None:
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return preset
 
 
-def default_damping(name: str) -> float:
+def default_lr(name: str, preset: str | None = None) -> float:
+    """A sensible learning rate per optimizer (tuned on curves-small, see the benchmark), and
+    per model preset where that one diverges (``_PRESET_LR``; ``None``: curves-small's)."""
+    name = _check_name(name)
+    return _PRESET_LR.get(_check_preset(preset), {}).get(name, _DEFAULT_LR[name])
+
+
+def default_damping(name: str, preset: str | None = None) -> float:
     """The default damping λ per optimizer (tuned on curves-small; 0 for sgd and adam, which
-    do not use it)."""
-    return _DEFAULT_DAMPING[_check_name(name)]
+    do not use it), and per model preset where needed (``_PRESET_DAMPING``)."""
+    name = _check_name(name)
+    return _PRESET_DAMPING.get(_check_preset(preset), {}).get(name, _DEFAULT_DAMPING[name])
 
 
 def _finite(x: float) -> bool:
@@ -230,8 +268,10 @@ class OptimizerConfig:
     ``momentum`` ∈ [0, 1) (Adam's β₁). ``weight_decay`` ≥ 0. ``fisher_batch``: Fisher
     minibatch size (``None``: the training minibatch). ``fisher``: ``"true"`` (targets sampled
     from the model) or ``"empirical"`` (the data's targets). ``ema_mode``: ``"factors"`` (EMA
-    of each refresh's Kronecker factors, as KFAC; the default) or ``"window"`` (approximate a
-    truncated EMA of the Fisher); see the module docstring. ``exact`` uses the window in both.
+    of each refresh's Kronecker factors, as KFAC; the default), ``"window"`` (approximate a
+    truncated EMA of the Fisher) or ``"fisher"`` (the EMA of the Fisher in rearranged low-rank
+    form, for the KPSVD family; kfac, shampoo and ekfac keep their factor EMA there); see the
+    module docstring. ``exact`` uses the window in every mode.
     """
 
     name: str
@@ -430,12 +470,15 @@ class Preconditioner:
         # Curvature state: EMA'd Kronecker factors ("factors") or a weighted window of captures
         # ("window"; always for exact).
         self.ema_mode = "window" if self.method in WINDOW_ONLY else config.ema_mode
+        if self.ema_mode == "fisher" and self.method not in FISHER_EMA_METHODS:
+            self.ema_mode = "factors"
         self.windowed = self.ema_mode == "window"
         self.window_captures = window_captures
         self.window_samples = window_samples
         self.last_capture = None  # the latest CaptureResult (diagnostics, tests)
         self.factors: dict[str, _FactorEMA] = {}
         self.windows: dict[str, _Window] = {}
+        self.fisher_states: dict[str, FisherEMA] = {}
         self.inverses: dict[str, _LayerInverse] = {}
         self.curvature_updates = 0
         self.inverse_updates = 0
@@ -464,6 +507,13 @@ class Preconditioner:
                 if name not in self.windows:
                     self.windows[name] = _Window(rho, self.window_captures, self.window_samples)
                 self.windows[name].push(_Capture(a, g))
+                continue
+            if self.ema_mode == "fisher":
+                if name not in self.fisher_states:
+                    keep = FACTOR_TERMS[self.method] + EXTRA_TERMS
+                    centered = self.method == "kfac_corrected"
+                    self.fisher_states[name] = FisherEMA(keep, centered=centered)
+                self.fisher_states[name].fold(a, g, rho)
                 continue
             new = self.batch_terms(a, g)
             state = self.factors.get(name)
@@ -499,6 +549,8 @@ class Preconditioner:
 
         For ``exact`` this is the weighted sample set ``(ā, g)`` of the window.
         """
+        if self.ema_mode == "fisher":
+            return self._fisher_approximation(name)
         if not self.windowed:
             state = self.factors[name]
             if self.method == "ekfac":
@@ -513,8 +565,25 @@ class Preconditioner:
             return KroneckerSum(self.method, [zeros])
         return approximate(self.method, a, g, tol=APPROX_TOL)
 
+    def _fisher_approximation(self, name: str) -> KroneckerSum:
+        """ "fisher" mode: the leading terms of the layer's averaged Fisher (kfac_corrected:
+        A_ema ⊗ G_ema + the best product of the averaged residual), padded with zero terms."""
+        state = self.fisher_states[name]
+        n_terms = FACTOR_TERMS[self.method]
+        if self.method == "kfac_corrected":
+            terms = [state.kfac, *state.correction]
+        else:
+            terms = list(state.terms[:n_terms])
+        da, dg = state.dims
+        zero = (torch.zeros(da, da, dtype=torch.float64), torch.zeros(dg, dg, dtype=torch.float64))
+        terms += [zero] * (n_terms - len(terms))
+        info = {"ema_mode": "fisher", "kept_terms": state.keep, "truncation": state.truncation[-1]}
+        return KroneckerSum(self.method, terms, info=info)
+
     def update_inverses(self) -> None:
         names = list(self.windows) if self.windowed else list(self.factors)
+        if self.ema_mode == "fisher":
+            names = list(self.fisher_states)
         if not names:
             raise RuntimeError("update_inverses() before any update_curvature()")
         device = next(self.model.parameters()).device

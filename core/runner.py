@@ -44,7 +44,13 @@ from .capture import capture
 from .data import DATASET_SPECS, Dataset, load_dataset
 from .fisher import LayerFisher
 from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
-from .optim import NonFiniteError, OptimizerConfig, build_optimizer, default_lr
+from .optim import (
+    NonFiniteError,
+    OptimizerConfig,
+    build_optimizer,
+    default_damping,
+    default_lr,
+)
 
 __all__ = ["RunConfig", "TrainingRun", "run_comparison", "STATUSES", "resolve_device"]
 
@@ -74,7 +80,8 @@ def _positive_int(value, name: str) -> None:
 
 @dataclass
 class RunConfig:
-    """One training run. ``optimizer`` may be given as a name (then with its default lr).
+    """One training run. ``optimizer`` may be given as a name: then with the default lr and
+    damping of the model preset (:func:`core.optim.default_lr`, ``default_damping``).
 
     ``preset``: a :data:`core.models.PRESETS` name (``None``: the dataset's own preset);
     ``widths``: a custom encoder width list (overrides ``preset``). Exactly one of ``steps`` and
@@ -103,7 +110,12 @@ class RunConfig:
             )
         if isinstance(self.optimizer, str):
             name = self.optimizer.strip().lower().replace("-", "_")
-            self.optimizer = OptimizerConfig(name, lr=default_lr(name))
+            # the model preset's defaults (a custom width list gets curves-small's)
+            preset = None if self.widths is not None else self.model_preset
+            preset = preset if preset in PRESETS else None
+            self.optimizer = OptimizerConfig(
+                name, lr=default_lr(name, preset), damping=default_damping(name, preset)
+            )
         if not isinstance(self.optimizer, OptimizerConfig):
             raise ValueError(
                 f"optimizer must be an OptimizerConfig or a name, got {type(self.optimizer)}"

@@ -72,6 +72,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- the server under test --------------------------------------------------------------------
 
 
+def loadavg() -> float:
+    """The 1-minute load average: the machine is shared, so every result carries it."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -364,6 +369,7 @@ def scenario_report(name: str, n: int, mix: str, students: list[dict], probes: P
 def run_scenario(args, n: int, mix: str, log_dir: Path) -> dict:
     name = f"N={n} {mix}"
     print(f"-- {name}: starting", flush=True)
+    load = loadavg()
 
     async def drive(url: str, probes: Probes) -> list[dict]:
         with probes:
@@ -385,6 +391,7 @@ def run_scenario(args, n: int, mix: str, log_dir: Path) -> dict:
             report["cpu_s"] = tree_cpu_seconds(server.proc.pid) - cpu0
             report["vmhwm_mib"] = _status_kib(server.proc.pid, "VmHWM") / 1024
     report["wall_s"] = time.monotonic() - started
+    report["loadavg_start"] = load
     report["raw_students"] = [{k: v for k, v in s.items() if k != "_views"} for s in students]
     report["raw_health"] = probes.health
     report["raw_rss_kib"] = probes.rss_kib
@@ -407,6 +414,7 @@ def run_faults(args, log_dir: Path) -> dict:
     """A tab dropped mid-view and a client that never reads, then a fresh student."""
     print("-- faults: starting", flush=True)
     started = time.monotonic()
+    load = loadavg()
 
     async def drive(url: str, probes: Probes) -> dict:
         with probes:
@@ -452,6 +460,7 @@ def run_faults(args, log_dir: Path) -> dict:
             time.sleep(5.0)
             report["idle_cores_after"] = (tree_cpu_seconds(server.proc.pid) - idle0) / 5.0
     report["wall_s"] = time.monotonic() - started
+    report["loadavg_start"] = load
     report["raw_health"] = probes.health
     print(f"-- faults: done in {report['wall_s']:.0f} s", flush=True)
     return report
@@ -478,8 +487,8 @@ def markdown_table(reports: list[dict]) -> str:
     head = (
         "| scenario | views | first view p50 / p95 / max (s) | all views p50 / p95 / max (s) "
         "| health max (s) | health fails | views with error | dropped | no chart | timeouts "
-        "| peak RSS tree (MiB) | VmHWM server (MiB) | CPU (s) | wall (s) |\n"
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| peak RSS tree (MiB) | VmHWM server (MiB) | CPU (s) | wall (s) | load avg at start |\n"
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [head]
     for r in reports:
@@ -491,7 +500,8 @@ def markdown_table(reports: list[dict]) -> str:
             f"| {_fmt(r['health_max_s'], '.2f')} | {r['health_failures']}/{r['health_checks']} "
             f"| {r['with_errors']} | {r.get('dropped_sessions', r['dropped'])} "
             f"| {r['without_chart']} | {r['timeouts']} | {_fmt(r['peak_rss_mib'], '.0f')} "
-            f"| {_fmt(r['vmhwm_mib'], '.0f')} | {_fmt(r['cpu_s'])} | {r['wall_s']:.0f} |"
+            f"| {_fmt(r['vmhwm_mib'], '.0f')} | {_fmt(r['cpu_s'])} | {r['wall_s']:.0f} "
+            f"| {_fmt(r.get('loadavg_start'))} |"
         )
     return "\n".join(rows)
 
@@ -511,7 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", action="store_true", help="also run the fault scenario")
     p.add_argument("--slow-hold", type=float, default=30.0, help="slow reader holds (s)")
     p.add_argument("--json", default="", help="write raw results here")
+    p.add_argument("--from-json", default="", help="only print the table of saved results")
     args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(markdown_table(saved["scenarios"]))
+        return 0
     # A SIGTERM unwinds like an error, so every started server's process group is killed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 

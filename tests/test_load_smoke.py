@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from load_bench import Probes, Server, free_port  # noqa: E402
-from loadclient import StudentSession, disconnect_mid_view  # noqa: E402
+from load_bench import Probes, Server, free_port, student_queries  # noqa: E402
+from loadclient import StudentSession, _masked_binary_frame, disconnect_mid_view  # noqa: E402
+from websockets.frames import Frame, Opcode  # noqa: E402
+from websockets.streams import StreamReader  # noqa: E402
 
 STUDENTS = 5
 VIEW_TIMEOUT_S = 60.0
@@ -64,3 +66,29 @@ def test_five_students_and_a_dropped_tab(server):
     assert health["health_failures"] == 0, f"health unanswered within {HEALTH_LIMIT_S} s: {health}"
     assert health["health_max_s"] <= HEALTH_LIMIT_S, health
     assert server.proc.poll() is None, server.log_tail()  # the server survived the class
+
+
+@pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536, 70_001])
+def test_slow_reader_frame_parses_as_one_masked_binary_frame(n):
+    """The raw-socket client's frame, read back by the websockets library's own parser
+    (length encodings switch at 126 and 65536 bytes)."""
+    payload = bytes(i % 251 for i in range(n))
+    reader = StreamReader()
+    reader.feed_data(_masked_binary_frame(payload))
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=True)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    frame = done.value.value
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.BINARY, True, payload)
+
+
+def test_mixes():
+    teacher = student_queries(30, "teacher", "dataset=digits&seed=0")
+    assert teacher.count("dataset=digits&seed=0") == 20  # two thirds on the teacher's link
+    own = [q for q in teacher if q != "dataset=digits&seed=0"]
+    assert len(set(own)) == 10
+    different = student_queries(30, "different", "dataset=digits&seed=0")
+    assert len(set(different)) == 30 and "dataset=digits&seed=0" not in different
+    with pytest.raises(ValueError, match="mix 'all'"):
+        student_queries(3, "all", "")

@@ -8,11 +8,12 @@ import streamlit as st
 import torch
 
 from core.limits import torch_threads
-from pages import _shared as sh
+from pages import ui as sh
+from pages.ui.icon import page_icon
 
 sh.ensure_navigation()  # before anything else: see its docstring
 torch.set_num_threads(torch_threads())  # one intra-op thread per task: see core/limits.py
-st.set_page_config(page_title="Kronoscope", page_icon=":material/blur_on:", layout="wide")
+st.set_page_config(page_title="Kronoscope", page_icon=page_icon(), layout="wide")
 st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
 
 PAGES = [
@@ -32,6 +33,8 @@ PAGES = [
     st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
 ]
 page = st.navigation(PAGES)
+sh.compute.pool()  # start the worker processes with the server's first session
+sh.uploads()  # empties the upload folder left by an earlier server
 with st.sidebar:
     st.caption(f"Compute device: **{sh.device_label()}**")
     st.caption(sh.limits_caption())

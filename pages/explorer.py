@@ -13,13 +13,14 @@ from core.approx import METHODS
 from core.limits import check_layer_size
 from core.models import describe_layers
 from core.optim import OPTIMIZERS
-from pages import _shared as sh
+from pages import ui as sh
 
 sh.ensure_navigation()
 started = time.perf_counter()
 
 st.title("Fisher explorer")
 settings = sh.UrlSettings("explorer")
+sh.compute.start_view()  # this view's compute budget (see pages/ui/compute.py)
 
 # -- model -------------------------------------------------------------------------------
 data, ds, preset, seed = sh.model_and_data(settings, "Model")
@@ -79,19 +80,25 @@ with st.sidebar:
         format_func=lambda v: f"{v:g}",
     )  # fmt: skip
 
+settings.show_notices()
 info = next(i for i in describe_layers(choice.model) if i.name == layer)
-st.caption(
-    f"{data.name} · {preset} · {choice.description} · layer **{info.label}** · "
-    f"m = {m} · {fisher_kind} Fisher · training device: {sh.device_label()}, "
-    "Fisher numerics: CPU, float64"
-)
 with sh.friendly_errors("Layer size"):
     check_layer_size(info.n_params, f"layer {layer}")
 
-fisher_key = f"{choice.key}|{layer}|{fisher_kind}|m={m}"
-with sh.friendly_errors("Capturing the layer's gradients"), st.spinner("Capturing…"):
-    fisher = sh.layer_fisher(choice.key, layer, fisher_kind, int(m), int(seed), choice.model, ds)
+batch = sh.fisher_batch(ds, int(m), int(seed))
+m_used = batch.shape[0]
+fisher_key = f"{choice.key}|{layer}|{fisher_kind}|m={m_used}"
+with sh.friendly_errors("Capturing the layer's gradients"):
+    fisher = sh.compute.layer_fisher(
+        fisher_key, choice.model, batch, layer, ds.loss, fisher_kind, int(seed)
+    )
     explorer.check_fisher(fisher, layer)
+m_note = "" if m_used == m else f" (the dataset has {ds.n_train:,} training images)"
+st.caption(
+    f"{data.name} · {preset} · {choice.description} · {info.label} · "
+    f"m = {m_used}{m_note} · {fisher_kind} Fisher · training device: {sh.device_label()}, "
+    "Fisher numerics: CPU, float64, in the server's worker processes"
+)
 
 slow = settings.toggle(
     "Compute slow metrics (spectrum and natural gradient of 2-term sums on large layers)",
@@ -99,10 +106,10 @@ slow = settings.toggle(
     False,
 )
 results: dict[str, explorer.MethodResult] = {}
-with sh.friendly_errors("Approximating"):
-    for method in methods:
-        with st.spinner(f"{explorer.method_label(method)}…"):
-            results[method] = sh.method_result(fisher_key, method, float(damping), slow, fisher)
+for method in methods:
+    with sh.friendly_errors(f"Approximating ({explorer.method_label(method)})", stop=False):
+        results[method] = sh.compute.method_result(fisher_key, method, float(damping), slow, fisher)
+methods = [mt for mt in methods if mt in results]  # a failed method is a message, not a blank
 analysis = explorer.LayerAnalysis(fisher, results)
 
 # -- metrics -----------------------------------------------------------------------------
@@ -188,7 +195,11 @@ tabs = settings.tabs(
 # Only the open tab runs: each view computes and sends its own figures alone.
 with tabs["block"]:
     if tabs["block"].open is not False and show is not None:
-        view = sh.block_view(fisher_key, show, fisher, results[show].approx)
+        with sh.friendly_errors("Block view"):
+            view = sh.compute.block_view(
+                f"{fisher_key}|{show}|damping={damping!r}|slow={slow}",
+                show, fisher, results[show].approx,
+            )  # fmt: skip
         st.plotly_chart(
             figures.block_heatmaps(
                 view.exact,
@@ -222,7 +233,8 @@ with tabs["factors"]:
 
 with tabs["spectra"]:
     if tabs["spectra"].open is not False:
-        spec = explorer.spectra(analysis)
+        with sh.friendly_errors("Spectra"):
+            spec = sh.compute.spectra(f"{fisher_key}|damping={damping!r}|slow={slow}", analysis)
         n = fisher.da * fisher.dg
         note = (
             f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
@@ -235,7 +247,7 @@ with tabs["rank"]:
     if tabs["rank"].open is not False:
         max_rank = min(10, fisher.m)
         with sh.friendly_errors("Kronecker rank"):
-            curve = sh.rank_curve(fisher_key, max_rank, fisher)
+            curve = sh.compute.rank_curve(fisher_key, max_rank, fisher)
         rank = settings.slider(
             "Kronecker rank r", "rank", 2, min_value=1, max_value=max(curve.max_rank, 1)
         )
@@ -249,7 +261,8 @@ with tabs["rank"]:
             key="rank_curve",
         )
         ranked = curve.approximation(rank)
-        rview = sh.block_view(fisher_key, f"rank{rank}", fisher, ranked)
+        with sh.friendly_errors("Block view"):
+            rview = sh.compute.block_view(fisher_key, f"rank{rank}", fisher, ranked)
         st.plotly_chart(
             figures.block_heatmaps(
                 rview.exact,

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import _shared as sh
+from pages import ui as sh
 
 sh.ensure_navigation()
 

@@ -7,7 +7,7 @@ import streamlit as st
 from core import report
 from core.optim import OPTIMIZERS
 from core.runner import RunConfig, TrainingRun
-from pages import _shared as sh
+from pages import ui as sh
 
 sh.ensure_navigation()
 
@@ -54,48 +54,30 @@ with st.expander("Hyper-parameters", expanded=False):
         with column:
             hyper[name] = sh.optimizer_controls(settings, name)
 
-group = sh.session_group(PAGE)
-running = group is not None and not group.done
-start_col, stop_col, _ = st.columns([1, 1, 4])
-start = start_col.button("Start", type="primary", disabled=not chosen or running, key="race.start")
-stop_col.button("Stop", disabled=not running, key="race.stop", on_click=sh.stop_group, args=(PAGE,))
 
-if start:
-    with sh.friendly_errors("Starting the race"):
-        configs = [sh.optimizer_config(name, **hyper[name]) for name in chosen]
-        init = sh.initial_model(data.key, preset, seed, ds)
-        runs = [
-            TrainingRun(
-                RunConfig(
-                    dataset=data.name,
-                    optimizer=cfg,
-                    preset=preset,
-                    steps=int(steps),
-                    batch_size=int(batch),
-                    seed=seed,
-                    eval_every=int(eval_every),
-                    data_path=data.path,
-                ),
-                dataset=ds,
-                model=init,
-            )
-            for cfg in configs
-        ]
-        group = sh.start_group(
-            PAGE, runs, sequential=schedule == "sequential", label=", ".join(chosen)
+def make_runs() -> list[TrainingRun]:
+    configs = [sh.optimizer_config(name, **hyper[name]) for name in chosen]
+    init = sh.initial_model(data.key, preset, seed, ds)
+    return [
+        TrainingRun(
+            RunConfig(
+                dataset=data.name,
+                optimizer=cfg,
+                preset=preset,
+                steps=int(steps),
+                batch_size=int(batch),
+                seed=seed,
+                eval_every=int(eval_every),
+                data_path=data.path,
+            ),
+            dataset=ds,
+            model=init,
         )
-    settings.sync()
-    st.rerun()  # redraw the buttons for a running race
-
-settings.sync()
+        for cfg in configs
+    ]
 
 
-@st.fragment(run_every=1.0 if running else None)
-def live() -> None:
-    group = sh.session_group(PAGE)
-    if group is None:
-        st.info("Choose optimizers and press **Start**.")
-        return
+def draw(group) -> None:
     labels = sh.run_labels([run.config.optimizer for run in group.runs])
     sh.run_status_lines(group, labels)
     df = sh.group_frame(group, labels)
@@ -107,8 +89,16 @@ def live() -> None:
         st.download_button(
             "Results (CSV)", df.to_csv(index=False), "race.csv", "text/csv", key="race.csv"
         )
-    if running and group.done:
-        st.rerun()  # the race is over: redraw the page once without the timer
 
 
-live()
+settings.show_notices()
+settings.sync()
+sh.run_panel(
+    PAGE,
+    make_runs,
+    draw,
+    sequential=schedule == "sequential",
+    label=", ".join(chosen),
+    ready=bool(chosen),
+    idle="Choose optimizers and press **Start**.",
+)

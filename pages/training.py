@@ -10,7 +10,7 @@ from core.limits import check_layer_size
 from core.models import describe_layers
 from core.optim import OPTIMIZERS
 from core.runner import RunConfig, TrainingRun
-from pages import _shared as sh
+from pages import ui as sh
 
 sh.ensure_navigation()
 
@@ -49,46 +49,26 @@ methods = settings.multiselect(
 )
 info = next(i for i in describe_layers(init) if i.name == layer)
 
-group = sh.session_group(PAGE)
-running = group is not None and not group.done
-start_col, stop_col, _ = st.columns([1, 1, 4])
-start = start_col.button(
-    "Start", type="primary", disabled=not methods or running, key="training.start"
-)
-stop_col.button(
-    "Stop", disabled=not running, key="training.stop", on_click=sh.stop_group, args=(PAGE,)
-)
 
-if start:
-    with sh.friendly_errors("Starting the run"):
-        check_layer_size(info.n_params, f"layer {layer}")
-        config = RunConfig(
-            dataset=data.name,
-            optimizer=sh.optimizer_config(opt_name, fisher_batch=int(m), **hyper),
-            preset=preset,
-            steps=int(steps),
-            batch_size=int(batch),
-            seed=seed,
-            eval_every=int(every),
-            quality_layer=layer,
-            quality_methods=tuple(methods),
-            quality_every=int(every),
-            data_path=data.path,
-        )
-        run = TrainingRun(config, dataset=ds, model=init)
-        sh.start_group(PAGE, [run], sequential=True, label=f"{opt_name} on {layer}")
-    settings.sync()
-    st.rerun()
-
-settings.sync()
+def make_runs() -> list[TrainingRun]:
+    check_layer_size(info.n_params, f"layer {layer}")
+    config = RunConfig(
+        dataset=data.name,
+        optimizer=sh.optimizer_config(opt_name, fisher_batch=int(m), **hyper),
+        preset=preset,
+        steps=int(steps),
+        batch_size=int(batch),
+        seed=seed,
+        eval_every=int(every),
+        quality_layer=layer,
+        quality_methods=tuple(methods),
+        quality_every=int(every),
+        data_path=data.path,
+    )
+    return [TrainingRun(config, dataset=ds, model=init)]
 
 
-@st.fragment(run_every=1.0 if running else None)
-def live() -> None:
-    group = sh.session_group(PAGE)
-    if group is None:
-        st.info("Choose a layer and the approximations, then press **Start**.")
-        return
+def draw(group) -> None:
     run = group.runs[0]
     label = sh.OPTIMIZER_LABELS.get(run.config.optimizer.name, run.config.optimizer.name)
     sh.run_status_lines(group, [label])
@@ -103,8 +83,16 @@ def live() -> None:
             "Records (CSV)", df.to_csv(index=False), "approximation-over-training.csv",
             "text/csv", key="training.csv",
         )  # fmt: skip
-    if running and group.done:
-        st.rerun()
 
 
-live()
+settings.show_notices()
+settings.sync()
+sh.run_panel(
+    PAGE,
+    make_runs,
+    draw,
+    sequential=True,
+    label=f"{opt_name} on {layer}",
+    ready=bool(methods),
+    idle="Choose a layer and the approximations, then press **Start**.",
+)

@@ -1,4 +1,4 @@
-"""AppTest tests of every page, and unit tests of the server-wide run limits and registry.
+"""AppTest tests of every page (the run registry itself: tests/test_limits.py).
 
 Pages run through app.py's ``st.navigation`` exactly as in the server. Runs use tiny settings
 (a few steps of the DIGITS preset) passed through the URL, as a shared link would.
@@ -7,23 +7,13 @@ Pages run through app.py's ``st.navigation`` exactly as in the server. Runs use 
 from __future__ import annotations
 
 import json
-import threading
+import re
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
-
-from core.limits import (
-    LimitError,
-    RunGroup,
-    RunRegistry,
-    check_layer_size,
-    max_concurrent_runs,
-    max_layer_params,
-    torch_threads,
-)
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ("home", "explorer", "training", "race", "learn")
@@ -33,7 +23,7 @@ PAGES = ("home", "explorer", "training", "race", "learn")
 def _app_env(monkeypatch):
     # AppTest forgets, before every run, that app.py uses st.navigation and sees the pages/
     # folder as a legacy multipage app; a real server is in that state only until its first
-    # st.navigation call (pages._shared.ensure_navigation, tested in the browser test). Start
+    # st.navigation call (pages.ui.ensure_navigation, tested in the browser test). Start
     # every AppTest run in the server's steady state, so that widget events are not lost to
     # ensure_navigation's rerun.
     from streamlit.runtime.pages_manager import PagesManager
@@ -49,8 +39,12 @@ def _app_env(monkeypatch):
     monkeypatch.setenv("KRONOSCOPE_TORCH_THREADS", str(torch.get_num_threads()))
     monkeypatch.delenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", raising=False)
     monkeypatch.delenv("KRONOSCOPE_MAX_LAYER_PARAMS", raising=False)
+    monkeypatch.delenv("KRONOSCOPE_DATA_DIR", raising=False)
+    # numerics in this process: the worker processes are tested in test_workers.py and, in a
+    # real server, by test_load_smoke.py and test_browser.py
+    monkeypatch.setenv("KRONOSCOPE_WORKERS", "0")
     yield
-    from pages._shared import run_registry
+    from pages.ui import run_registry
 
     registry = run_registry()
     for sid in list(registry._groups):
@@ -67,8 +61,13 @@ def app(page: str, **params: str) -> AppTest:
     return at.run()
 
 
+def unescaped(text: str) -> str:
+    """Markdown text as a person reads it (the app backslash-escapes visitor text)."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [unescaped(e.value) for e in at.error]
 
 
 def assert_clean(at: AppTest) -> None:
@@ -87,7 +86,10 @@ def spec(chart) -> str:
 
 def wait_group(at: AppTest, page: str, timeout: float = 120):
     group = at.session_state[f"runs.{page}"]
-    group.join(timeout)
+    deadline = time.monotonic() + timeout
+    while not group.done and time.monotonic() < deadline:  # a queued group has no thread yet
+        group.join(0.1)
+        time.sleep(0.05)
     assert group.done, "the background runs did not finish in time"
     return group
 
@@ -178,22 +180,32 @@ def test_explorer_link_reproduces_the_view():
     assert list(at.dataframe[0].value["method"]) == ["KFAC", "EKFAC"]
 
 
-def test_explorer_ignores_malformed_url_values():
-    at = app("explorer", layer="no-such-layer", rank="many", m="7", methods="kfac,bogus")
+def test_explorer_reports_malformed_url_values():
+    at = app("explorer", layer="no-such-layer", rank="many", m="10000000", methods="kfac,bogus")
     assert_clean(at)
     assert at.selectbox(key="explorer.layer").value == "encoder.linear3"
     assert at.multiselect(key="explorer.methods").value == ["kfac"]
+    assert at.selectbox(key="explorer.m").value == 256
+    notices = " ".join(unescaped(w.value) for w in at.warning)
+    for name, given, used in [
+        ("layer", "no-such-layer", "encoder.linear3"),
+        ("m", "10000000", "256"),
+        ("methods", "kfac,bogus", "kfac"),
+    ]:
+        assert f"URL parameter {name}: the value {given} is not valid here; using {used}" in (
+            notices
+        ), notices
 
 
 def test_explorer_trains_before_exploring():
     at = app("explorer", model="trained", opt="adam", steps="4")
     assert_clean(at)
-    assert "trained 4 steps with adam" in at.caption[0].value
+    assert "trained 4 steps with Adam" in at.caption[0].value
     # Changing the method or the layer does not retrain: the run is cached.
     at.multiselect(key="explorer.methods").set_value(["kfac"]).run()
     at.selectbox(key="explorer.layer").set_value("decoder.linear1").run()
     assert_clean(at)
-    assert "trained 4 steps with adam" in at.caption[0].value
+    assert "trained 4 steps with Adam" in at.caption[0].value
 
 
 DIVERGING = {"lr.kfac": "10", "damping.kfac": "1e-08", "kl.kfac": "off"}
@@ -212,27 +224,14 @@ def test_explorer_zero_fisher_is_a_message():
     assert all("Traceback" not in e for e in errors(at))
 
 
-def test_explorer_missing_data_path_is_a_message(tmp_path):
-    at = app("explorer", dataset="mnist", path=str(tmp_path / "nowhere"))
-    assert not at.exception
-    assert any("not found" in e for e in errors(at)), errors(at)
-
-
-def test_explorer_malformed_file_is_a_message(tmp_path):
-    bad = tmp_path / "faces.npz"
-    bad.write_bytes(b"this is not a zip archive")
-    at = app("explorer", dataset="faces", path=str(bad))
-    assert not at.exception
-    assert errors(at), "a malformed file gets a message"
-
-
 def test_explorer_layer_size_limit(monkeypatch):
     monkeypatch.setenv("KRONOSCOPE_MAX_LAYER_PARAMS", "200")
     at = app("explorer")
     assert_clean(at)  # the default layer (136 weights) is within the limit
     at.selectbox(key="explorer.layer").set_value("encoder.linear2").run()
     assert not at.exception
-    assert any("KRONOSCOPE_MAX_LAYER_PARAMS" in e for e in errors(at))
+    assert any("above this server's limit of 200" in e for e in errors(at)), errors(at)
+    assert all("KRONOSCOPE" not in e for e in errors(at))
 
 
 def test_explorer_defers_slow_metrics_on_larger_layers():
@@ -283,13 +282,21 @@ def test_race_divergence_is_a_message():
     assert any("diverged" in w.value for w in at.warning), [w.value for w in at.warning]
 
 
-def test_race_concurrent_run_limit(monkeypatch):
+def test_race_waits_in_the_queue_when_the_server_is_full(monkeypatch):
     monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "1")
-    at = app("race", opts="sgd,adam", steps="5")
-    at.button(key="race.start").click().run()
-    assert not at.exception
-    assert any("KRONOSCOPE_MAX_CONCURRENT_RUNS" in e for e in errors(at)), errors(at)
-    assert "runs.race" not in at.session_state
+    first = app("race", opts="sgd", steps="20000")
+    first.button(key="race.start").click().run()
+    second = app("race", opts="adam", steps="5")
+    second.button(key="race.start").click().run()
+    assert_clean(second)
+    waiting = [i.value for i in second.info if "Waiting for a free training slot" in i.value]
+    assert waiting and "place 1 in the queue" in waiting[0], [i.value for i in second.info]
+    sidebar = " ".join(c.value for c in second.sidebar.caption)
+    assert "1 of 1 running, 1 waiting" in sidebar, sidebar
+    assert all("KRONOSCOPE" not in text for text in waiting + [sidebar])
+    first.button(key="race.stop").click().run()  # the slot frees: the queued race starts
+    group = wait_group(second, "race")
+    assert group.runs[0].status == "finished"
 
 
 def test_sessions_do_not_see_each_other_runs():
@@ -313,86 +320,3 @@ def test_training_page_tracks_errors():
     df = group.runs[0].dataframe()
     assert df["rel_error_kfac"].notna().sum() >= 2
     assert len(charts(at)) == 3
-
-
-# -- limits and registry (no Streamlit) --------------------------------------------------------
-
-
-class FakeRun:
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.status = "pending"
-        self.progress = 0.0
-        self._stop = threading.Event()
-        self.seconds = seconds
-
-    def run(self) -> None:
-        self.status = "running"
-        if self._stop.wait(self.seconds):
-            self.status = "stopped"
-        else:
-            self.status = "finished"
-        self.progress = 1.0
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("finished", "stopped")
-
-
-def test_env_limits(monkeypatch):
-    assert max_concurrent_runs() == 4 and max_layer_params() == 4_000_000
-    monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "2")
-    monkeypatch.setenv("KRONOSCOPE_MAX_LAYER_PARAMS", "1_000")
-    assert max_concurrent_runs() == 2 and max_layer_params() == 1000
-    check_layer_size(1000)
-    with pytest.raises(LimitError, match="KRONOSCOPE_MAX_LAYER_PARAMS"):
-        check_layer_size(1001)
-    monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "four")
-    with pytest.raises(ValueError, match="must be an integer"):
-        max_concurrent_runs()
-    monkeypatch.setenv("KRONOSCOPE_TORCH_THREADS", "0")
-    with pytest.raises(ValueError, match="≥ 1"):
-        torch_threads()
-
-
-def test_registry_enforces_the_limit():
-    registry = RunRegistry(limit=lambda: 2)
-    long = RunGroup([FakeRun(30), FakeRun(30)])
-    registry.start("a", long)
-    assert registry.active_slots() == 2
-    with pytest.raises(LimitError, match="2 of its 2"):
-        registry.start("b", RunGroup([FakeRun()]))
-    long.stop()
-    long.join(5)
-    registry.start("b", RunGroup([FakeRun(30)], sequential=True)).stop()
-
-
-def test_sequential_group_runs_one_after_another_and_stops():
-    runs = [FakeRun(30), FakeRun(30)]
-    group = RunGroup(runs, sequential=True)
-    assert group.slots == 1
-    group._start()
-    time.sleep(0.1)
-    assert [r.status for r in runs] == ["running", "pending"]
-    group.stop()
-    group.join(5)
-    assert group.done and [r.status for r in runs] == ["stopped", "pending"]
-
-
-def test_registry_stops_runs_of_gone_sessions():
-    alive = {"a": True, "b": True}
-    registry = RunRegistry(limit=lambda: 4, grace_s=10, check_every_s=60)
-    registry.set_session_check(lambda sid: alive[sid])
-    group_a = registry.start("a", RunGroup([FakeRun(30)]))
-    group_b = registry.start("b", RunGroup([FakeRun(30)]))
-    alive["a"] = False
-    assert registry.reap(now=1000.0) == []  # within the grace period
-    assert registry.reap(now=1011.0) == ["a"]
-    group_a.join(5)
-    assert group_a.runs[0].status == "stopped"
-    assert group_b.runs[0].status == "running"
-    assert registry.groups("a") == []
-    group_b.stop()
-    group_b.join(5)

@@ -166,7 +166,7 @@ def _plot_points(page, index: int) -> int:
 
 
 def test_every_page_renders(server, page):
-    # First request of a fresh server is a deep link (see pages._shared.ensure_navigation).
+    # First request of a fresh server is a deep link (see pages.ui.ensure_navigation).
     checks = {
         "learn": ("learn", "Why inverting a sum of Kronecker products needs care"),
         "home": ("", "A short guided tour"),

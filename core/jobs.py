@@ -1,0 +1,28 @@
+"""The explorer's units of work, as plain functions of picklable values.
+
+The web server runs these in worker processes (:mod:`core.workers`): arguments and results
+cross the process boundary by value, so each function takes everything it needs (the model,
+the batch) and returns a fresh object. Each is one step of :mod:`core.explorer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .explorer import capture_layer
+from .fisher import LayerFisher
+
+__all__ = ["layer_fisher"]
+
+
+def layer_fisher(
+    model: nn.Module, x: torch.Tensor, layer: str, loss: str, fisher: str, seed: int
+) -> LayerFisher:
+    """The exact Fisher block of ``layer`` on the batch ``x`` (held implicitly by its
+    per-sample ``ā_i``, ``g_i``, on the CPU); the true Fisher's targets are drawn with
+    ``seed`` and the empirical one uses ``x`` (autoencoders reconstruct their input)."""
+    device = next(model.parameters()).device
+    x = x.to(device)
+    captured = capture_layer(model, x, layer, loss=loss, fisher=fisher, targets=x, seed=seed)
+    return LayerFisher(captured.a.cpu(), captured.g.cpu())

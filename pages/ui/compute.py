@@ -1,0 +1,177 @@
+"""The explorer's heavy numerics, run in the server's worker processes.
+
+Every result is named by a key that covers every setting that affects it; :func:`compute`
+asks the server-wide :class:`core.workers.WorkerPool` for it, so identical work asked by many
+sessions is done once (in flight or cached) and none of it holds the server's GIL. While it
+waits, :func:`compute` redraws a one-line status every 0.25 s: each redraw is also where
+Streamlit interrupts a script whose session reran or closed, and the ``finally`` then releases
+the job, which cancels it when no other session waits for it.
+
+A view has a compute budget (:func:`view_budget_s`, a host setting): work past it stops with
+a message saying what was skipped and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import streamlit as st
+
+from core import explorer, jobs
+from core.limits import LimitError, torch_threads
+from core.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
+
+__all__ = [
+    "block_view",
+    "compute",
+    "layer_fisher",
+    "method_result",
+    "pool",
+    "rank_curve",
+    "spectra",
+    "start_view",
+    "view_budget_s",
+]
+
+WORKERS_ENV = "KRONOSCOPE_WORKERS"
+VIEW_BUDGET_ENV = "KRONOSCOPE_VIEW_BUDGET_S"
+DEFAULT_VIEW_BUDGET_S = 60.0
+_view = threading.local()  # the budget of the view this script thread is drawing
+
+
+def _env_number(name: str, default: float, minimum: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum:g}, got {raw}")
+    return value
+
+
+def view_budget_s() -> float:
+    """``KRONOSCOPE_VIEW_BUDGET_S`` (default 60): compute seconds one view may take."""
+    return _env_number(VIEW_BUDGET_ENV, DEFAULT_VIEW_BUDGET_S, 1.0)
+
+
+def worker_count() -> int:
+    """``KRONOSCOPE_WORKERS`` (default: the machine's cores): worker processes for the
+    numerics; 0 computes in the server's threads (no budget enforcement, tests only)."""
+    return int(_env_number(WORKERS_ENV, float(os.cpu_count() or 1), 0.0))
+
+
+@st.cache_resource(show_spinner=False)
+def pool() -> WorkerPool:
+    """The server's one worker pool (started with the first session)."""
+    return WorkerPool(worker_count(), torch_threads=torch_threads())
+
+
+def start_view() -> float:
+    """Start the compute budget of this script run's view (call at the top of the page);
+    every :func:`compute` after it shares the budget. Returns the budget in seconds."""
+    _view.seconds = view_budget_s()
+    _view.deadline = time.monotonic() + _view.seconds
+    return _view.seconds
+
+
+class BudgetError(LimitError):
+    """A view's work ran past the server's compute budget."""
+
+
+def _budget_message(what: str, seconds: float, how: str) -> str:
+    return (
+        f"{what} was stopped after {seconds:g} s, this server's compute budget per view, and "
+        f"is not shown. To get it: {how}, or ask the host to raise the compute budget per view."
+    )
+
+
+def compute(
+    key: str, fn: Callable[..., Any], *args: Any, what: str, how: str = "choose a smaller layer"
+) -> Any:
+    """``fn(*args)`` from the worker pool, named ``key``; waits with a status line.
+
+    ``what`` names the work for the student (``"KPSVD"``); ``how`` says how to get it when it
+    is over budget. Raises the job's own error, or :class:`BudgetError`.
+    """
+    deadline = getattr(_view, "deadline", None)
+    seconds = getattr(_view, "seconds", view_budget_s())
+    left = seconds if deadline is None else deadline - time.monotonic()
+    if left <= 0:
+        raise BudgetError(_budget_message(what, seconds, how))
+    workers = pool()
+    job = workers.acquire(key, fn, *args, budget_s=max(left, 1.0))
+    status = None
+    t0 = time.monotonic()
+    try:
+        while not job.wait(0.25):
+            waited = time.monotonic() - t0
+            if status is None:
+                status = st.empty()
+            where = "waiting for a free worker" if job.state == "queued" else "computing"
+            status.caption(f"{what}: {where}… {waited:.0f} s")
+            if deadline is not None and time.monotonic() > deadline:
+                raise BudgetError(_budget_message(what, seconds, how))
+        try:
+            return job.result()
+        except BudgetExceeded:
+            raise BudgetError(_budget_message(what, seconds, how)) from None
+        except JobCancelled:
+            raise LimitError(f"{what} was cancelled; reload the page to compute it.") from None
+        except WorkerDied:
+            raise LimitError(
+                f"{what}: the worker computing it stopped unexpectedly (perhaps out of memory). "
+                "Nothing else was affected; choose a smaller layer or m, or reload to retry."
+            ) from None
+    finally:
+        workers.release(job)
+        if status is not None:
+            status.empty()
+
+
+# -- the explorer's results, by key ----------------------------------------------------------
+
+
+def layer_fisher(key: str, model, x, layer: str, loss: str, kind: str, seed: int):
+    return compute(
+        key, jobs.layer_fisher, model, x, layer, loss, kind, seed,
+        what="Capturing the layer's gradients", how="choose a smaller m or layer",
+    )  # fmt: skip
+
+
+def method_result(fisher_key: str, method: str, damping: float, slow: bool, fisher):
+    return compute(
+        f"{fisher_key}|method={method}|damping={damping!r}|slow={slow}",
+        partial(explorer.analyse_method, damping=damping, compute_slow=slow), fisher, method,
+        what=explorer.method_label(method),
+        how="switch off the slow metrics, or run `python -m core quality` on your own machine",
+    )  # fmt: skip
+
+
+def rank_curve(fisher_key: str, max_rank: int, fisher):
+    return compute(
+        f"{fisher_key}|rank_curve={max_rank}", explorer.rank_curve, fisher, max_rank,
+        what="The Kronecker-rank curve",
+    )  # fmt: skip
+
+
+def block_view(fisher_key: str, view_key: str, fisher, approx):
+    return compute(
+        f"{fisher_key}|block={view_key}", explorer.block_view, fisher, approx,
+        what="The block heatmaps",
+    )  # fmt: skip
+
+
+def spectra(fisher_key: str, analysis):
+    methods = ",".join(sorted(analysis.results))
+    return compute(
+        f"{fisher_key}|spectra={methods}", explorer.spectra, analysis,
+        what="The spectra", how="show fewer methods",
+    )  # fmt: skip

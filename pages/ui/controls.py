@@ -1,0 +1,107 @@
+"""The sidebar's shared controls: dataset, preset and seed, and an optimizer's settings."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.data import Dataset
+from core.models import PRESETS
+from core.optim import default_damping, default_lr
+
+from .data import DataChoice, data_controls, dataset, presets_for
+from .errors import friendly_errors
+from .runs import OPTIMIZER_LABELS
+from .urlstate import UrlSettings
+
+__all__ = ["device_label", "model_and_data", "model_controls", "optimizer_controls"]
+
+
+def device_label() -> str:
+    """The device training runs use."""
+    import torch
+
+    from core.runner import resolve_device
+
+    device = resolve_device(None)
+    if device.type == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name(device)})"
+    return "CPU (no CUDA GPU found)"
+
+
+def optimizer_controls(settings: UrlSettings, name: str) -> dict:
+    """Hyper-parameter inputs of one optimizer (URL keys ``<setting>.<optimizer>``)."""
+    label = OPTIMIZER_LABELS.get(name, name)
+    out: dict = {
+        "lr": settings.number(
+            f"{label}: learning rate",
+            f"lr.{name}",
+            float(default_lr(name)),
+            min_value=1e-6,
+            max_value=10.0,
+            format="%g",
+        )
+    }
+    if name in ("sgd", "adam"):
+        out["momentum"] = settings.number(
+            f"{label}: momentum" + (" (β₁)" if name == "adam" else ""),
+            f"momentum.{name}",
+            0.9,
+            min_value=0.0,
+            max_value=0.999,
+            format="%g",
+        )
+        return out
+    out["damping"] = settings.number(
+        f"{label}: damping λ",
+        f"damping.{name}",
+        float(default_damping(name)),
+        min_value=1e-10,
+        max_value=10.0,
+        format="%g",
+    )
+    out["t_cov"] = settings.number(
+        f"{label}: T_cov (steps)", f"tcov.{name}", 10, min_value=1, max_value=1000
+    )
+    out["t_inv"] = settings.number(
+        f"{label}: T_inv (steps)", f"tinv.{name}", 10, min_value=1, max_value=1000
+    )
+    kl = settings.select(
+        f"{label}: KL clip",
+        [1e-3, 1e-2, 1e-1, "off"],
+        f"kl.{name}",
+        1e-2,
+        format_func=lambda v: "off" if v == "off" else f"{v:g}",
+    )
+    out["kl_clip"] = None if kl == "off" else kl
+    return out
+
+
+def model_and_data(
+    settings: UrlSettings, header: str = "Model and data"
+) -> tuple[DataChoice, Dataset, str, int]:
+    """The sidebar's dataset, preset and seed controls, and the loaded dataset.
+
+    A dataset that cannot be loaded stops the page with a clear message.
+    """
+    with st.sidebar:
+        st.header(header)
+        data = data_controls(settings)
+    with friendly_errors("Loading the dataset"):
+        ds = dataset(data.name, data.key, data.path, data.shown_as)
+    with st.sidebar:
+        preset, seed = model_controls(settings, data)
+    return data, ds, preset, seed
+
+
+def model_controls(settings: UrlSettings, data: DataChoice) -> tuple[str, int]:
+    """Preset and seed selects (in the current container)."""
+    presets = presets_for(data.name)
+    preset = settings.select(
+        "Model preset",
+        presets,
+        "preset",
+        presets[0] if presets else None,
+        format_func=lambda p: f"{p} ({'-'.join(map(str, PRESETS[p].widths))}, mirrored)",
+    )
+    seed = settings.number("Seed", "seed", 0, min_value=0, max_value=99_999)
+    return preset, int(seed)

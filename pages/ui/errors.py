@@ -1,0 +1,52 @@
+"""How failures and visitor-controlled text reach the page.
+
+Two rules: a failure is a message, never a traceback; and text a visitor controls (URL values,
+file names, anything read from a file, error messages that may quote them) is never rendered
+as Markdown or HTML. Streamlit renders the body of ``st.error``/``st.info`` as Markdown, so
+such text goes through :func:`plain`, which backslash-escapes every ASCII punctuation
+character (CommonMark allows escaping any of them): links, images, emphasis, math and
+autolinks then show as the literal characters.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+
+from core.data import DatasetError
+from core.limits import LimitError
+from core.validation import DenseTooLargeError
+
+__all__ = ["EXPECTED_ERRORS", "friendly_errors", "plain"]
+
+EXPECTED_ERRORS = (DatasetError, LimitError, DenseTooLargeError, ValueError, OSError)
+MAX_MESSAGE_CHARS = 600  # a message is a sentence or two; more is someone's data
+_ESCAPES = {ord(c): "\\" + c for c in string.punctuation}
+
+
+def plain(text: object, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` made safe to show inside Markdown: bounded, one line, every punctuation
+    character escaped, control characters replaced."""
+    s = "".join(c if c.isprintable() else " " for c in str(text))
+    if len(s) > max_chars:
+        s = s[: max_chars - 1] + "…"
+    return s.translate(_ESCAPES)
+
+
+@contextmanager
+def friendly_errors(action: str, *, stop: bool = True) -> Iterator[None]:
+    """Show a failure as a message on the page, never as a traceback. ``action`` is the app's
+    own text; the error's message is shown as plain text."""
+    try:
+        yield
+    except EXPECTED_ERRORS as err:
+        st.error(f"**{action}:** {plain(err)}")
+        if stop:
+            st.stop()
+    except Exception as err:  # unexpected: still no traceback on the page
+        st.error(f"**{action}** failed unexpectedly: {type(err).__name__}: {plain(err)}")
+        if stop:
+            st.stop()

@@ -1,0 +1,197 @@
+"""Background training runs of the sessions: the server's registry, and one run panel.
+
+Every start goes through the server-wide :class:`core.limits.RunRegistry`: a group that does
+not fit waits in its queue, and the panel shows the student's place and starts drawing when
+the run begins. The sidebar's count and what a session is told come from the same registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from core.limits import RunGroup, RunRegistry, max_concurrent_runs
+from core.optim import OPTIMIZERS, OptimizerConfig, default_damping
+from core.runner import TrainingRun
+
+from .errors import friendly_errors, plain
+from .session import session_alive, session_id
+
+__all__ = [
+    "OPTIMIZER_LABELS",
+    "group_frame",
+    "limits_caption",
+    "eta_text",
+    "optimizer_config",
+    "run_labels",
+    "run_panel",
+    "run_registry",
+    "run_status_lines",
+    "session_group",
+]
+
+
+def _labels() -> dict[str, str]:
+    from core.explorer import method_label
+
+    base = {"sgd": "SGD", "adam": "Adam", "exact": "Exact block Fisher"}
+    return {m: base.get(m) or method_label(m) for m in OPTIMIZERS}
+
+
+OPTIMIZER_LABELS = _labels()
+
+
+@st.cache_resource
+def run_registry() -> RunRegistry:
+    """The server-wide registry of training runs: slots, per-session quota, queue."""
+    registry = RunRegistry()
+    registry.set_session_check(session_alive)
+    return registry
+
+
+def optimizer_config(name: str, lr: float, damping: float | None = None, **kw) -> OptimizerConfig:
+    """The one place where the app's settings become an optimizer configuration."""
+    if damping is None:
+        damping = default_damping(name)
+    return OptimizerConfig(name, lr=lr, damping=damping, **kw)
+
+
+def session_group(page: str) -> RunGroup | None:
+    return st.session_state.get(f"runs.{page}")
+
+
+def _start_group(page: str, runs: list[TrainingRun], *, sequential: bool, label: str) -> None:
+    old = session_group(page)
+    if old is not None and not old.done:
+        run_registry().cancel(old)
+    group = RunGroup(runs, sequential=sequential, label=label)
+    run_registry().start(session_id(), group)
+    st.session_state[f"runs.{page}"] = group
+
+
+def _stop_group(page: str) -> None:
+    """Button callback (runs before the next script run, so a click is never lost)."""
+    group = session_group(page)
+    if group is not None:
+        run_registry().cancel(group)
+
+
+def group_frame(group: RunGroup, labels: Sequence[str]) -> pd.DataFrame:
+    """All records of a group in one frame, a ``label`` column naming each run."""
+    frames = []
+    for run, label in zip(group.runs, labels, strict=True):
+        df = run.dataframe()
+        if len(df):
+            df.insert(0, "label", label)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_labels(configs: Sequence[OptimizerConfig]) -> list[str]:
+    names = [c.name for c in configs]
+    labels = []
+    for c in configs:
+        label = OPTIMIZER_LABELS.get(c.name, c.name)
+        if names.count(c.name) > 1:
+            label += f" (lr={c.lr:g})"
+        labels.append(label)
+    return labels
+
+
+def limits_caption() -> str:
+    """The sidebar's line: slots busy, runs waiting, the per-student quota."""
+    try:
+        registry = run_registry()
+        busy, limit, waiting = registry.active_slots(), max_concurrent_runs(), 0
+        waiting = registry.queued_count()
+        quota = registry.quota
+    except ValueError:
+        return "Training limits are misconfigured on this server; ask the host."
+    if limit == 0:
+        return "Training is switched off on this server."
+    queue = f", {waiting} waiting" if waiting else ""
+    return (
+        f"Training runs on this server: {busy} of {limit} running{queue}; "
+        f"at most {quota} at once per visitor"
+    )
+
+
+def eta_text(run) -> str:
+    """ " · about N s left", from the progress this session has watched the run make (the
+    first sighting is remembered in the session, so a reload starts the estimate afresh)."""
+    import time
+
+    seen = st.session_state.setdefault("runs.first_seen", {})
+    now, progress = time.monotonic(), float(run.progress)
+    t0, p0 = seen.setdefault(id(run), (now, progress))
+    if progress >= 1.0 or progress - p0 < 0.01 or now - t0 < 1.0:
+        return ""
+    left = (now - t0) * (1.0 - progress) / (progress - p0)
+    return f" · about {left:.0f} s left" if left >= 1 else ""
+
+
+def run_status_lines(group: RunGroup, labels: Sequence[str]) -> None:
+    """The queue place while waiting; then a progress bar per run, and any divergence or
+    failure as a message."""
+    if group.queued:
+        place = run_registry().position(group)
+        st.info(
+            f"Waiting for a free training slot: place {place or '…'} in the queue. The run "
+            "starts by itself when a slot frees; keep this tab open."
+        )
+        return
+    if group.state == "cancelled":
+        st.info("Stopped before it started.")
+        return
+    for run, label in zip(group.runs, labels, strict=True):
+        done = f"{run.progress:.0%}"
+        eta = eta_text(run) if run.status == "running" else ""
+        st.progress(min(max(run.progress, 0.0), 1.0), text=f"{label}: {run.status} ({done}){eta}")
+        if run.status == "diverged":
+            st.warning(f"**{label} diverged:** {plain(run.message)}")
+        elif run.status == "failed":
+            st.error(f"**{label} failed:** {plain(run.message)}")
+
+
+def run_panel(
+    page: str,
+    make_runs: Callable[[], list[TrainingRun]],
+    draw: Callable[[RunGroup], None],
+    *,
+    sequential: bool,
+    label: str,
+    ready: bool = True,
+    idle: str,
+) -> None:
+    """Start and Stop buttons, the runs' status, and ``draw(group)`` live every second.
+
+    ``make_runs`` builds the runs when Start is pressed (its errors become messages);
+    ``idle``: the hint shown before any run.
+    """
+    group = session_group(page)
+    running = group is not None and not group.done
+    start_col, stop_col, _ = st.columns([1, 1, 4])
+    start = start_col.button(
+        "Start", type="primary", disabled=not ready or running, key=f"{page}.start"
+    )
+    stop_col.button(
+        "Stop", disabled=not running, key=f"{page}.stop", on_click=_stop_group, args=(page,)
+    )
+    if start:
+        with friendly_errors("Starting"):
+            _start_group(page, make_runs(), sequential=sequential, label=label)
+        st.rerun()  # redraw the buttons for a running group
+
+    @st.fragment(run_every=1.0 if running else None)
+    def live() -> None:
+        group = session_group(page)
+        if group is None:
+            st.info(idle)
+            return
+        draw(group)
+        if running and group.done:
+            st.rerun()  # over: redraw the page once without the timer
+
+    live()

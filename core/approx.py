@@ -273,9 +273,12 @@ class KroneckerSum(Approximation):
             x = u @ ((u.T @ vec(v).to(torch.float64)) / (lam.clamp_min(0.0) + damping))
             return x.reshape(self.da, self.dg).T.to(v.dtype)
         # Large: MINRES (valid for indefinite systems), preconditioned by the first term's
-        # exact damped inverse, which is symmetric positive definite.
+        # exact damped inverse. MINRES needs that preconditioner positive definite, which it is
+        # in exact arithmetic: the first term is KFAC's A ⊗ G or the nearest Kronecker product
+        # of the PSD F, whose factors are PSD. Their computed eigenvalues can dip below zero by
+        # round-off; clamping them at 0 keeps every λ_R λ_S + λ ≥ λ > 0.
         r1, s1 = self.terms[0]
-        first64 = KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64))
+        first64 = _psd_part(KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64)))
         da, dg = self.da, self.dg
 
         def precondition(x: np.ndarray) -> np.ndarray:
@@ -288,6 +291,12 @@ class KroneckerSum(Approximation):
         x, status = sla.minres(op, rhs, M=pre, rtol=1e-10, maxiter=500)
         self.info["minres_status"] = int(status)
         return torch.from_numpy(x).reshape(da, dg).T.to(v.device, v.dtype)
+
+
+def _psd_part(eig: KronEig) -> KronEig:
+    """R ⊗ S with both factors' eigenvalues clamped at 0 (for factors that are PSD in exact
+    arithmetic, this removes only round-off)."""
+    return KronEig(eig.u_r, eig.lam_r.clamp_min(0.0), eig.u_s, eig.lam_s.clamp_min(0.0))
 
 
 @dataclass(eq=False)

@@ -283,16 +283,20 @@ def _orthonormal_block(
     eigendecomposition of x_⊥ᵀ K x_⊥ (twice). K-norms computed as xᵀKx carry round-off of
     order √ε relative to the vectors' scale, so directions of x_⊥ whose K-norm is below
     1e-7 · ``scale`` are dropped as round-off; a block that leaves nothing means span(Z) is
-    invariant.
+    invariant. The second within-block pass acts on vectors that the first made K-orthonormal,
+    so its threshold is 1e-7 relative to 1, not to ``scale``: an absolute threshold of
+    1e-7 · ``scale`` there drops every unit vector as soon as ``scale`` (θ₁ = σ₁², the data's
+    units to the fourth power) exceeds 1e7, and the iteration would stop after one step with
+    wrong triplets reported as converged.
     """
     if z.shape[1]:
         for _ in range(2):
             x = x - z @ (kz.T @ x)  # ⟨z_i, x_j⟩_K = (K z_i)ᵀ x_j
     kx = metric(x)
     coeff = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    for _ in range(2):
+    for size in (scale, 1.0):
         lam, vecs = torch.linalg.eigh(sym(x.T @ kx))
-        keep = lam > (1e-7 * scale) ** 2
+        keep = lam > (1e-7 * size) ** 2
         lam, vecs = lam[keep], vecs[:, keep]
         rescale = vecs / lam.sqrt()
         x, kx = x @ rescale, kx @ rescale

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 import core.approx as approx_module
 import core.fisher as fisher_module
 from core.approx import KPSVD_FAMILY, METHODS, approximate
 from core.fisher import LayerFisher, exact_fisher
-from core.kron import KronEig, factored_damping, rearrange, unvec, vec
+from core.kron import KronEig, rearrange, unvec, vec
 
 
 @pytest.fixture(autouse=True)
@@ -195,14 +199,24 @@ def test_exact_damped_solve_of_single_products(layer, method):
     assert rel(vec(ap.solve(v, 0.05)), dense) < 1e-10
 
 
+def factored_first_term(r: torch.Tensor, s: torch.Tensor, damping: float) -> torch.Tensor:
+    """Dense ``(R + π√λ I) ⊗ (S + √λ/π I)``, ``π² = (tr R / da) / (tr S / dg)``, written out
+    from Martens & Grosse (2015, §6.3) without core.kron's helpers (they are under test)."""
+    da, dg = r.shape[0], s.shape[0]
+    pi = math.sqrt((float(torch.trace(r)) / da) / (float(torch.trace(s)) / dg))
+    root = math.sqrt(damping)
+    return torch.kron(r + pi * root * torch.eye(da), s + root / pi * torch.eye(dg))
+
+
 @pytest.mark.parametrize("method", ["kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected"])
 def test_factored_damped_solve_matches_dense(layer, method):
     a, g, _, _ = layer
     ap = approximate(method, a, g, psd_floor=1e-9)
     damping = 0.5  # large enough that the damped sum stays positive definite here
     (r1, s1), *rest = ap.terms
-    r1d, s1d = factored_damping(r1, s1, damping)
-    damped = torch.kron(r1d, s1d) + sum((torch.kron(r, s) for r, s in rest), torch.zeros(1))
+    damped = factored_first_term(r1, s1, damping) + sum(
+        (torch.kron(r, s) for r, s in rest), torch.zeros(1)
+    )
     assert float(torch.linalg.eigvalsh(damped)[0]) > 0
     v = torch.randn(DG, DA)
     dense = torch.linalg.solve(damped, vec(v))
@@ -221,10 +235,10 @@ def test_safeguard_engages_on_an_indefinite_sum_and_counts_it():
     assert ap.safeguard.inverses == 1
     # Without the floor the congruent diagonal 1 + μν has entries below 0.1 here.
     (r1, s1), (r2, s2) = ap.terms
-    r1d, s1d = factored_damping(r1, s1, 1e-6)
-    mu = torch.linalg.eigvals(torch.linalg.solve(r1d, r2)).real
-    nu = torch.linalg.eigvals(torch.linalg.solve(s1d, s2)).real
-    expected = int(((1 + torch.outer(nu, mu)) < 0.1).sum())
+    kappa = scipy.linalg.eigh(
+        torch.kron(r2, s2).numpy(), factored_first_term(r1, s1, 1e-6).numpy(), eigvals_only=True
+    )  # the products μ_i ν_p of the two generalized eigenproblems
+    expected = int((1 + kappa < 0.1).sum())
     assert expected > 0
     assert ap.safeguard.entries_raised == expected
     assert ap.safeguard.engaged == 1
@@ -300,3 +314,74 @@ def test_a_sum_is_eigendecomposed_once_for_spectrum_and_solve():
     assert torch.allclose(lam, lam_d.flip(0), atol=1e-12 * float(lam_d.abs().max()))
     oracle = u @ ((u.T @ vec(v)) / (lam_d.clamp_min(0) + 0.01))
     assert rel(vec(x), oracle) < 1e-10
+
+
+def test_factored_solve_applies_the_floor_it_counts():
+    """With K₁ the factored-damped first term and K₂ = R₂⊗S₂, the pencil (K₂, K₁) has
+    Wᵀ K₁ W = I, Wᵀ K₂ W = diag(κ) (κ = μ_i ν_p), so the floored inverse is
+    W diag(1 / max(1 + κ, floor)) Wᵀ: positive definite, whatever the sign of 1 + κ."""
+    a, g = batch(8, 4, 3, seed=3)
+    ap = approximate("deflation", a, g)  # psd_floor 0.1
+    damping = 1e-6
+    (r1, s1), (r2, s2) = ap.terms
+    k1 = factored_first_term(r1, s1, damping).numpy()
+    kappa, w = scipy.linalg.eigh(torch.kron(r2, s2).numpy(), k1)
+    assert float((1 + kappa).min()) < 0  # without the floor the inverse would be indefinite
+    oracle = torch.from_numpy((w / np.maximum(1 + kappa, 0.1)) @ w.T)
+    gen = torch.Generator().manual_seed(0)
+    for v in [torch.randn(3, 4, generator=gen) for _ in range(3)]:
+        assert rel(vec(ap.solve(v, damping, mode="factored")), oracle @ vec(v)) < 1e-8
+    # Along the most negative generalized direction, ⟨v, (F̃ + λ)⁻¹ v⟩ stays positive.
+    worst = unvec(torch.from_numpy(k1 @ w[:, int(np.argmin(kappa))]), 3, 4)
+    assert float((worst * ap.solve(worst, damping, mode="factored")).sum()) > 0
+    assert ap.safeguard.entries_raised == int((1 + kappa < 0.1).sum()) > 0
+
+
+@pytest.mark.parametrize("method", KPSVD_FAMILY)
+@pytest.mark.parametrize("scale", [1e-3, 1e2, 1e3])
+def test_kpsvd_family_is_scale_equivariant(layer, method, scale):
+    """F(c·ā, g) = c² F(ā, g), so every term scales by c² and the error does not change.
+    Regression (issue 9): the Gram route's block orthonormalisation used an absolute
+    threshold, and for σ₁ > ~3e3 (a trained layer's Fisher) stopped after one step with wrong
+    triplets reported as converged; Deflation's first factor came out indefinite."""
+    a, g, _, rf = layer
+    ap = approximate(method, scale * a, g)
+    base = approximate(method, a, g)
+    assert ap.info["converged"]
+    sig = torch.tensor(ap.info["singular_values"])
+    assert torch.allclose(sig, scale**2 * torch.tensor(base.info["singular_values"]), rtol=1e-8)
+    assert rel(ap.to_dense(), scale**2 * base.to_dense()) < 1e-8
+    if method != "kfac_corrected":
+        r = {"kpsvd": 1, "deflation": 2, "lanczos": 2}[method]
+        assert rel(ap.to_dense(), scale**2 * unrearrange(truncated(rf, r), DA, DG)) < 1e-8
+        for r1 in (ap.terms[0][0], ap.terms[0][1]):  # the top term's factors are PSD
+            assert float(torch.linalg.eigvalsh(r1)[0]) > -1e-12 * float(torch.linalg.norm(r1))
+
+
+@pytest.mark.parametrize(
+    ("solver", "method", "slack"),
+    [
+        ("gram", "deflation", 1.01),
+        ("matrix_free", "lanczos", 1.01),
+        ("matrix_free", "deflation", 10),
+    ],
+)
+@pytest.mark.parametrize("tol", [1e-6, 1e-9])
+def test_converged_means_the_residual_is_below_tol(solver, method, slack, tol):
+    """``converged`` promises ‖ℛ(F)ᵀu − σv‖ ≤ tol·σ₁ for every returned triplet, checked here
+    on the dense ℛ(F); ``max_residual`` is that residual over σ₁. The Ritz residuals of the
+    Gram and Lanczos routes are exact; the power method measures its second triplet on the
+    deflated operator, which differs from ℛ(F) by the first triplet's error (slack 10)."""
+    m, da, dg = 120, 10, 9
+    a, g = batch(m, da, dg, seed=7)
+    rf = rearrange(exact_fisher(a, g), da, dg)
+    sigma1 = float(torch.linalg.svdvals(rf)[0])
+    ap = approximate(method, a, g, solver=solver, tol=tol)
+    assert ap.info["converged"]
+    residuals = []
+    for r, s in ap.terms:
+        nr = torch.linalg.norm(r)  # u = vec(R)/‖R‖, σ v = ‖R‖ vec(S) (σ = ‖R‖‖S‖)
+        residuals.append(float(torch.linalg.norm(rf.T @ vec(r) / nr - nr * vec(s))) / sigma1)
+    assert max(residuals) <= slack * tol
+    if "max_residual" in ap.info:
+        assert ap.info["max_residual"] == pytest.approx(max(residuals), rel=1e-3, abs=1e-12)

@@ -465,3 +465,48 @@ def test_valid_options_and_defaults():
     assert all(default_damping(name) > 0 for name in NATURAL_OPTIMIZERS)
     with pytest.raises(ValueError, match="unknown optimizer"):
         default_lr("lbfgs")
+
+
+@pytest.mark.parametrize(("t_cov", "t_inv"), [(1, 3), (3, 1), (2, 5)])
+def test_refresh_cadence_follows_t_cov_and_t_inv(t_cov, t_inv):
+    """Curvature is captured at steps 0, t_cov, 2·t_cov, … and the inverses rebuilt at steps
+    0, t_inv, 2·t_inv, … (independently); between two inverse refreshes the same inverse
+    object preconditions every step."""
+    model = _Logits(seed=0)
+    x = _data()
+    cfg = OptimizerConfig("kfac", lr=0.05, t_cov=t_cov, t_inv=t_inv)
+    opt = build_optimizer(model, cfg, loss="bce", seed=0)
+    seen, refreshed = [], []
+    previous = None
+    for step in range(7):
+        _train_step(model, opt, x[8 * step : 8 * step + 8])
+        d = opt.diagnostics()
+        seen.append((d["curvature_updates"], d["inverse_updates"]))
+        inverse = opt.preconditioner.inverses["body.0"]
+        refreshed.append(inverse is not previous)
+        previous = inverse
+    assert seen == [(step // t_cov + 1, step // t_inv + 1) for step in range(7)]
+    assert refreshed == [step % t_inv == 0 for step in range(7)]
+
+
+@pytest.mark.parametrize("lr", [0.3, 2.0])
+def test_kl_clipping_scale_for_any_learning_rate(lr):
+    """ν = min(1, sqrt(kl_clip / (lr² Σ⟨V, P⟩))): the quadratic KL of the step,
+    lr² ν² Σ⟨V, P⟩, equals kl_clip when clipping is active (lr ≠ 1 tells lr² from lr)."""
+    model = _net()
+    x = torch.rand(32, 4, generator=torch.Generator().manual_seed(3))
+    kl = 1e-6
+    cfg = OptimizerConfig("kfac", lr=lr, damping=1e-2, kl_clip=kl, momentum=0.0)
+    opt = build_optimizer(model, cfg, loss="mse", seed=0)
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    opt.zero_grad()
+    (0.5 * ((model(x) - x) ** 2).sum(1)).mean().backward()
+    grads = [_grad_matrix(layer) for layer in layers]
+    opt.step(x, x)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    vp = sum(
+        float((v * opt.preconditioner.inverses[n].solve(v)).sum())
+        for v, n in zip(grads, names, strict=True)
+    )
+    assert opt.last_kl_scale == pytest.approx(min(1.0, math.sqrt(kl / (lr**2 * vp))), rel=1e-9)
+    assert lr**2 * opt.last_kl_scale**2 * vp == pytest.approx(kl, rel=1e-9)

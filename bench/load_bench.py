@@ -140,22 +140,21 @@ class Server:
         self.stop()
 
     def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL after 5 s: no child process outlives the bench."""
+        """SIGTERM to the group, SIGKILL to what is left after 5 s: no process of the server's
+        group (its worker processes included) outlives the bench."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 break
-            try:
-                self.proc.wait(wait)
-                # the leader is gone; children in its group may linger: check the group
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
+            deadline = time.monotonic() + 5.0
+            while group_members(self.proc.pid) and time.monotonic() < deadline:
+                self.proc.poll()  # reap the leader as soon as it exits
+                time.sleep(0.1)
+            if not group_members(self.proc.pid):
                 break
-            except subprocess.TimeoutExpired:
-                continue
         self.proc.wait(5)
 
     def log_tail(self, chars: int = 1500) -> str:
@@ -186,6 +185,22 @@ def _tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc/*/stat."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _status_kib(pid: int, field_name: str) -> int:

@@ -55,6 +55,7 @@ from loadclient import (  # noqa: E402  (bench/ is not a package)
     next_option,
     slow_reader,
     summarize_views,
+    ws_url,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -554,8 +555,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--students/--mix: {err}")
     if any(n < 0 or n > 200 for n in sizes):
         p.error("--students: each N must be between 0 and 200")
-    if args.url and urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        p.error(f"--url {args.url}: only loopback servers may be load-tested")
+    if args.url:
+        try:
+            ws_url(args.url)
+        except ValueError as err:
+            p.error(f"--url: {err}")
+        if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            p.error(f"--url {args.url}: only loopback servers may be load-tested")
+    if min(args.window, args.think, args.interactions) < 0:
+        p.error("--window, --think and --interactions must not be negative")
 
     log_dir = Path(tempfile.mkdtemp(prefix="kronoscope-load-logs-"))
     meta = {

@@ -26,19 +26,27 @@ so a worker never shares memory with the server and a session can never mutate a
 result of another. ``processes=0`` runs jobs in the caller's thread instead (tests, tiny
 deployments): de-duplication and caching still hold, budgets and kills do not.
 
-Workers are started with the ``spawn`` method: forking a multi-threaded server is unsafe.
+Workers are fresh interpreters (``python -m core.workers``) talking over pipes: forking a
+multi-threaded server is unsafe, and :mod:`multiprocessing`'s spawn would run the Streamlit
+script (the server's ``__main__``) again in each child.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
+import os
 import pickle
 import queue
+import select
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -117,43 +125,94 @@ def _portable(err: BaseException) -> BaseException:
         return RuntimeError(f"{type(err).__name__}: {err}")
 
 
-def _worker_main(conn, torch_threads: int) -> None:
-    """A worker process: answer ``(fn, args)`` requests with ``("ok", value)`` or
-    ``("err", exception)`` until the pipe closes."""
+_HEADER = struct.Struct("!Q")  # each message: its length, then one pickle
+
+
+def _send(stream, obj: Any) -> None:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _receive(stream) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("the other end closed the pipe")
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError("the other end closed the pipe mid-message")
+    return pickle.loads(payload)
+
+
+def _worker_main(torch_threads: int) -> None:
+    """A worker process: answer ``(fn, args)`` requests read from stdin with
+    ``("ok", value)`` or ``("err", exception)`` on stdout until stdin closes. Anything the
+    job prints goes to stderr, so it cannot corrupt the replies."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
     import torch
 
     torch.set_num_threads(torch_threads)
     while True:
         try:
-            fn, args = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
+            fn, args = _receive(requests)
+        except EOFError:
             return
+        except Exception as err:  # e.g. the job's module cannot be imported here
+            _send(replies, ("err", _portable(err)))
+            continue
         try:
             reply = ("ok", fn(*args))
         except Exception as err:
             reply = ("err", _portable(err))
         try:
-            payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as err:  # an unpicklable result is the job's fault, not the pool's
-            payload = pickle.dumps(("err", RuntimeError(f"result cannot be sent back: {err}")))
-        conn.send_bytes(payload)
+            _send(replies, reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            _send(replies, ("err", RuntimeError(f"the result cannot be sent back: {err}")))
 
 
 class _Worker:
-    """One child process and the pipe to it; replaced (not repaired) when killed or dead."""
+    """One child process (``python -m core.workers``) and the pipes to it; replaced, not
+    repaired, when killed or dead. A plain subprocess rather than :mod:`multiprocessing`:
+    under Streamlit the ``__main__`` module is the app script, which a spawned child would run
+    again."""
 
-    def __init__(self, ctx, torch_threads: int) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker_main, args=(child, torch_threads), name="kronoscope-worker", daemon=True
+    def __init__(self, torch_threads: int) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        # the parent's import path, as multiprocessing's spawn passes it: jobs are pickled by
+        # reference to their module, which the child must find the same way
+        env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in sys.path if p)])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "core.workers", str(torch_threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=root,
+            env=env,
         )
-        self.process.start()
-        child.close()
+
+    def send(self, obj: Any) -> None:
+        _send(self.process.stdin, obj)
+
+    def poll(self, timeout: float) -> bool:
+        """True when a reply (or the end of the pipe) can be read."""
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        return bool(ready)
+
+    def receive(self) -> Any:
+        return _receive(self.process.stdout)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(5)
-        self.conn.close()
+        self.process.wait(5)
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 class WorkerPool:
@@ -181,7 +240,6 @@ class WorkerPool:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._cancel: set[Job] = set()
         self._closed = False
-        self._ctx = mp.get_context("spawn")
         self._torch_threads = torch_threads
         self._workers: list[_Worker | None] = [None] * processes
         self._threads = [
@@ -189,7 +247,7 @@ class WorkerPool:
             for i in range(processes)
         ]
         for i, t in enumerate(self._threads):
-            self._workers[i] = _Worker(self._ctx, torch_threads)
+            self._workers[i] = _Worker(torch_threads)
             t.daemon = True
             t.start()
 
@@ -244,7 +302,7 @@ class WorkerPool:
         }
 
     def worker_pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w is not None and w.process.pid]
+        return [w.process.pid for w in self._workers if w is not None]
 
     def close(self) -> None:
         """Stop the workers; queued and running jobs fail with :class:`JobCancelled`."""
@@ -307,12 +365,19 @@ class WorkerPool:
                     continue
                 job.state, job.started_at = "running", time.monotonic()
             worker = self._workers[slot]
-            if worker is None or not worker.process.is_alive():
-                worker = self._workers[slot] = _Worker(self._ctx, self._torch_threads)
+            if worker is None or not worker.alive():
+                if worker is not None:
+                    worker.kill()
+                worker = self._workers[slot] = _Worker(self._torch_threads)
             try:
-                worker.conn.send_bytes(pickle.dumps((job.fn, job.args), protocol=5))
-            except Exception as err:
+                worker.send((job.fn, job.args))
+            except (pickle.PicklingError, TypeError, AttributeError) as err:
                 self._settle(job, "failed", error=_portable(err))
+                continue
+            except OSError:  # the worker died before it read the job
+                self._settle(job, "failed", error=WorkerDied("the worker process ended"))
+                worker.kill()
+                self._workers[slot] = _Worker(self._torch_threads)
                 continue
             self._watch(slot, worker, job)
         worker = self._workers[slot]
@@ -322,15 +387,12 @@ class WorkerPool:
     def _watch(self, slot: int, worker: _Worker, job: Job) -> None:
         deadline = (job.started_at or time.monotonic()) + job.budget_s
         while True:
-            try:
-                ready = worker.conn.poll(_POLL_S)
-            except (EOFError, OSError):
-                ready = False
-            if ready:
+            status = None
+            if worker.poll(_POLL_S):
                 try:
-                    status, payload = pickle.loads(worker.conn.recv_bytes())
-                except (EOFError, OSError):
-                    status, payload = "died", None
+                    status, payload = worker.receive()
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    status = "died"
                 if status == "ok":
                     self._settle(job, "done", payload)
                     return
@@ -340,21 +402,20 @@ class WorkerPool:
             with self._lock:
                 cancelled = job in self._cancel or self._closed
             over = time.monotonic() > deadline
-            dead = not worker.process.is_alive()
-            if cancelled or over or dead or (ready and status == "died"):
-                if not dead:
-                    worker.kill()
-                else:
-                    worker.conn.close()
-                self._workers[slot] = (
-                    None if self._closed else _Worker(self._ctx, self._torch_threads)
-                )
+            dead = status == "died" or not worker.alive()
+            if cancelled or over or dead:
+                worker.kill()
+                code = worker.process.returncode
+                self._workers[slot] = None if self._closed else _Worker(self._torch_threads)
                 if cancelled:
                     error: JobError = JobCancelled("nobody waits for this result any more")
                 elif over:
                     error = BudgetExceeded(f"stopped after {job.budget_s:g} s")
                 else:
-                    code = worker.process.exitcode
                     error = WorkerDied(f"the worker process ended unexpectedly (exit code {code})")
                 self._settle(job, "cancelled" if cancelled else "failed", error=error)
                 return
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

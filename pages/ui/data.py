@@ -27,7 +27,6 @@ from core.data import DATASET_SPECS, Dataset, DatasetError, default_cache_dir, l
 from core.datafiles import data_dir, list_data_files, load_visitor_dataset, resolve_in_dir
 from core.models import PRESETS, build_model
 
-from .errors import plain
 from .session import session_alive, session_id
 from .urlstate import UrlSettings
 
@@ -197,6 +196,7 @@ def data_controls(settings: UrlSettings) -> DataChoice:
     if listed is not None and folder is not None:
         return _host_file_choice(name, listed, folder)
     if spec.needs_path:
+        settings.show_notices()
         st.info(
             f"{spec.label or name} is not bundled and is never downloaded: upload a file"
             + (" or pick one of this server's files." if folder is not None else ".")
@@ -210,7 +210,7 @@ def dataset(name: str, key: str, _path: str | None, _shown_as: str) -> Dataset:
     """The dataset ``name`` (cached by ``key``; visitor files read with the safe loader)."""
     if _path is None:
         return load_dataset(name)
-    return load_visitor_dataset(name, _path, display_name=plain(_shown_as, 60))
+    return load_visitor_dataset(name, _path, display_name=_shown_as)
 
 
 def presets_for(name: str) -> list[str]:

@@ -45,6 +45,7 @@ import core.runner as runner  # noqa: E402
 from core.data import Dataset, load_dataset  # noqa: E402
 from core.models import build_model, per_sample_nll  # noqa: E402
 from core.optim import (  # noqa: E402
+    EMA_MODES,
     NATURAL_OPTIMIZERS,
     OPTIMIZERS,
     OptimizerConfig,
@@ -274,6 +275,51 @@ def defaults_check(presets, steps, log) -> list[str]:
     return lines
 
 
+def ema_modes_compare(ds, seeds, epochs, log) -> list[str]:
+    """--ema-modes: the KPSVD family (and KFAC as the reference) in the three curvature
+    averages, each method's default lr and damping, T_cov = T_inv = 10."""
+    methods = ("kfac", *KPSVD_FAMILY)
+    results: dict[tuple[str, str], list[float]] = {}
+    secs: dict[tuple[str, str], list[float]] = {}
+    for seed in seeds:
+        model = build_model(DATASET, input_dim=ds.input_dim, loss=ds.loss, seed=seed)
+        for name in methods:
+            for mode in EMA_MODES:
+                opt = OptimizerConfig(name, lr=default_lr(name), t_cov=10, t_inv=10, ema_mode=mode)
+                cfg = RunConfig(
+                    DATASET, opt, epochs=epochs, batch_size=BATCH, seed=seed, eval_every=10**9,
+                    device="cpu",
+                )  # fmt: skip
+                run = TrainingRun(cfg, dataset=ds, model=model)
+                run.run()
+                ok = run.status == "finished"
+                loss = full_loss(run.model, ds.x_train) if ok else float("nan")
+                results.setdefault((name, mode), []).append(loss)
+                secs.setdefault((name, mode), []).append(run.records()[-1]["wall_time_s"])
+                log(f"ema {name} {mode} seed {seed}: {loss:.3f} ({run.status})")
+    lines = [
+        "## Curvature averages compared (`ema_mode`)",
+        "",
+        f"`bench/train_bench.py --ema-modes` on {time.strftime('%Y-%m-%d %H:%M')}: "
+        f"curves-small, {epochs} epochs, seeds {', '.join(map(str, seeds))}, each method's "
+        "default lr and damping (tuned for `factors`), T_cov = T_inv = 10, EMA 0.95, batch 128, "
+        "true Fisher on the training minibatch. `factors`: EMA of each refresh's Kronecker "
+        "factors; `window`: the method applied to a truncated (4-capture) EMA of the Fisher; "
+        "`fisher`: the EMA of the Fisher kept as r + 2 Kronecker terms (core/fisher_ema.py; for "
+        "kfac it is the factor EMA). Full training-set loss (mean ± sd over seeds) and training "
+        "time per run.",
+        "",
+        "| method | " + " | ".join(f"{m} loss | {m} s" for m in EMA_MODES) + " |",
+        "|---|" + "---:|---:|" * len(EMA_MODES),
+    ]
+    for name in methods:
+        cells = []
+        for mode in EMA_MODES:
+            cells += [mean_sd(results[(name, mode)]), f"{statistics.mean(secs[(name, mode)]):.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def mean_sd(values):
     vals = [v for v in values if v == v]
     if not vals:
@@ -301,6 +347,12 @@ def main() -> None:
         "--defaults-check", action="store_true",
         help="only run every optimizer with its defaults on every preset; print the table",
     )  # fmt: skip
+    parser.add_argument(
+        "--ema-modes", action="store_true",
+        help="only compare the ema modes (factors, window, fisher); print the table",
+    )  # fmt: skip
+    parser.add_argument("--ema-seeds", default="1,2", help="for --ema-modes")
+    parser.add_argument("--ema-epochs", type=float, default=10, help="for --ema-modes")
     parser.add_argument("--presets", default=",".join(CHECK_PRESETS), help="for --defaults-check")
     parser.add_argument("--check-steps", type=int, default=60, help="for --defaults-check")
     args = parser.parse_args()
@@ -310,6 +362,11 @@ def main() -> None:
         presets = [p.strip() for p in args.presets.split(",") if p.strip()]
         lines = defaults_check(presets, dict.fromkeys(presets, args.check_steps), print)
         print("\n".join(lines))
+        return
+    if args.ema_modes:
+        seeds = [int(v) for v in args.ema_seeds.split(",") if v.strip()]
+        ds = load_dataset(DATASET, seed=0)
+        print("\n".join(ema_modes_compare(ds, seeds, args.ema_epochs, print)))
         return
     quick = args.quick
     epochs = 2 if quick else 20

@@ -134,6 +134,27 @@ class MethodResult:
     metric_seconds: float  # time to evaluate the metrics
     deferred: bool = False
 
+    @property
+    def note(self) -> str:
+        """Why a metric is missing or approximate, in words for the page ("" when none)."""
+        label, n = method_label(self.method), self.approx.n
+        if self.deferred:
+            return (
+                f"{label}: spectrum error and natural-gradient cosine not computed on this layer "
+                f"({n:,} weights): a sum of Kronecker products needs Lanczos and MINRES on the "
+                "full operator (seconds to minutes); switch on slow metrics to compute them."
+            )
+        status = self.approx.info.get("minres_status", 0)
+        if status:
+            return (
+                f"{label}: the natural-gradient cosine is unreliable: MINRES stopped after "
+                f"{status} iterations without reaching its tolerance (the damped sum is nearly "
+                "singular or indefinite); try a larger damping λ."
+            )
+        if not self.spectrum_exact:
+            return f"{label}: spectrum error over the top min(m, 64) eigenvalues of both spectra."
+        return ""
+
 
 @dataclass
 class LayerAnalysis:
@@ -225,7 +246,8 @@ METRIC_COLUMNS = {
 
 
 def metrics_table(results) -> pd.DataFrame:
-    """One row per method: relative error, spectrum error, natural-gradient cosine, time."""
+    """One row per method: relative error, spectrum error, natural-gradient cosine, time, and
+    a ``note`` saying why a NaN metric is missing (:attr:`MethodResult.note`)."""
     rows = [
         {
             "method": r.method,
@@ -236,11 +258,12 @@ def metrics_table(results) -> pd.DataFrame:
             "seconds": r.seconds,
             "deferred": r.deferred,
             "terms": len(getattr(r.approx, "terms", ())) or None,
+            "note": r.note,
         }
         for r in results
     ]
     columns = ["method", "relative_error", "spectrum_error", "spectrum_exact", "ng_cosine"]
-    return pd.DataFrame(rows, columns=[*columns, "seconds", "terms", "deferred"])
+    return pd.DataFrame(rows, columns=[*columns, "seconds", "terms", "deferred", "note"])
 
 
 # -- pooled dense views ----------------------------------------------------------------------
@@ -450,24 +473,43 @@ def _factor_names(method: str, n_terms: int) -> list[tuple[str, str]]:
 # -- spectra ---------------------------------------------------------------------------------
 
 
-def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> dict[str, np.ndarray]:
+class Spectra(dict):
+    """Method → eigenvalues (descending), plus ``notes``: method → why its curve is missing or
+    truncated, in words for the page (a dict, so callers that only draw keep working)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes: dict[str, str] = {}
+
+
+def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> Spectra:
     """Largest eigenvalues (descending) of F and of each approximation.
 
     F has at most m nonzero eigenvalues (from its m × m Gram matrix). One Kronecker product and
     EKFAC give all their eigenvalues cheaply; a sum of several products is eigendecomposed
     densely up to ``DENSE_SPECTRUM_LIMIT`` and by Lanczos (its top min(m, 64), the ones the
-    spectrum error used) above. Methods whose slow metrics were deferred are left out.
+    spectrum error used) above. A method whose slow metrics were deferred has no curve (that
+    Lanczos run is the slow part of its metrics): ``notes`` says so, as it says when a curve
+    holds only the top eigenvalues.
     """
     n = analysis.fisher.da * analysis.fisher.dg
-    out = {"exact": analysis.fisher.eigvals[:max_points].numpy()}
+    out = Spectra(exact=analysis.fisher.eigvals[:max_points].numpy())
     for method, result in analysis.results.items():
+        label = method_label(method)
         if result.deferred:
+            out.notes[method] = (
+                f"{label}: no curve: the eigenvalues of a sum of Kronecker products on this "
+                f"layer ({n:,} weights) need Lanczos on the full operator (seconds to "
+                "minutes); switch on slow metrics to draw it."
+            )
             continue
         approx = result.approx
         many = len(getattr(approx, "terms", ())) > 1
         lanczos = many and n > DENSE_SPECTRUM_LIMIT
         k = min(analysis.fisher.m, 64) if lanczos else min(max_points, n)
         out[method] = approx.eigvals(k).to(torch.float64).numpy()[:max_points]
+        if lanczos:
+            out.notes[method] = f"{label}: the top {k} eigenvalues only (Lanczos)."
     return out
 
 

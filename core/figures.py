@@ -11,6 +11,9 @@ Conventions shared by every figure here:
 * Spectra are drawn on a log axis; numerically zero eigenvalues are left out, and negative
   ones (an indefinite second Kronecker term can produce them), which cannot appear there, are
   counted in the legend instead.
+* Methods are named by their labels (``kfac_corrected`` → "KFAC-corrected",
+  :func:`core.explorer.method_label`) in legends, axes and annotations; a caller's ``labels``
+  mapping overrides them. Colours stay keyed by the method id.
 
 Training curves (loss against step or wall time, errors over training) live in
 :mod:`core.report`.
@@ -24,6 +27,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+from .explorer import method_label
 
 __all__ = [
     "METHOD_COLORS",
@@ -44,6 +49,12 @@ _TEMPLATE = "plotly_white"
 
 def _color(method: str) -> str:
     return METHOD_COLORS.get(method, "#7f7f7f")
+
+
+def _labeller(labels: Mapping[str, str] | None):
+    """Method id → display label: the caller's ``labels`` first, then the method labels."""
+    labels = dict(labels or {})
+    return lambda name: labels.get(name, method_label(name))
 
 
 def _sparse_ticks(labels: Sequence[str], every: int, max_ticks: int = 12) -> dict:
@@ -89,6 +100,7 @@ def block_heatmaps(
     if saturate < 1:
         clip = f"colours saturate at the {saturate:.1%} quantile of |entries| (hover: true values)"
         note = f"{note}; {clip}" if note else clip
+    method = method_label(method)  # an id ("kfac_corrected") is shown by its label
     titles = ("Exact F", method, f"{method} − F")
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.04)
     labels = list(labels)
@@ -180,9 +192,10 @@ def spectra_figure(
 
     Eigenvalues with ``|λ| ≤ zero_ratio · λ_max`` (λ_max over all spectra) are numerically zero
     and not drawn; significantly negative ones cannot appear on a log axis and are counted in
-    the legend ("j < 0").
+    the legend ("j < 0"). When ``spectra`` carries ``notes`` (:class:`core.explorer.Spectra`),
+    a method without a curve gets a legend entry that says why, so none is left out silently.
     """
-    labels = labels or {}
+    label_of = _labeller(labels)
     arrays = {name: np.asarray(lam, dtype=float) for name, lam in spectra.items()}
     top = max((float(lam.max(initial=0.0)) for lam in arrays.values()), default=0.0)
     floor = zero_ratio * top if top > 0 else 0.0
@@ -191,7 +204,7 @@ def spectra_figure(
         index = np.arange(1, lam.size + 1)
         keep = lam > floor
         negative = int((lam < -floor).sum())
-        label = labels.get(name, name)
+        label = label_of(name)
         if negative:
             label += f" ({negative} < 0)"
         is_exact = name == "exact"
@@ -209,6 +222,17 @@ def spectra_figure(
                 hovertemplate="λ_%{x}: %{y:.4g}<extra>" + label + "</extra>",
             )
         )
+    for name in getattr(spectra, "notes", {}):
+        if name not in arrays:
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="lines",
+                    name=f"{label_of(name)}: not computed (slow metrics off)",
+                    line={"color": _color(name), "width": 1.5, "dash": "dot"},
+                )
+            )
     sub = f"|λ| ≤ {zero_ratio:g}·λ_max is numerically zero: not drawn"
     sub = f"{note}; {sub}" if note else sub
     fig.update_layout(
@@ -230,9 +254,12 @@ def rank_curve_figure(
     *,
     selected: int | None = None,
     references: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """Relative error of the best rank-r Kronecker sum against r, with reference lines (e.g.
-    KFAC's error) and the selected rank marked."""
+    KFAC's error, keyed by method id and annotated with its label) and the selected rank
+    marked."""
+    label_of = _labeller(labels)
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -258,7 +285,7 @@ def rank_curve_figure(
         fig.add_hline(
             y=value,
             line={"dash": "dash", "color": _color(name)},
-            annotation_text=name,
+            annotation_text=label_of(name),
             annotation_position="top right",
         )
     fig.update_layout(
@@ -279,11 +306,11 @@ def metrics_figure(
     metric: str = "relative Frobenius error",
     labels: Mapping[str, str] | None = None,
 ) -> go.Figure:
-    """One bar per method for one metric."""
-    labels = labels or {}
+    """One bar per method (named by its label) for one metric."""
+    label_of = _labeller(labels)
     fig = go.Figure(
         go.Bar(
-            x=[labels.get(m, m) for m in methods],
+            x=[label_of(m) for m in methods],
             y=list(values),
             marker_color=[_color(m) for m in methods],
             hovertemplate="%{x}: %{y:.4g}<extra></extra>",

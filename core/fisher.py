@@ -74,14 +74,14 @@ class LayerFisher:
 
         Returns (error, exact). Exact whenever F̃'s whole spectrum is available (one Kronecker
         product, EKFAC, or a sum with n ≤ DENSE_SPECTRUM_LIMIT); otherwise both spectra are
-        truncated to the top min(m, 64) eigenvalues and ``exact`` is False.
+        truncated to the top min(m, 64, n − 1) eigenvalues and ``exact`` is False.
         """
         self._check_shape(approx)
         lam = self.eigvals
         n = self.da * self.dg
         many_terms = len(getattr(approx, "terms", ())) > 1
         if many_terms and n > DENSE_SPECTRUM_LIMIT:
-            k = min(self.m, 64)
+            k = min(self.m, 64, n - 1)  # Lanczos (ARPACK) finds at most n − 1 eigenvalues
             lam_t = approx.eigvals(k).to(torch.float64)
             lam = _pad(lam, k)[:k]
             return float(torch.linalg.norm(lam - lam_t) / torch.linalg.norm(lam)), False

@@ -135,7 +135,59 @@ def test_slow_metrics_are_deferred_then_computed_on_request():
     full = explorer.analyse_method(fisher, "deflation", slow_limit=10, compute_slow=True)
     assert not full.deferred and full.spectrum_error >= 0 and -1 <= full.ng_cosine <= 1
     analysis = explorer.LayerAnalysis(fisher, {"deflation": lazy, "kfac": single})
-    assert set(explorer.spectra(analysis)) == {"exact", "kfac"}
+    spec = explorer.spectra(analysis)
+    assert set(spec) == {"exact", "kfac"}
+    # the missing curve and the NaN cells are explained, never silent
+    assert set(spec.notes) == {"deflation"} and "slow metrics" in spec.notes["deflation"]
+    assert "Deflation" in spec.notes["deflation"]
+    table = analysis.table().set_index("method")
+    assert "slow metrics" in table.loc["deflation", "note"] and table.loc["kfac", "note"] == ""
+    computed = explorer.LayerAnalysis(fisher, {"deflation": full})
+    assert set(explorer.spectra(computed)) == {"exact", "deflation"}
+
+
+def test_every_nan_metric_has_a_note():
+    a, g = batch(32, 9, 6)
+    fisher = LayerFisher(a, g)
+    results = {
+        mt: explorer.analyse_method(fisher, mt, slow_limit=10, compute_slow=False) for mt in METHODS
+    }
+    table = explorer.LayerAnalysis(fisher, results).table()
+    missing = table[["spectrum_error", "ng_cosine"]].isna().any(axis=1)
+    assert missing.any()
+    assert (table.loc[missing, "note"].str.len() > 0).all()
+
+
+def test_two_term_slow_metrics_on_a_trained_scale_layer(monkeypatch):
+    """Issue 9: CURVES after 1000 KPSVD steps, decoder.linear3 (n = 5,100), slow metrics on,
+    Deflation or Lanczos: "non-symmetric matrix" from MINRES. A trained layer's Fisher is
+    large (σ₁ ≈ 5e3 there); the Gram route then returned an indefinite first factor, and the
+    MINRES preconditioner built from it was indefinite. Reproduced small: inputs scaled ×30
+    (σ₁ ≈ 1e4) and the dense limits lowered so that the MINRES and Lanczos routes run."""
+    import core.approx as approx_module
+    import core.fisher as fisher_module
+
+    for module in (approx_module, fisher_module, explorer):
+        monkeypatch.setattr(module, "DENSE_SPECTRUM_LIMIT", 10, raising=False)
+    monkeypatch.setattr(approx_module, "DENSE_EIG_LIMIT", 10)
+    a, g = batch(40, 6, 5, seed=2)
+    fisher = LayerFisher(30.0 * a, 10.0 * g)
+    for method in ("deflation", "lanczos"):
+        result = explorer.analyse_method(
+            fisher, method, damping=1e-3, slow_limit=10, compute_slow=True
+        )
+        assert not result.deferred and result.approx.info["minres_status"] == 0
+        dense = result.approx.to_dense()
+        v = fisher.mean_gradient()
+        x_t = torch.linalg.solve(dense + 1e-3 * torch.eye(30, dtype=torch.float64), _vec(v))
+        x = _vec(fisher.natural_gradient(v, 1e-3))
+        assert result.ng_cosine == pytest.approx(float(x @ x_t / (x.norm() * x_t.norm())), abs=1e-6)
+        r1, s1 = result.approx.terms[0]
+        assert float(torch.linalg.eigvalsh(s1)[0]) > -1e-9 * float(torch.linalg.norm(s1))
+
+
+def _vec(m: torch.Tensor) -> torch.Tensor:
+    return m.T.reshape(-1)
 
 
 def test_zero_fisher_is_refused_with_a_message():

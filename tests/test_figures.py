@@ -95,10 +95,37 @@ def test_rank_curve_figure_marks_the_selected_rank_and_references():
 
 def test_metrics_figure():
     fig = figures.metrics_figure(["kfac", "kpsvd"], [0.3, 0.2], labels={"kfac": "KFAC"})
-    assert list(fig.data[0].x) == ["KFAC", "kpsvd"] and list(fig.data[0].y) == [0.3, 0.2]
+    assert list(fig.data[0].x) == ["KFAC", "KPSVD"] and list(fig.data[0].y) == [0.3, 0.2]
+    custom = figures.metrics_figure(["kfac"], [0.3], labels={"kfac": "mine"})
+    assert list(custom.data[0].x) == ["mine"]  # the caller's label wins
 
 
 def test_figures_serialise():
     """What st.plotly_chart sends: the figure JSON."""
     fig = figures.block_heatmaps(sym(4), sym(4, 1), labels(4), method="KPSVD")
     assert '"coloraxis"' in fig.to_json()
+
+
+def test_every_figure_names_methods_by_label_not_id():
+    """A person reads "KFAC-corrected", never the id "kfac_corrected" (issue 9)."""
+    ids = {"exact": np.array([3.0, 1.0]), "kfac_corrected": np.array([2.9, 1.1])}
+    figs = [
+        figures.spectra_figure(ids),
+        figures.metrics_figure(["kfac_corrected", "ekfac"], [0.2, 0.3]),
+        figures.rank_curve_figure([1, 2], [0.4, 0.2], references={"kfac_corrected": 0.3}),
+        figures.block_heatmaps(sym(4), sym(4, 1), labels(4), method="kfac_corrected"),
+    ]
+    for fig in figs:
+        text = fig.to_json()
+        assert "kfac_corrected" not in text and "KFAC-corrected" in text
+    assert [t.name for t in figs[0].data] == ["Exact F", "KFAC-corrected"]
+
+
+def test_spectra_figure_says_why_a_method_has_no_curve():
+    from core.explorer import Spectra
+
+    spec = Spectra(exact=np.array([3.0, 1.0]))
+    spec.notes["deflation"] = "Deflation: no curve: slow"
+    fig = figures.spectra_figure(spec)
+    names = [t.name for t in fig.data]
+    assert names == ["Exact F", "Deflation: not computed (slow metrics off)"]

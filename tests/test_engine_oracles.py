@@ -385,3 +385,30 @@ def test_converged_means_the_residual_is_below_tol(solver, method, slack, tol):
     assert max(residuals) <= slack * tol
     if "max_residual" in ap.info:
         assert ap.info["max_residual"] == pytest.approx(max(residuals), rel=1e-3, abs=1e-12)
+
+
+def test_minres_preconditioner_tolerates_round_off_negative_factor_eigenvalues(monkeypatch):
+    """The first term's factors are PSD in exact arithmetic, but computed ones can carry
+    eigenvalues like −1e-10·‖R‖. Multiplied by a large eigenvalue of S (here 1e4) that exceeds
+    a small damping (1e-7), and the preconditioner (R₁⊗S₁ + λI)⁻¹ would be indefinite, which
+    MINRES refuses ("non-symmetric matrix"); its PSD part is used instead."""
+    monkeypatch.setattr(approx_module, "DENSE_EIG_LIMIT", 10)
+    gen = torch.Generator().manual_seed(8)
+    q_r = torch.linalg.qr(torch.randn(4, 4, generator=gen))[0]
+    q_s = torch.linalg.qr(torch.randn(3, 3, generator=gen))[0]
+    r1 = q_r @ torch.diag(torch.tensor([1.0, 0.5, 0.2, -1e-10])) @ q_r.T
+    s1 = q_s @ torch.diag(torch.tensor([1e4, 2e3, 1e3])) @ q_s.T
+    r2, s2 = sym_matrix(4, gen), sym_matrix(3, gen)  # keeps the sum well conditioned
+    ap = approx_module.KroneckerSum("deflation", [(r1, s1), (r2, s2)])
+    v = torch.randn(3, 4, generator=gen)
+    x = ap.solve(v, 1e-7)
+    assert ap.info["minres_status"] == 0
+    dense = torch.linalg.solve(ap.to_dense() + 1e-7 * torch.eye(12), vec(v))
+    # MINRES stops on a residual relative to ‖F̃‖‖x‖; with cond(F̃ + λI) ≈ 1e10 here that
+    # leaves about 1e-4 of relative error against the dense solve.
+    assert rel(vec(x), dense) < 1e-3
+
+
+def sym_matrix(n: int, gen: torch.Generator) -> torch.Tensor:
+    x = torch.randn(n, n, generator=gen)
+    return x + x.T

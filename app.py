@@ -30,6 +30,12 @@ PAGES = [
     st.Page(
         "pages/race.py", title="Optimizer race", icon=":material/sports_score:", url_path="race"
     ),
+    st.Page(
+        "pages/reports.py",
+        title="Paper reproductions",
+        icon=":material/fact_check:",
+        url_path="reports",
+    ),
     st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
 ]
 page = st.navigation(PAGES)

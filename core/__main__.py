@@ -1,10 +1,19 @@
-"""Command line: ``python -m core {train,compare,quality} ...`` (each with ``--help``).
+"""Command line: ``python -m core {train,compare,quality,reproduce} ...`` (each with ``--help``).
 
 * ``train``   — one optimizer; writes DIR/metrics.csv and DIR/config.json.
 * ``compare`` — several optimizers from the same data and initialisation; DIR/metrics.csv,
   DIR/config.json and a self-contained DIR/report.html (loss against step and wall time).
 * ``quality`` — approximation errors of every engine method on one layer over training;
   DIR/quality.csv, DIR/metrics.csv, DIR/config.json and DIR/report.html.
+* ``reproduce`` — one of the seed paper's experiments (``--experiment quality`` or
+  ``training``) on its network for ``--dataset curves|mnist|faces`` with the authors' settings,
+  over several seeds (:mod:`core.reproduce`); DIR/settings.json, DIR/results.csv,
+  DIR/verdicts.csv and DIR/report.html. ``--n-train``/``--n-test`` (a subset of the data) and
+  ``--max-steps`` (a cap per run) make quick checks; both are written into the settings.
+
+Learning rates and dampings default to each optimizer's default for the model preset
+(:func:`core.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the defaults
+tuned on curves-small).
 
 Datasets are never downloaded unless ``--download`` is given: then the paper's original files
 (CURVES ``digs3pts_1.mat``, FACES ``newfaces_rot_single.mat``, MNIST IDX) are fetched into the
@@ -35,6 +44,13 @@ from .download import SOURCES, DownloadError, cached_dataset, download_dataset
 from .models import PRESETS, build_model, describe_layers, parse_widths
 from .optim import EMA_MODES, OPTIMIZERS, OptimizerConfig, default_damping, default_lr
 from .report import comparison_report, quality_report
+from .reproduce import (
+    EXPERIMENTS,
+    REPRO_DATASETS,
+    ReproduceSpec,
+    run_reproduction,
+    write_reproduction,
+)
 from .runner import RunConfig, TrainingRun, run_comparison
 
 EXIT = {"finished": 0, "stopped": 0, "diverged": 3, "failed": 1}
@@ -104,14 +120,23 @@ def _parse_lrs(text: str | None) -> dict[str, float]:
     return out
 
 
+def _default_preset(args) -> str | None:
+    """The model preset whose default lr and damping apply (``None``: a custom width list)."""
+    if args.widths:
+        return None
+    preset = args.preset or args.dataset
+    return preset if preset in PRESETS else None
+
+
 def _optimizer(args, name: str, lr: float | None, damping: float | None) -> OptimizerConfig:
     name = name.strip().lower().replace("-", "_")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    preset = _default_preset(args)
     return OptimizerConfig(
         name,
-        lr=default_lr(name) if lr is None else lr,
-        damping=default_damping(name) if damping is None else damping,
+        lr=default_lr(name, preset) if lr is None else lr,
+        damping=default_damping(name, preset) if damping is None else damping,
         t_cov=args.t_cov,
         t_inv=args.t_inv,
         ema=args.ema,
@@ -307,6 +332,80 @@ def cmd_quality(args) -> int:
     return _finish(run.status, run.message)
 
 
+def _parse_names(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    return tuple(n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip())
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(
+            f"argument --seeds: cannot read {text!r}; write integers ≥ 0 separated by commas, "
+            "e.g. 1,2,3"
+        ) from None
+    if not seeds:
+        raise ValueError("argument --seeds: give at least one seed, e.g. 1,2,3")
+    return seeds
+
+
+def cmd_reproduce(args) -> int:
+    lrs, dampings = _parse_lrs(args.lrs), _parse_lrs(args.dampings)
+    spec = ReproduceSpec(
+        experiment=args.experiment,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        seeds=_parse_seeds(args.seeds),
+        optimizers=_parse_names(args.optimizers),
+        data_path=args.data_path,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        max_steps=args.max_steps,
+        layers=tuple(n.strip() for n in (args.layers or "").split(",") if n.strip()),
+        quality_every=args.quality_every,
+        eval_every=args.eval_every,
+        device=args.device,
+        lrs=lrs,
+        dampings=dampings,
+    )
+    dataset = load_dataset(
+        args.dataset, path=args.data_path, seed=0, n_train=args.n_train, n_test=args.n_test
+    )
+    from tqdm import tqdm
+
+    bars = []
+
+    def progress(desc: str, total: int):
+        if bars:
+            bars[-1].close()
+        bars.append(
+            tqdm(total=total, desc=desc, unit="step", disable=args.no_progress, file=sys.stderr)
+        )
+        return lambda record: bars[-1].update(1)
+
+    try:
+        settings, results = run_reproduction(spec, dataset, progress=progress)
+    finally:
+        if bars:
+            bars[-1].close()
+    settings["command"] = "python -m core " + " ".join(args.argv)
+    table = write_reproduction(args.out, settings, results)
+    for row in table.itertuples():
+        print(f"{row.verdict}: {row.claim} ({row.criterion}) — {row.detail}")
+    print(f"wrote {args.out / 'settings.json'}, results.csv, verdicts.csv and report.html")
+    statuses = [r["status"] for r in settings["runs"]]
+    if "failed" in statuses:
+        failed = next(r for r in settings["runs"] if r["status"] == "failed")
+        print(
+            f"failed: {failed['optimizer']} seed {failed['seed']}: {failed['message']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 3 if "diverged" in statuses else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core",
@@ -339,6 +438,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-every", type=int, default=10, help="errors every k steps")
     _common(p)
     p.set_defaults(func=cmd_quality, parser=p)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="one of the seed paper's experiments, with its settings, verdicts and a report",
+        description="The seed paper's network for the dataset and the authors' public settings "
+        "(batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95, KL-clip 1e-2, momentum 0.9, "
+        "weight decay 1e-3); He-normal initialisation instead of their Xavier-uniform. Writes "
+        "settings.json, results.csv, verdicts.csv and a self-contained report.html into --out.",
+    )
+    p.add_argument("--experiment", required=True, choices=EXPERIMENTS)
+    p.add_argument("--dataset", required=True, choices=REPRO_DATASETS)
+    p.add_argument("--epochs", type=float, default=100, help="epochs per run (default 100)")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument(
+        "--optimizers",
+        help="training: those compared (default sgd,adam,kfac,kpsvd,deflation,kfac_corrected); "
+        "quality: the one that trains (default kfac)",
+    )
+    p.add_argument("--lrs", help="learning rates: 'kfac=0.1,adam=1e-3' or one number for all")
+    p.add_argument("--dampings", help="dampings: 'kfac=1e-3,kpsvd=1e-2' or one number for all")
+    p.add_argument(
+        "--layers",
+        help="quality: layers to track, numbers from 1 or names "
+        "(default: curves 5, mnist 4, faces 4)",
+    )
+    p.add_argument("--quality-every", type=int, help="quality: errors every k steps")
+    p.add_argument("--eval-every", type=int, help="test loss every k steps (default: each epoch)")
+    p.add_argument("--n-train", type=int, help="use only the first N training images (checks)")
+    p.add_argument("--n-test", type=int, help="use only the first N test images (checks)")
+    p.add_argument("--max-steps", type=int, help="cap each run at N steps (checks)")
+    p.add_argument(
+        "--data-path",
+        help="mnist: folder of IDX files or .npz; faces: newfaces_rot_single.mat or .npz; "
+        "curves: the original digs3pts_1.mat instead of the generated CURVES-like set",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help=f"download the original files of {', '.join(SOURCES)} into the cache first",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(func=cmd_reproduce, parser=p)
     return parser
 
 
@@ -419,6 +563,7 @@ def _download(args) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sub = args.parser  # its errors name the subcommand

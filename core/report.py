@@ -25,6 +25,7 @@ __all__ = [
     "loss_vs_time",
     "loss_vs_epoch",
     "error_figure",
+    "mean_sd_figure",
     "quality_table",
     "summary_table",
     "write_html_report",
@@ -156,6 +157,89 @@ def error_figure(
         title=title or f"{label} over training",
         xaxis_title="step",
         yaxis_title=label,
+        yaxis_type="log" if log_y else "linear",
+        template="plotly_white",
+    )
+    return fig
+
+
+def _rgba(color: str, alpha: float) -> str:
+    """``#rrggbb`` (plotly's qualitative palettes) as ``rgba(r, g, b, alpha)``."""
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def mean_sd_figure(
+    df: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    group: str,
+    seed: str = "seed",
+    smooth: int = 1,
+    title: str | None = None,
+    y_title: str | None = None,
+    log_y: bool = False,
+) -> go.Figure:
+    """Mean ± sd over seeds of ``y`` against ``x``, one line and band per value of ``group``.
+
+    The rows of one group and one seed are one curve, ordered by ``step`` and smoothed by a
+    rolling mean over ``smooth`` rows; the curves of a group are aligned on ``step`` (runs of
+    one length see the same steps). At each step the line is the mean of ``y`` over the seeds
+    that reached it, the band mean ± sd (ddof 1; none where one seed reached it), and the
+    abscissa the mean of ``x`` over those seeds — for wall time, the seeds' mean time to reach
+    that step. Non-finite values (a diverged run's last loss) are left out.
+    """
+    if smooth < 1:
+        raise ValueError(f"smooth must be ≥ 1, got {smooth}")
+    fig = go.Figure()
+    if df is not None and len(df):
+        for i, (name, part) in enumerate(df.groupby(group, sort=False)):
+            curves_x, curves_y = {}, {}
+            for s, run in part.groupby(seed, sort=True):
+                run = run.sort_values("step")
+                steps = run["step"].to_numpy()
+                values = pd.to_numeric(run[y], errors="coerce").astype(float)
+                values = values.where(values.abs() < float("inf"))
+                smoothed = values.rolling(smooth, min_periods=1).mean().to_numpy()
+                curves_y[s] = pd.Series(smoothed, index=steps)
+                curves_x[s] = pd.Series(
+                    pd.to_numeric(run[x], errors="coerce").astype(float).to_numpy(), index=steps
+                )
+            ys, xs = pd.DataFrame(curves_y), pd.DataFrame(curves_x)
+            mean, sd, xm = ys.mean(axis=1), ys.std(axis=1, ddof=1), xs.mean(axis=1)
+            keep = mean.notna() & xm.notna()
+            mean, sd, xm = mean[keep], sd[keep], xm[keep]
+            color = _color(i)
+            band = sd.notna()
+            if band.any():
+                xb = xm[band]
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(xb) + list(xb[::-1]),
+                        y=list(mean[band] + sd[band]) + list((mean[band] - sd[band])[::-1]),
+                        fill="toself",
+                        fillcolor=_rgba(color, 0.2),
+                        line={"width": 0},
+                        hoverinfo="skip",
+                        showlegend=False,
+                        legendgroup=str(name),
+                    )
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=xm,
+                    y=mean,
+                    mode="lines",
+                    name=str(name),
+                    legendgroup=str(name),
+                    line={"color": color},
+                )
+            )
+    fig.update_layout(
+        title=title or f"{y} against {_X_TITLES.get(x, x)}",
+        xaxis_title=_X_TITLES.get(x, x),
+        yaxis_title=y_title or y,
         yaxis_type="log" if log_y else "linear",
         template="plotly_white",
     )

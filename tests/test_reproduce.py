@@ -1,0 +1,333 @@
+"""``python -m core reproduce`` end to end on a tiny budget, its verdict rules on tables whose
+answer is known, and the "Paper reproductions" page reading a results folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.__main__ import main
+from core.approx import METHODS
+from core.report import mean_sd_figure
+from core.reproduce import (
+    final_losses,
+    list_reports,
+    load_report,
+    quality_verdicts,
+    training_verdicts,
+)
+
+# A subset of the generated CURVES-like set and a few steps of the paper's 784-…-6 network.
+TINY = ["--dataset", "curves", "--n-train", "256", "--n-test", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One training and one quality reproduction (module-wide: they are the slow part)."""
+    base = tmp_path_factory.mktemp("repro")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KRONOSCOPE_CACHE_DIR", str(base / "cache"))
+        training = base / "results" / "curves-training"
+        argv = ["reproduce", "--experiment", "training", *TINY, "--epochs", "2"]
+        argv += ["--max-steps", "3", "--seeds", "1,2", "--optimizers", "sgd,kfac,kpsvd"]
+        assert main([*argv, "--out", str(training)]) == 0
+        quality = base / "results" / "curves-quality"
+        argv = ["reproduce", "--experiment", "quality", *TINY, "--max-steps", "2"]
+        argv += ["--seeds", "1", "--layers", "6", "--quality-every", "1"]
+        assert main([*argv, "--out", str(quality)]) == 0
+    return training, quality
+
+
+def _self_contained(html: str) -> None:
+    assert re.search(r"<script[^>]*\bsrc\s*=", html) is None  # nothing loaded from a CDN
+    assert "Plotly" in html and len(html) > 1_000_000  # plotly.js inlined
+
+
+def test_training_reproduction_files_settings_and_verdicts(outputs):
+    out, _ = outputs
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["experiment"] == "training" and settings["dataset"] == "curves"
+    assert settings["model"]["widths"] == [784, 400, 200, 100, 50, 25, 6]
+    assert (settings["n_train"], settings["n_test"], settings["seeds"]) == (256, 64, [1, 2])
+    assert settings["batch_size"] == 128 and settings["steps"] == 3
+    opt = settings["optimizer_settings"]
+    assert (opt["t_cov"], opt["t_inv"], opt["ema"], opt["kl_clip"]) == (100, 100, 0.95, 0.01)
+    assert (opt["momentum"], opt["weight_decay"], opt["fisher_batch"]) == (0.9, 1e-3, 32)
+    assert settings["optimizers"]["sgd"]["lr"] == 1e-3  # the curves preset's default
+    deviations = " ".join(settings["deviations"])
+    for word in ("Xavier-uniform", "subset", "--max-steps", "20 %"):
+        assert word in deviations
+    assert {(r["optimizer"], r["seed"]) for r in settings["runs"]} == {
+        (o, s) for o in ("sgd", "kfac", "kpsvd") for s in (1, 2)
+    }
+
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns[:8]) == [
+        "optimizer",
+        "seed",
+        "status",
+        "step",
+        "epoch",
+        "wall_time_s",
+        "train_loss",
+        "test_loss",
+    ]
+    assert len(df) == 3 * 2 * 3 and (df.status == "finished").all()
+    first = df[df.step == 0].groupby("seed").train_loss.nunique()
+    assert (first == 1).all()  # per seed every optimizer starts from the same parameters
+
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    assert len(verdicts) == 3 * 2  # kpsvd against kfac, adam, sgd; equal epochs and time
+    assert set(verdicts.criterion) == {"equal epochs", "equal wall time"}
+    adam = verdicts[verdicts.claim == "kpsvd trains faster than adam"]
+    assert (adam.verdict == "not testable here").all()
+    assert adam.detail.str.contains("adam was not run").all()
+    assert set(verdicts.verdict) <= {"reproduced", "not reproduced", "not testable here"}
+
+    html = (out / "report.html").read_text()
+    _self_contained(html)
+    assert "Verdicts" in html and "Xavier-uniform" in html and "wall time" in html
+
+
+def test_quality_reproduction_tracks_every_method(outputs):
+    _, out = outputs
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["quality"]["layers"] == [{"number": 6, "name": "encoder.linear6"}]
+    assert settings["quality"]["fisher_batch"] == 256  # the paper's CURVES Fisher batch
+    df = pd.read_csv(out / "results.csv")
+    assert (df.layer == "encoder.linear6").all() and df.step.tolist() == [0, 1]
+    for m in METHODS:
+        assert df[f"rel_error_{m}"].notna().all() and df[f"spectrum_error_{m}"].notna().all()
+    # Eckart–Young: the best Kronecker product (sum) is at least as close as KFAC's
+    for m in ("kpsvd", "deflation", "lanczos", "kfac_corrected"):
+        assert (df[f"rel_error_{m}"] <= df.rel_error_kfac + 1e-9).all()
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    assert len(verdicts) == 4 * 2
+    frob = verdicts[verdicts.claim.str.contains("Frobenius")]
+    assert (frob.verdict == "reproduced").all()
+    _self_contained((out / "report.html").read_text())
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--experiment", "speed", "--dataset", "curves"], "invalid choice: 'speed'"),
+        (["--experiment", "training", "--dataset", "digits"], "invalid choice: 'digits'"),
+        (["--experiment", "training", "--dataset", "curves", "--seeds", "a,b"], "--seeds"),
+        (["--experiment", "training", "--dataset", "curves", "--seeds", "1,1"], "seeds must"),
+        (
+            ["--experiment", "training", "--dataset", "curves", "--optimizers", "kfac,foo"],
+            "unknown optimizer(s) foo",
+        ),
+        (
+            ["--experiment", "quality", "--dataset", "curves", "--optimizers", "kfac,adam"],
+            "one optimizer",
+        ),
+        (["--experiment", "quality", "--dataset", "curves", "--layers", "13"], "unknown layer"),
+        (["--experiment", "training", "--dataset", "curves", "--n-train", "0"], "n-train"),
+        (
+            ["--experiment", "training", "--dataset", "curves", "--optimizers", "kfac"]
+            + ["--lrs", "adam=0.1"],
+            "not run here",
+        ),
+        (["--experiment", "training", "--dataset", "mnist"], "--data-path"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", *argv, "--n-test", "8", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m core reproduce: error: ") and match in last, last
+    assert "Traceback" not in err
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the network was used without --download")
+
+
+# -- the verdict rules on tables with a known answer ------------------------------------------
+
+
+def _run(name, seed, losses, seconds_per_step, status="finished", per_epoch=5):
+    n = len(losses)
+    return pd.DataFrame(
+        {
+            "optimizer": name,
+            "seed": seed,
+            "status": status,
+            "step": range(n),
+            "epoch": [(k + 1) / per_epoch for k in range(n)],
+            "wall_time_s": [seconds_per_step * (k + 1) for k in range(n)],
+            "train_loss": losses,
+            "test_loss": np.nan,
+        }
+    )
+
+
+def test_final_loss_windows_by_epoch_and_by_time():
+    df = _run("kfac", 1, [10.0 - k for k in range(10)], 1.0)
+    assert final_losses(df, "kfac") == {1: pytest.approx(3.0)}  # steps 5..9: 5, 4, 3, 2, 1
+    # by T = 3.5 s three updates are done: the loss now is record 3's; window records 0..3
+    assert final_losses(df, "kfac", until=3.5) == {1: pytest.approx(8.5)}
+    assert final_losses(df, "kfac", until=0.5) == {1: pytest.approx(10.0)}  # initial loss
+    diverged = _run("kfac", 1, [10.0, 9.0, math.inf], 1.0, status="diverged")
+    assert final_losses(diverged, "kfac") == {1: math.inf}
+    assert final_losses(diverged, "kfac", until=1.5) == {1: pytest.approx(9.5)}
+    assert final_losses(diverged, "kfac", until=2.5) == {1: math.inf}
+
+
+def _table(kpsvd_final, kfac_final, *, kpsvd_speed=1.0, kfac_speed=1.0, seeds=(1, 2, 3)):
+    """10 steps per run, 5 per epoch: first epoch at 20, last epoch at the given loss."""
+    frames = []
+    for i, seed in enumerate(seeds):
+        for name, final, speed in (
+            ("kpsvd", kpsvd_final[i], kpsvd_speed),
+            ("kfac", kfac_final[i], kfac_speed),
+        ):
+            frames.append(_run(name, seed, [20.0] * 5 + [final] * 5, speed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _verdict(table, criterion, baseline="kfac"):
+    rows = training_verdicts(table)
+    row = rows[
+        (rows.claim == f"kpsvd trains faster than {baseline}") & (rows.criterion == criterion)
+    ]
+    assert len(row) == 1
+    return row.iloc[0]
+
+
+def test_training_verdict_rule():
+    clear = _table([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    row = _verdict(clear, "equal epochs")
+    assert row.verdict == "reproduced" and row.method.startswith("1 ± 0.1 (n=3)")
+    assert _verdict(clear, "equal epochs", "sgd").verdict == "not testable here"
+    # within one sd of each other: not shown to be faster
+    close = _table([1.0, 1.5, 0.5], [1.2, 1.7, 0.7])
+    row = _verdict(close, "equal epochs")
+    assert row.verdict == "not reproduced" and "within the seed spread" in row.detail
+    worse = _table([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])
+    row = _verdict(worse, "equal epochs")
+    assert row.verdict == "not reproduced" and "kfac lower" in row.detail
+    one_seed = _table([1.0], [2.0], seeds=(1,))
+    assert _verdict(one_seed, "equal epochs").verdict == "not testable here"
+    # kpsvd takes 10× longer per step: at kfac's finishing time T = 10 s it has done one
+    # step and is still at 20, so it is faster per epoch but slower per second
+    slow = _table([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], kpsvd_speed=10.0)
+    assert _verdict(slow, "equal epochs").verdict == "reproduced"
+    row = _verdict(slow, "equal wall time")
+    assert row.verdict == "not reproduced" and "T = 10 s" in row.detail
+    diverged = clear.copy()
+    mask = (diverged.optimizer == "kfac") & (diverged.seed == 2)
+    diverged.loc[mask, "status"] = "diverged"
+    assert _verdict(diverged, "equal epochs").verdict == "reproduced"
+    assert "kfac diverged" in _verdict(diverged, "equal epochs").detail
+
+
+def test_quality_verdict_rule():
+    kfac = np.full(10, 0.5)
+    for lower, expected in ((9, "reproduced"), (8, "not reproduced")):
+        kpsvd = np.where(np.arange(10) < lower, 0.4, 0.6)
+        df = pd.DataFrame(
+            {
+                "layer": "encoder.linear5",
+                "step": range(10),
+                "rel_error_kfac": kfac,
+                "rel_error_kpsvd": kpsvd,
+            }
+        )
+        rows = quality_verdicts(df)
+        row = rows[rows.claim.str.startswith("kpsvd") & rows.claim.str.contains("Frobenius")]
+        assert row.iloc[0].verdict == expected and f"{lower}0%" in row.iloc[0].detail
+        spectrum = rows[rows.claim.str.contains("spectrum")]
+        assert (spectrum.verdict == "not testable here").all()
+
+
+def test_mean_sd_figure_mean_and_band():
+    df = pd.DataFrame(
+        {
+            "optimizer": "kfac",
+            "seed": [1, 1, 2, 2],
+            "step": [0, 1, 0, 1],
+            "epoch": [0.5, 1.0, 0.5, 1.0],
+            "wall_time_s": [1.0, 2.0, 3.0, 4.0],
+            "train_loss": [1.0, 2.0, 3.0, math.inf],
+        }
+    )
+    fig = mean_sd_figure(df, x="wall_time_s", y="train_loss", group="optimizer")
+    band, line = fig.data
+    assert list(line.x) == [2.0, 3.0] and list(line.y) == [2.0, 2.0]  # inf left out
+    assert band.y[0] == pytest.approx(2.0 + math.sqrt(2.0))  # sd over seeds 1, 3 at step 0
+
+
+# -- the reports page -------------------------------------------------------------------------
+
+
+def _reports_app(**params):
+    from tests.test_app import app
+
+    return app("reports", **params)
+
+
+def test_reports_page_shows_a_report(outputs, app_env, monkeypatch, tmp_path):
+    training, quality = outputs
+    root = tmp_path / "results"
+    shutil.copytree(training, root / "curves-training")
+    shutil.copytree(quality, root / "curves-quality")
+    (root / "half-done").mkdir()
+    (root / "half-done" / "settings.json").write_text("{}")
+    hostile = root / "hostile"
+    shutil.copytree(training, hostile)
+    settings = json.loads((hostile / "settings.json").read_text())
+    settings["dataset_label"] = "**bold** [link](http://example.invalid)"
+    (hostile / "settings.json").write_text(json.dumps(settings))
+    broken = root / "broken"
+    shutil.copytree(training, broken)
+    df = pd.read_csv(broken / "results.csv")
+    df.loc[0, "optimizer"] = "<b>x</b>"
+    df.to_csv(broken / "results.csv", index=False)
+    assert list_reports(root) == ["broken", "curves-quality", "curves-training", "hostile"]
+    with pytest.raises(ValueError, match="optimizer this version does not know"):
+        load_report(root, "broken")
+    with pytest.raises(ValueError, match="choose one of the reports listed"):
+        load_report(root, "../results/curves-training")
+
+    monkeypatch.setenv("KRONOSCOPE_RESULTS_DIR", str(root))
+    at = _reports_app(report="curves-training")
+    assert not at.exception and not at.error
+    assert at.selectbox[0].options == ["broken", "curves-quality", "curves-training", "hostile"]
+    assert len(at.get("plotly_chart")) == 2  # loss against epoch and against wall time
+    frames = [d.value for d in at.dataframe]
+    assert any("verdict" in f.columns for f in frames)
+
+    at = _reports_app(report="curves-quality")
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+
+    at = _reports_app(report="hostile")
+    titles = [s.value for s in at.subheader]
+    assert any("\\*\\*bold\\*\\* \\[link\\]" in t for t in titles)  # escaped, not Markdown
+
+    at = _reports_app(report="broken")
+    assert "optimizer this version does not know" in at.error[0].value.replace("\\", "")
+
+    at = _reports_app(report="../../etc")
+    assert any("report" in w.value for w in at.warning)  # the URL value is named, not used
+
+
+def test_reports_page_without_a_results_folder(app_env, monkeypatch):
+    monkeypatch.delenv("KRONOSCOPE_RESULTS_DIR", raising=False)
+    at = _reports_app()
+    assert not at.exception and not at.error
+    assert "KRONOSCOPE_RESULTS_DIR" in at.info[0].value
+    assert not at.text_input  # visitors never type a server path

@@ -190,6 +190,14 @@ def test_woodbury_natural_gradient_matches_a_dense_solve(layer):
     assert rel(vec(x), dense) < 1e-9
 
 
+def test_mean_gradient_is_the_batch_average(layer):
+    """(1/m) Σ g_i ā_iᵀ: the gradient of the mean loss. Every agreement metric is invariant to
+    the scale of v, so this is checked on its own."""
+    a, g, _, _ = layer
+    loop = sum(torch.outer(gi, ai) for ai, gi in zip(a, g)) / M
+    assert rel(LayerFisher(a, g).mean_gradient(), loop) < 1e-13
+
+
 @pytest.mark.parametrize("method", ["kfac", "kpsvd", "ekfac", "shampoo"])
 def test_exact_damped_solve_of_single_products(layer, method):
     a, g, _, _ = layer

@@ -1,0 +1,453 @@
+"""Mutation testing of the engine's and the optimizers' numerics with hand-picked one-line bugs.
+
+Each mutant is one plausible bug in core/ (a wrong sign, a swapped factor, a dropped 1/m, a
+loosened tolerance, a deleted safeguard line), written as an exact ``(old, new)`` string
+replacement in one file. For each mutant the bench copies the working tree to a temporary
+directory once, patches the one line there, runs the tests of that module group with
+``pytest -x`` under a timeout, and restores the file. A mutant is
+
+* ``killed`` when pytest fails (or ``killed (timeout)`` when it runs past the timeout);
+* ``survived`` when every test still passes: a bug the suite cannot see;
+* ``not applied`` when its line is not found exactly once (the code moved on; the mutant
+  must be rewritten, never counted as killed).
+
+Before the mutants, each group's tests run once on the unpatched copy; tests that already fail
+there (work in progress elsewhere in the tree) are reported and deselected for that group's
+mutants, so that they cannot make every mutant look killed. The score is killed / applied.
+
+Usage: python bench/mutation_bench.py [--only ID ...] [--timeout S] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINE_TESTS = (
+    "tests/test_engine_oracles.py",
+    "tests/test_engine_invariants.py",
+    "tests/test_explorer.py",
+)
+OPTIM_TESTS = ("tests/test_optim.py", "tests/test_optim_ema.py")
+GROUPS = {"engine": ENGINE_TESTS, "optim": OPTIM_TESTS}
+IGNORED = (".venv", ".git", "__pycache__", ".hypothesis", ".pytest_cache", ".ruff_cache", "docs")
+IGNORED += ("data_cache", "runs", "artifacts")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    path: str
+    old: str
+    new: str
+    what: str
+    group: str = "engine"
+
+
+MUTANTS = (
+    # -- core/kron.py --------------------------------------------------------------------
+    Mutant(
+        "kron-vec-row-major",
+        "core/kron.py",
+        "    return m.T.reshape(-1)\n",
+        "    return m.reshape(-1)\n",
+        "vec stacks rows instead of columns",
+    ),
+    Mutant(
+        "kron-pi-inverted",
+        "core/kron.py",
+        "    return (tr_r / tr_s) ** 0.5",
+        "    return (tr_s / tr_r) ** 0.5",
+        "factored-damping π inverted",
+    ),
+    Mutant(
+        "kron-damping-pi-times",
+        "core/kron.py",
+        "s + root / pi * eye_s",
+        "s + root * pi * eye_s",
+        "second factor damped by √λ·π instead of √λ/π",
+    ),
+    Mutant(
+        "kron-eig-solve-sqrt-damping",
+        "core/kron.py",
+        "/ (self.eigvals_grid() + damping)",
+        "/ (self.eigvals_grid() + damping**0.5)",
+        "Kronecker solve adds √λ instead of λ",
+    ),
+    Mutant(
+        "kron-geneig-no-back-transform",
+        "core/kron.py",
+        "    e = torch.linalg.solve_triangular(chol.T, q, upper=True)\n",
+        "    e = q\n",
+        "generalized eigenvectors not mapped back by L⁻ᵀ",
+    ),
+    Mutant(
+        "kron-rearrange-permute",
+        "core/kron.py",
+        ".permute(2, 0, 3, 1)",
+        ".permute(0, 2, 1, 3)",
+        "rearrangement in row-major block order",
+    ),
+    # -- core/ksvd.py --------------------------------------------------------------------
+    Mutant(
+        "ksvd-issue9-absolute-threshold",
+        "core/ksvd.py",
+        "    for size in (scale, 1.0):\n",
+        "    for size in (scale, scale):\n",
+        "issue 9: second orthonormalisation pass thresholds against θ₁ (the original bug)",
+    ),
+    Mutant(
+        "ksvd-gram-no-square",
+        "core/ksvd.py",
+        "        ka = (self.a @ self.a.T).square_().to(torch.float64)\n",
+        "        ka = (self.a @ self.a.T).to(torch.float64)\n",
+        "K_a = ĀĀᵀ instead of (ĀĀᵀ)∘²",
+    ),
+    Mutant(
+        "ksvd-center-wrong-axis",
+        "core/ksvd.py",
+        "return c - c.mean(dim=0, keepdim=True) if self.centered else c",
+        "return c - c.mean(dim=1, keepdim=True) if self.centered else c",
+        "KFAC-corrected centering over the wrong axis",
+    ),
+    Mutant(
+        "ksvd-apply-no-1-over-m",
+        "core/ksvd.py",
+        "        return self.a64.T @ (self._center(w)[:, None] * self.a64) / self.m\n",
+        "        return self.a64.T @ (self._center(w)[:, None] * self.a64)\n",
+        "matrix-free ℛ(F) misses 1/m",
+    ),
+    Mutant(
+        "ksvd-ritz-residual-first-row",
+        "core/ksvd.py",
+        "    residuals = betas[k - 1] * x[k - 1, :r].abs()",
+        "    residuals = betas[k - 1] * x[0, :r].abs()",
+        "Lanczos Ritz residual from the wrong row",
+    ),
+    Mutant(
+        "ksvd-gram-tol-x1e4",
+        "core/ksvd.py",
+        "            done = bool((residual <= tol * scale).all())",
+        "            done = bool((residual <= 1e4 * tol * scale).all())",
+        "Gram route stops at 1e4 × its tolerance",
+    ),
+    Mutant(
+        "ksvd-power-tol-x1e4",
+        "core/ksvd.py",
+        "            if residual <= tol * max(scale, 1e-300):",
+        "            if residual <= 1e4 * tol * max(scale, 1e-300):",
+        "power SVD stops at 1e4 × its tolerance",
+    ),
+    # -- core/approx.py ------------------------------------------------------------------
+    Mutant(
+        "approx-floor-not-applied",
+        "core/approx.py",
+        "            denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)\n",
+        "",
+        "issue 11 (a): the indefiniteness floor is counted but never applied",
+    ),
+    Mutant(
+        "approx-floor-sign",
+        "core/approx.py",
+        "            denom = 1.0 + torch.outer(nu, mu)\n",
+        "            denom = 1.0 - torch.outer(nu, mu)\n",
+        "factored two-term solve with 1 − μν",
+    ),
+    Mutant(
+        "approx-lanczos-tol-x1e4",
+        "core/approx.py",
+        "        trip = op.triplets_lanczos(rank, tol)\n",
+        "        trip = op.triplets_lanczos(rank, tol * 1e4)\n",
+        "issue 11 (c): matrix-free Lanczos tolerance loosened × 1e4",
+    ),
+    Mutant(
+        "approx-exact-sum-no-projection",
+        "core/approx.py",
+        "(lam.clamp_min(0.0) + damping)",
+        "(lam + damping)",
+        "exact dense solve without the PSD projection",
+    ),
+    Mutant(
+        "approx-frobenius-no-cross-terms",
+        "core/approx.py",
+        "        return float(((rs @ rs.T) * (ss @ ss.T)).sum())\n",
+        "        return float(((rs @ rs.T) * (ss @ ss.T)).trace())\n",
+        "‖Σ R⊗S‖² without the cross terms",
+    ),
+    Mutant(
+        "approx-inner-sum-not-mean",
+        "core/approx.py",
+        "            total += float((qa * qg).mean())\n",
+        "            total += float((qa * qg).sum())\n",
+        "⟨F, F̃⟩ misses 1/m",
+    ),
+    Mutant(
+        "approx-shampoo-right-factor",
+        "core/approx.py",
+        "        right = g.T @ (((a * a).sum(1) / m)[:, None] * g)\n",
+        "        right = g.T @ (((g * g).sum(1) / m)[:, None] * g)\n",
+        "Shampoo's R weighted by ‖g‖² instead of ‖ā‖²",
+    ),
+    Mutant(
+        "approx-ekfac-no-1-over-m",
+        "core/approx.py",
+        "        scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / m\n",
+        "        scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2)\n",
+        "EKFAC diagonal misses 1/m",
+    ),
+    Mutant(
+        "approx-ekfac-solve-sqrt",
+        "core/approx.py",
+        "/ (self.scale + damping)",
+        "/ (self.scale + damping**0.5)",
+        "EKFAC solve adds √λ",
+    ),
+    Mutant(
+        "approx-fix-sign-inverted",
+        "core/approx.py",
+        "    return (-r, -s) if float(torch.trace(r)) < 0 else (r, s)",
+        "    return (-r, -s) if float(torch.trace(r)) > 0 else (r, s)",
+        "terms flipped to tr R ≤ 0 (R ⊗ S unchanged, factors negative)",
+    ),
+    Mutant(
+        "approx-corrected-two-terms",
+        "core/approx.py",
+        '"kfac_corrected": 1}[method]',
+        '"kfac_corrected": 2}[method]',
+        "KFAC-corrected adds two correction terms",
+    ),
+    Mutant(
+        "approx-minres-preconditioner-raw",
+        "core/approx.py",
+        '        first64 = _psd_part(KronEig.of(r1.to("cpu", torch.float64), '
+        's1.to("cpu", torch.float64)))\n',
+        '        first64 = KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64))\n',
+        "MINRES preconditioner without the PSD part (round-off negatives kept)",
+    ),
+    # -- core/fisher.py ------------------------------------------------------------------
+    Mutant(
+        "fisher-relerr-inner-once",
+        "core/fisher.py",
+        "sq = self.frobenius_sq - 2.0 * approx.inner_fisher",
+        "sq = self.frobenius_sq - 1.0 * approx.inner_fisher",
+        "‖F − F̃‖² with ⟨F, F̃⟩ counted once",
+    ),
+    Mutant(
+        "fisher-eigvals-no-1-over-m",
+        "core/fisher.py",
+        "        lam = torch.linalg.eigvalsh(self.gram / self.m).flip(0)\n",
+        "        lam = torch.linalg.eigvalsh(self.gram).flip(0)\n",
+        "eigenvalues of F from JJᵀ without 1/m",
+    ),
+    Mutant(
+        "fisher-woodbury-no-m",
+        "core/fisher.py",
+        "        system = self.gram + self.m * damping * eye\n",
+        "        system = self.gram + damping * eye\n",
+        "Woodbury system mλI + JJᵀ without m",
+    ),
+    Mutant(
+        "fisher-mean-gradient-sum",
+        "core/fisher.py",
+        "        return self.g.T @ self.a / self.m\n",
+        "        return self.g.T @ self.a\n",
+        "batch gradient summed, not averaged",
+    ),
+    # -- core/optim.py (edited by others: lines are matched by exact text) ---------------
+    Mutant(
+        "optim-inverse-on-t-cov",
+        "core/optim.py",
+        "        if self.steps % c.t_inv == 0 or not pre.inverses:\n",
+        "        if self.steps % c.t_cov == 0 or not pre.inverses:\n",
+        "issue 11 (b): inverses refreshed on T_cov instead of T_inv",
+        "optim",
+    ),
+    Mutant(
+        "optim-kl-lr-not-squared",
+        "core/optim.py",
+        "nu = min(1.0, math.sqrt(c.kl_clip / (c.lr**2 * vg)))",
+        "nu = min(1.0, math.sqrt(c.kl_clip / (c.lr * vg)))",
+        "KL clip with lr instead of lr²",
+        "optim",
+    ),
+    Mutant(
+        "optim-kl-uses-gradient-norm",
+        "core/optim.py",
+        "                vg += float((v64 * p64).sum())\n",
+        "                vg += float((v64 * v64).sum())\n",
+        "KL clip with ⟨V, V⟩ instead of ⟨V, P⟩",
+        "optim",
+    ),
+    Mutant(
+        "optim-ema-rho-swapped",
+        "core/optim.py",
+        "out.append((rho * r_old + (1.0 - rho) * r, rho * s_old + (1.0 - rho) * s))",
+        "out.append(((1.0 - rho) * r_old + rho * r, (1.0 - rho) * s_old + rho * s))",
+        "factor EMA weights swapped",
+        "optim",
+    ),
+    Mutant(
+        "optim-sign-alignment-inverted",
+        "core/optim.py",
+        "            if inner < 0:  # R ⊗ S",
+        "            if inner > 0:  # R ⊗ S",
+        "EMA sign alignment inverted",
+        "optim",
+    ),
+    Mutant(
+        "optim-window-fourth-root",
+        "core/optim.py",
+        "            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.25\n",
+        "            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.5\n",
+        "window rows scaled by √w instead of w^¼",
+        "optim",
+    ),
+    Mutant(
+        "optim-weight-decay-sign",
+        "core/optim.py",
+        "p.grad.add_(p, alpha=c.weight_decay)",
+        "p.grad.add_(p, alpha=-c.weight_decay)",
+        "weight decay with the wrong sign",
+        "optim",
+    ),
+    Mutant(
+        "optim-bias-first-column",
+        "core/optim.py",
+        "                    b.grad.copy_(p32[:, -1])\n",
+        "                    b.grad.copy_(p32[:, 0])\n",
+        "bias update from the first column",
+        "optim",
+    ),
+    Mutant(
+        "optim-ekfac-scale-no-ema",
+        "core/optim.py",
+        "self.scale = s_t if self.scale is None else rho * self.scale + (1.0 - rho) * s_t",
+        "self.scale = s_t",
+        "EKFAC diagonal not averaged",
+        "optim",
+    ),
+    Mutant(
+        "optim-solve-exact-mode",
+        "core/optim.py",
+        '        return self._solver.solve(v, self.damping, mode="factored")\n',
+        '        return self._solver.solve(v, self.damping, mode="exact")\n',
+        "optimizer uses exact instead of factored damping",
+        "optim",
+    ),
+)
+
+
+def copy_tree(dest: Path) -> None:
+    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
+
+
+def run_tests(
+    root: Path, tests: tuple[str, ...], timeout: float, deselect: list[str], stop_first: bool
+) -> tuple[str, float, str, list[str]]:
+    """('passed' | 'failed' | 'timeout', seconds, last line of pytest's output, failed ids)."""
+    present = [t for t in tests if (root / t).exists()]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *present]
+    cmd += ["-x"] if stop_first else []
+    for node in deselect:
+        cmd += ["--deselect", node]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - start, "", []
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    last = lines[-1] if lines else proc.stderr.strip()[-200:]
+    # "FAILED <node id> - <message>"; a node id may hold spaces (parameter ids).
+    failed = [
+        line.split(" ", 1)[1].split(" - ", 1)[0]
+        for line in lines
+        if line.startswith(("FAILED ", "ERROR ")) and "::" in line
+    ]
+    outcome = "passed" if proc.returncode == 0 else "failed"
+    return outcome, time.perf_counter() - start, last, failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run")
+    parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    args = parser.parse_args()
+    mutants = [m for m in MUTANTS if not args.only or m.id in args.only]
+    unknown = set(args.only or ()) - {m.id for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutant id(s) {sorted(unknown)}; see MUTANTS in this file")
+
+    rows: list[tuple[Mutant, str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="kronoscope-mutants-") as tmp:
+        root = Path(tmp) / "repo"
+        copy_tree(root)
+        broken: dict[str, list[str]] = {}
+        baseline_ok = {}
+        for group in sorted({m.group for m in mutants}):
+            outcome, seconds, last, failed = run_tests(root, GROUPS[group], args.timeout, [], False)
+            broken[group] = failed
+            baseline_ok[group] = outcome == "passed" or (outcome == "failed" and bool(failed))
+            print(f"baseline {group}: {outcome} in {seconds:.0f} s ({last})", flush=True)
+            for node in failed:
+                print(f"  fails before any mutation, deselected: {node}", flush=True)
+        for m in mutants:
+            path = root / m.path
+            original = path.read_text()
+            count = original.count(m.old)
+            if count != 1:
+                verdict, seconds = ("not applied" if count == 0 else "not applied (ambiguous)"), 0.0
+            elif not baseline_ok[m.group]:
+                verdict, seconds = "not run (baseline fails)", 0.0
+            else:
+                path.write_text(original.replace(m.old, m.new, 1))
+                try:
+                    outcome, seconds, _, _ = run_tests(
+                        root, GROUPS[m.group], args.timeout, broken[m.group], True
+                    )
+                finally:
+                    path.write_text(original)
+                verdict = {"failed": "killed", "timeout": "killed (timeout)"}.get(
+                    outcome, "survived"
+                )
+            rows.append((m, verdict, seconds))
+            print(f"{m.id:40s} {verdict:18s} {seconds:6.0f} s  {m.what}", flush=True)
+
+    applied = [r for r in rows if r[1].startswith(("killed", "survived"))]
+    killed = [r for r in applied if r[1].startswith("killed")]
+    score = f"{len(killed)}/{len(applied)} killed"
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s), "
+        f"Python {platform.python_version()}; score: {score}",
+        "",
+        *[
+            f"Deselected ({group}: failing before any mutation): `{node}`"
+            for group, nodes in sorted(broken.items())
+            for node in nodes
+        ],
+        "",
+        "| mutant | file | bug | result | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for m, verdict, seconds in rows:
+        lines.append(f"| `{m.id}` | {m.path} | {m.what} | {verdict} | {seconds:.0f} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

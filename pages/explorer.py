@@ -279,10 +279,16 @@ with tabs["rank"]:
     elif "explorer.rank" in st.session_state:
         settings.values["rank"] = str(st.session_state["explorer.rank"])
 
-buffer = io.BytesIO()
-np.savez_compressed(buffer, **arrays)
+
+def figure_data() -> bytes:
+    """The NPZ, made only when asked for (not on every rerun of every student's view)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
 st.download_button(
-    "Figure data (NPZ)", buffer.getvalue(), f"fisher-{layer}.npz", "application/octet-stream"
+    "Figure data (NPZ)", figure_data, f"fisher-{layer}.npz", "application/octet-stream"
 )
 settings.sync()
 st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def test_explorer_pick_layer_and_method(server, page):
     _shot(page, "explorer")
 
     _choose(page, "Linear layer", "encoder.linear2")
-    page.get_by_text(re.compile(r"layer encoder\.linear2: 32→16")).wait_for()
+    page.get_by_text(re.compile(r"encoder\.linear2: 32→16")).first.wait_for()
     _choose(page, "Approximation shown", "KFAC-corrected")
     page.get_by_text("KFAC-corrected − F").first.wait_for()
     page.wait_for_url(re.compile(r"layer=encoder\.linear2.*show=kfac_corrected"))
@@ -201,6 +202,63 @@ def test_explorer_pick_layer_and_method(server, page):
     page.get_by_text("Error of the best sum of r Kronecker products").first.wait_for()
     _shot(page, "explorer-rank")
     print(f"explorer default view in the browser: {cold:.1f} s (cold server)")
+
+
+def _local(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("data", "blob", "about") or parts.hostname in ("127.0.0.1", "localhost")
+
+
+def test_pages_request_nothing_from_other_hosts(server, browser):
+    """A classroom network may be offline: every request goes to this server (issue 8)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+    page.on("request", lambda req: None if _local(req.url) else outside.append(req.url))
+    try:
+        page.goto(f"{server}/")
+        page.get_by_text("A short guided tour").first.wait_for()
+        page.goto(f"{server}/explorer?tab=spectra")
+        page.get_by_text("Server time for this view").wait_for()
+        page.wait_for_selector(".js-plotly-plot")
+        icon = page.evaluate("() => document.querySelector('link[rel*=icon]')?.href || ''")
+        assert icon and _local(icon), icon
+    finally:
+        context.close()
+    assert not outside, f"requests to other hosts: {outside}"
+
+
+def test_ten_students_at_once_each_see_a_complete_explorer(server, browser):
+    """Ten browser contexts open the explorer together (a class arriving); each gets the
+    whole view: metrics, heatmaps, no error, no exception (issue 8)."""
+    contexts = [browser.new_context(viewport={"width": 1200, "height": 1400}) for _ in range(10)]
+    crashed: list[int] = []
+    try:
+        pages = [c.new_page() for c in contexts]
+        for i, p in enumerate(pages):  # two thirds on the teacher's link, the rest their own
+            p.on("crash", lambda _p, i=i: crashed.append(i))
+            query = "dataset=digits&seed=0" if i % 3 else f"dataset=digits&seed={100 + i}"
+            p.goto(f"{server}/explorer?{query}", wait_until="commit")
+        deadline = time.monotonic() + 240
+        ready = [False] * len(pages)
+        while not all(ready) and time.monotonic() < deadline and not crashed:
+            time.sleep(1.0)  # poll every page: all of them load at once
+            ready = [p.get_by_text("Server time for this view").count() > 0 for p in pages]
+        for i, p in enumerate(pages):
+            if not ready[i]:
+                p.screenshot(path=str(LOG.parent / f"failure-student-{i}.png"))
+        assert not crashed, f"browser pages crashed: {crashed}"
+        assert all(ready), f"views not complete after 240 s: {ready}"
+        for p in pages:
+            p.wait_for_selector(".js-plotly-plot", timeout=60_000)  # drawn after the script ends
+            _no_exception(p)
+            assert p.get_by_text("How close is each approximation?").count() == 1
+            errors = p.locator('[data-testid="stAlertContentError"]')
+            assert errors.count() == 0, errors.all_inner_texts()
+    finally:
+        for c in contexts:
+            c.close()
 
 
 def test_race_curve_grows_and_stops(server, page):

@@ -38,7 +38,7 @@ with st.sidebar:
             "Optimizer", OPTIMIZERS, "opt", "adam", format_func=sh.OPTIMIZER_LABELS.get
         )
         steps = settings.number("Training steps", "steps", 200, min_value=1, max_value=20_000)
-        hyper = sh.optimizer_controls(settings, opt_name)
+        hyper = sh.optimizer_controls(settings, opt_name, preset)
 
 if state == "trained":
     with sh.friendly_errors("Training settings"):

@@ -52,7 +52,7 @@ with st.expander("Hyper-parameters", expanded=False):
     columns = st.columns(max(len(chosen), 1))
     for column, name in zip(columns, chosen, strict=False):
         with column:
-            hyper[name] = sh.optimizer_controls(settings, name)
+            hyper[name] = sh.optimizer_controls(settings, name, preset)
 
 
 def make_runs() -> list[TrainingRun]:

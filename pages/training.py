@@ -29,7 +29,7 @@ with st.sidebar:
     opt_name = settings.select(
         "Optimizer", OPTIMIZERS, "opt", "kfac", format_func=sh.OPTIMIZER_LABELS.get
     )
-    hyper = sh.optimizer_controls(settings, opt_name)
+    hyper = sh.optimizer_controls(settings, opt_name, preset)
     steps = settings.number("Steps", "steps", 300, min_value=1, max_value=20_000)
     batch = settings.select("Batch size", [32, 64, 128, 256, 512], "batch", 128)
 

@@ -28,14 +28,15 @@ def device_label() -> str:
     return "CPU (no CUDA GPU found)"
 
 
-def optimizer_controls(settings: UrlSettings, name: str) -> dict:
-    """Hyper-parameter inputs of one optimizer (URL keys ``<setting>.<optimizer>``)."""
+def optimizer_controls(settings: UrlSettings, name: str, preset: str | None = None) -> dict:
+    """Hyper-parameter inputs of one optimizer (URL keys ``<setting>.<optimizer>``); the
+    defaults are the model preset's (core.optim.default_lr: none of them diverges)."""
     label = OPTIMIZER_LABELS.get(name, name)
     out: dict = {
         "lr": settings.number(
             f"{label}: learning rate",
             f"lr.{name}",
-            float(default_lr(name)),
+            float(default_lr(name, preset)),
             min_value=1e-6,
             max_value=10.0,
             format="%g",
@@ -54,7 +55,7 @@ def optimizer_controls(settings: UrlSettings, name: str) -> dict:
     out["damping"] = settings.number(
         f"{label}: damping λ",
         f"damping.{name}",
-        float(default_damping(name)),
+        float(default_damping(name, preset)),
         min_value=1e-10,
         max_value=10.0,
         format="%g",

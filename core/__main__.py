@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -351,6 +352,20 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _shown_command(argv: list[str]) -> str:
+    """The command line with the paths of --out and --data-path cut to their last part (a
+    results folder may be shown to web visitors, who learn no server path from it)."""
+    shown, paths = [], ("--out", "--data-path")
+    for i, word in enumerate(argv):
+        if i > 0 and argv[i - 1] in paths:
+            word = Path(word).name
+        elif word.startswith(tuple(f"{p}=" for p in paths)):
+            key, value = word.split("=", 1)
+            word = f"{key}={Path(value).name}"
+        shown.append(shlex.quote(word))
+    return "python -m core " + " ".join(shown)
+
+
 def cmd_reproduce(args) -> int:
     lrs, dampings = _parse_lrs(args.lrs), _parse_lrs(args.dampings)
     spec = ReproduceSpec(
@@ -390,7 +405,7 @@ def cmd_reproduce(args) -> int:
     finally:
         if bars:
             bars[-1].close()
-    settings["command"] = "python -m core " + " ".join(args.argv)
+    settings["command"] = _shown_command(args.argv)
     table = write_reproduction(args.out, settings, results)
     for row in table.itertuples():
         print(f"{row.verdict}: {row.claim} ({row.criterion}) — {row.detail}")

@@ -216,6 +216,8 @@ class ReproduceSpec:
                     f"learning rate or damping given for {', '.join(stray)}, which is not run "
                     f"here ({', '.join(self.optimizers)})"
                 )
+        if self.experiment == "training" and (self.layers or self.quality_every is not None):
+            raise ValueError("--layers and --quality-every apply to the quality experiment only")
         self.layers = tuple(self.layers) or QUALITY_LAYERS[self.dataset]
 
     @property
@@ -368,7 +370,9 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
         "experiment": spec.experiment,
         "dataset": spec.dataset,
         "dataset_label": dataset.label,
-        "data_path": spec.data_path,
+        # the file's name only: a results folder may be shown to web visitors (the app's
+        # reports page), who learn no server path from it
+        "data_file": None if spec.data_path is None else Path(spec.data_path).name,
         "n_train": dataset.n_train,
         "n_test": dataset.n_test,
         "subset": spec.n_train is not None or spec.n_test is not None,
@@ -859,7 +863,16 @@ def load_report(directory: str | os.PathLike[str], name: str) -> Reproduction:
         raise ValueError(
             f"this report's results table cannot be read ({type(err).__name__})"
         ) from None
-    need = ["optimizer", "seed", "status", "step", "epoch", "wall_time_s", "train_loss"]
+    need = [
+        "optimizer",
+        "seed",
+        "status",
+        "step",
+        "epoch",
+        "wall_time_s",
+        "train_loss",
+        "test_loss",
+    ]
     if settings["experiment"] == "quality":
         need.append("layer")
     missing = [c for c in need if c not in df.columns]

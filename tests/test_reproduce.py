@@ -64,6 +64,8 @@ def test_training_reproduction_files_settings_and_verdicts(outputs):
     deviations = " ".join(settings["deviations"])
     for word in ("Xavier-uniform", "subset", "--max-steps", "20 %"):
         assert word in deviations
+    assert settings["command"].endswith("--out curves-training")  # no server path
+    assert str(out.parent) not in (out / "settings.json").read_text()
     assert {(r["optimizer"], r["seed"]) for r in settings["runs"]} == {
         (o, s) for o in ("sgd", "kfac", "kpsvd") for s in (1, 2)
     }
@@ -138,6 +140,10 @@ def test_quality_reproduction_tracks_every_method(outputs):
             "not run here",
         ),
         (["--experiment", "training", "--dataset", "mnist"], "--data-path"),
+        (
+            ["--experiment", "training", "--dataset", "curves", "--layers", "5"],
+            "quality experiment only",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, monkeypatch, argv, match):

@@ -480,8 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quality-every", type=int, help="quality: errors every k steps")
     p.add_argument("--eval-every", type=int, help="test loss every k steps (default: each epoch)")
-    p.add_argument("--n-train", type=int, help="use only the first N training images (checks)")
-    p.add_argument("--n-test", type=int, help="use only the first N test images (checks)")
+    p.add_argument(
+        "--n-train", type=int, help="train on N images only (quick checks; recorded as a deviation)"
+    )
+    p.add_argument("--n-test", type=int, help="test on N images only (quick checks)")
     p.add_argument("--max-steps", type=int, help="cap each run at N steps (checks)")
     p.add_argument(
         "--data-path",

@@ -420,3 +420,17 @@ def test_minres_preconditioner_tolerates_round_off_negative_factor_eigenvalues(m
 def sym_matrix(n: int, gen: torch.Generator) -> torch.Tensor:
     x = torch.randn(n, n, generator=gen)
     return x + x.T
+
+
+@pytest.mark.parametrize(
+    ("solver", "method"),
+    [("gram", "deflation"), ("matrix_free", "lanczos"), ("matrix_free", "deflation")],
+)
+def test_a_looser_tolerance_stops_earlier(solver, method):
+    """The iterations stop as soon as the residual test passes, not only when the Krylov space
+    is exhausted (which is exact, and also what a wrong residual estimate would fall back to)."""
+    a, g = batch(120, 10, 9, seed=7)
+    loose = approximate(method, a, g, solver=solver, tol=1e-3)
+    tight = approximate(method, a, g, solver=solver, tol=1e-9)
+    assert loose.info["converged"] and tight.info["converged"]
+    assert loose.info["iterations"] < tight.info["iterations"]

@@ -106,9 +106,13 @@ slow = settings.toggle(
     False,
 )
 results: dict[str, explorer.MethodResult] = {}
-for method in methods:
-    with sh.friendly_errors(f"Approximating ({explorer.method_label(method)})", stop=False):
-        results[method] = sh.compute.method_result(fisher_key, method, float(damping), slow, fisher)
+for method, outcome in sh.compute.method_results(
+    fisher_key, methods, float(damping), slow, fisher
+).items():
+    if isinstance(outcome, Exception):  # one failed method is a message, not a blank page
+        st.error(f"**Approximating ({explorer.method_label(method)}):** {sh.plain(outcome)}")
+    else:
+        results[method] = outcome
 methods = [mt for mt in methods if mt in results]  # a failed method is a message, not a blank
 analysis = explorer.LayerAnalysis(fisher, results)
 

@@ -140,3 +140,31 @@ def test_inline_pool_deduplicates_and_propagates(tmp_path: Path):
     assert a is b and int(log.read_text()) == os.getpid()
     with pytest.raises(ValueError, match="x"):
         _get(inline, "f", fail, "x")
+
+
+def test_a_view_past_its_budget_gets_a_message_saying_how_to_get_it(pool, monkeypatch, tmp_path):
+    """The explorer's compute glue (pages/ui/compute.py) over a real pool: work past the
+    view's budget stops, with a message naming what was skipped and how to get it."""
+    from pages.ui import compute
+
+    monkeypatch.setattr(compute, "pool", lambda: pool)
+    monkeypatch.setenv("KRONOSCOPE_VIEW_BUDGET_S", "1")
+    assert compute.start_view() == 1.0
+    log = str(tmp_path / "v")
+    t0 = time.monotonic()
+    out = compute.compute_all(
+        [
+            ("quick", slow_square, (torch.ones(2), 0.0, log), "KFAC", "pick fewer"),
+            ("slow", slow_square, (torch.ones(2), 30.0, log), "Deflation", "run the CLI"),
+        ]
+    )
+    assert time.monotonic() - t0 < 10
+    assert out["quick"].sum() == 2
+    message = str(out["slow"])
+    assert isinstance(out["slow"], compute.BudgetError)
+    assert "Deflation was stopped after 1 s" in message and "run the CLI" in message
+    assert "KRONOSCOPE" not in message
+    deadline = time.monotonic() + 10
+    while pool.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.stats()["running"] == 0  # the abandoned job was stopped, not left running

@@ -30,7 +30,8 @@ __all__ = [
     "block_view",
     "compute",
     "layer_fisher",
-    "method_result",
+    "compute_all",
+    "method_results",
     "pool",
     "rank_curve",
     "spectra",
@@ -101,39 +102,66 @@ def compute(
     ``what`` names the work for the student (``"KPSVD"``); ``how`` says how to get it when it
     is over budget. Raises the job's own error, or :class:`BudgetError`.
     """
+    (outcome,) = compute_all([(key, fn, args, what, how)]).values()
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def compute_all(
+    work: list[tuple[str, Callable[..., Any], tuple, str, str]],
+) -> dict[str, Any]:
+    """Several ``(key, fn, args, what, how)`` at once: every job is queued before any is
+    waited for, so the pool's workers share one view's work. Returns key → result, or the
+    exception (the job's own, or :class:`BudgetError`) for work that failed."""
     deadline = getattr(_view, "deadline", None)
     seconds = getattr(_view, "seconds", view_budget_s())
     left = seconds if deadline is None else deadline - time.monotonic()
+    out: dict[str, Any] = {}
     if left <= 0:
-        raise BudgetError(_budget_message(what, seconds, how))
+        return {
+            k: BudgetError(_budget_message(what, seconds, how)) for k, _f, _a, what, how in work
+        }
     workers = pool()
-    job = workers.acquire(key, fn, *args, budget_s=max(left, 1.0))
+    held = [(workers.acquire(k, fn, *args, budget_s=max(left, 1.0)), what, how)
+            for k, fn, args, what, how in work]  # fmt: skip
     status = None
     t0 = time.monotonic()
     try:
-        while not job.wait(0.25):
-            waited = time.monotonic() - t0
-            if status is None:
-                status = st.empty()
-            where = "waiting for a free worker" if job.state == "queued" else "computing"
-            status.caption(f"{what}: {where}… {waited:.0f} s")
-            if deadline is not None and time.monotonic() > deadline:
-                raise BudgetError(_budget_message(what, seconds, how))
-        try:
-            return job.result()
-        except BudgetExceeded:
-            raise BudgetError(_budget_message(what, seconds, how)) from None
-        except JobCancelled:
-            raise LimitError(f"{what} was cancelled; reload the page to compute it.") from None
-        except WorkerDied:
-            raise LimitError(
-                f"{what}: the worker computing it stopped unexpectedly (perhaps out of memory). "
-                "Nothing else was affected; choose a smaller layer or m, or reload to retry."
-            ) from None
+        for job, what, how in held:
+            while not job.wait(0.25):
+                if status is None:
+                    status = st.empty()
+                where = "waiting for a free worker" if job.state == "queued" else "computing"
+                status.caption(f"{what}: {where}… {time.monotonic() - t0:.0f} s")
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            out[job.key] = _outcome(job, what, seconds, how)
     finally:
-        workers.release(job)
+        for job, _what, _how in held:
+            workers.release(job)
         if status is not None:
             status.empty()
+    return out
+
+
+def _outcome(job, what: str, seconds: float, how: str) -> Any:
+    """The job's result, or the exception a student should read."""
+    if not job.done:
+        return BudgetError(_budget_message(what, seconds, how))
+    try:
+        return job.result()
+    except BudgetExceeded:
+        return BudgetError(_budget_message(what, seconds, how))
+    except JobCancelled:
+        return LimitError(f"{what} was cancelled; reload the page to compute it.")
+    except WorkerDied:
+        return LimitError(
+            f"{what}: the worker computing it stopped unexpectedly (perhaps out of memory). "
+            "Nothing else was affected; choose a smaller layer or m, or reload to retry."
+        )
+    except Exception as err:
+        return err
 
 
 # -- the explorer's results, by key ----------------------------------------------------------
@@ -146,13 +174,21 @@ def layer_fisher(key: str, model, x, layer: str, loss: str, kind: str, seed: int
     )  # fmt: skip
 
 
-def method_result(fisher_key: str, method: str, damping: float, slow: bool, fisher):
-    return compute(
-        f"{fisher_key}|method={method}|damping={damping!r}|slow={slow}",
-        partial(explorer.analyse_method, damping=damping, compute_slow=slow), fisher, method,
-        what=explorer.method_label(method),
-        how="switch off the slow metrics, or run `python -m core quality` on your own machine",
-    )  # fmt: skip
+def method_results(fisher_key: str, methods: list[str], damping: float, slow: bool, fisher):
+    """Each method's :class:`core.explorer.MethodResult`, or the exception it raised."""
+    how = "switch off the slow metrics, or run `python -m core quality` on your own machine"
+    work = [
+        (
+            f"{fisher_key}|method={method}|damping={damping!r}|slow={slow}",
+            partial(explorer.analyse_method, damping=damping, compute_slow=slow),
+            (fisher, method),
+            explorer.method_label(method),
+            how,
+        )
+        for method in methods
+    ]
+    outcomes = compute_all(work)
+    return {method: outcomes[item[0]] for method, item in zip(methods, work, strict=True)}
 
 
 def rank_curve(fisher_key: str, max_rank: int, fisher):

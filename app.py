@@ -1,6 +1,6 @@
 """Kronoscope: Streamlit entry point (`streamlit run app.py`).
 
-Five pages (st.navigation); each page is a thin script in pages/ that reads its settings from
+Six pages (st.navigation); each page is a thin script in pages/ that reads its settings from
 the URL, calls core/ and draws. The sidebar shows the compute device and the server's limits.
 """
 

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ("home", "explorer", "training", "race", "learn")
+PAGES = ("home", "explorer", "training", "race", "learn", "reports")
 
 
 pytestmark = pytest.mark.usefixtures("app_env")

@@ -142,3 +142,18 @@ def test_upload_folder_removed_files_leave_no_trace_in_time(tmp_path):
     store.save("s", os.urandom(1000), ".mat")
     assert time.monotonic() - t0 < 5
     assert all(p.suffix in (".mat", ".npz") for p in (tmp_path / "u").rglob("*") if p.is_file())
+
+
+def test_download_button_only_when_the_host_allows(tmp_path, monkeypatch):
+    """No download button by default; a button only with the host's permission (issue 10;
+    the download itself is tested against a loopback server in test_download.py)."""
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("KRONOSCOPE_ALLOW_DOWNLOADS", raising=False)
+    at = app("explorer", dataset="faces")
+    assert_safe(at)
+    assert not [b for b in at.button if "Download" in b.label]
+    monkeypatch.setenv("KRONOSCOPE_ALLOW_DOWNLOADS", "1")
+    at = app("explorer", dataset="faces")
+    assert [b.label for b in at.button if "Download" in b.label] == [
+        "Download the original FACES files"
+    ]

@@ -5,7 +5,9 @@ directory per session (bounded per session and per server, removed when the sess
 when the server starts, never shown by its server path), or from the data directory the host
 configures (``KRONOSCOPE_DATA_DIR``), where visitors pick among the dataset files found
 (:func:`core.datafiles.list_data_files`). Without that setting there is no path box, and a
-``path`` URL parameter is ignored with a notice.
+``path`` URL parameter is ignored with a notice. The paper's original MNIST and FACES files
+are used once they are in the cache directory; a download button appears only when the host
+allows downloads (``KRONOSCOPE_ALLOW_DOWNLOADS``, off by default).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 
 from core.data import DATASET_SPECS, Dataset, DatasetError, default_cache_dir, load_dataset
 from core.datafiles import data_dir, list_data_files, load_visitor_dataset, resolve_in_dir
+from core.download import cached_dataset, download_dataset, downloads_allowed
 from core.models import PRESETS, build_model
 
+from .errors import friendly_errors, plain
 from .session import session_alive, session_id
 from .urlstate import UrlSettings
 
@@ -196,6 +200,9 @@ def data_controls(settings: UrlSettings) -> DataChoice:
     if listed is not None and folder is not None:
         return _host_file_choice(name, listed, folder)
     if spec.needs_path:
+        original = _original_download(name, spec.label or name)
+        if original is not None:
+            return original
         settings.show_notices()
         st.info(
             f"{spec.label or name} is not bundled and is never downloaded: upload a file"
@@ -203,6 +210,28 @@ def data_controls(settings: UrlSettings) -> DataChoice:
         )
         st.stop()
     return DataChoice(name)
+
+
+def _original_download(name: str, label: str) -> DataChoice | None:
+    """The paper's original files from the cache directory, or, when the host allows
+    downloads, a button that fetches them (verified, resumable; core.download)."""
+    path = cached_dataset(name)
+    if path is not None:
+        st.caption(f"Using the original {label} files downloaded on this server.")
+        return DataChoice(name, str(path), f"{name}:original", f"the original {label} files")
+    if not downloads_allowed():
+        return None
+    if st.button(f"Download the original {label} files", key=f"download.{name}"):
+        bar = st.progress(0.0, text="Starting the download…")
+
+        def progress(file: str, done: int, total: int | None) -> None:
+            frac = min(done / total, 1.0) if total else 0.0
+            bar.progress(frac, text=f"{plain(file, 60)}: {done / 2**20:,.1f} MiB")
+
+        with friendly_errors("Downloading"):
+            download_dataset(name, progress=progress)
+        st.rerun()
+    return None
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the dataset…")

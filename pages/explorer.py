@@ -6,6 +6,7 @@ import io
 import time
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core import explorer, figures
@@ -64,7 +65,7 @@ with st.sidebar:
         "Approximations", METHODS, "methods", METHODS, format_func=explorer.method_label
     )
     m = settings.select(
-        "Fisher minibatch m", [32, 64, 128, 256, 512, 1024], "m", 256,
+        "Fisher minibatch m", [1, 8, 32, 64, 128, 256, 512, 1024], "m", 256,
         help="Samples in the estimate F = (1/m) Σ (ā ā^T) ⊗ (g g^T); rank F ≤ m.",
     )  # fmt: skip
     fisher_kind = settings.radio(
@@ -122,7 +123,7 @@ table = analysis.table()
 if len(table):
     shown = table.assign(
         method=table["method"].map(explorer.method_label),
-        terms=[f"{t:.0f}" if t == t else "eigenbasis diagonal" for t in table["terms"]],
+        terms=["eigenbasis diagonal" if pd.isna(t) else f"{t:.0f}" for t in table["terms"]],
     )
     st.dataframe(
         shown.drop(columns=["deferred"]),

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -63,10 +64,23 @@ def view_budget_s() -> float:
     return _env_number(VIEW_BUDGET_ENV, DEFAULT_VIEW_BUDGET_S, 1.0)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (``docker run
+    --cpus``), which ``os.cpu_count`` does not see."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
 def worker_count() -> int:
-    """``KRONOSCOPE_WORKERS`` (default: the machine's cores): worker processes for the
+    """``KRONOSCOPE_WORKERS`` (default: the CPUs available): worker processes for the
     numerics; 0 computes in the server's threads (no budget enforcement, tests only)."""
-    return int(_env_number(WORKERS_ENV, float(os.cpu_count() or 1), 0.0))
+    return int(_env_number(WORKERS_ENV, float(available_cpus()), 0.0))
 
 
 @st.cache_resource(show_spinner=False)

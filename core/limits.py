@@ -7,12 +7,15 @@ Limits, read from the environment on every check (the Docker image sets them):
 * ``KRONOSCOPE_RUNS_PER_SESSION`` (default half of the above, at least 1): how many of those
   one session may hold at once, so one student cannot take every slot while others wait;
 * ``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000): the largest layer (``dg·da`` weights,
-  bias included) whose Fisher block may be analysed.
+  bias included) whose Fisher block may be analysed;
 
-and one setting of the web server, ``KRONOSCOPE_TORCH_THREADS`` (default 1): PyTorch's
-intra-op threads. The server runs many things at once (sessions, background training runs),
-and intra-op parallelism on top of that oversubscribes the cores: on a loaded 2-core machine a
-528 × 528 ``eigh`` took 0.03 s with one thread and 0.1–0.9 s with two (bench/RESULTS-app.md).
+and the settings of the web server's numerics: ``KRONOSCOPE_WORKERS`` worker processes (default:
+the CPUs available) and ``KRONOSCOPE_VIEW_BUDGET_S`` (default 60) compute seconds per explorer
+view (core.workers, pages/ui/compute.py); and ``KRONOSCOPE_TORCH_THREADS`` (default 1):
+PyTorch's intra-op threads. The server runs many things at once (sessions, background training
+runs), and intra-op parallelism on top of that oversubscribes the cores: on a loaded 2-core
+machine a 528 × 528 ``eigh`` took 0.03 s with one thread and 0.1–0.9 s with two (bench/RESULTS-
+app.md).
 
 :class:`RunRegistry` is the one process-wide object that starts background training runs. A
 group of runs that does not fit now waits in a first-in, first-out queue (its place is shown to
@@ -33,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 __all__ = [
@@ -47,12 +51,17 @@ __all__ = [
     "max_layer_params",
     "runs_per_session",
     "torch_threads",
+    "view_budget_s",
+    "worker_count",
 ]
 
 MAX_CONCURRENT_RUNS_ENV = "KRONOSCOPE_MAX_CONCURRENT_RUNS"
 MAX_LAYER_PARAMS_ENV = "KRONOSCOPE_MAX_LAYER_PARAMS"
 RUNS_PER_SESSION_ENV = "KRONOSCOPE_RUNS_PER_SESSION"
 TORCH_THREADS_ENV = "KRONOSCOPE_TORCH_THREADS"
+WORKERS_ENV = "KRONOSCOPE_WORKERS"
+VIEW_BUDGET_ENV = "KRONOSCOPE_VIEW_BUDGET_S"
+DEFAULT_VIEW_BUDGET_S = 60.0
 MAX_QUEUED_GROUPS = 64  # waiting groups, server-wide; beyond, a start is refused
 DEFAULT_MAX_CONCURRENT_RUNS = 4
 DEFAULT_MAX_LAYER_PARAMS = 4_000_000  # the paper's largest layer (FACES 2000→1000) has 2,001,000
@@ -73,6 +82,43 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
     return value
+
+
+def _env_float(name: str, default: float, minimum: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum:g}, got {raw}")
+    return value
+
+
+def view_budget_s() -> float:
+    """``KRONOSCOPE_VIEW_BUDGET_S`` (default 60): compute seconds one explorer view may take."""
+    return _env_float(VIEW_BUDGET_ENV, DEFAULT_VIEW_BUDGET_S, 1.0)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (``docker run
+    --cpus``), which ``os.cpu_count`` does not see."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
+def worker_count() -> int:
+    """``KRONOSCOPE_WORKERS`` (default: the CPUs available): worker processes for the
+    numerics; 0 computes in the server's threads (no budget enforcement: tests only)."""
+    return _env_int(WORKERS_ENV, available_cpus(), 0)
 
 
 def max_concurrent_runs() -> int:

@@ -51,7 +51,9 @@ def _wait(predicate, timeout: float = 10.0) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("MAX_CONCURRENT_RUNS", "MAX_LAYER_PARAMS", "RUNS_PER_SESSION", "TORCH_THREADS"):
+    names = ("MAX_CONCURRENT_RUNS", "MAX_LAYER_PARAMS", "RUNS_PER_SESSION", "TORCH_THREADS",
+             "WORKERS", "VIEW_BUDGET_S")  # fmt: skip
+    for name in names:
         monkeypatch.delenv(f"KRONOSCOPE_{name}", raising=False)
 
 
@@ -72,6 +74,21 @@ def test_env_limits(monkeypatch):
     monkeypatch.setenv("KRONOSCOPE_TORCH_THREADS", "0")
     with pytest.raises(ValueError, match="≥ 1"):
         torch_threads()
+
+
+def test_numerics_settings(monkeypatch):
+    from core.limits import available_cpus, view_budget_s, worker_count
+
+    assert view_budget_s() == 60.0 and worker_count() == available_cpus() >= 1
+    monkeypatch.setenv("KRONOSCOPE_WORKERS", "0")
+    monkeypatch.setenv("KRONOSCOPE_VIEW_BUDGET_S", "2.5")
+    assert worker_count() == 0 and view_budget_s() == 2.5
+    monkeypatch.setenv("KRONOSCOPE_VIEW_BUDGET_S", "0.1")
+    with pytest.raises(ValueError, match="≥ 1"):
+        view_budget_s()
+    monkeypatch.setenv("KRONOSCOPE_WORKERS", "-1")
+    with pytest.raises(ValueError, match="≥ 0"):
+        worker_count()
 
 
 def test_messages_never_name_settings():

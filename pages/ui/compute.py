@@ -13,18 +13,16 @@ a message saying what was skipped and how to get it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from core import explorer, jobs
-from core.limits import LimitError, torch_threads
+from core.limits import LimitError, torch_threads, view_budget_s, worker_count
 from core.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
 
 __all__ = [
@@ -37,50 +35,9 @@ __all__ = [
     "rank_curve",
     "spectra",
     "start_view",
-    "view_budget_s",
 ]
 
-WORKERS_ENV = "KRONOSCOPE_WORKERS"
-VIEW_BUDGET_ENV = "KRONOSCOPE_VIEW_BUDGET_S"
-DEFAULT_VIEW_BUDGET_S = 60.0
 _view = threading.local()  # the budget of the view this script thread is drawing
-
-
-def _env_number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be ≥ {minimum:g}, got {raw}")
-    return value
-
-
-def view_budget_s() -> float:
-    """``KRONOSCOPE_VIEW_BUDGET_S`` (default 60): compute seconds one view may take."""
-    return _env_number(VIEW_BUDGET_ENV, DEFAULT_VIEW_BUDGET_S, 1.0)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (``docker run
-    --cpus``), which ``os.cpu_count`` does not see."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus or 1, max(1, round(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus or 1)
-
-
-def worker_count() -> int:
-    """``KRONOSCOPE_WORKERS`` (default: the CPUs available): worker processes for the
-    numerics; 0 computes in the server's threads (no budget enforcement, tests only)."""
-    return int(_env_number(WORKERS_ENV, float(available_cpus()), 0.0))
 
 
 @st.cache_resource(show_spinner=False)

@@ -40,19 +40,25 @@ def main() -> int:
 
     PagesManager.__init__ = steady_state
     grid = sample(args.n, args.seed) if args.n else views()
-    failures, t0 = [], time.monotonic()
+    failures, budget_stops, t0 = [], 0, time.monotonic()
     for i, view in enumerate(grid, 1):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
         at.query_params.update(view)
         at.switch_page("pages/explorer.py")
         at.run()
-        bad = [e.value for e in at.exception] + [e.value for e in at.error]
+        bad = [e.value for e in at.exception] + [
+            e.value for e in at.error if "compute budget per view" not in e.value
+        ]  # a budget stop is the designed outcome on the largest layers, not a failure
+        budget_stops += sum("compute budget per view" in e.value for e in at.error)
         if bad:
             failures.append((view, bad))
             print(f"FAIL {view}: {bad[0][:200]}", flush=True)
         if i % 50 == 0:
             print(f"{i}/{len(grid)} views, {len(failures)} failing, {time.monotonic() - t0:.0f} s")
-    print(f"{len(grid)} views, {len(failures)} failing, {time.monotonic() - t0:.0f} s")
+    print(
+        f"{len(grid)} views, {len(failures)} failing, {budget_stops} parts stopped by the "
+        f"view budget, {time.monotonic() - t0:.0f} s"
+    )
     return 1 if failures else 0
 
 

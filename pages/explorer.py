@@ -253,9 +253,13 @@ with tabs["rank"]:
         max_rank = min(10, fisher.m)
         with sh.friendly_errors("Kronecker rank"):
             curve = sh.compute.rank_curve(fisher_key, max_rank, fisher)
-        rank = settings.slider(
-            "Kronecker rank r", "rank", 2, min_value=1, max_value=max(curve.max_rank, 1)
-        )
+        if curve.max_rank > 1:
+            rank = settings.slider(
+                "Kronecker rank r", "rank", 2, min_value=1, max_value=curve.max_rank
+            )
+        else:  # ℛ(F) has rank 1 (e.g. m = 1): F is one Kronecker product, nothing to slide
+            rank = 1
+            st.caption("ℛ(F) has rank 1 here: F is exactly one Kronecker product.")
         refs = {
             explorer.method_label(mt): results[mt].relative_error
             for mt in ("kfac", "kfac_corrected")

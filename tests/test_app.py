@@ -288,3 +288,11 @@ def test_training_page_tracks_errors():
     df = group.runs[0].dataframe()
     assert df["rel_error_kfac"].notna().sum() >= 2
     assert len(charts(at)) == 3
+
+
+def test_explorer_rank_tab_with_a_single_sample():
+    """m = 1: ℛ(F) has rank 1 and the rank view says so instead of a slider (found by the
+    explorer sweep: a slider from 1 to 1 raised)."""
+    at = app("explorer", m="1", tab="rank", methods="kfac_corrected", layer="encoder.linear2")
+    assert_clean(at)
+    assert any("exactly one Kronecker product" in c.value for c in at.caption)

@@ -172,7 +172,7 @@ def rank_curve(fisher_key: str, max_rank: int, fisher):
 def block_view(fisher_key: str, view_key: str, fisher, approx):
     return compute(
         f"{fisher_key}|block={view_key}", explorer.block_view, fisher, approx,
-        what="The block heatmaps",
+        what="The block heatmap view",
     )  # fmt: skip
 
 

@@ -19,6 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from .explorer import method_label
+
 __all__ = [
     "loss_figure",
     "loss_vs_step",
@@ -142,7 +144,8 @@ def error_figure(
                 keep = values.notna()
                 if not keep.any():
                     continue
-                name = method if len(runs) == 1 else f"{method} ({run})"
+                label = method_label(method)
+                name = label if len(runs) == 1 else f"{label} ({run})"
                 fig.add_trace(
                     go.Scatter(
                         x=part.loc[keep, "step"],

@@ -148,6 +148,7 @@ if len(table):
             "terms": st.column_config.TextColumn(
                 "Kronecker terms", help="EKFAC is a diagonal in KFAC's Kronecker eigenbasis"
             ),
+            "note": st.column_config.TextColumn("Note", help="why a value is missing"),
         },
     )
     if table["deferred"].any():
@@ -163,7 +164,6 @@ else:
     st.info("Choose at least one approximation in the sidebar.")
 
 # -- pictures ----------------------------------------------------------------------------
-labels = {"exact": "Exact F", **{mt: explorer.method_label(mt) for mt in METHODS}}
 arrays: dict[str, np.ndarray] = {}
 show = None
 col_show, col_contrast = st.columns(2)
@@ -245,7 +245,9 @@ with tabs["spectra"]:
             f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
             f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
         )
-        st.plotly_chart(figures.spectra_figure(spec, labels=labels, note=note), key="spectra")
+        st.plotly_chart(figures.spectra_figure(spec, note=note), key="spectra")
+        for method, why in getattr(spec, "notes", {}).items():
+            st.caption(f"{explorer.method_label(method)}: {sh.plain(why)}")
         arrays.update(explorer.view_arrays(None, [], spec, None, show or "none"))
 
 with tabs["rank"]:

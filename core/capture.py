@@ -16,7 +16,9 @@ pass is run on the SUM over the batch of per-sample NLLs, ``L = Σ_i ℓ_i``. Sa
 interact (each row of the batch only reaches its own row of every layer output), so
 ``∂L/∂s_i = ∂ℓ_i/∂s_i = g_i`` exactly, with no ``1/m`` factor.
 
-Likelihoods (``loss=``), per sample, with model output ``z`` of shape ``(d_out,)``:
+Likelihoods (``loss=``, looked up by :func:`core.likelihoods.likelihood`, which also holds their
+sampling, target checks and output Fisher), per sample, with model output ``z`` of shape
+``(d_out,)``:
 
 * ``"bce"``: ``z`` are logits, ``y_k ~ Bernoulli(σ(z_k))`` independently,
   ``ℓ = Σ_k BCEWithLogits(z_k, y_k)``; at the output ``g = σ(z) − y``.
@@ -51,7 +53,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models import per_sample_nll
+from .layers import is_plain_linear, linear_layers
+from .likelihoods import LOSS_KINDS, likelihood
 
 __all__ = [
     "CaptureResult",
@@ -63,7 +66,6 @@ __all__ = [
     "FISHER_KINDS",
 ]
 
-LOSS_KINDS: tuple[str, ...] = ("bce", "mse", "ce")
 FISHER_KINDS: tuple[str, ...] = ("true", "empirical")
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
@@ -111,14 +113,10 @@ class CaptureResult:
     loss: float = float("nan")
 
 
-def _is_plain_linear(module: nn.Module) -> bool:
-    """``nn.Linear`` (or a subclass that keeps its forward ``x Wᵀ + b``)."""
-    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
-
-
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of the model's ``nn.Linear`` layers, in registration order."""
-    return [name for name, mod in model.named_modules() if _is_plain_linear(mod)]
+    """Qualified names of the model's plain linear layers (:func:`core.layers.is_plain_linear`),
+    in registration order."""
+    return [name for name, _ in linear_layers(model)]
 
 
 def _unsupported_modules(model: nn.Module) -> list[tuple[str, str]]:
@@ -126,59 +124,13 @@ def _unsupported_modules(model: nn.Module) -> list[tuple[str, str]]:
     training mode (they couple the samples of a batch, so no per-sample gradient exists)."""
     found: list[tuple[str, str]] = []
     for name, mod in model.named_modules():
-        if _is_plain_linear(mod):
+        if is_plain_linear(mod):
             continue
         owns_params = any(True for _ in mod.parameters(recurse=False))
         couples_samples = isinstance(mod, _BatchNorm) and mod.training
         if owns_params or couples_samples:
             found.append((name or "<root>", type(mod).__name__))
     return found
-
-
-def _sample_targets(output: torch.Tensor, loss: str, generator: torch.Generator) -> torch.Tensor:
-    """Draw ``y_i`` from the model's predictive distribution at ``output`` (no gradient).
-
-    Sampling happens on the generator's device, then moves to the output's device.
-    """
-    z = output.detach().to(generator.device)
-    if loss == "bce":
-        y = torch.bernoulli(torch.sigmoid(z), generator=generator)
-    elif loss == "mse":
-        y = z + torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-    else:  # "ce"
-        probs = torch.softmax(z, dim=1)
-        y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return y.to(output.device)
-
-
-def _check_targets(targets: Any, output: torch.Tensor, loss: str) -> torch.Tensor:
-    """Validate data targets for the empirical Fisher; return them on the output's device."""
-    if not isinstance(targets, torch.Tensor):
-        raise ValueError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
-    m = output.shape[0]
-    if loss == "ce":
-        if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dim() != 1:
-            raise ValueError(
-                "for loss='ce' targets must be a 1-D integer tensor of class indices of shape "
-                f"({m},), got dtype {targets.dtype} and shape {tuple(targets.shape)}"
-            )
-        if targets.shape[0] != m:
-            raise ValueError(f"targets have batch {targets.shape[0]}, but x has batch {m}")
-        n_classes = output.shape[1]
-        if targets.numel() and (targets.min() < 0 or targets.max() >= n_classes):
-            raise ValueError(f"class-index targets must lie in [0, {n_classes - 1}]")
-        return targets.to(device=output.device, dtype=torch.long)
-    if tuple(targets.shape) != tuple(output.shape):
-        raise ValueError(
-            f"for loss={loss!r} targets must have the output's shape {tuple(output.shape)}, "
-            f"got {tuple(targets.shape)}"
-        )
-    t = targets.to(device=output.device, dtype=output.dtype)
-    if not torch.isfinite(t).all():
-        raise ValueError("targets contain NaN or inf")
-    if loss == "bce" and ((t < 0).any() or (t > 1).any()):
-        raise ValueError("for loss='bce' targets must lie in [0, 1]")
-    return t
 
 
 def _select_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
@@ -233,8 +185,7 @@ def capture(
     Raises ``UnsupportedLayerError`` (strict) for modules with parameters other than
     ``nn.Linear``, and ``ValueError`` for bad inputs, unknown kinds or layer names.
     """
-    if loss not in LOSS_KINDS:
-        raise ValueError(f"unknown loss kind {loss!r}; expected one of {LOSS_KINDS}")
+    lik = likelihood(loss)
     if fisher not in FISHER_KINDS:
         raise ValueError(f"unknown fisher kind {fisher!r}; expected one of {FISHER_KINDS}")
     if fisher == "empirical" and targets is None:
@@ -310,10 +261,10 @@ def capture(
                     )
                 if fisher == "true":
                     assert generator is not None
-                    y = _sample_targets(output, loss, generator)
+                    y = lik.sample(output, generator)
                 else:
-                    y = _check_targets(targets, output, loss)
-                nll = per_sample_nll(output, y, loss)
+                    y = lik.check_targets(targets, output)
+                nll = lik.nll(output, y)
                 # Σ_i ℓ_i, not the mean: each row of ∂L/∂s is one sample's g_i (no 1/m).
                 total = nll.sum()
                 order = list(outputs)  # forward order

@@ -34,6 +34,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .likelihoods import AUTOENCODER_LOSSES
+
 __all__ = [
     "DATASETS",
     "DATASET_SPECS",
@@ -104,7 +106,7 @@ class Dataset:
                     f"{self.name}: {split} must be a float32 tensor of shape (n, {d}), "
                     f"got {x.dtype} {tuple(x.shape)}"
                 )
-        if self.loss not in ("bce", "mse"):
+        if self.loss not in AUTOENCODER_LOSSES:
             raise ValueError(f"{self.name}: loss must be 'bce' or 'mse', got {self.loss!r}")
         if not self.label:
             spec = DATASET_SPECS.get(self.name)

@@ -6,15 +6,17 @@ layer an ``nn.Linear`` with bias; ReLU after every hidden layer except the code 
 bottleneck ``h_k``, linear) and the output layer. The output layer returns *logits* for the
 Bernoulli/BCE loss and plain values (the mean of N(μ, I)) for the squared-error loss.
 
-Loss convention (one definition for the whole project): the per-sample loss is the sample's
-negative log-likelihood **summed over output units**, and a minibatch loss is its **mean over
-samples**:
+Loss convention (one definition for the whole project, in :mod:`core.likelihoods`): the
+per-sample loss is the sample's negative log-likelihood **summed over output units**, and a
+minibatch loss is its **mean over samples**:
 
 * ``"bce"``: ``ℓ_i = Σ_j softplus(z_ij) − x_ij z_ij`` (BCE with logits ``z``, summed over pixels),
 * ``"mse"``: ``ℓ_i = ½ Σ_j (μ_ij − x_ij)²`` (the N(μ, I) NLL without its constant).
 
 So ``g_i = ∂ℓ_i/∂s`` is a single sample's gradient; autograd on :func:`batch_loss` hands each
 sample ``g_i / m`` (see ``core/__init__.py`` and ``shared/notes/fisher-math.md`` §1).
+:func:`per_sample_nll`, :func:`batch_loss` (from :mod:`core.likelihoods`) and
+:func:`linear_layers` (from :mod:`core.layers`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,11 +27,19 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .layers import is_plain_linear, linear_layers
+from .likelihoods import (
+    AUTOENCODER_LOSSES,
+    LOSS_KINDS,
+    Loss,
+    batch_loss,
+    likelihood,
+    per_sample_nll,
+)
 
 __all__ = [
     "PRESETS",
@@ -45,50 +55,11 @@ __all__ = [
     "validate_widths",
 ]
 
-Loss = Literal["bce", "mse", "ce"]
-_LOSSES = ("bce", "mse", "ce")
-_AUTOENCODER_LOSSES = ("bce", "mse")  # reconstruction targets are the inputs
 
-
-def _check_loss(loss: str, allowed: tuple[str, ...] = _LOSSES) -> None:
-    if loss not in allowed:
-        raise ValueError(f"loss must be one of {allowed}, got {loss!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------
-
-
-def per_sample_nll(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample negative log-likelihood, summed over output units; shape ``(batch,)``.
-
-    ``"bce"``: ``output`` are logits ``z``; ``ℓ_i = Σ_j BCEWithLogits(z_ij, x_ij)``
-    (Bernoulli NLL, computed stably). ``"mse"``: ``output`` is the mean ``μ``;
-    ``ℓ_i = ½ Σ_j (μ_ij − x_ij)²`` (Gaussian N(μ, I) NLL up to ``(d/2) log 2π``). Note that
-    PyTorch's ``BCEWithLogitsLoss``/``MSELoss`` average over units by default and ``MSELoss``
-    has no ½: neither is this loss. ``"ce"`` (classifiers): ``output`` are logits and
-    ``target`` integer class indices; ``ℓ_i = −log softmax(z_i)[y_i]``.
-    """
-    _check_loss(loss)
-    if loss == "ce":
-        return F.cross_entropy(output, target, reduction="none")
-    if output.shape != target.shape:
-        raise ValueError(
-            f"output and target shapes differ: {tuple(output.shape)} vs {tuple(target.shape)}"
-        )
-    if output.ndim < 1:
-        raise ValueError("output must have a batch dimension")
-    if loss == "bce":
-        elementwise = F.binary_cross_entropy_with_logits(output, target, reduction="none")
-    else:
-        elementwise = 0.5 * (output - target).square()
-    return elementwise.reshape(output.shape[0], -1).sum(dim=1)
-
-
-def batch_loss(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """The training loss: mean over the batch of :func:`per_sample_nll` (a scalar)."""
-    return per_sample_nll(output, target, loss).mean()
+def _check_loss(loss: str) -> None:
+    """An autoencoder's loss: a likelihood whose targets are the inputs."""
+    if loss not in AUTOENCODER_LOSSES:
+        raise ValueError(f"loss must be one of {AUTOENCODER_LOSSES}, got {loss!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +138,7 @@ class Autoencoder(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        _check_loss(loss, _AUTOENCODER_LOSSES)
+        _check_loss(loss)
         self.widths: list[int] = validate_widths(widths)
         self.loss: Loss = loss  # type: ignore[assignment]
         self.seed = seed
@@ -229,8 +200,7 @@ class Autoencoder(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstructions in data space: ``sigmoid(logits)`` for bce, the mean for mse."""
-        out = self(x)
-        return torch.sigmoid(out) if self.loss == "bce" else out
+        return likelihood(self.loss).mean(self(x))
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, loss={self.loss!r}, seed={self.seed}"
@@ -246,17 +216,10 @@ def _linear_layers_with_activation(model: nn.Module) -> list[tuple[str, nn.Linea
     modules = list(model.named_modules())
     out = []
     for i, (name, module) in enumerate(modules):
-        if isinstance(module, nn.Linear):
+        if is_plain_linear(module):
             nxt = modules[i + 1][1] if i + 1 < len(modules) else None
             out.append((name, module, isinstance(nxt, nn.ReLU)))
     return out
-
-
-def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """``(qualified name, module)`` for every ``nn.Linear`` in forward order (for
-    :class:`Autoencoder`, registration order is forward order). Names work with
-    ``model.get_submodule(name)``."""
-    return [(name, module) for name, module, _ in _linear_layers_with_activation(model)]
 
 
 @dataclass(frozen=True)
@@ -319,7 +282,8 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
         if relu:
             activation = "relu"
         elif i == len(layers) - 1:
-            activation = "logits" if loss == "bce" else "linear output"
+            known = loss in LOSS_KINDS
+            activation = likelihood(loss).output_activation if known else "linear output"
         else:
             activation = "linear"
         infos.append(

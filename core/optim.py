@@ -132,6 +132,7 @@ from .capture import FISHER_KINDS, capture
 from .fisher import LayerFisher
 from .fisher_ema import EXTRA_TERMS, FisherEMA
 from .kron import sym
+from .layers import linear_layers
 from .models import PRESETS
 
 __all__ = [
@@ -621,11 +622,7 @@ class Preconditioner:
 
 
 def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
-    return {
-        name: mod
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward
-    }
+    return dict(linear_layers(model))
 
 
 class TrainingOptimizer:

@@ -449,7 +449,7 @@ def factor_views(approx: Approximation, max_side: int = DEFAULT_MAX_SIDE) -> lis
 
 def _factor_names(method: str, n_terms: int) -> list[tuple[str, str]]:
     """The registry's factor names of the method's terms, or the generic R_k, S_k."""
-    named = method_spec(method).factor_names
+    named = method_spec(method).factor_names if method in METHODS else ()
     if named:
         return list(named[:n_terms])
     return [

@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
-from .approx import METHODS
 from .data import DATASET_SPECS, file_help, load_dataset
 from .download import SOURCES, DownloadError, cached_dataset, download_dataset
+from .methods import METHODS, OPTIMIZERS
 from .models import PRESETS, build_model, describe_layers, parse_widths
-from .optim import EMA_MODES, OPTIMIZERS, OptimizerConfig, default_damping, default_lr
+from .optim import EMA_MODES, OptimizerConfig, default_damping, default_lr
 from .report import comparison_report, quality_report
 from .reproduce import (
     EXPERIMENTS,

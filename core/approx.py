@@ -4,7 +4,8 @@ Every approximation F̃ of ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)`` of
 ``to_dense()``, ``matvec(V)``, ``solve(V, damping)``, ``eigvals()``, and the two scalars the
 matrix-free metrics need, ``frobenius_sq()`` = ‖F̃‖²_F and ``inner_fisher(a, g)`` = ⟨F, F̃⟩.
 
-Methods (``approximate(method, a, g, **options)``):
+Methods (``approximate(method, a, g, **options)``; each is one entry in the registry,
+:mod:`core.methods`, that names its builder below — add a method there and here):
 
 * ``kfac`` — A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m (Martens & Grosse 2015).
 * ``kpsvd`` — the best sum of ``rank`` Kronecker products: the rank-r truncated SVD of ℛ(F)
@@ -58,8 +59,6 @@ from .validation import (
     check_layer_batch,
 )
 
-METHODS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
-KPSVD_FAMILY = ("kpsvd", "deflation", "lanczos", "kfac_corrected")
 SOLVE_MODES = ("exact", "factored")
 # Sums of ≥ 2 products: up to DENSE_EIG_LIMIT the dense eigendecomposition (vectors too) serves
 # both the spectrum and the exact damped solve; up to DENSE_SPECTRUM_LIMIT one dense eigvalsh
@@ -405,6 +404,58 @@ def _svd_terms(
     return [terms[i] for i in keep], info
 
 
+# -- builders: one per kind of construction; core/methods.py names which one each method uses --
+
+
+def build_kfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
+    """A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m."""
+    return KroneckerSum(method, [_kfac_factors(a, g)])
+
+
+def build_shampoo(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
+    """c · L ⊗ R, c the Frobenius-optimal scalar ⟨F, L⊗R⟩ / ‖L⊗R‖²_F."""
+    m = a.shape[0]
+    left = a.T @ (((g * g).sum(1) / m)[:, None] * a)
+    right = g.T @ (((a * a).sum(1) / m)[:, None] * g)
+    unit = KroneckerSum(method, [(left, right)])
+    c = unit.inner_fisher(a, g) / max(unit.frobenius_sq(), 1e-300)
+    return KroneckerSum(method, [(c * left, right)])
+
+
+def build_ekfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
+    """KFAC's eigenbasis U_A ⊗ U_G with the best diagonal in it."""
+    fa, fg = _kfac_factors(a, g)
+    u_a = torch.linalg.eigh(sym(fa)).eigenvectors
+    u_g = torch.linalg.eigh(sym(fg)).eigenvectors
+    scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]
+    return EigenbasisDiagonal(method, u_a, u_g, scale)
+
+
+def build_kronecker_svd(
+    method: str,
+    a: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    svd_terms: int | None,
+    rank: int,
+    solver: str,
+    tol: float,
+    max_iter: int,
+    algorithm: str = "power",
+    centered: bool = False,
+) -> Approximation:
+    """The KPSVD family: the top ``svd_terms`` (``None``: ``rank``) Kronecker terms of ℛ(F), or,
+    ``centered``, A⊗G plus those of ℛ(F − A⊗G); ``algorithm`` for ``solver="matrix_free"``."""
+    op = RearrangedFisher(a, g, centered=centered)
+    r = rank if svd_terms is None else svd_terms
+    terms, info = _svd_terms(op, r, solver, algorithm, tol, max_iter)
+    if centered:
+        terms = [_kfac_factors(a, g), *terms]
+    approx = KroneckerSum(method, terms)
+    approx.info.update(info)
+    return approx
+
+
 def approximate(
     method: str,
     a: torch.Tensor,
@@ -423,8 +474,11 @@ def approximate(
     residual at which the singular-vector iterations stop (default 1e-6 for float32 inputs,
     1e-10 for float64); ``max_iter`` caps the matrix-free power iterations.
     """
+    from .methods import METHODS, method_spec  # the registry imports this module's builders
+
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = method_spec(method)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if not isinstance(rank, int) or rank < 1:
@@ -435,33 +489,17 @@ def approximate(
     if tol is None:
         tol = 1e-10 if a.dtype == torch.float64 else 1e-6
     start = time.perf_counter()
-    m = a.shape[0]
-    info: dict = {}
-    if method == "kfac":
-        approx: Approximation = KroneckerSum(method, [_kfac_factors(a, g)])
-    elif method == "shampoo":
-        left = a.T @ (((g * g).sum(1) / m)[:, None] * a)
-        right = g.T @ (((a * a).sum(1) / m)[:, None] * g)
-        unit = KroneckerSum(method, [(left, right)])
-        c = unit.inner_fisher(a, g) / max(unit.frobenius_sq(), 1e-300)
-        approx = KroneckerSum(method, [(c * left, right)])
-    elif method == "ekfac":
-        fa, fg = _kfac_factors(a, g)
-        u_a = torch.linalg.eigh(sym(fa)).eigenvectors
-        u_g = torch.linalg.eigh(sym(fg)).eigenvectors
-        scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / m
-        approx = EigenbasisDiagonal(method, u_a, u_g, scale)
-    else:
-        centered = method == "kfac_corrected"
-        op = RearrangedFisher(a, g, centered=centered)
-        r = {"kpsvd": rank, "deflation": 2, "lanczos": 2, "kfac_corrected": 1}[method]
-        algorithm = "lanczos" if method == "lanczos" else "power"
-        terms, info = _svd_terms(op, r, solver, algorithm, tol, max_iter)
-        if centered:
-            terms = [_kfac_factors(a, g), *terms]
-        approx = KroneckerSum(method, terms, psd_floor=psd_floor)
+    approx = spec.build(method, a, g, rank=rank, solver=solver, tol=tol, max_iter=max_iter)
     if isinstance(approx, KroneckerSum):
         approx.psd_floor = psd_floor
-    approx.info.update(info)
     approx.info["seconds"] = time.perf_counter() - start
     return approx
+
+
+def __getattr__(name: str):
+    # METHODS and KPSVD_FAMILY are views over the registry, which imports this module.
+    if name in ("METHODS", "KPSVD_FAMILY"):
+        from . import methods
+
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

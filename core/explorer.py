@@ -38,7 +38,6 @@ from torch import nn
 
 from .approx import (
     DENSE_SPECTRUM_LIMIT,
-    METHODS,
     Approximation,
     EigenbasisDiagonal,
     KroneckerSum,
@@ -46,26 +45,17 @@ from .approx import (
 )
 from .capture import LayerCapture, capture
 from .fisher import LayerFisher, exact_fisher
+from .methods import METHOD_LABELS, METHODS, method_spec
 
 DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
 DEFAULT_DAMPING = 1e-3
 SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
 SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
 
-METHOD_LABELS = {
-    "exact": "Exact F",
-    "kfac": "KFAC",
-    "kpsvd": "KPSVD",
-    "deflation": "Deflation",
-    "lanczos": "Lanczos",
-    "kfac_corrected": "KFAC-corrected",
-    "ekfac": "EKFAC",
-    "shampoo": "Shampoo",
-}
-
 
 def method_label(method: str) -> str:
-    """Display name of a method (``kfac_corrected`` → ``KFAC-corrected``)."""
+    """Display name of a method (``kfac_corrected`` → ``KFAC-corrected``; the registry's
+    ``METHOD_LABELS``, core/methods.py)."""
     return METHOD_LABELS.get(method, method)
 
 
@@ -458,13 +448,10 @@ def factor_views(approx: Approximation, max_side: int = DEFAULT_MAX_SIDE) -> lis
 
 
 def _factor_names(method: str, n_terms: int) -> list[tuple[str, str]]:
-    if method == "kfac":
-        return [("A (inputs)", "G (output gradients)")]
-    if method == "shampoo":
-        return [("L (inputs, ‖g‖²-weighted)", "R (outputs, ‖ā‖²-weighted)")]
-    if method == "kfac_corrected":
-        names = [("A (inputs)", "G (output gradients)"), ("R (correction)", "S (correction)")]
-        return names[:n_terms]
+    """The registry's factor names of the method's terms, or the generic R_k, S_k."""
+    named = method_spec(method).factor_names if method in METHODS else ()
+    if named:
+        return list(named[:n_terms])
     return [
         (f"R{k} (inputs, term {k})", f"S{k} (outputs, term {k})") for k in range(1, n_terms + 1)
     ]

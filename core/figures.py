@@ -29,6 +29,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .explorer import method_label
+from .methods import SHOWN
 
 __all__ = [
     "METHOD_COLORS",
@@ -40,9 +41,9 @@ __all__ = [
 ]
 
 DIVERGING = "RdBu_r"
-_ORDER = ("exact", "kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
+# One colour per method in the registry's order (core/methods.py): the exact block black.
 METHOD_COLORS = {
-    name: color for name, color in zip(_ORDER, ["#222222", *qualitative.Plotly], strict=False)
+    name: color for name, color in zip(SHOWN, ["#222222", *qualitative.Plotly], strict=False)
 }
 _TEMPLATE = "plotly_white"
 

@@ -133,6 +133,7 @@ from .fisher import LayerFisher
 from .fisher_ema import EXTRA_TERMS, FisherEMA
 from .kron import sym
 from .layers import linear_layers
+from .methods import FIRST_ORDER, FISHER_EMA_METHODS, METHODS, OPTIMIZERS, method_spec
 from .models import PRESETS
 
 __all__ = [
@@ -149,85 +150,25 @@ __all__ = [
     "NonFiniteError",
 ]
 
-OPTIMIZERS: tuple[str, ...] = (
-    "sgd",
-    "adam",
-    "kfac",
-    "kpsvd",
-    "deflation",
-    "lanczos",
-    "kfac_corrected",
-    "ekfac",
-    "shampoo",
-    "exact",
-)
-FIRST_ORDER: tuple[str, ...] = ("sgd", "adam")
+# Which optimizers exist, their kind and defaults: views over the registry (core/methods.py).
 NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
 # Curvature averaging (see the module docstring): an EMA of each refresh's Kronecker factors
 # ("factors", the default), an approximation of a truncated EMA of the Fisher ("window"), or the
 # EMA of the Fisher itself kept in rearranged low-rank form ("fisher", core/fisher_ema.py).
 EMA_MODES: tuple[str, ...] = ("factors", "window", "fisher")
 # Methods that use the window whatever ema_mode says (the exact block is not a factored object).
-WINDOW_ONLY: tuple[str, ...] = ("exact",)
-# Methods with an ema_mode="fisher" state of their own; the single-product methods (kfac,
-# shampoo, ekfac) keep their factor EMA in that mode (for KFAC it is the KFAC of F_ema).
-FISHER_EMA_METHODS: tuple[str, ...] = ("kpsvd", "deflation", "lanczos", "kfac_corrected")
+WINDOW_ONLY: tuple[str, ...] = tuple(n for n in OPTIMIZERS if method_spec(n).kind == "exact")
+# FISHER_EMA_METHODS (registry): methods with an ema_mode="fisher" state of their own; the
+# single-product methods (kfac, shampoo, ekfac) keep their factor EMA in that mode (for KFAC it
+# is the KFAC of F_ema).
 # Kronecker terms per refresh in "factors" mode (ekfac: the KFAC factors A, G).
-FACTOR_TERMS = {
-    "kfac": 1,
-    "shampoo": 1,
-    "kpsvd": 1,
-    "deflation": 2,
-    "lanczos": 2,
-    "kfac_corrected": 2,
-    "ekfac": 1,
-}
+FACTOR_TERMS = {n: method_spec(n).terms or 1 for n in METHODS}
 LOW_OVERLAP = 0.5  # |cos(R₂,t, R₂)| below this counts as a low-overlap arrival (diagnostics)
 WINDOW_CAPTURES = 4  # captures kept in the curvature window ("window" mode, and exact) …
 WINDOW_SAMPLES = 1024  # … and rows at most (at least one capture is always kept)
 # Relative residual at which the engine's singular-vector iterations stop for the optimizers:
 # far below the sampling noise of a minibatch Fisher (the engine's float64 default is 1e-10).
 APPROX_TOL = 1e-6
-
-# Defaults tuned on the curves-small preset (bench/train_bench.py → bench/RESULTS-training.md:
-# 20 epochs, T_cov = T_inv = 10, KL-clip 1e-2, momentum 0.9, ema_mode "factors"; grid
-# lr × damping, seed 0). With ema_mode="window" the KPSVD family was best at lr 0.1, damping 1.
-_DEFAULT_LR = {
-    "sgd": 0.01,
-    "adam": 0.01,
-    "kfac": 0.3,
-    "kpsvd": 0.3,
-    "deflation": 0.3,
-    "lanczos": 0.3,
-    "kfac_corrected": 0.3,
-    "ekfac": 0.03,
-    "shampoo": 0.1,
-    "exact": 0.1,
-}
-_DEFAULT_DAMPING = {
-    "sgd": 0.0,  # unused
-    "adam": 0.0,  # unused
-    "kfac": 0.1,
-    "kpsvd": 0.1,
-    "deflation": 0.1,
-    "lanczos": 0.1,
-    "kfac_corrected": 0.1,
-    "ekfac": 0.1,
-    "shampoo": 0.1,
-    "exact": 0.1,
-}
-# Per-preset overrides of the two tables above, chosen so that no optimizer diverges with its
-# defaults on any preset (bench/train_bench.py --defaults-check → bench/RESULTS-training.md).
-# First-order steps shrink with the paper's wider/deeper networks (SGD with momentum 0.9 at
-# 0.01 diverges within 10 steps on curves, mnist and faces; Adam at 0.01 spikes 77× on mnist,
-# 10⁸× on faces). The natural-gradient methods' KL-clipping bounds their steps: curves-small's
-# lr and damping did not diverge on curves or mnist (faces: see RESULTS-training.md).
-_PRESET_LR: dict[str, dict[str, float]] = {
-    "curves": {"sgd": 1e-3, "adam": 3e-3},
-    "mnist": {"sgd": 1e-3, "adam": 1e-3},
-    "faces": {"sgd": 1e-4, "adam": 3e-4},
-}
-_PRESET_DAMPING: dict[str, dict[str, float]] = {}
 
 
 class NonFiniteError(FloatingPointError):
@@ -248,16 +189,16 @@ def _check_preset(preset: str | None) -> str | None:
 
 def default_lr(name: str, preset: str | None = None) -> float:
     """A sensible learning rate per optimizer (tuned on curves-small, see the benchmark), and
-    per model preset where that one diverges (``_PRESET_LR``; ``None``: curves-small's)."""
-    name = _check_name(name)
-    return _PRESET_LR.get(_check_preset(preset), {}).get(name, _DEFAULT_LR[name])
+    per model preset where that one diverges (``None``: curves-small's); from the registry
+    (core/methods.py: ``lr``, ``preset_lr``)."""
+    return method_spec(_check_name(name)).default_lr(_check_preset(preset))
 
 
 def default_damping(name: str, preset: str | None = None) -> float:
     """The default damping λ per optimizer (tuned on curves-small; 0 for sgd and adam, which
-    do not use it), and per model preset where needed (``_PRESET_DAMPING``)."""
-    name = _check_name(name)
-    return _PRESET_DAMPING.get(_check_preset(preset), {}).get(name, _DEFAULT_DAMPING[name])
+    do not use it), and per model preset where needed; from the registry (core/methods.py:
+    ``damping``, ``preset_damping``)."""
+    return method_spec(_check_name(name)).default_damping(_check_preset(preset))
 
 
 def _finite(x: float) -> bool:

@@ -66,10 +66,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .approx import KPSVD_FAMILY, METHODS
 from .data import DATASET_SPECS, Dataset
+from .methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
 from .models import PRESETS, build_model, describe_layers
-from .optim import OPTIMIZERS, OptimizerConfig, default_damping, default_lr
+from .optim import OptimizerConfig, default_damping, default_lr
 from .report import mean_sd_figure, write_html_report
 from .runner import RunConfig, TrainingRun
 

@@ -39,10 +39,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .approx import METHODS, approximate
+from .approx import approximate
 from .capture import capture
 from .data import DATASET_SPECS, Dataset, load_dataset
 from .fisher import LayerFisher
+from .methods import METHODS
 from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
 from .optim import (
     NonFiniteError,

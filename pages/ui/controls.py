@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.data import Dataset
+from core.methods import FIRST_ORDER
 from core.models import PRESETS
 from core.optim import default_damping, default_lr
 
@@ -42,7 +43,7 @@ def optimizer_controls(settings: UrlSettings, name: str, preset: str | None = No
             format="%g",
         )
     }
-    if name in ("sgd", "adam"):
+    if name in FIRST_ORDER:
         out["momentum"] = settings.number(
             f"{label}: momentum" + (" (β₁)" if name == "adam" else ""),
             f"momentum.{name}",

@@ -13,7 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from core.limits import RunGroup, RunRegistry, max_concurrent_runs
-from core.optim import OPTIMIZERS, OptimizerConfig, default_damping
+from core.methods import OPTIMIZER_LABELS  # re-exported: the registry's optimizer labels
+from core.optim import OptimizerConfig, default_damping
 from core.runner import TrainingRun
 
 from .errors import friendly_errors, plain
@@ -31,16 +32,6 @@ __all__ = [
     "run_status_lines",
     "session_group",
 ]
-
-
-def _labels() -> dict[str, str]:
-    from core.explorer import method_label
-
-    base = {"sgd": "SGD", "adam": "Adam", "exact": "Exact block Fisher"}
-    return {m: base.get(m) or method_label(m) for m in OPTIMIZERS}
-
-
-OPTIMIZER_LABELS = _labels()
 
 
 @st.cache_resource

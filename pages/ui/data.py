@@ -146,9 +146,8 @@ def uploads() -> UploadStore:
 
 
 def _upload_choice(name: str, upload) -> DataChoice:
-    suffix = ".mat" if upload.name.lower().endswith(".mat") else ".npz"
     sid = session_id()
-    path, digest = uploads().save(sid, upload.getvalue(), suffix)
+    path, digest = uploads().save(sid, upload.getvalue(), ".npz")
     # the store is per session; the key is the content, so equal uploads share results
     return DataChoice(name, str(path), f"{name}:upload:{digest}", upload.name)
 
@@ -191,9 +190,11 @@ def data_controls(settings: UrlSettings) -> DataChoice:
         settings.notice(
             "path", st.query_params["path"], "none (this server reads no files named in links)"
         )
+    # .npz only: its members' sizes are checked before anything is decompressed, while a
+    # compressed .mat is inflated by its reader first (the host may offer .mat files instead)
     upload = st.file_uploader(
-        "…or upload a file", type=["npz", "mat"], key=f"{settings.page}.upload",
-        help="An .npz with x_train and x_test, or the paper's .mat file.",
+        "…or upload an .npz", type=["npz"], key=f"{settings.page}.upload",
+        help="An .npz with arrays x_train and x_test.",
     )  # fmt: skip
     if upload is not None:
         return _upload_choice(name, upload)

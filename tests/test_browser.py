@@ -48,7 +48,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = {**os.environ, "KRONOSCOPE_MAX_CONCURRENT_RUNS": "4"}
+    # a teacher's setting: a visitor may run a four-way race side by side
+    env = {**os.environ, "KRONOSCOPE_MAX_CONCURRENT_RUNS": "4", "KRONOSCOPE_RUNS_PER_SESSION": "4"}
     cmd = [
         sys.executable,
         "-m",
@@ -192,7 +193,8 @@ def test_explorer_pick_layer_and_method(server, page):
     _shot(page, "explorer")
 
     _choose(page, "Linear layer", "encoder.linear2")
-    page.get_by_text(re.compile(r"encoder\.linear2: 32→16")).first.wait_for()
+    # the page's caption (not the select's own label): the rerun for the new layer has ended
+    page.get_by_text(re.compile(r"encoder\.linear2: 32→16.* · m = 256")).first.wait_for()
     _choose(page, "Approximation shown", "KFAC-corrected")
     page.get_by_text("KFAC-corrected − F").first.wait_for()
     page.wait_for_url(re.compile(r"layer=encoder\.linear2.*show=kfac_corrected"))

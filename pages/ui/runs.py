@@ -136,10 +136,18 @@ def run_status_lines(group: RunGroup, labels: Sequence[str]) -> None:
     if group.state == "cancelled":
         st.info("Stopped before it started.")
         return
+    if group.width < len(group.runs) and not group.done:
+        st.caption(
+            f"{group.width} of these runs train at a time (this server's share per visitor); "
+            "the others start as those finish."
+        )
     for run, label in zip(group.runs, labels, strict=True):
+        status = run.status
+        if status == "pending":
+            status = "not started" if group.stopped or group.done else "waiting its turn"
         done = f"{run.progress:.0%}"
         eta = eta_text(run) if run.status == "running" else ""
-        st.progress(min(max(run.progress, 0.0), 1.0), text=f"{label}: {run.status} ({done}){eta}")
+        st.progress(min(max(run.progress, 0.0), 1.0), text=f"{label}: {status} ({done}){eta}")
         if run.status == "diverged":
             st.warning(f"**{label} diverged:** {plain(run.message)}")
         elif run.status == "failed":

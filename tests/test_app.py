@@ -227,6 +227,22 @@ def test_race_start_and_finish():
     assert any(d.label == "Results (CSV)" for d in at.get("download_button"))
 
 
+def test_a_race_wider_than_the_share_takes_turns(monkeypatch):
+    """Default share per visitor (2 of 4 slots): a four-way race runs two at a time and says
+    so; stopped, the runs that never began read "not started" (issue 8)."""
+    at = app("race", opts="sgd,adam,kfac,kpsvd", steps="20000")
+    at.button(key="race.start").click().run()
+    assert_clean(at)
+    group = at.session_state["runs.race"]
+    assert group.slots == 2
+    assert any("2 of these runs train at a time" in c.value for c in at.caption)
+    at.button(key="race.stop").click().run()
+    group = wait_group(at, "race")
+    at.run()
+    texts = " ".join(p.text for p in at.get("progress"))
+    assert "KFAC: not started" in texts and "KPSVD: not started" in texts, texts
+
+
 def test_race_stop():
     at = app("race", opts="sgd,adam", steps="20000", schedule="sequential")
     at.button(key="race.start").click().run()

@@ -14,7 +14,7 @@ a multiselect as ``string_array_value``) and whose ``query_string`` is the URL t
 What a user sees as a failure: an ``exception`` element (not a warning), an ``alert`` of format
 ERROR (``st.error``), a ``page_not_found`` message, or a script that ends with a compile error.
 Latency is measured on the client from sending the rerun to ``script_finished``: server time plus
-loopback, no browser rendering (see /work/shared/notes/load-testing.md).
+loopback, no browser rendering (bench/RESULTS-load.md says what one scenario does).
 
 Usage::
 

@@ -1,7 +1,7 @@
 """Kronoscope's numerical core: Fisher blocks, their Kronecker-factored approximations,
 natural-gradient optimizers, datasets and training runs. No Streamlit import anywhere here.
 
-Conventions (fixed once, used everywhere; see ../shared/notes/fisher-math.md):
+Conventions (fixed once, used everywhere; the README's "engine in five lines" repeats them):
 
 * A linear layer computes ``s = W ā`` with ``W`` of shape ``(dg, da)``; ``ā`` carries a trailing
   ``1`` when the layer has a bias (the bias is the last column of ``W``).

@@ -14,7 +14,7 @@ minibatch loss is its **mean over samples**:
 * ``"mse"``: ``ℓ_i = ½ Σ_j (μ_ij − x_ij)²`` (the N(μ, I) NLL without its constant).
 
 So ``g_i = ∂ℓ_i/∂s`` is a single sample's gradient; autograd on :func:`batch_loss` hands each
-sample ``g_i / m`` (see ``core/__init__.py`` and ``shared/notes/fisher-math.md`` §1).
+sample ``g_i / m`` (see ``core/__init__.py`` and :mod:`core.capture`).
 :func:`per_sample_nll`, :func:`batch_loss` (from :mod:`core.likelihoods`) and
 :func:`linear_layers` (from :mod:`core.layers`) are re-exported here.
 """

@@ -50,14 +50,11 @@ Curvature EMA (``ema`` = ρ, ``ema_mode``):
     jointly (``−R, −S``; R ⊗ S is unchanged) when ``⟨R₂,t, R₂⟩ < 0``, so that it cannot cancel
     the running average (the rule is applied to every term; only the second one can trigger
     it). Caveat: the second singular pair can swap with the third from one refresh to the next
-    when σ₂ ≈ σ₃ (σ₃/σ₂ ≈ 0.95 measured on autoencoder layers); the new R₂,t is then nearly
-    orthogonal to the average, and the EMA blends the two directions (including cross products
-    R_a ⊗ S_b) — it smooths such a swap rather than tracking it exactly.
-    :attr:`Preconditioner.alignment` counts the second-term updates, the sign flips and the
-    low-overlap arrivals (``|cos(R₂,t, R₂)| < 0.5``). On curves-small (Fisher minibatches of
-    128) about half the second terms arrive flipped and two thirds with low overlap: the second
-    term of one minibatch's Fisher is mostly sampling noise there, and its running average ends
-    2–9× smaller, relative to the first term, than one minibatch's (bench/RESULTS-training.md).
+    when σ₂ ≈ σ₃; the new R₂,t is then nearly orthogonal to the average, and the EMA blends the
+    two directions (including cross products R_a ⊗ S_b) — it smooths such a swap rather than
+    tracking it exactly. :attr:`Preconditioner.alignment` counts the second-term updates, the
+    sign flips and the low-overlap arrivals (``|cos(R₂,t, R₂)| < 0.5``); how often they happen
+    is measured in bench/RESULTS-training.md (the reason for ``ema_mode="fisher"``).
   - ``kfac_corrected``: the EMA of A and G (as KFAC) plus the EMA of the correction (R, S), the
     best Kronecker product of ``F_t − A_t ⊗ G_t`` on the current minibatch, sign-aligned as
     above.

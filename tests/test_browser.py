@@ -143,10 +143,18 @@ def _shot(page, name: str) -> None:
 
 def _choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
-    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
-    box.locator("input").click()
-    page.keyboard.type(option)
-    page.get_by_role("option").filter(has_text=option).first.click()
+    for attempt in range(3):  # a rerun still drawing may replace the select under the cursor
+        box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+        box.locator("input").click()
+        page.keyboard.type(option)
+        try:
+            page.get_by_role("option").filter(has_text=option).first.click(timeout=20_000)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+            time.sleep(1.0)
 
 
 def _button(page, name: str):
@@ -193,8 +201,10 @@ def test_explorer_pick_layer_and_method(server, page):
     _shot(page, "explorer")
 
     _choose(page, "Linear layer", "encoder.linear2")
-    # the page's caption (not the select's own label): the rerun for the new layer has ended
+    # the page's caption (not the select's own label), then the URL, which the page updates
+    # after every method's result: the rerun for the new layer has drawn the selects below
     page.get_by_text(re.compile(r"encoder\.linear2: 32→16.* · m = 256")).first.wait_for()
+    page.wait_for_url(re.compile(r"layer=encoder\.linear2"))
     _choose(page, "Approximation shown", "KFAC-corrected")
     page.get_by_text("KFAC-corrected − F").first.wait_for()
     page.wait_for_url(re.compile(r"layer=encoder\.linear2.*show=kfac_corrected"))

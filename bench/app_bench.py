@@ -151,16 +151,7 @@ def browser_bench() -> list[Row]:
 
 
 def apptest_bench(repeat: int) -> list[Row]:
-    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):  # the server's steady state (see tests/test_app.py)
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = init
 
     def run(at: AppTest) -> tuple[float, float | None]:
         start = time.perf_counter()

@@ -27,18 +27,10 @@ def main() -> int:
     if args.n < 0:
         parser.error("--n must be ≥ 0")
 
-    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
     from tests.explorer_grid import sample, views
 
-    init = PagesManager.__init__
-
-    def steady_state(self, *a, **k):  # as tests/conftest.py: the server after its first run
-        init(self, *a, **k)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = steady_state
     grid = sample(args.n, args.seed) if args.n else views()
     failures, budget_stops, t0 = [], 0, time.monotonic()
     for i, view in enumerate(grid, 1):

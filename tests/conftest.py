@@ -8,21 +8,8 @@ import torch
 
 @pytest.fixture
 def app_env(monkeypatch):
-    """The app in AppTest as in a fresh server, with its numerics in this process."""
-    # AppTest forgets, before every run, that app.py uses st.navigation and sees the pages/
-    # folder as a legacy multipage app; a real server is in that state only until its first
-    # st.navigation call (pages.ui.ensure_navigation, tested in the browser test). Start
-    # every AppTest run in the server's steady state, so that widget events are not lost to
-    # ensure_navigation's rerun.
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original_init = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
+    """The app in AppTest as in a fresh server (whose first run is in Streamlit's legacy
+    pages/ mode: pages.ui.navigation handles it), with its numerics in this process."""
     # app.py sets torch's thread count; keep this test process's setting unchanged.
     monkeypatch.setenv("KRONOSCOPE_TORCH_THREADS", str(torch.get_num_threads()))
     monkeypatch.delenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", raising=False)

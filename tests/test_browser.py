@@ -176,7 +176,7 @@ def _plot_points(page, index: int) -> int:
 
 
 def test_every_page_renders(server, page):
-    # First request of a fresh server is a deep link (see pages.ui.ensure_navigation).
+    # First request of a fresh server is a deep link (see pages/ui/navigation.py).
     checks = {
         "learn": ("learn", "Why inverting a sum of Kronecker products needs care"),
         "home": ("", "A short guided tour"),
@@ -188,6 +188,10 @@ def test_every_page_renders(server, page):
         page.get_by_text(text).first.wait_for()
         page.get_by_text("Compute device").first.wait_for()
         _no_exception(page)
+        # the app's own navigation (titles), never the legacy pages/ list (file names)
+        nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+        assert "Fisher explorer" in nav and "Paper reproductions" in nav, nav
+        assert not re.search(r"^(app|explorer|reports)$", nav, re.M), nav
         _shot(page, name)
 
 

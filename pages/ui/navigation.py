@@ -1,23 +1,87 @@
-"""Routing every page through app.py's ``st.navigation``."""
+"""The app shell: every script run goes through :func:`run_app` and its ``st.navigation``.
+
+Streamlit treats a folder named ``pages/`` next to the main script as a legacy multipage app
+until the process's first ``st.navigation`` call. On a fresh server whose first request
+deep-links to a page (``/explorer?...``), and in every AppTest run, Streamlit then executes
+that page's file alone, without app.py. Each page therefore starts with
+:func:`ensure_navigation`: when the run did not come through :func:`run_app`, it runs the app
+here — its ``st.navigation`` (the public API) leaves the legacy mode and routes to this same
+page, whose URL path is its file name — and ends the outer run with ``st.stop()``. Only public
+Streamlit API is used; no private state is written.
+"""
 
 from __future__ import annotations
 
-import streamlit as st
+import threading
 
-__all__ = ["ensure_navigation"]
+import streamlit as st
+import torch
+
+from core.limits import torch_threads
+
+from .compute import pool
+from .controls import device_label
+from .data import uploads
+from .errors import friendly_errors
+from .icon import page_icon
+from .runs import limits_caption
+
+__all__ = ["ensure_navigation", "run_app"]
+
+_shell = threading.local()  # set while this script thread runs inside run_app
 
 
 def ensure_navigation() -> None:
-    """Run every page through app.py's ``st.navigation``.
+    """Make sure this page runs inside :func:`run_app` (see the module docstring)."""
+    if not getattr(_shell, "active", False):
+        run_app()
+        st.stop()  # the page was drawn by run_app's navigation; end the outer run
 
-    Streamlit treats a folder named ``pages/`` next to the main script as a legacy (v1)
-    multipage app until the process's first ``st.navigation`` call: the first request of a
-    fresh server that deep-links to a page (and every AppTest run) would then run the page
-    script alone, with Streamlit's automatic page list and without app.py's set-up. Switch the
-    process to ``st.navigation`` and rerun; app.py then routes to the same page.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+def run_app() -> None:
+    """Page set-up, the navigation, the sidebar's server lines, and the chosen page."""
+    _shell.active = True
+    try:
+        _run()
+    finally:
+        _shell.active = False
+
+
+def _run() -> None:
+    torch.set_num_threads(torch_threads())  # one intra-op thread per task: see core/limits.py
+    st.set_page_config(page_title="Kronoscope", page_icon=page_icon(), layout="wide")
+    st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
+
+    pages = [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page(
+            "pages/explorer.py",
+            title="Fisher explorer",
+            icon=":material/grid_on:",
+            url_path="explorer",
+        ),
+        st.Page(
+            "pages/training.py",
+            title="Approximation over training",
+            icon=":material/show_chart:",
+            url_path="training",
+        ),
+        st.Page(
+            "pages/race.py", title="Optimizer race", icon=":material/sports_score:", url_path="race"
+        ),
+        st.Page(
+            "pages/reports.py",
+            title="Paper reproductions",
+            icon=":material/fact_check:",
+            url_path="reports",
+        ),
+        st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
+    ]
+    page = st.navigation(pages)
+    pool()  # start the worker processes with the server's first session
+    uploads()  # empties the upload folder left by an earlier server
+    with st.sidebar:
+        st.caption(f"Compute device: **{device_label()}**")
+        st.caption(limits_caption())
+    with friendly_errors(page.title):
+        page.run()

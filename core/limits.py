@@ -179,8 +179,6 @@ class RunGroup:
     label: str = ""
     width: int = 0  # 0: every run at once (1 when sequential)
     state: str = "new"
-    started_at: float | None = None
-    queued_at: float = field(default_factory=time.time)
     _threads: list[threading.Thread] = field(default_factory=list, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _pending: list[Run] = field(default_factory=list, repr=False)
@@ -202,7 +200,7 @@ class RunGroup:
     def _start(self, on_done: Callable[[], None] | None = None) -> None:
         self._on_done = on_done
         self._pending = list(self.runs)
-        self.state, self.started_at = "running", time.time()
+        self.state = "running"
         self._working = self.width
         for _ in range(self.width):
             thread = threading.Thread(target=self._work, name="kronoscope-run", daemon=True)
@@ -241,11 +239,6 @@ class RunGroup:
         for thread in list(self._threads):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(left)
-
-    @property
-    def alive(self) -> bool:
-        """True while one of the group's threads is still working."""
-        return any(t.is_alive() for t in self._threads)
 
     @property
     def done(self) -> bool:

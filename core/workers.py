@@ -291,7 +291,7 @@ class WorkerPool:
                 self._cancel.add(job)  # the dispatcher kills its process
 
     def stats(self) -> dict[str, int]:
-        """Counts for logs and the sidebar: queued, running, cached results, workers."""
+        """Counts for logs and tests: queued, running, cached results, workers."""
         with self._lock:
             states = [j.state for j in self._jobs.values()]
         return {

@@ -146,8 +146,12 @@ def uploads() -> UploadStore:
 
 
 def _upload_choice(name: str, upload) -> DataChoice:
-    sid = session_id()
-    path, digest = uploads().save(sid, upload.getvalue(), ".npz")
+    # an upload stays in its widget across reruns: hash and store it once per file, not on
+    # every rerun (the session remembers where it went)
+    saved = st.session_state.setdefault("uploads.saved", {})
+    if upload.file_id not in saved or not Path(saved[upload.file_id][0]).is_file():
+        saved[upload.file_id] = uploads().save(session_id(), upload.getvalue(), ".npz")
+    path, digest = saved[upload.file_id]
     # the store is per session; the key is the content, so equal uploads share results
     return DataChoice(name, str(path), f"{name}:upload:{digest}", upload.name)
 

@@ -258,7 +258,8 @@ def trained_model(
             "setting or reload the page to train again."
         )
         st.stop()
-    loss = run.dataframe()["train_loss"].dropna() if len(run.dataframe()) else []
+    records = run.dataframe()
+    loss = records["train_loss"].dropna() if len(records) else []
     last = f", last training loss {loss.iloc[-1]:.4g}" if len(loss) else ""
     return ModelChoice(key, run.model, f"trained {steps} steps with {label}{last}")
 

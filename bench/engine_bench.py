@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from core.approx import approximate
-from core.fisher import eigvals
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/engine_bench.py`
+
+from core.approx import approximate  # noqa: E402
+from core.fisher import eigvals  # noqa: E402
 
 METHODS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
 SHAPES = ((51, 25), (251, 100), (501, 250), (1001, 500))

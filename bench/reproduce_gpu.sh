@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The seed paper's experiments at full scale on a CUDA machine: approximation quality and
 # training (every default optimizer, 3 seeds, 100 epochs) on CURVES, MNIST and FACES, with the
-# original files fetched once by --download (SHA-256 recorded and checked; see core/download.py).
+# original files fetched once by --download (SHA-256 recorded and checked; see core/training/download.py).
 # Each experiment writes a results folder OUT/<dataset>-<experiment>/ (settings.json,
 # results.csv, verdicts.csv, report.html); point the app at OUT with KRONOSCOPE_RESULTS_DIR=OUT
 # to show them on the "Paper reproductions" page.

@@ -41,10 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import core.runner as runner  # noqa: E402
-from core.data import Dataset, load_dataset  # noqa: E402
-from core.models import build_model, per_sample_nll  # noqa: E402
-from core.optim import (  # noqa: E402
+import core.training.runner as runner  # noqa: E402
+from core.training.data import Dataset, load_dataset  # noqa: E402
+from core.training.models import build_model, per_sample_nll  # noqa: E402
+from core.training.optim import (  # noqa: E402
     EMA_MODES,
     NATURAL_OPTIMIZERS,
     OPTIMIZERS,
@@ -52,7 +52,7 @@ from core.optim import (  # noqa: E402
     default_damping,
     default_lr,
 )
-from core.runner import RunConfig, TrainingRun  # noqa: E402
+from core.training.runner import RunConfig, TrainingRun  # noqa: E402
 
 DATASET = "curves-small"
 BATCH = 128
@@ -305,9 +305,9 @@ def ema_modes_compare(ds, seeds, epochs, log) -> list[str]:
         "default lr and damping (tuned for `factors`), T_cov = T_inv = 10, EMA 0.95, batch 128, "
         "true Fisher on the training minibatch. `factors`: EMA of each refresh's Kronecker "
         "factors; `window`: the method applied to a truncated (4-capture) EMA of the Fisher; "
-        "`fisher`: the EMA of the Fisher kept as r + 2 Kronecker terms (core/fisher_ema.py; for "
-        "kfac it is the factor EMA). Full training-set loss (mean ± sd over seeds) and training "
-        "time per run.",
+        "`fisher`: the EMA of the Fisher kept as r + 2 Kronecker terms "
+        "(core/engine/fisher_ema.py; for kfac it is the factor EMA). Full training-set loss "
+        "(mean ± sd over seeds) and training time per run.",
         "",
         "| method | " + " | ".join(f"{m} loss | {m} s" for m in EMA_MODES) + " |",
         "|---|" + "---:|---:|" * len(EMA_MODES),
@@ -406,7 +406,8 @@ def main() -> None:
         "(196-64-32-16 mirrored, ReLU, sigmoid + BCE), batch 128 (15 steps/epoch), true Fisher on "
         'the training minibatch, EMA 0.95 with `ema_mode="factors"` (every method keeps an EMA '
         "of the Kronecker factors of each refresh's approximation, as KFAC does for A and G and "
-        "as the seed paper does for all methods; `exact` uses the window, see core/optim.py), "
+        "as the seed paper does for all methods; `exact` uses the window, see "
+        "core/training/optim.py), "
         "KL-clip 1e-2, momentum 0.9. This is the small preset, not the paper's "
         "784-400-200-100-50-25-6 network on 20,000 CURVES images.",
         "",

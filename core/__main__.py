@@ -7,18 +7,18 @@
   DIR/quality.csv, DIR/metrics.csv, DIR/config.json and DIR/report.html.
 * ``reproduce`` — one of the seed paper's experiments (``--experiment quality`` or
   ``training``) on its network for ``--dataset curves|mnist|faces`` with the authors' settings,
-  over several seeds (:mod:`core.reproduce`); DIR/settings.json, DIR/results.csv,
+  over several seeds (:mod:`core.views.reproduce`); DIR/settings.json, DIR/results.csv,
   DIR/verdicts.csv and DIR/report.html. ``--n-train``/``--n-test`` (a subset of the data) and
   ``--max-steps`` (a cap per run) make quick checks; both are written into the settings.
 
 Learning rates and dampings default to each optimizer's default for the model preset
-(:func:`core.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the defaults
-tuned on curves-small).
+(:func:`core.training.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the
+defaults tuned on curves-small).
 
 Datasets are never downloaded unless ``--download`` is given: then the paper's original files
 (CURVES ``digs3pts_1.mat``, FACES ``newfaces_rot_single.mat``, MNIST IDX) are fetched into the
-cache once (:mod:`core.download`) and their SHA-256 checked on every later use; MNIST and FACES
-already downloaded are used from the cache without ``--download``.
+cache once (:mod:`core.training.download`) and their SHA-256 checked on every later use; MNIST and
+FACES already downloaded are used from the cache without ``--download``.
 
 Layers are numbered from 1 in forward order, as their names count (``--layer 1`` is
 ``encoder.linear1``); ``--layer`` also takes the name.
@@ -39,20 +39,20 @@ from pathlib import Path
 
 import torch
 
-from .data import DATASET_SPECS, file_help, load_dataset
-from .download import SOURCES, DownloadError, cached_dataset, download_dataset
-from .methods import METHODS, OPTIMIZERS
-from .models import PRESETS, build_model, describe_layers, parse_widths
-from .optim import EMA_MODES, OptimizerConfig, default_damping, default_lr
-from .report import comparison_report, quality_report
-from .reproduce import (
+from .engine.methods import METHODS, OPTIMIZERS
+from .training.data import DATASET_SPECS, file_help, load_dataset
+from .training.download import SOURCES, DownloadError, cached_dataset, download_dataset
+from .training.models import PRESETS, build_model, describe_layers, parse_widths
+from .training.optim import EMA_MODES, OptimizerConfig, default_damping, default_lr
+from .training.runner import RunConfig, TrainingRun, run_comparison
+from .views.report import comparison_report, quality_report
+from .views.reproduce import (
     EXPERIMENTS,
     REPRO_DATASETS,
     ReproduceSpec,
     run_reproduction,
     write_reproduction,
 )
-from .runner import RunConfig, TrainingRun, run_comparison
 
 EXIT = {"finished": 0, "stopped": 0, "diverged": 3, "failed": 1}
 

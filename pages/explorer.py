@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import explorer, figures
-from core.approx import METHODS
-from core.limits import check_layer_size
-from core.models import describe_layers
-from core.optim import OPTIMIZERS
+from core.engine.approx import METHODS
+from core.server.limits import check_layer_size
+from core.training.models import describe_layers
+from core.training.optim import OPTIMIZERS
+from core.views import explorer, figures
 from pages import ui as sh
 
 sh.ensure_navigation()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import report
-from core.optim import OPTIMIZERS
-from core.runner import RunConfig, TrainingRun
+from core.training.optim import OPTIMIZERS
+from core.training.runner import RunConfig, TrainingRun
+from core.views import report
 from pages import ui as sh
 
 sh.ensure_navigation()

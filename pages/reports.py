@@ -2,14 +2,14 @@
 host's results folder (``$KRONOSCOPE_RESULTS_DIR``); nothing is recomputed here.
 
 Visitors pick among the folder names the server lists (never a path they type); everything
-read from the files is shown as plain text or in tables (core/reproduce.py checks it).
+read from the files is shown as plain text or in tables (core/views/reproduce.py checks it).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core import reproduce
+from core.views import reproduce
 from pages import ui as sh
 
 sh.ensure_navigation()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import explorer, report
-from core.approx import METHODS
-from core.limits import check_layer_size
-from core.models import describe_layers
-from core.optim import OPTIMIZERS
-from core.runner import RunConfig, TrainingRun
+from core.engine.approx import METHODS
+from core.server.limits import check_layer_size
+from core.training.models import describe_layers
+from core.training.optim import OPTIMIZERS
+from core.training.runner import RunConfig, TrainingRun
+from core.views import explorer, report
 from pages import ui as sh
 
 sh.ensure_navigation()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import itertools
 import random
 
-from core.approx import METHODS
-from core.data import DATASET_SPECS
-from core.models import PRESETS
+from core.engine.approx import METHODS
+from core.training.data import DATASET_SPECS
+from core.training.models import PRESETS
 
 TABS = ("block", "factors", "spectra", "rank")
 M_VALUES = (1, 32, 256)
@@ -52,7 +52,7 @@ def views() -> list[dict[str, str]]:
 
 def sample(n: int, seed: int = 0, max_layer_params: int | None = None) -> list[dict[str, str]]:
     """``n`` views drawn with a fixed seed (optionally only layers up to a size, for CI)."""
-    from core.models import build_model, describe_layers
+    from core.training.models import build_model, describe_layers
 
     grid = views()
     if max_layer_params is not None:

@@ -1,4 +1,4 @@
-"""Tests of core.capture: per-sample ā_i and g_i of every nn.Linear."""
+"""Tests of core.engine.capture: per-sample ā_i and g_i of every nn.Linear."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from core.capture import (
+from core.engine.capture import (
     CaptureResult,
     UnsupportedLayerError,
     capture,

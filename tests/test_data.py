@@ -1,4 +1,5 @@
-"""Tests for core.data: CURVES generation and cache, DIGITS, IDX / .npz loaders, registry."""
+"""Tests for core.training.data: CURVES generation and cache, DIGITS, IDX and .npz loaders,
+the registry."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import core.data as data
-from core.data import (
+import core.training.data as data
+from core.training.data import (
     DATASET_SPECS,
     DATASETS,
     Dataset,
@@ -609,12 +610,12 @@ def test_gz_idx_and_mat_sizes_are_capped(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # ---------------------------------------------------------------------------------------------
-# Files chosen by web visitors (core.datafiles)
+# Files chosen by web visitors (core.training.datafiles)
 # ---------------------------------------------------------------------------------------------
 
 
 def test_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from core.datafiles import DATA_DIR_ENV, data_dir
+    from core.training.datafiles import DATA_DIR_ENV, data_dir
 
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     assert data_dir() is None
@@ -623,7 +624,7 @@ def test_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_list_data_files_finds_candidates_inside_only(tmp_path: Path) -> None:
-    from core.datafiles import list_data_files
+    from core.training.datafiles import list_data_files
 
     root, outside = tmp_path / "data", tmp_path / "outside"
     root.mkdir()
@@ -651,7 +652,7 @@ def test_list_data_files_finds_candidates_inside_only(tmp_path: Path) -> None:
 
 
 def test_resolve_in_dir_refuses_every_escape(tmp_path: Path) -> None:
-    from core.datafiles import resolve_in_dir
+    from core.training.datafiles import resolve_in_dir
 
     root = tmp_path / "data"
     (root / "sub").mkdir(parents=True)
@@ -681,7 +682,7 @@ def test_visitor_files_get_one_message_that_reveals_nothing(
 ) -> None:
     import zipfile
 
-    from core.datafiles import load_visitor_dataset
+    from core.training.datafiles import load_visitor_dataset
 
     monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(4 << 20))
     pickled = tmp_path / "pickled.npz"

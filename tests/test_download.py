@@ -1,4 +1,4 @@
-"""Tests of core.download against a local HTTP server on 127.0.0.1 serving fixture files: a
+"""Tests of core.training.download against a local HTTP server on 127.0.0.1 serving fixture files: a
 good file, a truncated one, a wrong one, a server error, a resumed download, hashes checked on
 later uses, and no network use unless a download is asked for."""
 
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from core.data import load_dataset
-from core.download import (
+from core.training.data import load_dataset
+from core.training.download import (
     MANIFEST_NAME,
     DownloadError,
     cached_dataset,

@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.approx import METHODS, approximate
-from core.fisher import LayerFisher, eigvals, exact_fisher, relative_error
-from core.kron import rearrange
-from core.validation import DenseTooLargeError
+from core.engine.approx import METHODS, approximate
+from core.engine.fisher import LayerFisher, eigvals, exact_fisher, relative_error
+from core.engine.kron import rearrange
+from core.engine.validation import DenseTooLargeError
 
 
 def random_batch(m: int, da: int, dg: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,11 +9,11 @@ import pytest
 import scipy.linalg
 import torch
 
-import core.approx as approx_module
-import core.fisher as fisher_module
-from core.approx import KPSVD_FAMILY, METHODS, approximate
-from core.fisher import LayerFisher, exact_fisher
-from core.kron import KronEig, rearrange, unvec, vec
+import core.engine.approx as approx_module
+import core.engine.fisher as fisher_module
+from core.engine.approx import KPSVD_FAMILY, METHODS, approximate
+from core.engine.fisher import LayerFisher, exact_fisher
+from core.engine.kron import KronEig, rearrange, unvec, vec
 
 
 @pytest.fixture(autouse=True)
@@ -209,7 +209,7 @@ def test_exact_damped_solve_of_single_products(layer, method):
 
 def factored_first_term(r: torch.Tensor, s: torch.Tensor, damping: float) -> torch.Tensor:
     """Dense ``(R + π√λ I) ⊗ (S + √λ/π I)``, ``π² = (tr R / da) / (tr S / dg)``, written out
-    from Martens & Grosse (2015, §6.3) without core.kron's helpers (they are under test)."""
+    from Martens & Grosse (2015, §6.3) without core.engine.kron's helpers (they are under test)."""
     da, dg = r.shape[0], s.shape[0]
     pi = math.sqrt((float(torch.trace(r)) / da) / (float(torch.trace(s)) / dg))
     root = math.sqrt(damping)

@@ -1,4 +1,4 @@
-"""Tests of core.explorer against dense float64 oracles built from exact_fisher."""
+"""Tests of core.views.explorer against dense float64 oracles built from exact_fisher."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from core import explorer
-from core.approx import METHODS, KroneckerSum, approximate
-from core.capture import capture
-from core.fisher import LayerFisher, exact_fisher
-from core.kron import rearrange
+from core.engine.approx import METHODS, KroneckerSum, approximate
+from core.engine.capture import capture
+from core.engine.fisher import LayerFisher, exact_fisher
+from core.engine.kron import rearrange
+from core.views import explorer
 
 
 def batch(m: int, da: int, dg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +164,8 @@ def test_two_term_slow_metrics_on_a_trained_scale_layer(monkeypatch):
     large (σ₁ ≈ 5e3 there); the Gram route then returned an indefinite first factor, and the
     MINRES preconditioner built from it was indefinite. Reproduced small: inputs scaled ×30
     (σ₁ ≈ 1e4) and the dense limits lowered so that the MINRES and Lanczos routes run."""
-    import core.approx as approx_module
-    import core.fisher as fisher_module
+    import core.engine.approx as approx_module
+    import core.engine.fisher as fisher_module
 
     for module in (approx_module, fisher_module, explorer):
         monkeypatch.setattr(module, "DENSE_SPECTRUM_LIMIT", 10, raising=False)
@@ -285,7 +285,7 @@ def test_view_arrays_names():
 
 @pytest.fixture
 def one_thread():
-    """As in the app (core.limits.torch_threads): on a shared 2-core machine, two intra-op
+    """As in the app (core.server.limits.torch_threads): on a shared 2-core machine, two intra-op
     threads make sorts and eigensolvers of this size 10–50× slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Tests of core.figures: plain functions, arrays in, plotly figures out."""
+"""Tests of core.views.figures: plain functions, arrays in, plotly figures out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from core import figures
+from core.views import figures
 
 
 def sym(n: int, seed: int = 0) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_every_figure_names_methods_by_label_not_id():
 
 
 def test_spectra_figure_says_why_a_method_has_no_curve():
-    from core.explorer import Spectra
+    from core.views.explorer import Spectra
 
     spec = Spectra(exact=np.array([3.0, 1.0]))
     spec.notes["deflation"] = "Deflation: no curve: slow"

@@ -1,4 +1,5 @@
-"""core.likelihoods against closed forms, and core.layers' one plain-linear definition."""
+"""core.engine.likelihoods against closed forms, and core.engine.layers' one definition of a
+plain linear layer."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import torch
 from torch import nn
 
 from core import capture as capture_module
-from core import models
-from core.layers import is_plain_linear, linear_layers
-from core.likelihoods import (
+from core.engine.layers import is_plain_linear, linear_layers
+from core.engine.likelihoods import (
     AUTOENCODER_LOSSES,
     LIKELIHOODS,
     LOSS_KINDS,
@@ -20,7 +20,8 @@ from core.likelihoods import (
     Gaussian,
     likelihood,
 )
-from core.optim import _linear_modules
+from core.training import models
+from core.training.optim import _linear_modules
 
 D64 = torch.float64
 
@@ -37,7 +38,7 @@ def _outcomes(name: str, d: int) -> list[torch.Tensor]:
 
 
 def _log_prob(name: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p(y | z) for one sample, written independently of core.likelihoods."""
+    """log p(y | z) for one sample, written independently of core.engine.likelihoods."""
     if name == "bce":
         p = torch.sigmoid(z)
         return (y * p.log() + (1 - y) * (1 - p).log()).sum()

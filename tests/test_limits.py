@@ -1,4 +1,5 @@
-"""Tests of core.limits: server-wide limits, and the run registry's slots, quota and queue."""
+"""Tests of core.server.limits: server-wide limits, and the run registry's slots, quota and
+queue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from core.limits import (
+from core.server.limits import (
     LimitError,
     RunGroup,
     RunRegistry,
@@ -77,7 +78,7 @@ def test_env_limits(monkeypatch):
 
 
 def test_numerics_settings(monkeypatch):
-    from core.limits import available_cpus, view_budget_s, worker_count
+    from core.server.limits import available_cpus, view_budget_s, worker_count
 
     assert view_budget_s() == 60.0 and worker_count() == available_cpus() >= 1
     monkeypatch.setenv("KRONOSCOPE_WORKERS", "0")

@@ -1,4 +1,5 @@
-"""Tests for core.models: autoencoder architecture, presets, loss convention, initialisation."""
+"""Tests for core.training.models: autoencoder architecture, presets, loss convention,
+initialisation."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data import DATASET_SPECS
-from core.models import (
+from core.training.data import DATASET_SPECS
+from core.training.models import (
     PRESETS,
     Autoencoder,
     ModelPreset,

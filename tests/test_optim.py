@@ -1,4 +1,5 @@
-"""Tests of core.optim: every optimizer's update against a dense float64 oracle, options, KL-clip.
+"""Tests of core.training.optim: every optimizer's update against a dense float64 oracle,
+options, KL-clip.
 
 The central check (the seed authors' Deflation and KFAC-corrected optimizers never deflated, and
 their KFAC-corrected one failed on re-estimation): on a tiny network, after TWO curvature
@@ -24,12 +25,12 @@ import pytest
 import torch
 from torch import nn
 
-import core.optim as optim_module
-from core.approx import approximate
-from core.fisher import exact_fisher
-from core.kron import rearrange
-from core.models import per_sample_nll
-from core.optim import (
+import core.training.optim as optim_module
+from core.engine.approx import approximate
+from core.engine.fisher import exact_fisher
+from core.engine.kron import rearrange
+from core.training.models import per_sample_nll
+from core.training.optim import (
     APPROX_TOL,
     EMA_MODES,
     NATURAL_OPTIMIZERS,

@@ -1,11 +1,11 @@
-"""Tests of the optimizers' ``ema_mode="fisher"`` (core.fisher_ema) and per-preset defaults.
+"""Tests of the optimizers' ``ema_mode="fisher"`` (core.engine.fisher_ema) and per-preset defaults.
 
 The averaged Fisher is checked against a dense float64 oracle: the exact
 F_ema = ρ^{t−1} F_1 + Σ_k ρ^{t−k} (1 − ρ) F_k formed with ``exact_fisher``, rearranged, and its
 SVD. When the kept rank covers the rank of every ℛ(M_t), the kept terms ARE ℛ(F_ema) and the
 leading ones its best sums of Kronecker products; when it does not, every refresh must be the
 dense best rank-K approximation of ρ S_{t−1} + (1 − ρ) ℛ(F_t), and the distance to ℛ(F_ema)
-must stay within the bound δ_t = Σ ρ^{t−k} ‖E_k‖ of core/fisher_ema.py.
+must stay within the bound δ_t = Σ ρ^{t−k} ‖E_k‖ of core/engine/fisher_ema.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-import core.optim as optim_module
-from core.data import load_dataset
-from core.fisher import exact_fisher
-from core.fisher_ema import FisherEMA
-from core.kron import rearrange
-from core.models import PRESETS, build_model, per_sample_nll
-from core.optim import (
+import core.training.optim as optim_module
+from core.engine.fisher import exact_fisher
+from core.engine.fisher_ema import FisherEMA
+from core.engine.kron import rearrange
+from core.training.data import load_dataset
+from core.training.models import PRESETS, build_model, per_sample_nll
+from core.training.optim import (
     EMA_MODES,
     FISHER_EMA_METHODS,
     OPTIMIZERS,
@@ -31,7 +31,7 @@ from core.optim import (
     default_damping,
     default_lr,
 )
-from core.runner import RunConfig, TrainingRun
+from core.training.runner import RunConfig, TrainingRun
 
 RHO = 0.7
 

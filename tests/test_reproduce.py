@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from core.__main__ import main
-from core.approx import METHODS
-from core.report import mean_sd_figure
-from core.reproduce import (
+from core.engine.approx import METHODS
+from core.views.report import mean_sd_figure
+from core.views.reproduce import (
     final_losses,
     list_reports,
     load_report,

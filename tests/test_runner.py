@@ -1,4 +1,5 @@
-"""Tests of core.runner (training runs) and core.report (figures) on a tiny problem."""
+"""Tests of core.training.runner (training runs) and core.views.report (figures) on a tiny
+problem."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from core.data import Dataset
-from core.models import Autoencoder, batch_loss
-from core.optim import OptimizerConfig
-from core.report import error_figure, loss_vs_step, loss_vs_time, quality_table, summary_table
-from core.runner import RunConfig, TrainingRun, run_comparison
+from core.training.data import Dataset
+from core.training.models import Autoencoder, batch_loss
+from core.training.optim import OptimizerConfig
+from core.training.runner import RunConfig, TrainingRun, run_comparison
+from core.views.report import error_figure, loss_vs_step, loss_vs_time, quality_table, summary_table
 
 
 @pytest.fixture(scope="module")

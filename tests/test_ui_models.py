@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from core.data import load_dataset
-from core.models import build_model
-from core.optim import OptimizerConfig
-from core.runner import RunConfig, TrainingRun
+from core.training.data import load_dataset
+from core.training.models import build_model
+from core.training.optim import OptimizerConfig
+from core.training.runner import RunConfig, TrainingRun
 from pages.ui.models import ModelStore, StoredRun
 
 

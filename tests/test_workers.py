@@ -1,4 +1,4 @@
-"""Tests of core.workers: the server's pool of worker processes (issue 8)."""
+"""Tests of core.server.workers: the server's pool of worker processes (issue 8)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
+from core.server.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
 
 
 # Jobs: module-level, so that the spawned workers can import them.

@@ -1,7 +1,7 @@
 """The explorer's heavy numerics, run in the server's worker processes.
 
 Every result is named by a key that covers every setting that affects it; :func:`compute`
-asks the server-wide :class:`core.workers.WorkerPool` for it, so identical work asked by many
+asks the server-wide :class:`core.server.workers.WorkerPool` for it, so identical work asked by many
 sessions is done once (in flight or cached) and none of it holds the server's GIL. While it
 waits, :func:`compute` redraws a one-line status every 0.25 s: each redraw is also where
 Streamlit interrupts a script whose session reran or closed, and the ``finally`` then releases
@@ -21,9 +21,10 @@ from typing import Any
 
 import streamlit as st
 
-from core import explorer, jobs
-from core.limits import LimitError, torch_threads, view_budget_s, worker_count
-from core.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
+from core.server import jobs
+from core.server.limits import LimitError, torch_threads, view_budget_s, worker_count
+from core.server.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
+from core.views import explorer
 
 __all__ = [
     "block_view",
@@ -146,7 +147,7 @@ def layer_fisher(key: str, model, x, layer: str, loss: str, kind: str, seed: int
 
 
 def method_results(fisher_key: str, methods: list[str], damping: float, slow: bool, fisher):
-    """Each method's :class:`core.explorer.MethodResult`, or the exception it raised."""
+    """Each method's :class:`core.views.explorer.MethodResult`, or the exception it raised."""
     how = "switch off the slow metrics, or run `python -m core quality` on your own machine"
     work = [
         (

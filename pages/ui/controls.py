@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.data import Dataset
-from core.methods import FIRST_ORDER
-from core.models import PRESETS
-from core.optim import default_damping, default_lr
+from core.engine.methods import FIRST_ORDER
+from core.training.data import Dataset
+from core.training.models import PRESETS
+from core.training.optim import default_damping, default_lr
 
 from .data import DataChoice, data_controls, dataset, presets_for
 from .errors import friendly_errors
@@ -21,7 +21,7 @@ def device_label() -> str:
     """The device training runs use."""
     import torch
 
-    from core.runner import resolve_device
+    from core.training.runner import resolve_device
 
     device = resolve_device(None)
     if device.type == "cuda":
@@ -31,7 +31,7 @@ def device_label() -> str:
 
 def optimizer_controls(settings: UrlSettings, name: str, preset: str | None = None) -> dict:
     """Hyper-parameter inputs of one optimizer (URL keys ``<setting>.<optimizer>``); the
-    defaults are the model preset's (core.optim.default_lr: none of them diverges)."""
+    defaults are the model preset's (core.training.optim.default_lr: none of them diverges)."""
     label = OPTIMIZER_LABELS.get(name, name)
     out: dict = {
         "lr": settings.number(

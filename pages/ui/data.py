@@ -4,7 +4,7 @@ Visitors never name a server path. A file comes either from an upload, kept unde
 directory per session (bounded per session and per server, removed when the session ends and
 when the server starts, never shown by its server path), or from the data directory the host
 configures (``KRONOSCOPE_DATA_DIR``), where visitors pick among the dataset files found
-(:func:`core.datafiles.list_data_files`). Without that setting there is no path box, and a
+(:func:`core.training.datafiles.list_data_files`). Without that setting there is no path box, and a
 ``path`` URL parameter is ignored with a notice. The paper's original MNIST and FACES files
 are used once they are in the cache directory; a download button appears only when the host
 allows downloads (``KRONOSCOPE_ALLOW_DOWNLOADS``, off by default).
@@ -25,10 +25,10 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from core.data import DATASET_SPECS, Dataset, DatasetError, default_cache_dir, load_dataset
-from core.datafiles import data_dir, list_data_files, load_visitor_dataset, resolve_in_dir
-from core.download import cached_dataset, download_dataset, downloads_allowed
-from core.models import PRESETS, build_model
+from core.training.data import DATASET_SPECS, Dataset, DatasetError, default_cache_dir, load_dataset
+from core.training.datafiles import data_dir, list_data_files, load_visitor_dataset, resolve_in_dir
+from core.training.download import cached_dataset, download_dataset, downloads_allowed
+from core.training.models import PRESETS, build_model
 
 from .errors import friendly_errors, plain
 from .session import session_alive, session_id
@@ -219,7 +219,7 @@ def data_controls(settings: UrlSettings) -> DataChoice:
 
 def _original_download(name: str, label: str) -> DataChoice | None:
     """The paper's original files from the cache directory, or, when the host allows
-    downloads, a button that fetches them (verified, resumable; core.download)."""
+    downloads, a button that fetches them (verified, resumable; core.training.download)."""
     path = cached_dataset(name)
     if path is not None:
         st.caption(f"Using the original {label} files downloaded on this server.")

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from core.data import DatasetError
-from core.limits import LimitError
-from core.validation import DenseTooLargeError
+from core.engine.validation import DenseTooLargeError
+from core.server.limits import LimitError
+from core.training.data import DatasetError
 
 __all__ = ["EXPECTED_ERRORS", "friendly_errors", "plain"]
 

@@ -17,7 +17,7 @@ import threading
 import streamlit as st
 import torch
 
-from core.limits import torch_threads
+from core.server.limits import torch_threads
 
 from .compute import pool
 from .controls import device_label
@@ -48,7 +48,9 @@ def run_app() -> None:
 
 
 def _run() -> None:
-    torch.set_num_threads(torch_threads())  # one intra-op thread per task: see core/limits.py
+    torch.set_num_threads(
+        torch_threads()
+    )  # one intra-op thread per task: see core/server/limits.py
     st.set_page_config(page_title="Kronoscope", page_icon=page_icon(), layout="wide")
     st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
 

@@ -1,6 +1,6 @@
 """Background training runs of the sessions: the server's registry, and one run panel.
 
-Every start goes through the server-wide :class:`core.limits.RunRegistry`: a group that does
+Every start goes through the server-wide :class:`core.server.limits.RunRegistry`: a group that does
 not fit waits in its queue, and the panel shows the student's place and starts drawing when
 the run begins. The sidebar's count and what a session is told come from the same registry.
 """
@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.limits import RunGroup, RunRegistry, max_concurrent_runs
-from core.methods import OPTIMIZER_LABELS  # re-exported: the registry's optimizer labels
-from core.optim import OptimizerConfig, default_damping
-from core.runner import TrainingRun
+from core.engine.methods import OPTIMIZER_LABELS  # re-exported: the registry's optimizer labels
+from core.server.limits import RunGroup, RunRegistry, max_concurrent_runs
+from core.training.optim import OptimizerConfig, default_damping
+from core.training.runner import TrainingRun
 
 from .errors import friendly_errors, plain
 from .session import session_alive, session_id

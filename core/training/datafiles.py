@@ -5,8 +5,8 @@ A public instance never opens a path a visitor types. The host puts dataset file
 directory (``$KRONOSCOPE_DATA_DIR``); visitors pick among the names :func:`list_data_files`
 finds there, and any name that arrives from a URL goes through :func:`resolve_in_dir`, which
 refuses every name that would lead outside that directory. :func:`load_visitor_dataset` then
-reads the file with the size caps of :mod:`core.data` and turns every failure into one short
-message that names no server path, temporary path or library internal: a visitor learns
+reads the file with the size caps of :mod:`core.training.data` and turns every failure into one
+short message that names no server path, temporary path or library internal: a visitor learns
 nothing about the server's files from it (missing, unreadable and not-a-dataset read the same).
 The detailed reason goes to the server's log for the host.
 """
@@ -110,8 +110,8 @@ def _has_mnist_images(folder: Path) -> bool:
 def resolve_in_dir(name: str, directory: str | os.PathLike[str]) -> Path:
     """The real path of ``name`` inside ``directory``, for a name a visitor gave.
 
-    Refused with :class:`~core.data.DatasetError`: a name that is not a string, empty, longer
-    than :data:`MAX_NAME_CHARS`, holds a NUL byte, is absolute, holds a ``..`` component, or
+    Refused with :class:`~core.training.data.DatasetError`: a name that is not a string, empty,
+    longer than :data:`MAX_NAME_CHARS`, holds a NUL byte, is absolute, holds a ``..`` component, or
     whose real path (symlinks followed) is outside the directory's real path. The message
     names neither the directory nor the resolved path. The file need not exist (loading then
     fails with :func:`load_visitor_dataset`'s message)."""
@@ -178,10 +178,10 @@ def load_visitor_dataset(
     max_bytes: int | None = None,
 ) -> Dataset:
     """Load dataset ``name`` from a file a visitor chose (an upload, or a name resolved by
-    :func:`resolve_in_dir`), with the size caps of :mod:`core.data`.
+    :func:`resolve_in_dir`), with the size caps of :mod:`core.training.data`.
 
     Every failure — missing, unreadable, too large, not a dataset, or any error a crafted file
-    provokes in a reader — raises one :class:`~core.data.DatasetError`:
+    provokes in a reader — raises one :class:`~core.training.data.DatasetError`:
     ``"<display_name> is not a readable <LABEL> dataset: expected <visitor_file_help>."``
     (under 400 characters), where ``display_name`` is what the visitor knows the file as (the
     upload's name or the listed name), never a server path. The detailed reason is logged for

@@ -1,8 +1,8 @@
 """Datasets for the autoencoder experiments: CURVES-like (generated here), DIGITS (bundled with
 scikit-learn), and the paper's MNIST, FACES and original CURVES, read from files the user
 supplies (the published IDX and MATLAB files, or .npz). Nothing is downloaded here: explicit
-downloads live in :mod:`core.download`; files named by web visitors go through
-:mod:`core.datafiles`.
+downloads live in :mod:`core.training.download`; files named by web visitors go through
+:mod:`core.training.datafiles`.
 
 Every loader returns a :class:`Dataset` whose images are flattened to ``float32`` rows of shape
 ``(n, d)``. Autoencoders reconstruct their input, so there are no labels: the target is ``x``.
@@ -10,7 +10,7 @@ Every loader returns a :class:`Dataset` whose images are flattened to ``float32`
 * ``loss == "bce"``: intensities in ``[0, 1]``, the model outputs logits, and the per-sample loss
   is the Bernoulli negative log-likelihood summed over pixels (CURVES, MNIST, DIGITS).
 * ``loss == "mse"``: real-valued targets, linear outputs, per-sample loss ``½‖ŷ − x‖²`` (the
-  N(ŷ, I) negative log-likelihood up to a constant) (FACES). See :mod:`core.models`.
+  N(ŷ, I) negative log-likelihood up to a constant) (FACES). See :mod:`core.training.models`.
 
 The setups follow Hinton & Salakhutdinov, "Reducing the dimensionality of data with neural
 networks", Science 313 (2006), as used by Martens (2010) and Martens & Grosse (2015).
@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .likelihoods import AUTOENCODER_LOSSES
+from ..engine.likelihoods import AUTOENCODER_LOSSES
 
 __all__ = [
     "DATASETS",
@@ -73,7 +73,8 @@ IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
 class DatasetError(ValueError):
     """A dataset file is missing, malformed or too large. The message names the path, what was
-    expected and what to do about it (:func:`core.datafiles.load_visitor_dataset` replaces it
+    expected and what to do about it (:func:`core.training.datafiles.load_visitor_dataset` replaces
+    it
     with one that names no path)."""
 
 
@@ -1119,8 +1120,8 @@ def load_dataset(
 
     ``path`` is required for ``"mnist"`` and ``"faces"``, optional for ``"curves"`` (without it
     the CURVES-like set is generated; with it the original file is read) and rejected for the
-    others. Nothing is ever downloaded here (see :mod:`core.download`). ``seed`` selects the
-    generated CURVES sample or the DIGITS/single-array split; ``n_train``/``n_test`` default to
+    others. Nothing is ever downloaded here (see :mod:`core.training.download`). ``seed`` selects
+    the generated CURVES sample or the DIGITS/single-array split; ``n_train``/``n_test`` default to
     the dataset's standard sizes; ``cache_dir`` is where generated CURVES are kept;
     ``max_bytes`` caps a file's decompressed size (default :func:`max_data_bytes`).
     """

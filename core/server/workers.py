@@ -26,7 +26,7 @@ so a worker never shares memory with the server and a session can never mutate a
 result of another. ``processes=0`` runs jobs in the caller's thread instead (tests, tiny
 deployments): de-duplication and caching still hold, budgets and kills do not.
 
-Workers are fresh interpreters (``python -m core.workers``) talking over pipes: forking a
+Workers are fresh interpreters (``python -m core.server.workers``) talking over pipes: forking a
 multi-threaded server is unsafe, and :mod:`multiprocessing`'s spawn would run the Streamlit
 script (the server's ``__main__``) again in each child.
 """
@@ -174,7 +174,7 @@ def _worker_main(torch_threads: int) -> None:
 
 
 class _Worker:
-    """One child process (``python -m core.workers``) and the pipes to it; replaced, not
+    """One child process (``python -m core.server.workers``) and the pipes to it; replaced, not
     repaired, when killed or dead. A plain subprocess rather than :mod:`multiprocessing`:
     under Streamlit the ``__main__`` module is the app script, which a spawned child would run
     again."""
@@ -186,7 +186,7 @@ class _Worker:
         # reference to their module, which the child must find the same way
         env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in sys.path if p)])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.workers", str(torch_threads)],
+            [sys.executable, "-m", "core.server.workers", str(torch_threads)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=root,

@@ -1,6 +1,6 @@
 """An exponential average of a layer's Fisher block, kept as a few Kronecker terms.
 
-The optimizers' ``ema_mode="fisher"`` (see :mod:`core.optim`). With ρ the decay and F_t the
+The optimizers' ``ema_mode="fisher"`` (see :mod:`core.training.optim`). With ρ the decay and F_t the
 Fisher block of the t-th Fisher minibatch, the averaged Fisher is
 
     F_ema,1 = F_1,   F_ema,t = ρ F_ema,t−1 + (1 − ρ) F_t,
@@ -15,9 +15,9 @@ the rank-K truncated SVD of M_t (Eckart–Young). Its leading terms are the best
 products of the averaged Fisher (up to the truncation error below), which is what the KPSVD
 family should precondition with; an EMA of each term's factors (``ema_mode="factors"``) is not.
 
-The Gram route (as in :mod:`core.ksvd`, extended to kept terms). With Ā (m × da) the inputs and
-Γ (m × dg) the output gradients of the minibatch, ℛ(F_t) = (1/m) P Qᵀ, P = [vec(ā_i ā_iᵀ)],
-Q = [vec(g_i g_iᵀ)]. Then
+The Gram route (as in :mod:`core.engine.rearranged_svd`, extended to kept terms). With Ā (m × da)
+the inputs and Γ (m × dg) the output gradients of the minibatch, ℛ(F_t) = (1/m) P Qᵀ, P = [vec(ā_i
+ā_iᵀ)], Q = [vec(g_i g_iᵀ)]. Then
 
     M_t = X D Yᵀ,  X = [vec(R_1) … vec(R_K) | P],  Y = [vec(S_1) … vec(S_K) | Q],
     D = diag(ρ, …, ρ, (1 − ρ)/m, …, (1 − ρ)/m),

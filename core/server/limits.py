@@ -11,7 +11,7 @@ Limits, read from the environment on every check (the Docker image sets them):
 
 and the settings of the web server's numerics: ``KRONOSCOPE_WORKERS`` worker processes (default:
 the CPUs available) and ``KRONOSCOPE_VIEW_BUDGET_S`` (default 60) compute seconds per explorer
-view (core.workers, pages/ui/compute.py); and ``KRONOSCOPE_TORCH_THREADS`` (default 1):
+view (core.server.workers, pages/ui/compute.py); and ``KRONOSCOPE_TORCH_THREADS`` (default 1):
 PyTorch's intra-op threads. The server runs many things at once (sessions, background training
 runs), and intra-op parallelism on top of that oversubscribes the cores: on a loaded 2-core
 machine a 528 × 528 ``eigh`` took 0.03 s with one thread and 0.1–0.9 s with two (bench/RESULTS-
@@ -153,7 +153,7 @@ def check_layer_size(n_params: int, name: str = "this layer") -> None:
 
 
 class Run(Protocol):
-    """What the registry needs of a run (``core.runner.TrainingRun`` has it)."""
+    """What the registry needs of a run (``core.training.runner.TrainingRun`` has it)."""
 
     status: str
 

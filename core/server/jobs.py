@@ -1,8 +1,8 @@
 """The explorer's units of work, as plain functions of picklable values.
 
-The web server runs these in worker processes (:mod:`core.workers`): arguments and results
+The web server runs these in worker processes (:mod:`core.server.workers`): arguments and results
 cross the process boundary by value, so each function takes everything it needs (the model,
-the batch) and returns a fresh object. Each is one step of :mod:`core.explorer`.
+the batch) and returns a fresh object. Each is one step of :mod:`core.views.explorer`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .explorer import capture_layer
-from .fisher import LayerFisher
+from ..engine.fisher import LayerFisher
+from ..views.explorer import capture_layer
 
 __all__ = ["layer_fisher"]
 

@@ -4,7 +4,7 @@ and the results folders they leave behind (read again by the app's "Paper reprod
 The seed paper (Koroko et al. 2022, "Efficient approximations of the Fisher matrix in neural
 networks using Kronecker product singular value decomposition") makes two claims on the deep
 autoencoders of Hinton & Salakhutdinov (2006) (CURVES 784-400-200-100-50-25-6, MNIST
-784-1000-500-250-30, FACES 625-2000-1000-500-30; :data:`core.models.PRESETS`):
+784-1000-500-250-30, FACES 625-2000-1000-500-30; :data:`core.training.models.PRESETS`):
 
 1. the KPSVD family (``kpsvd``, ``deflation``, ``lanczos``, ``kfac_corrected``) approximates a
    layer's Fisher block better than KFAC, in relative Frobenius error ‖F − F̃‖_F/‖F‖_F and in
@@ -17,14 +17,14 @@ authors' public training script: minibatch 128, Fisher minibatch a quarter of it
 T_cov = T_inv = 100, EMA 0.95 (of the Kronecker factors, ``ema_mode="factors"``, as their code
 does), KL-clip 1e-2, momentum 0.9, weight decay 1e-3, 100 epochs. Two of their settings are NOT
 reproduced, and every written ``settings.json`` says so (``deviations``): their Xavier-uniform
-initialisation (:func:`core.models.build_model` has only He-normal weights with zero biases) and
-their 80/20 train/validation split (here the whole training set trains and the test set gives
-the test loss). Learning rates and dampings are each optimizer's per-preset defaults
-(:func:`core.optim.default_lr`, :func:`core.optim.default_damping`) unless given. The quality
-experiment measures on the paper's Fisher minibatches (:data:`QUALITY_FISHER_BATCH`: 256 CURVES,
-512 MNIST, 1024 FACES); because :class:`core.runner.TrainingRun` draws its quality minibatch
-with the training optimizer's Fisher batch size, that optimizer (KFAC by default) uses the same
-Fisher batch there.
+initialisation (:func:`core.training.models.build_model` has only He-normal weights with zero
+biases) and their 80/20 train/validation split (here the whole training set trains and the test set
+gives the test loss). Learning rates and dampings are each optimizer's per-preset defaults
+(:func:`core.training.optim.default_lr`, :func:`core.training.optim.default_damping`) unless given.
+The quality experiment measures on the paper's Fisher minibatches (:data:`QUALITY_FISHER_BATCH`: 256
+CURVES, 512 MNIST, 1024 FACES); because :class:`core.training.runner.TrainingRun` draws its quality
+minibatch with the training optimizer's Fisher batch size, that optimizer (KFAC by default) uses the
+same Fisher batch there.
 
 Verdict rules (:func:`training_verdicts`, :func:`quality_verdicts`; each verdict row carries the
 numbers that decide it):
@@ -66,12 +66,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DATASET_SPECS, Dataset
-from .methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
-from .models import PRESETS, build_model, describe_layers
-from .optim import OptimizerConfig, default_damping, default_lr
+from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
+from ..training.data import DATASET_SPECS, Dataset
+from ..training.models import PRESETS, build_model, describe_layers
+from ..training.optim import OptimizerConfig, default_damping, default_lr
+from ..training.runner import RunConfig, TrainingRun
 from .report import mean_sd_figure, write_html_report
-from .runner import RunConfig, TrainingRun
 
 __all__ = [
     "BASELINES",
@@ -100,7 +100,8 @@ EXPERIMENTS = ("quality", "training")
 REPRO_DATASETS = ("curves", "mnist", "faces")
 BASELINES = ("kfac", "adam", "sgd")
 # Lanczos is left out by default: on the engine's Gram route it computes the same two terms as
-# Deflation, so as an optimizer it gives the same updates (core/optim.py); --optimizers adds it.
+# Deflation, so as an optimizer it gives the same updates (core/training/optim.py); --optimizers
+# adds it.
 TRAINING_OPTIMIZERS = ("sgd", "adam", "kfac", "kpsvd", "deflation", "kfac_corrected")
 # The authors' public training script, where the paper itself is silent.
 PAPER_DEFAULTS = {
@@ -274,7 +275,7 @@ def resolve_layers(spec: ReproduceSpec) -> list[tuple[int, str]]:
 
 def _schedule(spec: ReproduceSpec, dataset: Dataset) -> dict:
     batch = min(PAPER_DEFAULTS["batch_size"], dataset.n_train)
-    per_epoch = max(1, dataset.n_train // batch)  # as core.runner.TrainingRun counts
+    per_epoch = max(1, dataset.n_train // batch)  # as core.training.runner.TrainingRun counts
     steps = max(1, round(spec.epochs * per_epoch))
     if spec.max_steps is not None:
         steps = min(steps, spec.max_steps)
@@ -399,8 +400,8 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
             else None
         ),
         "deviations": [
-            "initialisation: the authors use Xavier-uniform; core.models.build_model supports "
-            "only He-normal weights with zero biases, used here",
+            "initialisation: the authors use Xavier-uniform; core.training.models.build_model "
+            "supports only He-normal weights with zero biases, used here",
             "validation: the authors hold out 20 % of the training set; here the whole "
             "training set trains and the test set gives the test loss",
             *(
@@ -442,7 +443,7 @@ def _window_mean(part: pd.DataFrame, per_epoch: int) -> float:
 
 
 def _steps_per_epoch(part: pd.DataFrame) -> int:
-    """From ``epoch = (step + 1) / steps_per_epoch`` (core.runner's records)."""
+    """From ``epoch = (step + 1) / steps_per_epoch`` (core.training.runner's records)."""
     last = part.iloc[-1]
     return max(1, round((float(last["step"]) + 1) / float(last["epoch"])))
 

@@ -22,6 +22,6 @@ def is_plain_linear(module: nn.Module) -> bool:
 
 def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """``(qualified name, module)`` for every plain linear layer, in registration order (for
-    :class:`core.models.Autoencoder`, registration order is forward order). Names work with
+    :class:`core.training.models.Autoencoder`, registration order is forward order). Names work with
     ``model.get_submodule(name)``."""
     return [(name, mod) for name, mod in model.named_modules() if is_plain_linear(mod)]

@@ -6,8 +6,8 @@ emits one record per step:
 * ``optimizer``, ``step`` (0-based), ``epoch`` (epochs of data consumed once the step is done,
   fractional), ``wall_time_s`` (training time since the start: evaluation and quality tracking
   are NOT counted, so loss-against-time curves compare the optimizers alone);
-* ``train_loss``: the minibatch loss (mean per-sample NLL, :func:`core.models.batch_loss`) of the
-  parameters BEFORE this step's update;
+* ``train_loss``: the minibatch loss (mean per-sample NLL, :func:`core.training.models.batch_loss`)
+  of the parameters BEFORE this step's update;
 * ``test_loss``: the mean per-sample NLL on the whole test set, same parameters, every
   ``eval_every`` steps and at the last step (``None`` elsewhere);
 * with quality tracking on (``quality_layer``), every ``quality_every`` steps and at the last
@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .approx import approximate
-from .capture import capture
+from ..engine.approx import approximate
+from ..engine.capture import capture
+from ..engine.fisher import LayerFisher
+from ..engine.methods import METHODS
 from .data import DATASET_SPECS, Dataset, load_dataset
-from .fisher import LayerFisher
-from .methods import METHODS
 from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
 from .optim import (
     NonFiniteError,
@@ -82,9 +82,9 @@ def _positive_int(value, name: str) -> None:
 @dataclass
 class RunConfig:
     """One training run. ``optimizer`` may be given as a name: then with the default lr and
-    damping of the model preset (:func:`core.optim.default_lr`, ``default_damping``).
+    damping of the model preset (:func:`core.training.optim.default_lr`, ``default_damping``).
 
-    ``preset``: a :data:`core.models.PRESETS` name (``None``: the dataset's own preset);
+    ``preset``: a :data:`core.training.models.PRESETS` name (``None``: the dataset's own preset);
     ``widths``: a custom encoder width list (overrides ``preset``). Exactly one of ``steps`` and
     ``epochs``. ``device``: ``None`` → CUDA when available, else CPU.
     """

@@ -1,11 +1,11 @@
 """The method registry: every optimizer and engine approximation, one :class:`MethodSpec` each.
 
 Everything Kronoscope knows about a method by its name lives here, and every other module reads
-it from here: the engine (:func:`core.approx.approximate` builds through ``spec.build``), the
-optimizers (:mod:`core.optim`: which names exist, defaults, curvature modes), the explorer and
-figures (labels, factor names, colour order), the command line and the pages.
+it from here: the engine (:func:`core.engine.approx.approximate` builds through ``spec.build``), the
+optimizers (:mod:`core.training.optim`: which names exist, defaults, curvature modes), the explorer
+and figures (labels, factor names, colour order), the command line and the pages.
 
-To add a method: write its class or builder in :mod:`core.approx` (the math goes in that
+To add a method: write its class or builder in :mod:`core.engine.approx` (the math goes in that
 module's docstring) and add one :class:`MethodSpec` to ``SPECS`` below. Nothing else.
 
 Three kinds: ``"first_order"`` (sgd, adam: optimizers only), ``"approximation"`` (an engine
@@ -57,10 +57,11 @@ class MethodSpec:
     (``None`` for first-order optimizers and the exact block). ``terms``: Kronecker terms per
     approximation (``None`` for EKFAC, a diagonal in KFAC's eigenbasis; kpsvd: its default rank).
     ``factor_names``: (input, output) names of the terms' factors, shown by the explorer (empty:
-    the generic ``R_k``/``S_k``). ``kpsvd_family``: takes the ``solver`` option (core/ksvd.py).
-    ``fisher_ema``: has an ``ema_mode="fisher"`` state of its own (core/fisher_ema.py).
-    ``lr``, ``damping``: optimizer defaults (curves-small), ``preset_lr``/``preset_damping`` the
-    per-preset overrides. ``optimizer_label``: its name as an optimizer, where not ``label``.
+    the generic ``R_k``/``S_k``). ``kpsvd_family``: takes the ``solver`` option
+    (core/engine/rearranged_svd.py). ``fisher_ema``: has an ``ema_mode="fisher"`` state of its own
+    (core/engine/fisher_ema.py). ``lr``, ``damping``: optimizer defaults (curves-small),
+    ``preset_lr``/``preset_damping`` the per-preset overrides. ``optimizer_label``: its name as an
+    optimizer, where not ``label``.
     """
 
     name: str

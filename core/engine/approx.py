@@ -5,7 +5,7 @@ Every approximation F̃ of ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)`` of
 matrix-free metrics need, ``frobenius_sq()`` = ‖F̃‖²_F and ``inner_fisher(a, g)`` = ⟨F, F̃⟩.
 
 Methods (``approximate(method, a, g, **options)``; each is one entry in the registry,
-:mod:`core.methods`, that names its builder below — add a method there and here):
+:mod:`core.engine.methods`, that names its builder below — add a method there and here):
 
 * ``kfac`` — A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m (Martens & Grosse 2015).
 * ``kpsvd`` — the best sum of ``rank`` Kronecker products: the rank-r truncated SVD of ℛ(F)
@@ -20,7 +20,7 @@ Methods (``approximate(method, a, g, **options)``; each is one entry in the regi
   c the Frobenius-optimal scalar (Gupta et al. 2018; Morwani et al. 2024).
 
 The KPSVD family (kpsvd, deflation, lanczos, kfac_corrected) takes ``solver="gram"`` (default,
-see :mod:`core.ksvd`) or ``solver="matrix_free"`` (the seed paper's algorithms).
+see :mod:`core.engine.rearranged_svd`) or ``solver="matrix_free"`` (the seed paper's algorithms).
 
 Damping. ``solve(V, λ, mode=...)`` applies a damped inverse:
 
@@ -51,7 +51,7 @@ import scipy.sparse.linalg as sla
 import torch
 
 from .kron import KronEig, factored_damping, generalized_eigh, kron_matvec, sym, vec
-from .ksvd import SOLVERS, RearrangedFisher, Triplets
+from .rearranged_svd import SOLVERS, RearrangedFisher, Triplets
 from .validation import (
     check_damping,
     check_dense_size,
@@ -404,7 +404,8 @@ def _svd_terms(
     return [terms[i] for i in keep], info
 
 
-# -- builders: one per kind of construction; core/methods.py names which one each method uses --
+# -- builders: one per kind of construction; core/engine/methods.py names which one each method uses
+# --
 
 
 def build_kfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:

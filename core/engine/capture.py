@@ -16,8 +16,8 @@ pass is run on the SUM over the batch of per-sample NLLs, ``L = Σ_i ℓ_i``. Sa
 interact (each row of the batch only reaches its own row of every layer output), so
 ``∂L/∂s_i = ∂ℓ_i/∂s_i = g_i`` exactly, with no ``1/m`` factor.
 
-Likelihoods (``loss=``, looked up by :func:`core.likelihoods.likelihood`, which also holds their
-sampling, target checks and output Fisher), per sample, with model output ``z`` of shape
+Likelihoods (``loss=``, looked up by :func:`core.engine.likelihoods.likelihood`, which also holds
+their sampling, target checks and output Fisher), per sample, with model output ``z`` of shape
 ``(d_out,)``:
 
 * ``"bce"``: ``z`` are logits, ``y_k ~ Bernoulli(σ(z_k))`` independently,
@@ -114,8 +114,8 @@ class CaptureResult:
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of the model's plain linear layers (:func:`core.layers.is_plain_linear`),
-    in registration order."""
+    """Qualified names of the model's plain linear layers
+    (:func:`core.engine.layers.is_plain_linear`), in registration order."""
     return [name for name, _ in linear_layers(model)]
 
 

@@ -76,7 +76,7 @@ class Likelihood(ABC):
     autoencoder: ClassVar[bool]
     """Whether the targets are the inputs (a reconstruction loss an autoencoder trains on)."""
     output_activation: ClassVar[str]
-    """What the last layer returns, as :func:`core.models.describe_layers` labels it."""
+    """What the last layer returns, as :func:`core.training.models.describe_layers` labels it."""
 
     @abstractmethod
     def nll(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Plotly figures from training records, and self-contained HTML reports.
 
 Every figure function takes a records ``pandas.DataFrame`` (the rows of
-:meth:`core.runner.TrainingRun.records`, possibly several runs concatenated) and returns a
+:meth:`core.training.runner.TrainingRun.records`, possibly several runs concatenated) and returns a
 ``plotly.graph_objects.Figure``; nothing here touches the file system except
 :func:`write_html_report`. Runs are told apart by the ``label`` column when present, else by
 ``optimizer``. Columns used: ``step``, ``epoch``, ``wall_time_s``, ``train_loss``,

@@ -1,9 +1,10 @@
 """The Fisher explorer's numerics: one layer's Fisher block next to its approximations.
 
 Given a model, a batch and a layer, :func:`capture_layer` records the layer's per-sample inputs
-``ā_i`` and output gradients ``g_i`` (core.capture); :func:`analyse` builds each approximation
-(core.approx) and compares it with the exact block through :class:`core.fisher.LayerFisher`.
-Every metric here is matrix-free, so it works for layers of any size:
+``ā_i`` and output gradients ``g_i`` (core.engine.capture); :func:`analyse` builds each
+approximation (core.engine.approx) and compares it with the exact block through
+:class:`core.engine.fisher.LayerFisher`. Every metric here is matrix-free, so it works for layers of
+any size:
 
 * relative Frobenius error ``‖F − F̃‖_F / ‖F‖_F``;
 * the seed paper's spectrum error ``‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂``;
@@ -36,16 +37,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .approx import (
+from ..engine.approx import (
     DENSE_SPECTRUM_LIMIT,
     Approximation,
     EigenbasisDiagonal,
     KroneckerSum,
     approximate,
 )
-from .capture import LayerCapture, capture
-from .fisher import LayerFisher, exact_fisher
-from .methods import METHOD_LABELS, METHODS, method_spec
+from ..engine.capture import LayerCapture, capture
+from ..engine.fisher import LayerFisher, exact_fisher
+from ..engine.methods import METHOD_LABELS, METHODS, method_spec
 
 DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
 DEFAULT_DAMPING = 1e-3
@@ -55,7 +56,7 @@ SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (se
 
 def method_label(method: str) -> str:
     """Display name of a method (``kfac_corrected`` → ``KFAC-corrected``; the registry's
-    ``METHOD_LABELS``, core/methods.py)."""
+    ``METHOD_LABELS``, core/engine/methods.py)."""
     return METHOD_LABELS.get(method, method)
 
 
@@ -72,7 +73,7 @@ def capture_layer(
     targets: torch.Tensor | None = None,
     seed: int = 0,
 ) -> LayerCapture:
-    """Per-sample ``ā_i`` and ``g_i`` of one Linear layer on the batch ``x`` (core.capture).
+    """Per-sample ``ā_i`` and ``g_i`` of one Linear layer on the batch ``x`` (core.engine.capture).
 
     The true Fisher's targets are drawn with a generator seeded by ``seed``, so one setting
     gives one batch of gradients.

@@ -24,7 +24,7 @@ from .validation import check_damping, check_dense_size, check_gradient_matrix, 
 def exact_fisher(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The dense Fisher block (1/m) Σ_i kron(ā_i ā_iᵀ, g_i g_iᵀ), shape (da·dg, da·dg).
 
-    Refused with :class:`~core.validation.DenseTooLargeError` above the memory limit.
+    Refused with :class:`~core.engine.validation.DenseTooLargeError` above the memory limit.
     """
     a, g = check_layer_batch(a, g)
     m, da = a.shape

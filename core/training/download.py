@@ -323,13 +323,15 @@ def download_dataset(
     timeout: float = 60.0,
 ) -> Path:
     """Download dataset ``name``'s original files (see :data:`SOURCES`) into the cache
-    directory (default :func:`core.data.default_cache_dir`) unless they are there already, and
-    return the path to give :func:`core.data.load_dataset` (the .mat file, or MNIST's folder).
+    directory (default :func:`core.training.data.default_cache_dir`) unless they are there already,
+    and return the path to give :func:`core.training.data.load_dataset` (the .mat file, or MNIST's
+    folder).
 
     Files already present are not downloaded again but their SHA-256 is checked against the
     manifest. ``progress(file_name, bytes_so_far, total_or_None)`` is called after every chunk;
     ``timeout`` bounds each network wait in seconds. Raises :class:`DownloadError` (a
-    :class:`~core.data.DatasetError`) with a one-line message on any failure; a partial file
+    :class:`~core.training.data.DatasetError`) with a one-line message on any failure; a partial
+    file
     is kept as ``<name>.part`` for the next try to resume."""
     files = _sources(name)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

@@ -12,11 +12,11 @@ Conventions shared by every figure here:
   ones (an indefinite second Kronecker term can produce them), which cannot appear there, are
   counted in the legend instead.
 * Methods are named by their labels (``kfac_corrected`` → "KFAC-corrected",
-  :func:`core.explorer.method_label`) in legends, axes and annotations; a caller's ``labels``
+  :func:`core.views.explorer.method_label`) in legends, axes and annotations; a caller's ``labels``
   mapping overrides them. Colours stay keyed by the method id.
 
 Training curves (loss against step or wall time, errors over training) live in
-:mod:`core.report`.
+:mod:`core.views.report`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from ..engine.methods import SHOWN
 from .explorer import method_label
-from .methods import SHOWN
 
 __all__ = [
     "METHOD_COLORS",
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 DIVERGING = "RdBu_r"
-# One colour per method in the registry's order (core/methods.py): the exact block black.
+# One colour per method in the registry's order (core/engine/methods.py): the exact block black.
 METHOD_COLORS = {
     name: color for name, color in zip(SHOWN, ["#222222", *qualitative.Plotly], strict=False)
 }
@@ -193,7 +193,7 @@ def spectra_figure(
 
     Eigenvalues with ``|λ| ≤ zero_ratio · λ_max`` (λ_max over all spectra) are numerically zero
     and not drawn; significantly negative ones cannot appear on a log axis and are counted in
-    the legend ("j < 0"). When ``spectra`` carries ``notes`` (:class:`core.explorer.Spectra`),
+    the legend ("j < 0"). When ``spectra`` carries ``notes`` (:class:`core.views.explorer.Spectra`),
     a method without a curve gets a legend entry that says why, so none is left out silently.
     """
     label_of = _labeller(labels)

@@ -5,8 +5,8 @@ engine's approximations and their damped inverses) plus ``torch.optim.SGD`` for 
 momentum step. One training step, after ``loss.backward()``:
 
 1. every ``t_cov`` steps: capture ``ā_i`` and ``g_i`` of every ``nn.Linear`` on a Fisher minibatch
-   (:func:`core.capture.capture`, true or empirical Fisher, a seeded ``torch.Generator``) and fold
-   them into the curvature state (see "Curvature EMA" below);
+   (:func:`core.engine.capture.capture`, true or empirical Fisher, a seeded ``torch.Generator``) and
+   fold them into the curvature state (see "Curvature EMA" below);
 2. every ``t_inv`` steps: rebuild each layer's approximation F̃ from that state and its damped
    inverse (eigendecompositions, cached until the next refresh);
 3. add ``weight_decay · θ`` to the gradient (the natural gradient of the L2-regularised loss);
@@ -27,7 +27,7 @@ Damping convention (what "(F̃ + damping)⁻¹" means, per method; the engine's
   indefiniteness safeguard (``1 + μν`` floored at ``psd_floor``, counted in ``safeguard``);
 * ``ekfac``: ``(F̃ + λI)⁻¹`` exactly (orthonormal eigenbasis);
 * ``exact``: ``(F_l + λI)⁻¹`` with ``F_l`` the exact Fisher block of layer ``l``, by Woodbury
-  (:meth:`core.fisher.LayerFisher.natural_gradient`). This is BLOCK-DIAGONAL per layer: the
+  (:meth:`core.engine.fisher.LayerFisher.natural_gradient`). This is BLOCK-DIAGONAL per layer: the
   cross-layer blocks of the Fisher are ignored, as in every other method here.
 
 Curvature EMA (``ema`` = ρ, ``ema_mode``):
@@ -88,7 +88,7 @@ Curvature EMA (``ema`` = ρ, ``ema_mode``):
   first capture initialises it), kept in rearranged low-rank form: K = (terms the method uses)
   + ``EXTRA_TERMS`` (2) Kronecker terms, refreshed at every capture as the best rank-K
   approximation of ``ρ ℛ(kept terms) + (1 − ρ) ℛ(F_t)`` by a Gram route over [kept terms |
-  new captures] (:mod:`core.fisher_ema`, with the math, the truncation-error bound and
+  new captures] (:mod:`core.engine.fisher_ema`, with the math, the truncation-error bound and
   sources). The preconditioner is the leading 1 (kpsvd) or 2 (deflation, lanczos) of those
   terms: the best sums of Kronecker products of F_ema up to the truncation error, with no sign
   alignment needed (a sum of outer products has no sign ambiguity). ``kfac_corrected``:
@@ -124,13 +124,13 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from .approx import EigenbasisDiagonal, KroneckerSum, SafeguardStats, approximate
-from .capture import FISHER_KINDS, capture
-from .fisher import LayerFisher
-from .fisher_ema import EXTRA_TERMS, FisherEMA
-from .kron import sym
-from .layers import linear_layers
-from .methods import FIRST_ORDER, FISHER_EMA_METHODS, METHODS, OPTIMIZERS, method_spec
+from ..engine.approx import EigenbasisDiagonal, KroneckerSum, SafeguardStats, approximate
+from ..engine.capture import FISHER_KINDS, capture
+from ..engine.fisher import LayerFisher
+from ..engine.fisher_ema import EXTRA_TERMS, FisherEMA
+from ..engine.kron import sym
+from ..engine.layers import linear_layers
+from ..engine.methods import FIRST_ORDER, FISHER_EMA_METHODS, METHODS, OPTIMIZERS, method_spec
 from .models import PRESETS
 
 __all__ = [
@@ -147,11 +147,11 @@ __all__ = [
     "NonFiniteError",
 ]
 
-# Which optimizers exist, their kind and defaults: views over the registry (core/methods.py).
+# Which optimizers exist, their kind and defaults: views over the registry (core/engine/methods.py).
 NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
 # Curvature averaging (see the module docstring): an EMA of each refresh's Kronecker factors
 # ("factors", the default), an approximation of a truncated EMA of the Fisher ("window"), or the
-# EMA of the Fisher itself kept in rearranged low-rank form ("fisher", core/fisher_ema.py).
+# EMA of the Fisher itself kept in rearranged low-rank form ("fisher", core/engine/fisher_ema.py).
 EMA_MODES: tuple[str, ...] = ("factors", "window", "fisher")
 # Methods that use the window whatever ema_mode says (the exact block is not a factored object).
 WINDOW_ONLY: tuple[str, ...] = tuple(n for n in OPTIMIZERS if method_spec(n).kind == "exact")
@@ -187,13 +187,13 @@ def _check_preset(preset: str | None) -> str | None:
 def default_lr(name: str, preset: str | None = None) -> float:
     """A sensible learning rate per optimizer (tuned on curves-small, see the benchmark), and
     per model preset where that one diverges (``None``: curves-small's); from the registry
-    (core/methods.py: ``lr``, ``preset_lr``)."""
+    (core/engine/methods.py: ``lr``, ``preset_lr``)."""
     return method_spec(_check_name(name)).default_lr(_check_preset(preset))
 
 
 def default_damping(name: str, preset: str | None = None) -> float:
     """The default damping λ per optimizer (tuned on curves-small; 0 for sgd and adam, which
-    do not use it), and per model preset where needed; from the registry (core/methods.py:
+    do not use it), and per model preset where needed; from the registry (core/engine/methods.py:
     ``damping``, ``preset_damping``)."""
     return method_spec(_check_name(name)).default_damping(_check_preset(preset))
 
@@ -545,7 +545,7 @@ class Preconditioner:
 
     def safeguard_counts(self) -> dict[str, int]:
         """Engagements of the engine's indefiniteness safeguard (the counters of
-        :class:`core.approx.SafeguardStats`), summed over layers and over every inverse since
+        :class:`core.engine.approx.SafeguardStats`), summed over layers and over every inverse since
         the start (two-term methods only; zero for the others)."""
         total = dict(self._retired_safeguard)
         for inv in self.inverses.values():
@@ -570,7 +570,7 @@ class TrainingOptimizer:
     ``fisher_data`` is given; ``y`` are the data targets, needed for the empirical Fisher).
     ``fisher_data``: ``(x_train, y_train)`` to draw Fisher minibatches of ``fisher_batch`` rows
     from, with the seeded generator. ``loss``: the likelihood kind (``"bce"``, ``"mse"``,
-    ``"ce"``), as in :func:`core.capture.capture`.
+    ``"ce"``), as in :func:`core.engine.capture.capture`.
     """
 
     def __init__(

@@ -6,7 +6,7 @@ layer an ``nn.Linear`` with bias; ReLU after every hidden layer except the code 
 bottleneck ``h_k``, linear) and the output layer. The output layer returns *logits* for the
 Bernoulli/BCE loss and plain values (the mean of N(μ, I)) for the squared-error loss.
 
-Loss convention (one definition for the whole project, in :mod:`core.likelihoods`): the
+Loss convention (one definition for the whole project, in :mod:`core.engine.likelihoods`): the
 per-sample loss is the sample's negative log-likelihood **summed over output units**, and a
 minibatch loss is its **mean over samples**:
 
@@ -14,9 +14,9 @@ minibatch loss is its **mean over samples**:
 * ``"mse"``: ``ℓ_i = ½ Σ_j (μ_ij − x_ij)²`` (the N(μ, I) NLL without its constant).
 
 So ``g_i = ∂ℓ_i/∂s`` is a single sample's gradient; autograd on :func:`batch_loss` hands each
-sample ``g_i / m`` (see ``core/__init__.py`` and :mod:`core.capture`).
-:func:`per_sample_nll`, :func:`batch_loss` (from :mod:`core.likelihoods`) and
-:func:`linear_layers` (from :mod:`core.layers`) are re-exported here.
+sample ``g_i / m`` (see ``core/__init__.py`` and :mod:`core.engine.capture`).
+:func:`per_sample_nll`, :func:`batch_loss` (from :mod:`core.engine.likelihoods`) and
+:func:`linear_layers` (from :mod:`core.engine.layers`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import is_plain_linear, linear_layers
-from .likelihoods import (
+from ..engine.layers import is_plain_linear, linear_layers
+from ..engine.likelihoods import (
     AUTOENCODER_LOSSES,
     LOSS_KINDS,
     Loss,
@@ -306,7 +306,8 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A named encoder width list and the dataset (a ``core.data`` registry name) it is for."""
+    """A named encoder width list and the dataset it is for (a ``core.training.data`` registry
+    name)."""
 
     name: str
     widths: tuple[int, ...]

@@ -8,4 +8,97 @@ Conventions (fixed once, used everywhere; the README's "engine in five lines" re
 * ``g = ∂ℓ_i/∂s`` is the gradient of ONE sample's negative log-likelihood w.r.t. the layer output.
 * Column-major ``vec``: ``vec(g āᵀ) = ā ⊗ g``, so the layer's Fisher block is
   ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)``, indexed in ``vec(W)`` order.
+
+Sub-packages, by role (each imports only the ones listed before it):
+
+* :mod:`core.engine` — Kronecker algebra, the rearranged-Fisher SVD, every approximation and the
+  exact block behind one interface, capture, likelihoods, the method registry;
+* :mod:`core.training` — datasets, autoencoders, optimizers, training runs;
+* :mod:`core.views` — the explorer's comparison, figures, reports, paper reproductions;
+* :mod:`core.server` — limits, the run queue, the worker-process pool (for the web server).
+
+The names below are the public API that the app's pages and the CLI use. They load lazily
+(PEP 562 ``__getattr__``), so a worker process started as ``python -m core.server.workers`` does
+not import plotly or pandas it never needs.
 """
+
+from __future__ import annotations
+
+import importlib
+
+# public name → the module that defines it
+_EXPORTS: dict[str, str] = {
+    # engine
+    "Approximation": "core.engine.approx",
+    "approximate": "core.engine.approx",
+    "LayerFisher": "core.engine.fisher",
+    "capture": "core.engine.capture",
+    "METHODS": "core.engine.methods",
+    "OPTIMIZERS": "core.engine.methods",
+    "FIRST_ORDER": "core.engine.methods",
+    "OPTIMIZER_LABELS": "core.engine.methods",
+    "method_spec": "core.engine.methods",
+    "DenseTooLargeError": "core.engine.validation",
+    # training
+    "DATASET_SPECS": "core.training.data",
+    "Dataset": "core.training.data",
+    "DatasetError": "core.training.data",
+    "default_cache_dir": "core.training.data",
+    "load_dataset": "core.training.data",
+    "data_dir": "core.training.datafiles",
+    "list_data_files": "core.training.datafiles",
+    "load_visitor_dataset": "core.training.datafiles",
+    "resolve_in_dir": "core.training.datafiles",
+    "cached_dataset": "core.training.download",
+    "download_dataset": "core.training.download",
+    "downloads_allowed": "core.training.download",
+    "PRESETS": "core.training.models",
+    "build_model": "core.training.models",
+    "describe_layers": "core.training.models",
+    "OptimizerConfig": "core.training.optim",
+    "default_damping": "core.training.optim",
+    "default_lr": "core.training.optim",
+    "RunConfig": "core.training.runner",
+    "TrainingRun": "core.training.runner",
+    "resolve_device": "core.training.runner",
+    # server
+    "LimitError": "core.server.limits",
+    "RunGroup": "core.server.limits",
+    "RunRegistry": "core.server.limits",
+    "check_layer_size": "core.server.limits",
+    "max_concurrent_runs": "core.server.limits",
+    "torch_threads": "core.server.limits",
+    "view_budget_s": "core.server.limits",
+    "worker_count": "core.server.limits",
+    "BudgetExceeded": "core.server.workers",
+    "JobCancelled": "core.server.workers",
+    "WorkerDied": "core.server.workers",
+    "WorkerPool": "core.server.workers",
+}
+
+# public modules, used as a whole (``explorer.compute_view(...)``, ``jobs.layer_fisher(...)``)
+_MODULES: dict[str, str] = {
+    "explorer": "core.views.explorer",
+    "figures": "core.views.figures",
+    "report": "core.views.report",
+    "reproduce": "core.views.reproduce",
+    "jobs": "core.server.jobs",
+}
+
+__all__ = sorted(_EXPORTS.keys() | _MODULES.keys())
+
+
+def __getattr__(name: str):
+    """Load a public name on first use (PEP 562)."""
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,11 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.engine.approx import METHODS
-from core.server.limits import check_layer_size
-from core.training.models import describe_layers
-from core.training.optim import OPTIMIZERS
-from core.views import explorer, figures
+from core import METHODS, OPTIMIZERS, check_layer_size, describe_layers, explorer, figures
 from pages import ui as sh
 
 sh.ensure_navigation()

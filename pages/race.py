@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.training.optim import OPTIMIZERS
-from core.training.runner import RunConfig, TrainingRun
-from core.views import report
+from core import OPTIMIZERS, RunConfig, TrainingRun, report
 from pages import ui as sh
 
 sh.ensure_navigation()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.views import reproduce
+from core import reproduce
 from pages import ui as sh
 
 sh.ensure_navigation()

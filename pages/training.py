@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.engine.approx import METHODS
-from core.server.limits import check_layer_size
-from core.training.models import describe_layers
-from core.training.optim import OPTIMIZERS
-from core.training.runner import RunConfig, TrainingRun
-from core.views import explorer, report
+from core import (
+    METHODS,
+    OPTIMIZERS,
+    RunConfig,
+    TrainingRun,
+    check_layer_size,
+    describe_layers,
+    explorer,
+    report,
+)
 from pages import ui as sh
 
 sh.ensure_navigation()

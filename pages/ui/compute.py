@@ -21,10 +21,18 @@ from typing import Any
 
 import streamlit as st
 
-from core.server import jobs
-from core.server.limits import LimitError, torch_threads, view_budget_s, worker_count
-from core.server.workers import BudgetExceeded, JobCancelled, WorkerDied, WorkerPool
-from core.views import explorer
+from core import (
+    BudgetExceeded,
+    JobCancelled,
+    LimitError,
+    WorkerDied,
+    WorkerPool,
+    explorer,
+    jobs,
+    torch_threads,
+    view_budget_s,
+    worker_count,
+)
 
 __all__ = [
     "block_view",

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.engine.methods import FIRST_ORDER
-from core.training.data import Dataset
-from core.training.models import PRESETS
-from core.training.optim import default_damping, default_lr
+from core import FIRST_ORDER, PRESETS, Dataset, default_damping, default_lr
 
 from .data import DataChoice, data_controls, dataset, presets_for
 from .errors import friendly_errors
@@ -21,7 +18,7 @@ def device_label() -> str:
     """The device training runs use."""
     import torch
 
-    from core.training.runner import resolve_device
+    from core import resolve_device
 
     device = resolve_device(None)
     if device.type == "cuda":

@@ -25,10 +25,22 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from core.training.data import DATASET_SPECS, Dataset, DatasetError, default_cache_dir, load_dataset
-from core.training.datafiles import data_dir, list_data_files, load_visitor_dataset, resolve_in_dir
-from core.training.download import cached_dataset, download_dataset, downloads_allowed
-from core.training.models import PRESETS, build_model
+from core import (
+    DATASET_SPECS,
+    PRESETS,
+    Dataset,
+    DatasetError,
+    build_model,
+    cached_dataset,
+    data_dir,
+    default_cache_dir,
+    download_dataset,
+    downloads_allowed,
+    list_data_files,
+    load_dataset,
+    load_visitor_dataset,
+    resolve_in_dir,
+)
 
 from .errors import friendly_errors, plain
 from .session import session_alive, session_id

@@ -16,9 +16,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from core.engine.validation import DenseTooLargeError
-from core.server.limits import LimitError
-from core.training.data import DatasetError
+from core import DatasetError, DenseTooLargeError, LimitError
 
 __all__ = ["EXPECTED_ERRORS", "friendly_errors", "plain"]
 

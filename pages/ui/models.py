@@ -24,11 +24,18 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core.server.limits import LimitError, RunGroup, check_layer_size
-from core.training.data import Dataset, default_cache_dir
-from core.training.models import build_model, describe_layers
-from core.training.optim import OptimizerConfig
-from core.training.runner import RunConfig, TrainingRun
+from core import (
+    Dataset,
+    LimitError,
+    OptimizerConfig,
+    RunConfig,
+    RunGroup,
+    TrainingRun,
+    build_model,
+    check_layer_size,
+    default_cache_dir,
+    describe_layers,
+)
 
 from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain

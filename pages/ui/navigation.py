@@ -17,7 +17,7 @@ import threading
 import streamlit as st
 import torch
 
-from core.server.limits import torch_threads
+from core import torch_threads
 
 from .compute import pool
 from .controls import device_label

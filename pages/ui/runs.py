@@ -12,10 +12,15 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.engine.methods import OPTIMIZER_LABELS  # re-exported: the registry's optimizer labels
-from core.server.limits import RunGroup, RunRegistry, max_concurrent_runs
-from core.training.optim import OptimizerConfig, default_damping
-from core.training.runner import TrainingRun
+from core import (
+    OPTIMIZER_LABELS,  # re-exported: the registry's optimizer labels
+    OptimizerConfig,
+    RunGroup,
+    RunRegistry,
+    TrainingRun,
+    default_damping,
+    max_concurrent_runs,
+)
 
 from .errors import friendly_errors, plain
 from .session import session_alive, session_id

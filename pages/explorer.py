@@ -283,8 +283,6 @@ with tabs["rank"]:
             key="rank_block",
         )
         arrays.update(explorer.view_arrays(None, [], {}, curve, show or "none"))
-    elif "explorer.rank" in st.session_state:
-        settings.values["rank"] = str(st.session_state["explorer.rank"])
 
 
 def figure_data() -> bytes:

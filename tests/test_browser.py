@@ -212,6 +212,10 @@ def test_explorer_pick_layer_and_method(server, page):
     _choose(page, "Approximation shown", "KFAC-corrected")
     page.get_by_text("KFAC-corrected − F").first.wait_for()
     page.wait_for_url(re.compile(r"layer=encoder\.linear2.*show=kfac_corrected"))
+    # a widget bound to the URL by Streamlit (m) next to the hand-made ones: both in the URL
+    _choose(page, "Fisher minibatch m", "64")
+    page.get_by_text(re.compile(r"encoder\.linear2: 32→16.* · m = 64 ")).first.wait_for()
+    page.wait_for_url(re.compile(r"(?=.*[?&]m=64(&|$))(?=.*layer=encoder\.linear2)"))
     _no_exception(page)
     for tab in ("Kronecker factors", "Spectra", "Kronecker rank"):
         page.get_by_role("tab", name=tab).click()

@@ -79,9 +79,9 @@ def test_visitor_text_is_never_markdown():
 def test_host_directory_offers_only_its_dataset_files(data_dir):
     at = app("explorer", dataset="faces")
     assert_safe(at)
-    options = at.selectbox(key="explorer.path").options
+    options = at.selectbox(key="path").options
     assert options == ["(none)", "faces-small.npz", "junk.npz"]  # the escaping link is not
-    assert at.selectbox(key="explorer.path").value == "faces-small.npz"
+    assert at.selectbox(key="path").value == "faces-small.npz"
 
 
 @pytest.mark.parametrize("path", ["../secret.npz", "/etc/passwd", "escape.npz", "nope.npz"])
@@ -132,8 +132,8 @@ def test_shared_links_keep_their_parameter_names():
     assert not at.warning and not at.exception
     assert at.selectbox(key="explorer.layer").value == "encoder.linear2"
     assert at.multiselect(key="explorer.methods").value == ["kfac", "kpsvd"]
-    assert at.selectbox(key="explorer.m").value == 64
-    assert at.number_input(key="explorer.seed").value == 3
+    assert at.selectbox(key="m").value == 64
+    assert at.number_input(key="seed").value == 3
 
 
 def test_upload_folder_removed_files_leave_no_trace_in_time(tmp_path):

@@ -1,14 +1,38 @@
-"""Settings kept in the URL: widgets seeded from ``st.query_params`` and written back.
+"""Settings kept in the URL, so that a copied link reproduces the view.
 
-A copied link reproduces the view. Each widget's session key is ``<page>.<name>``; its URL key
-is ``<name>``. The URL names are a public interface (links already shared must keep opening
-the same view): never rename one. A URL value that is not valid for its widget is not silently
-dropped: :meth:`UrlSettings.show_notices` names the parameter, the value given and the value
-used, as plain text.
+The URL parameter names and value formats are a public interface (links already shared must
+keep opening the same view): never rename one. Two mechanisms keep them, chosen per widget:
+
+* **Streamlit's binding** (``bind="query-params"``, Streamlit ≥ 1.56) wherever it writes and
+  reads the old format: number inputs (``seed``, ``steps``, ``eval``, ``every``,
+  ``lr.<optimizer>``, ``momentum.<optimizer>``, ``damping.<optimizer>``,
+  ``tcov.<optimizer>``, ``tinv.<optimizer>``), selects whose options show as their own text
+  (``batch``, ``m``, ``report``, ``path``), and the explorer's ``rank`` slider. The binding
+  uses the widget's key as the parameter name, so these widgets' session keys are the bare
+  URL names; Streamlit seeds them from the URL on first render, rejects invalid values (a
+  value out of range or not among the options falls back to the default, and never reaches
+  anything but the widget), leaves a default out of the URL, and updates the URL as the
+  visitor edits.
+* **Hand-made sync** (session key ``<page>.<name>``, seeded from ``st.query_params`` and
+  written back by :meth:`UrlSettings.sync`) where the binding would change a public format:
+  a bound select or radio writes its *displayed label* (``format_func``'s text, e.g.
+  ``DIGITS (…)``) and accepts only labels, where links carry the option itself
+  (``dataset=digits``, ``preset``, ``model``, ``opt``, ``layer``, ``show``, ``fisher``,
+  ``damping``, ``contrast``, ``schedule``, ``kl.<optimizer>``); a bound multiselect uses
+  repeated parameters (``methods=a&methods=b``) where links carry one comma-joined value
+  (``methods``, ``opts``); a bound toggle writes ``true``/``false`` where links carry
+  ``1``/``0`` (``slow``); bound tabs write the tab's label where links carry a slug
+  (``tab=block``).
+
+Either way a URL value that is not valid for its widget is not silently dropped:
+:meth:`UrlSettings.show_notices` names the parameter, the value given and the value used, as
+plain text (Streamlit's binding drops it silently, so the bound widgets' URL values are
+checked here first, by the rules the binding applies).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import streamlit as st
@@ -16,6 +40,8 @@ import streamlit as st
 from .errors import plain
 
 __all__ = ["UrlSettings", "shown"]
+
+BIND = "query-params"
 
 
 def shown(value: object) -> str:
@@ -28,37 +54,20 @@ def shown(value: object) -> str:
 
 
 class UrlSettings:
-    """Widgets whose values are seeded from ``st.query_params`` and written back to it.
+    """The URL-kept widgets of one page (see the module docstring for which are bound).
 
-    A copied link therefore reproduces the view. Each widget's session key is
-    ``<page>.<name>``; its URL key is ``<name>``.
+    ``values`` holds this run's hand-made URL values; the bound ones are Streamlit's.
     """
 
     def __init__(self, page: str) -> None:
         self.page = page
         self.values: dict[str, str] = {}
         self.notices: list[str] = []
+        # names this page has bound in this session: Streamlit owns those parameters (it
+        # removes one itself when its widget stops being drawn), so sync() never touches them
+        self._bound: set[str] = st.session_state.setdefault(f"urlstate.bound.{page}", set())
 
-    def _key(self, name: str) -> str:
-        return f"{self.page}.{name}"
-
-    def _seed(self, name: str, default, parse: Callable, valid: Callable) -> str:
-        key = self._key(name)
-        if key in st.session_state and valid(st.session_state[key]):
-            return key
-        value = default
-        raw = st.query_params.get(name)
-        if raw is not None:
-            try:
-                parsed = parse(raw)
-            except (TypeError, ValueError, OverflowError):
-                parsed = None
-            if parsed is not None and valid(parsed):
-                value = parsed
-            else:
-                self.notice(name, raw, f"{shown(default)}")
-        st.session_state[key] = value
-        return key
+    # -- notices -----------------------------------------------------------------------------
 
     def notice(self, name: str, given: str, used: str) -> None:
         """Report a URL value that was not used (shown by :meth:`show_notices`)."""
@@ -72,25 +81,106 @@ class UrlSettings:
         if self.notices:
             st.warning("  \n".join(self.notices), icon=":material/link_off:")
 
+    # -- bound widgets -----------------------------------------------------------------------
+
+    def _bind(self, name: str, accepts: Callable[[str], bool], default: object) -> str:
+        """Check the URL's value for a widget about to be bound (Streamlit seeds a bound
+        widget from the URL only on its first render, and drops an invalid value without a
+        word): note an invalid one. Returns the widget's key, the URL name."""
+        raw = st.query_params.get(name)
+        if name not in st.session_state and raw is not None and not accepts(raw):
+            self.notice(name, raw, shown(default))
+        self._bound.add(name)
+        return name
+
+    def number(self, label: str, name: str, default, *, min_value, max_value, **kw):
+        """A number input bound to ``name`` (an int or float input, as ``default`` is)."""
+        kind = type(default)
+
+        def accepts(raw: str) -> bool:  # the binding's rule: int()/float(), finite, in range
+            try:
+                value = kind(raw)
+            except ValueError:
+                return False
+            return math.isfinite(value) and min_value <= value <= max_value
+
+        key = self._bind(name, accepts, default)
+        return st.number_input(
+            label, min_value=min_value, max_value=max_value, value=default, key=key,
+            bind=BIND, **kw,
+        )  # fmt: skip
+
+    def slider(self, label: str, name: str, default: int, *, min_value: int, max_value: int, **kw):
+        """An integer slider bound to ``name``."""
+        default = min(max(default, min_value), max_value)
+
+        def accepts(raw: str) -> bool:
+            try:
+                value = float(raw)
+            except ValueError:
+                return False
+            return value.is_integer() and min_value <= value <= max_value
+
+        key = self._bind(name, accepts, default)
+        return st.slider(
+            label, min_value=min_value, max_value=max_value, value=default, key=key,
+            bind=BIND, **kw,
+        )  # fmt: skip
+
+    # -- selects: bound when an option's text is its URL value, else hand-made ---------------
+
     def select(self, label: str, options: Sequence, name: str, default=None, **kw):
+        """A select box; bound to ``name`` unless it shows options through ``format_func``
+        (the binding would then put the displayed label in the URL)."""
         options = list(options)
         default = options[0] if default is None or default not in options else default
+        if "format_func" in kw:
+            return self._choice(st.selectbox, label, options, name, default, **kw)
+        texts = [str(o) for o in options]
+        key = self._bind(name, texts.__contains__, default)
+        return st.selectbox(label, options, index=options.index(default), key=key, bind=BIND, **kw)
+
+    # -- hand-made widgets -------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self.page}.{name}"
+
+    def _seed(self, name: str, default, parse: Callable, valid: Callable) -> str:
+        """Seed a hand-made widget's session value from the URL (once: a later run keeps the
+        visitor's choice while it is still valid); returns its session key."""
+        key = self._key(name)
+        if key in st.session_state and valid(st.session_state[key]):
+            return key
+        value = default
+        raw = st.query_params.get(name)
+        if raw is not None:
+            try:
+                parsed = parse(raw)
+            except (TypeError, ValueError, OverflowError):
+                parsed = None
+            if parsed is not None and valid(parsed):
+                value = parsed
+            else:
+                self.notice(name, raw, shown(default))
+        st.session_state[key] = value
+        return key
+
+    def _choice(self, widget, label: str, options: list, name: str, default, **kw):
         lookup = {str(o): o for o in options}
-        key = self._seed(name, default, lambda raw: lookup.get(raw), lambda v: v in options)
-        value = st.selectbox(label, options, key=key, **kw)
+        key = self._seed(name, default, lookup.get, options.__contains__)
+        value = widget(label, options, key=key, **kw)
         self.values[name] = str(value)
         return value
 
     def radio(self, label: str, options: Sequence, name: str, default=None, **kw):
+        """Radio buttons (hand-made: their ``format_func`` labels are not the URL values)."""
         options = list(options)
         default = options[0] if default is None or default not in options else default
-        lookup = {str(o): o for o in options}
-        key = self._seed(name, default, lambda raw: lookup.get(raw), lambda v: v in options)
-        value = st.radio(label, options, key=key, **kw)
-        self.values[name] = str(value)
-        return value
+        return self._choice(st.radio, label, options, name, default, **kw)
 
     def multiselect(self, label: str, options: Sequence[str], name: str, default, **kw):
+        """A multiselect kept as one comma-joined URL value (hand-made: the binding repeats
+        the parameter instead); invalid items are dropped with a notice."""
         options = list(options)
 
         def parse(raw: str) -> list[str]:
@@ -110,35 +200,8 @@ class UrlSettings:
         self.values[name] = ",".join(value)
         return value
 
-    def number(self, label: str, name: str, default, *, min_value, max_value, **kw):
-        kind = type(default)
-
-        def valid(v) -> bool:
-            return isinstance(v, kind) and min_value <= v <= max_value
-
-        key = self._seed(name, default, lambda raw: kind(float(raw)) if raw else None, valid)
-        value = st.number_input(label, min_value=min_value, max_value=max_value, key=key, **kw)
-        self.values[name] = f"{value:g}" if kind is float else str(value)
-        return value
-
-    def slider(self, label: str, name: str, default: int, *, min_value: int, max_value: int, **kw):
-        def valid(v) -> bool:
-            return isinstance(v, int) and min_value <= v <= max_value
-
-        default = min(max(default, min_value), max_value)
-        key = self._seed(name, default, lambda raw: int(raw) if raw else None, valid)
-        value = st.slider(label, min_value=min_value, max_value=max_value, key=key, **kw)
-        self.values[name] = str(value)
-        return value
-
-    def text(self, label: str, name: str, default: str = "", **kw) -> str:
-        key = self._seed(name, default, str, lambda v: isinstance(v, str))
-        value = st.text_input(label, key=key, **kw)
-        if value:
-            self.values[name] = value
-        return value
-
     def toggle(self, label: str, name: str, default: bool = False, **kw) -> bool:
+        """A toggle kept as ``1``/``0`` (hand-made: the binding writes ``true``/``false``)."""
         key = self._seed(
             name, default, lambda raw: {"1": True, "0": False}.get(raw), lambda v: v in (0, 1)
         )
@@ -147,23 +210,27 @@ class UrlSettings:
         return value
 
     def tabs(self, labels: dict[str, str], name: str, default: str | None = None) -> dict:
-        """Lazy tabs (only the open one runs); ``labels``: URL value → tab label.
+        """Lazy tabs (only the open one runs); ``labels``: URL value → tab label (hand-made:
+        the binding writes the label, links carry the slug).
 
         Returns URL value → tab container; ``container.open`` tells which one is shown.
         """
         slugs = {label: slug for slug, label in labels.items()}
         default_label = labels.get(default, next(iter(labels.values())))
-        key = self._seed(name, default_label, lambda raw: labels.get(raw), lambda v: v in slugs)
+        key = self._seed(name, default_label, labels.get, slugs.__contains__)
         containers = st.tabs(list(labels.values()), key=key, on_change="rerun")
         self.values[name] = slugs.get(st.session_state.get(key), default or next(iter(labels)))
         return dict(zip(labels, containers, strict=True))
 
     def sync(self, *, final: bool = True) -> None:
-        """Write the current values to the URL (only when they changed). ``final=False`` (an
-        early sync, before every widget of the page has run) keeps the URL's other keys."""
+        """Write the hand-made values to the URL (only those that changed). The final sync
+        also removes the parameters nothing on the page uses any more (a widget no longer
+        drawn, a name the page does not know); ``final=False`` (an early sync, before every
+        widget of the page has run) removes nothing. Bound parameters are Streamlit's."""
         current = st.query_params.to_dict()
-        wanted = dict(self.values)
-        if not final:
-            wanted = {**{k: v for k, v in current.items() if k not in wanted}, **wanted}
-        if current != wanted:
-            st.query_params.from_dict(wanted)
+        changed = {k: v for k, v in self.values.items() if current.get(k) != v}
+        if changed:
+            st.query_params.update(changed)
+        if final:
+            for name in current.keys() - self.values.keys() - self._bound:
+                del st.query_params[name]

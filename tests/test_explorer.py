@@ -60,13 +60,13 @@ def test_pooled_fisher_is_the_block_average_of_f():
     fisher = LayerFisher(a, g)
     dense = exact_fisher(a, g).numpy()
     full = explorer.Pooling(7, 5)
-    np.testing.assert_allclose(explorer.pooled_fisher(fisher, full), dense, atol=1e-14)
+    np.testing.assert_allclose(explorer.pooled(fisher, full), dense, atol=1e-14)
     pooling = explorer.Pooling(7, 5, block_a=3, block_g=2)
     expected = pooled_dense(dense, pooling)
-    np.testing.assert_allclose(explorer.pooled_fisher(fisher, pooling), expected, atol=1e-14)
+    np.testing.assert_allclose(explorer.pooled(fisher, pooling), expected, atol=1e-14)
     # each cell is the mean of F over one (input group × output group)² block
     block = dense.reshape(7, 5, 7, 5)[0:3, 0:2, 3:6, 2:4].mean()
-    cell = explorer.pooled_fisher(fisher, pooling)[0 * 3 + 0, 1 * 3 + 1]
+    cell = explorer.pooled(fisher, pooling)[0 * 3 + 0, 1 * 3 + 1]
     assert math.isclose(cell, block, rel_tol=1e-12)
 
 
@@ -77,7 +77,7 @@ def test_pooled_approximation_matches_its_dense_matrix(method):
     dense = approx.to_dense().numpy()
     for pooling in (explorer.Pooling(6, 5), explorer.Pooling(6, 5, block_a=4, block_g=2)):
         np.testing.assert_allclose(
-            explorer.pooled_approximation(approx, pooling),
+            explorer.pooled(approx, pooling),
             pooled_dense(dense, pooling),
             atol=1e-12 * np.abs(dense).max(),
         )
@@ -180,7 +180,7 @@ def test_two_term_slow_metrics_on_a_trained_scale_layer(monkeypatch):
         dense = result.approx.to_dense()
         v = fisher.mean_gradient()
         x_t = torch.linalg.solve(dense + 1e-3 * torch.eye(30, dtype=torch.float64), _vec(v))
-        x = _vec(fisher.natural_gradient(v, 1e-3))
+        x = _vec(fisher.solve(v, 1e-3))
         assert result.ng_cosine == pytest.approx(float(x @ x_t / (x.norm() * x_t.norm())), abs=1e-6)
         r1, s1 = result.approx.terms[0]
         assert float(torch.linalg.eigvalsh(s1)[0]) > -1e-9 * float(torch.linalg.norm(s1))
@@ -204,7 +204,7 @@ def test_spectra_are_descending_and_bounded():
     assert set(spec) == {"exact", *METHODS}
     for lam in spec.values():
         assert lam.size <= 25 and np.all(np.diff(lam) <= 1e-12)
-    np.testing.assert_allclose(spec["exact"], analysis.fisher.eigvals[:25].numpy())
+    np.testing.assert_allclose(spec["exact"], analysis.fisher.eigvals()[:25].numpy())
 
 
 # -- factors -------------------------------------------------------------------------------

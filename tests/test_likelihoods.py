@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from core import capture as capture_module
+from core.engine import capture as capture_module
 from core.engine.layers import is_plain_linear, linear_layers
 from core.engine.likelihoods import (
     AUTOENCODER_LOSSES,

@@ -87,7 +87,11 @@ class SafeguardStats:
 
 
 class Approximation(ABC):
-    """One approximation F̃ of a layer's Fisher block, in vec(W) order, W of shape (dg, da)."""
+    """One approximation F̃ of a layer's Fisher block, in vec(W) order, W of shape (dg, da).
+
+    Callers use these verbs and properties only, never the concrete class: the exact block
+    (:class:`core.engine.fisher.LayerFisher`) answers them too.
+    """
 
     method: str
     da: int
@@ -98,6 +102,30 @@ class Approximation(ABC):
     @property
     def n(self) -> int:
         return self.da * self.dg
+
+    @property
+    @abstractmethod
+    def n_terms(self) -> int | None:
+        """Kronecker products R_k ⊗ S_k in the representation (``None``: not a short sum)."""
+
+    @property
+    @abstractmethod
+    def full_spectrum(self) -> bool:
+        """True when :meth:`eigvals` gives the whole spectrum cheaply; False when only the top
+        eigenvalues are affordable (Lanczos on the n × n operator)."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @abstractmethod
+    def to(self, device: torch.device | str) -> Approximation:
+        """The same approximation with its tensors on ``device`` (``self`` when already there);
+        safeguard engagements keep being counted on the original's :class:`SafeguardStats`."""
 
     @abstractmethod
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -124,10 +152,14 @@ class Approximation(ABC):
         """The n × n matrix in vec(W) order (refused above the dense memory limit)."""
 
     @abstractmethod
-    def _dtype(self) -> torch.dtype: ...
+    def pooled(self, pa: torch.Tensor, pg: torch.Tensor) -> torch.Tensor:
+        """``(P_a ⊗ P_g) F̃ (P_a ⊗ P_g)ᵀ`` in float64 without forming F̃, for heatmaps of large
+        blocks (``P_a``: (pa_rows, da), ``P_g``: (pg_rows, dg) block-averaging matrices)."""
 
-    @abstractmethod
-    def _device(self) -> torch.device: ...
+    def factor_matrices(self) -> list[tuple[str, torch.Tensor]]:
+        """The matrices that define F̃, as (side, matrix) with side ``"input"`` (da × da),
+        ``"output"`` (dg × dg) or ``"scaling"`` (dg × da); in term order. Default: none."""
+        return []
 
     def _check(self, v: torch.Tensor, damping: float, mode: str) -> tuple[torch.Tensor, float]:
         if mode not in SOLVE_MODES:
@@ -150,19 +182,50 @@ class KroneckerSum(Approximation):
         self.dg = self.terms[0][1].shape[0]
         self._eig_cache: dict = {}
 
-    def _dtype(self) -> torch.dtype:
+    @property
+    def n_terms(self) -> int:
+        return len(self.terms)
+
+    @property
+    def full_spectrum(self) -> bool:
+        return len(self.terms) == 1 or self.n <= DENSE_SPECTRUM_LIMIT
+
+    @property
+    def dtype(self) -> torch.dtype:
         return self.terms[0][0].dtype
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
         return self.terms[0][0].device
+
+    def to(self, device: torch.device | str) -> KroneckerSum:
+        if torch.device(device) == self.device:
+            return self
+        return KroneckerSum(
+            self.method,
+            [(r.to(device), s.to(device)) for r, s in self.terms],
+            info=self.info,
+            psd_floor=self.psd_floor,
+            safeguard=self.safeguard,
+        )
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return sum(kron_matvec(r, s, v) for r, s in self.terms)
 
     def to_dense(self) -> torch.Tensor:
         """Σ_k kron(R_k, S_k) (refused above the dense memory limit)."""
-        check_dense_size(self.n, self._dtype(), f"{self.method} approximation", "matvec/solve")
+        check_dense_size(self.n, self.dtype, f"{self.method} approximation", "matvec/solve")
         return sum(torch.kron(r, s) for r, s in self.terms)
+
+    def pooled(self, pa: torch.Tensor, pg: torch.Tensor) -> torch.Tensor:
+        """Σ_k (P_a R_k P_aᵀ) ⊗ (P_g S_k P_gᵀ)."""
+        return sum(
+            torch.kron(pa @ r.to(torch.float64) @ pa.T, pg @ s.to(torch.float64) @ pg.T)
+            for r, s in self.terms
+        )
+
+    def factor_matrices(self) -> list[tuple[str, torch.Tensor]]:
+        return [(side, m) for r, s in self.terms for side, m in (("input", r), ("output", s))]
 
     def _dense_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Ascending eigenvalues and eigenvectors of the (symmetrised) dense sum, cached."""
@@ -216,7 +279,7 @@ class KroneckerSum(Approximation):
         if ("top", k) not in self._eig_cache:
             op = self._scipy_operator(0.0)
             vals = sla.eigsh(op, k=k, which="LA", return_eigenvectors=False)
-            top = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self._device())
+            top = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self.device)
             self._eig_cache[("top", k)] = top
         return self._eig_cache[("top", k)]
 
@@ -313,19 +376,54 @@ class EigenbasisDiagonal(Approximation):
         self.da = self.u_a.shape[0]
         self.dg = self.u_g.shape[0]
 
-    def _dtype(self) -> torch.dtype:
+    @property
+    def n_terms(self) -> None:
+        return None  # a diagonal in a Kronecker eigenbasis: da·dg rank-one products
+
+    @property
+    def full_spectrum(self) -> bool:
+        return True  # the diagonal is the spectrum
+
+    @property
+    def dtype(self) -> torch.dtype:
         return self.scale.dtype
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
         return self.scale.device
+
+    def to(self, device: torch.device | str) -> EigenbasisDiagonal:
+        if torch.device(device) == self.device:
+            return self
+        return EigenbasisDiagonal(
+            self.method,
+            self.u_a.to(device),
+            self.u_g.to(device),
+            self.scale.to(device),
+            info=self.info,
+            safeguard=self.safeguard,
+        )
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.u_g @ ((self.u_g.T @ v @ self.u_a) * self.scale) @ self.u_a.T
 
     def to_dense(self) -> torch.Tensor:
-        check_dense_size(self.n, self._dtype(), "ekfac approximation", "matvec/solve")
+        check_dense_size(self.n, self.dtype, "ekfac approximation", "matvec/solve")
         basis = torch.kron(self.u_a, self.u_g)
         return (basis * vec(self.scale)) @ basis.T
+
+    def pooled(self, pa: torch.Tensor, pg: torch.Tensor) -> torch.Tensor:
+        """Σ_ip s_pi (P_a u_Ai)(P_a u_Ai)ᵀ ⊗ (P_g u_Gp)(P_g u_Gp)ᵀ, summed input column by
+        input column."""
+        ua = pa @ self.u_a.to(torch.float64)
+        ug = pg @ self.u_g.to(torch.float64)
+        per_input = torch.einsum("ap,bp,pi->abi", ug, ug, self.scale.to(torch.float64))
+        block = torch.einsum("xi,yi,abi->xayb", ua, ua, per_input)
+        side = pa.shape[0] * pg.shape[0]
+        return block.reshape(side, side)
+
+    def factor_matrices(self) -> list[tuple[str, torch.Tensor]]:
+        return [("scaling", self.scale)]
 
     def frobenius_sq(self) -> float:
         return float((self.scale.to(torch.float64) ** 2).sum())
@@ -423,13 +521,20 @@ def build_shampoo(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approxi
     return KroneckerSum(method, [(c * left, right)])
 
 
+def eigenbasis_scale(
+    a: torch.Tensor, g: torch.Tensor, u_a: torch.Tensor, u_g: torch.Tensor
+) -> torch.Tensor:
+    """The best diagonal of F in the basis U_A ⊗ U_G (George et al. 2018, eq. 9):
+    s_pi = (1/m) Σ_j (u_Gpᵀ g_j)² (u_Aiᵀ ā_j)², shape (dg, da)."""
+    return ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]
+
+
 def build_ekfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
     """KFAC's eigenbasis U_A ⊗ U_G with the best diagonal in it."""
     fa, fg = _kfac_factors(a, g)
     u_a = torch.linalg.eigh(sym(fa)).eigenvectors
     u_g = torch.linalg.eigh(sym(fg)).eigenvectors
-    scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]
-    return EigenbasisDiagonal(method, u_a, u_g, scale)
+    return EigenbasisDiagonal(method, u_a, u_g, eigenbasis_scale(a, g, u_a, u_g))
 
 
 def build_kronecker_svd(
@@ -442,17 +547,19 @@ def build_kronecker_svd(
     solver: str,
     tol: float,
     max_iter: int,
+    psd_floor: float,
     algorithm: str = "power",
     centered: bool = False,
 ) -> Approximation:
     """The KPSVD family: the top ``svd_terms`` (``None``: ``rank``) Kronecker terms of ℛ(F), or,
-    ``centered``, A⊗G plus those of ℛ(F − A⊗G); ``algorithm`` for ``solver="matrix_free"``."""
+    ``centered``, A⊗G plus those of ℛ(F − A⊗G); ``algorithm`` for ``solver="matrix_free"``;
+    ``psd_floor`` for the two-term solve's safeguard."""
     op = RearrangedFisher(a, g, centered=centered)
     r = rank if svd_terms is None else svd_terms
     terms, info = _svd_terms(op, r, solver, algorithm, tol, max_iter)
     if centered:
         terms = [_kfac_factors(a, g), *terms]
-    approx = KroneckerSum(method, terms)
+    approx = KroneckerSum(method, terms, psd_floor=psd_floor)
     approx.info.update(info)
     return approx
 
@@ -468,17 +575,18 @@ def approximate(
     max_iter: int = 5000,
     psd_floor: float = 0.1,
 ) -> Approximation:
-    """Approximate the Fisher block of one layer from its per-sample inputs and gradients.
+    """Approximate the Fisher block of one layer from its per-sample inputs and gradients
+    (``method="exact"``: the exact block itself, :class:`core.engine.fisher.LayerFisher`).
 
     ``a`` is (m, da) — inputs with the bias column — and ``g`` is (m, dg). ``rank`` applies to
     ``kpsvd``; ``solver`` ("gram" or "matrix_free") to the KPSVD family; ``tol`` is the relative
     residual at which the singular-vector iterations stop (default 1e-6 for float32 inputs,
     1e-10 for float64); ``max_iter`` caps the matrix-free power iterations.
     """
-    from .methods import METHODS, method_spec  # the registry imports this module's builders
+    from .methods import SHOWN, method_spec  # the registry imports this module's builders
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in SHOWN:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SHOWN)}")
     spec = method_spec(method)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
@@ -490,9 +598,9 @@ def approximate(
     if tol is None:
         tol = 1e-10 if a.dtype == torch.float64 else 1e-6
     start = time.perf_counter()
-    approx = spec.build(method, a, g, rank=rank, solver=solver, tol=tol, max_iter=max_iter)
-    if isinstance(approx, KroneckerSum):
-        approx.psd_floor = psd_floor
+    approx = spec.build(
+        method, a, g, rank=rank, solver=solver, tol=tol, max_iter=max_iter, psd_floor=psd_floor
+    )
     approx.info["seconds"] = time.perf_counter() - start
     return approx
 

@@ -55,6 +55,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layers import is_plain_linear, linear_layers
 from .likelihoods import LOSS_KINDS, likelihood
+from .validation import NonFiniteValueError
 
 __all__ = [
     "CaptureResult",
@@ -160,7 +161,7 @@ def _check_x(x: Any) -> None:
     if x.shape[0] == 0:
         raise ValueError("empty batch: x has 0 samples")
     if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or inf")
+        raise NonFiniteValueError("x contains NaN or inf")
 
 
 def capture(
@@ -252,7 +253,7 @@ def capture(
                 if output.shape[0] != m:
                     raise ValueError(f"model output has batch {output.shape[0]}, but x has {m}")
                 if not torch.isfinite(output).all():
-                    raise ValueError("model output contains NaN or inf")
+                    raise NonFiniteValueError("model output contains NaN or inf")
                 missing = [n for n in selected if n not in outputs]
                 if missing:
                     raise ValueError(

@@ -8,17 +8,20 @@ per-sample gradients in column-major vec(W) order). Everything here except
 * ``‖F‖²_F = (1/m²) Σ_ij (ā_iᵀā_j)² (g_iᵀg_j)²``;
 * ``JJᵀ = (ĀĀᵀ)∘(ΓΓᵀ)``, so the nonzero eigenvalues of F are those of ``(1/m) JJᵀ``;
 * Woodbury: ``(F + λI)⁻¹ v = (v − Jᵀ(mλI + JJᵀ)⁻¹ J v) / λ`` with ``(J vec V)_i = g_iᵀ V ā_i``.
+
+:class:`LayerFisher` is the exact block behind the same :class:`~core.engine.approx.Approximation`
+interface as every approximation (method ``"exact"`` in the registry), so an optimizer, a view
+or a metric treats it like any other block; it is also the reference the metrics compare with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
-from .approx import DENSE_SPECTRUM_LIMIT, Approximation
-from .validation import check_damping, check_dense_size, check_gradient_matrix, check_layer_batch
+from .approx import Approximation, SafeguardStats
+from .validation import check_dense_size, check_gradient_matrix, check_layer_batch
 
 
 def exact_fisher(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -34,11 +37,20 @@ def exact_fisher(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return jac.T @ jac / m
 
 
-class LayerFisher:
-    """One layer batch's Fisher block, held implicitly; caches its Gram matrices.
+def build_exact(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> LayerFisher:
+    """The registry's builder for ``"exact"``: the block itself, held implicitly."""
+    return LayerFisher(a, g)
 
-    Build it once per captured batch and evaluate every approximation against it.
+
+class LayerFisher(Approximation):
+    """One layer batch's exact Fisher block F, held implicitly as its float64 samples (ā, g).
+
+    Build it once per captured batch and evaluate every approximation against it; as an
+    :class:`~core.engine.approx.Approximation` it answers the same verbs (the damped solve by
+    Woodbury, exact in both damping modes). Its m × m Gram matrix is computed once, on first use.
     """
+
+    method = "exact"
 
     def __init__(self, a: torch.Tensor, g: torch.Tensor) -> None:
         a, g = check_layer_batch(a, g)
@@ -46,41 +58,101 @@ class LayerFisher:
         self.g = g.to(torch.float64)
         self.m, self.da = a.shape
         self.dg = g.shape[1]
+        self.info: dict = {}
+        self.safeguard = SafeguardStats()  # F is PSD: the safeguard never engages
+        self._cache: dict[str, object] = {}
 
-    @cached_property
+    @property
+    def n_terms(self) -> None:
+        return None  # m rank-one products, not a few Kronecker terms
+
+    @property
+    def full_spectrum(self) -> bool:
+        return True  # every nonzero eigenvalue, from the m × m Gram matrix
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64
+
+    @property
+    def device(self) -> torch.device:
+        return self.a.device
+
+    def to(self, device: torch.device | str) -> LayerFisher:
+        return (
+            self
+            if torch.device(device) == self.device
+            else LayerFisher(self.a.to(device), self.g.to(device))
+        )
+
+    @property
     def gram(self) -> torch.Tensor:
         """JJᵀ = (ĀĀᵀ)∘(ΓΓᵀ), m × m."""
-        return (self.a @ self.a.T) * (self.g @ self.g.T)
+        if "gram" not in self._cache:
+            self._cache["gram"] = (self.a @ self.a.T) * (self.g @ self.g.T)
+        return self._cache["gram"]
 
-    @cached_property
     def frobenius_sq(self) -> float:
-        return float((self.gram**2).sum()) / self.m**2
+        """‖F‖²_F = (1/m²) Σ_ij (ā_iᵀā_j)² (g_iᵀg_j)²."""
+        if "fro" not in self._cache:
+            self._cache["fro"] = float((self.gram**2).sum()) / self.m**2
+        return self._cache["fro"]
 
-    @cached_property
-    def eigvals(self) -> torch.Tensor:
-        """Nonzero eigenvalues of F, descending (from the m × m Gram matrix)."""
-        lam = torch.linalg.eigvalsh(self.gram / self.m).flip(0)
-        cutoff = max(self.m, self.da * self.dg) * torch.finfo(torch.float64).eps * lam[0]
-        return lam[lam > cutoff]
+    def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
+        """⟨F, F'⟩ with F' the Fisher of the batch (a, g):
+        (1/(m m')) Σ_ij (ā_iᵀā'_j)² (g_iᵀg'_j)²."""
+        cross = (self.a @ a.to(torch.float64).T) * (self.g @ g.to(torch.float64).T)
+        return float((cross**2).sum()) / (self.m * a.shape[0])
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """F vec(V) = (1/m) Σ_i (g_iᵀ V ā_i) g_i ā_iᵀ, as a (dg, da) matrix."""
+        v = check_gradient_matrix(v, self.da, self.dg).to(torch.float64)
+        jv = ((self.g @ v) * self.a).sum(1)  # (J vec V)_i = g_iᵀ V ā_i
+        return self.g.T @ (jv[:, None] * self.a) / self.m
+
+    def eigvals(self, k: int | None = None) -> torch.Tensor:
+        """The nonzero eigenvalues of F, descending (those of JJᵀ/m; the other n − m are 0)."""
+        if "eig" not in self._cache:
+            lam = torch.linalg.eigvalsh(self.gram / self.m).flip(0)
+            cutoff = max(self.m, self.n) * torch.finfo(torch.float64).eps * lam[0]
+            self._cache["eig"] = lam[lam > cutoff]
+        lam = self._cache["eig"]
+        return lam if k is None else lam[:k]
+
+    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
+        """(F + λI)⁻¹ vec(V) by Woodbury on the m × m Gram matrix (both modes: F is exact)."""
+        v, damping = self._check(v, damping, mode)
+        v = v.to(torch.float64)
+        jv = ((self.g @ v) * self.a).sum(1)
+        eye = torch.eye(self.m, dtype=torch.float64, device=self.a.device)
+        y = torch.linalg.solve(self.gram + self.m * damping * eye, jv)
+        return (v - self.g.T @ (y[:, None] * self.a)) / damping
+
+    def to_dense(self) -> torch.Tensor:
+        return exact_fisher(self.a, self.g)
+
+    def pooled(self, pa: torch.Tensor, pg: torch.Tensor) -> torch.Tensor:
+        """``(P_a ⊗ P_g) F (P_a ⊗ P_g)ᵀ`` = the Fisher of the pooled batch (ā P_aᵀ, g P_gᵀ)."""
+        return exact_fisher(self.a @ pa.T, self.g @ pg.T)
 
     def relative_error(self, approx: Approximation) -> float:
         """‖F − F̃‖_F / ‖F‖_F from ‖F‖² − 2⟨F, F̃⟩ + ‖F̃‖² (floor about 1e-8)."""
         self._check_shape(approx)
-        sq = self.frobenius_sq - 2.0 * approx.inner_fisher(self.a, self.g) + approx.frobenius_sq()
-        return max(sq, 0.0) ** 0.5 / self.frobenius_sq**0.5
+        fro = self.frobenius_sq()
+        sq = fro - 2.0 * approx.inner_fisher(self.a, self.g) + approx.frobenius_sq()
+        return max(sq, 0.0) ** 0.5 / fro**0.5
 
     def spectrum_error(self, approx: Approximation) -> tuple[float, bool]:
         """‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂, eigenvalues sorted descending and zero-padded.
 
-        Returns (error, exact). Exact whenever F̃'s whole spectrum is available (one Kronecker
-        product, EKFAC, or a sum with n ≤ DENSE_SPECTRUM_LIMIT); otherwise both spectra are
+        Returns (error, exact). Exact whenever F̃'s whole spectrum is cheap
+        (:attr:`~core.engine.approx.Approximation.full_spectrum`); otherwise both spectra are
         truncated to the top min(m, 64, n − 1) eigenvalues and ``exact`` is False.
         """
         self._check_shape(approx)
-        lam = self.eigvals
-        n = self.da * self.dg
-        many_terms = len(getattr(approx, "terms", ())) > 1
-        if many_terms and n > DENSE_SPECTRUM_LIMIT:
+        lam = self.eigvals()
+        n = self.n
+        if not approx.full_spectrum:
             k = min(self.m, 64, n - 1)  # Lanczos (ARPACK) finds at most n − 1 eigenvalues
             lam_t = approx.eigvals(k).to(torch.float64)
             lam = _pad(lam, k)[:k]
@@ -93,16 +165,6 @@ class LayerFisher:
         """(1/m) Σ g_i ā_iᵀ, the batch gradient of the weights (dg, da)."""
         return self.g.T @ self.a / self.m
 
-    def natural_gradient(self, v: torch.Tensor, damping: float) -> torch.Tensor:
-        """(F + λI)⁻¹ vec(V) exactly, by Woodbury on the m × m Gram matrix."""
-        damping = check_damping(damping)
-        v = check_gradient_matrix(v, self.da, self.dg).to(torch.float64)
-        jv = ((self.g @ v) * self.a).sum(1)  # (J vec V)_i = g_iᵀ V ā_i
-        eye = torch.eye(self.m, dtype=torch.float64, device=self.a.device)
-        system = self.gram + self.m * damping * eye
-        y = torch.linalg.solve(system, jv)
-        return (v - self.g.T @ (y[:, None] * self.a)) / damping
-
     def natural_gradient_agreement(
         self, approx: Approximation, damping: float, v: torch.Tensor | None = None
     ) -> NaturalGradientAgreement:
@@ -112,9 +174,8 @@ class LayerFisher:
         """
         self._check_shape(approx)
         v = self.mean_gradient() if v is None else v
-        x = self.natural_gradient(v, damping)
-        dtype = approx._dtype()
-        x_t = approx.solve(v.to(dtype), damping, mode="exact").to(torch.float64)
+        x = self.solve(v, damping)
+        x_t = approx.solve(v.to(approx.dtype), damping, mode="exact").to(torch.float64)
         nx, nt = torch.linalg.norm(x), torch.linalg.norm(x_t)
         cosine = float((x * x_t).sum() / (nx * nt).clamp_min(1e-300))
         return NaturalGradientAgreement(
@@ -151,7 +212,7 @@ def relative_error(a: torch.Tensor, g: torch.Tensor, approx: Approximation) -> f
 
 def eigvals(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The nonzero eigenvalues of F, descending, without forming F."""
-    return LayerFisher(a, g).eigvals
+    return LayerFisher(a, g).eigvals()
 
 
 def spectrum_error(a: torch.Tensor, g: torch.Tensor, approx: Approximation) -> float:

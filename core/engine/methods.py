@@ -9,8 +9,8 @@ To add a method: write its class or builder in :mod:`core.engine.approx` (the ma
 module's docstring) and add one :class:`MethodSpec` to ``SPECS`` below. Nothing else.
 
 Three kinds: ``"first_order"`` (sgd, adam: optimizers only), ``"approximation"`` (an engine
-approximation, also a natural-gradient optimizer) and ``"exact"`` (the exact Fisher block:
-shown by the explorer, an optimizer, not an approximation).
+approximation, also a natural-gradient optimizer) and ``"exact"`` (the exact Fisher block: the
+reference the explorer compares with, and an optimizer; same interface as the approximations).
 
 Default learning rates and dampings were tuned on the curves-small preset (bench/train_bench.py
 → bench/RESULTS-training.md: 20 epochs, T_cov = T_inv = 10, KL-clip 1e-2, momentum 0.9,
@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
-from . import approx
+from . import approx, fisher
 
 __all__ = [
     "KINDS",
@@ -53,9 +53,11 @@ KINDS = ("first_order", "approximation", "exact")
 class MethodSpec:
     """What Kronoscope knows about one method.
 
-    ``build(method, a, g, *, rank, solver, tol, max_iter)`` returns the engine approximation
-    (``None`` for first-order optimizers and the exact block). ``terms``: Kronecker terms per
-    approximation (``None`` for EKFAC, a diagonal in KFAC's eigenbasis; kpsvd: its default rank).
+    ``build(method, a, g, *, rank, solver, tol, max_iter, psd_floor)`` returns the engine's
+    block (an :class:`~core.engine.approx.Approximation`; the exact block's is
+    :class:`~core.engine.fisher.LayerFisher`); ``None`` for the first-order optimizers.
+    ``terms``: Kronecker terms per approximation (``None`` for EKFAC, a diagonal in KFAC's
+    eigenbasis, and for the exact block; kpsvd: its default rank).
     ``factor_names``: (input, output) names of the terms' factors, shown by the explorer (empty:
     the generic ``R_k``/``S_k``). ``kpsvd_family``: takes the ``solver`` option
     (core/engine/rearranged_svd.py). ``fisher_ema``: has an ``ema_mode="fisher"`` state of its own
@@ -81,8 +83,8 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.build is not None) != (self.kind == "approximation"):
-            raise ValueError(f"{self.name}: an approximation, and only one, has a builder")
+        if (self.build is None) != (self.kind == "first_order"):
+            raise ValueError(f"{self.name}: every block (approximation or exact) has a builder")
 
     def default_lr(self, preset: str | None = None) -> float:
         return self.preset_lr.get(preset, self.lr)
@@ -154,7 +156,14 @@ SPECS: tuple[MethodSpec, ...] = (
         factor_names=(("L (inputs, ‖g‖²-weighted)", "R (outputs, ‖ā‖²-weighted)"),),
         lr=0.1,
     ),
-    MethodSpec("exact", "Exact F", kind="exact", lr=0.1, optimizer_label="Exact block Fisher"),
+    MethodSpec(
+        "exact",
+        "Exact F",
+        kind="exact",
+        build=fisher.build_exact,
+        lr=0.1,
+        optimizer_label="Exact block Fisher",
+    ),
 )
 _BY_NAME = {spec.name: spec for spec in SPECS}
 

@@ -19,11 +19,17 @@ def as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     return x
 
 
+class NonFiniteValueError(ValueError):
+    """An input holds NaN or inf. A ``ValueError`` like every other bad input; its own type lets
+    a training loop tell a diverged run from a programming error without reading the message."""
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise ValueError when ``x`` holds NaN or inf, saying how many and what to do."""
+    """Raise :class:`NonFiniteValueError` when ``x`` holds NaN or inf, saying how many and what
+    to do."""
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
-        raise ValueError(
+        raise NonFiniteValueError(
             f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
             "the training run that produced it has probably diverged — lower the learning rate "
             "or raise the damping, and capture again"

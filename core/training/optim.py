@@ -27,7 +27,7 @@ Damping convention (what "(F̃ + damping)⁻¹" means, per method; the engine's
   indefiniteness safeguard (``1 + μν`` floored at ``psd_floor``, counted in ``safeguard``);
 * ``ekfac``: ``(F̃ + λI)⁻¹`` exactly (orthonormal eigenbasis);
 * ``exact``: ``(F_l + λI)⁻¹`` with ``F_l`` the exact Fisher block of layer ``l``, by Woodbury
-  (:meth:`core.engine.fisher.LayerFisher.natural_gradient`). This is BLOCK-DIAGONAL per layer: the
+  (:meth:`core.engine.fisher.LayerFisher.solve`). This is BLOCK-DIAGONAL per layer: the
   cross-layer blocks of the Fisher are ignored, as in every other method here.
 
 Curvature EMA (``ema`` = ρ, ``ema_mode``):
@@ -124,13 +124,20 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from ..engine.approx import EigenbasisDiagonal, KroneckerSum, SafeguardStats, approximate
+from ..engine.approx import (
+    Approximation,
+    EigenbasisDiagonal,
+    KroneckerSum,
+    SafeguardStats,
+    approximate,
+    eigenbasis_scale,
+)
 from ..engine.capture import FISHER_KINDS, capture
-from ..engine.fisher import LayerFisher
 from ..engine.fisher_ema import EXTRA_TERMS, FisherEMA
 from ..engine.kron import sym
 from ..engine.layers import linear_layers
 from ..engine.methods import FIRST_ORDER, FISHER_EMA_METHODS, METHODS, OPTIMIZERS, method_spec
+from ..engine.validation import NonFiniteValueError
 from .models import PRESETS
 
 __all__ = [
@@ -320,32 +327,14 @@ class _Window:
 
 
 class _LayerInverse:
-    """The damped inverse of one layer's approximation, fixed until the next inverse refresh."""
+    """The damped inverse of one layer's block, fixed until the next inverse refresh."""
 
-    def __init__(self, method: str, approx, damping: float, device: torch.device) -> None:
-        self.method = method
+    def __init__(self, approx: Approximation, damping: float, device: torch.device) -> None:
         self.damping = damping
         self.approx = approx  # on the CPU: what to_dense()/tests/diagnostics look at
-        self._solver = None
-        if method == "exact":
-            a, g = approx
-            self._solver = LayerFisher(a.to(device), g.to(device))
-        elif isinstance(approx, KroneckerSum):
-            self._solver = KroneckerSum(
-                approx.method,
-                [(r.to(device), s.to(device)) for r, s in approx.terms],
-                info=approx.info,
-                psd_floor=approx.psd_floor,
-                safeguard=approx.safeguard,  # shared: engagements are counted on approx
-            )
-        else:  # EigenbasisDiagonal
-            self._solver = EigenbasisDiagonal(
-                approx.method, approx.u_a.to(device), approx.u_g.to(device), approx.scale.to(device)
-            )
+        self._solver = approx.to(device)  # shares approx.safeguard: engagements counted there
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
-        if self.method == "exact":
-            return self._solver.natural_gradient(v, self.damping)
         return self._solver.solve(v, self.damping, mode="factored")
 
 
@@ -383,7 +372,7 @@ class _FactorEMA:
         fa, fg = self.terms[0]
         self.u_a = torch.linalg.eigh(sym(fa)).eigenvectors
         self.u_g = torch.linalg.eigh(sym(fg)).eigenvectors
-        s_t = ((g @ self.u_g) ** 2).T @ ((a @ self.u_a) ** 2) / a.shape[0]
+        s_t = eigenbasis_scale(a, g, self.u_a, self.u_g)
         self.scale = s_t if self.scale is None else rho * self.scale + (1.0 - rho) * s_t
 
 
@@ -489,11 +478,9 @@ class Preconditioner:
             terms = list(approximate(method, a, g, tol=APPROX_TOL).terms)
         return terms + [zero] * (n_terms - len(terms))
 
-    def approximation(self, name: str):
-        """The current approximation of layer ``name`` (a fresh engine object, on the CPU).
-
-        For ``exact`` this is the weighted sample set ``(ā, g)`` of the window.
-        """
+    def approximation(self, name: str) -> Approximation:
+        """The current approximation of layer ``name`` (a fresh engine object, on the CPU; for
+        ``exact``, the exact block of the window's weighted samples)."""
         if self.ema_mode == "fisher":
             return self._fisher_approximation(name)
         if not self.windowed:
@@ -502,10 +489,9 @@ class Preconditioner:
                 return EigenbasisDiagonal(self.method, state.u_a, state.u_g, state.scale)
             return KroneckerSum(self.method, list(state.terms), info={"ema_mode": "factors"})
         a, g = self.windows[name].weighted()
-        if self.method == "exact":
-            return a, g
         if not bool((g != 0).any()) or not bool((a != 0).any()):
-            # F = 0 (e.g. a layer whose units are all dead): the damped inverse is V / λ.
+            # F = 0 (e.g. a layer whose units are all dead): F is exactly the zero Kronecker
+            # product, whose damped inverse is V / λ (the KPSVD builders need F ≠ 0).
             zeros = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
             return KroneckerSum(self.method, [zeros])
         return approximate(self.method, a, g, tol=APPROX_TOL)
@@ -534,7 +520,7 @@ class Preconditioner:
         device = next(self.model.parameters()).device
         self._retired_safeguard = self.safeguard_counts()
         self.inverses = {
-            name: _LayerInverse(self.method, self.approximation(name), self.config.damping, device)
+            name: _LayerInverse(self.approximation(name), self.config.damping, device)
             for name in names
         }
         self.inverse_updates += 1
@@ -549,10 +535,9 @@ class Preconditioner:
         the start (two-term methods only; zero for the others)."""
         total = dict(self._retired_safeguard)
         for inv in self.inverses.values():
-            sg = getattr(inv.approx, "safeguard", None)
-            if sg is not None:
-                for key in total:
-                    total[key] += getattr(sg, key)
+            counted = asdict(inv.approx.safeguard)
+            for key in total:
+                total[key] += counted[key]
         return total
 
 
@@ -648,12 +633,10 @@ class TrainingOptimizer:
         if self.steps % c.t_cov == 0:
             try:
                 pre.update_curvature(*self._fisher_minibatch(x, y))
-            except ValueError as err:  # the engine's finiteness checks
-                if "NaN" in str(err) or "non-finite" in str(err):
-                    raise NonFiniteError(
-                        f"the Fisher capture became non-finite at step {self.steps}: {err}"
-                    ) from err
-                raise
+            except NonFiniteValueError as err:  # the engine's finiteness checks
+                raise NonFiniteError(
+                    f"the Fisher capture became non-finite at step {self.steps}: {err}"
+                ) from err
         if self.steps % c.t_inv == 0 or not pre.inverses:
             pre.update_inverses()
         self._check_grads()

@@ -37,15 +37,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..engine.approx import (
-    DENSE_SPECTRUM_LIMIT,
-    Approximation,
-    EigenbasisDiagonal,
-    KroneckerSum,
-    approximate,
-)
+from ..engine.approx import Approximation, KroneckerSum, approximate
 from ..engine.capture import LayerCapture, capture
-from ..engine.fisher import LayerFisher, exact_fisher
+from ..engine.fisher import LayerFisher
 from ..engine.methods import METHOD_LABELS, METHODS, method_spec
 
 DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
@@ -95,7 +89,7 @@ def check_fisher(fisher: LayerFisher, layer: str = "this layer") -> None:
     """Refuse a Fisher block that is zero (every output gradient vanished: e.g. all ReLUs after
     the layer are dead, typical after a too large learning rate): there is nothing to
     approximate, and every relative metric would divide by zero."""
-    if not fisher.frobenius_sq > 0.0:
+    if not fisher.frobenius_sq() > 0.0:
         raise ValueError(
             f"the Fisher block of {layer} is zero on this batch: every output gradient (or every "
             "input) vanished, e.g. because the units after it are dead ReLUs. Nothing to "
@@ -166,7 +160,7 @@ def is_slow(approx: Approximation, slow_limit: int = SLOW_LIMIT) -> bool:
     """True for a sum of ≥ 2 Kronecker products with more than ``slow_limit`` weights: its
     spectrum needs Lanczos on the n × n operator and its exact damped inverse MINRES (seconds
     to minutes on a CPU, against milliseconds for everything else)."""
-    return len(getattr(approx, "terms", ())) > 1 and approx.n > slow_limit
+    return (approx.n_terms or 0) > 1 and approx.n > slow_limit
 
 
 def analyse_method(
@@ -248,7 +242,7 @@ def metrics_table(results) -> pd.DataFrame:
             "ng_cosine": r.ng_cosine,
             "seconds": r.seconds,
             "deferred": r.deferred,
-            "terms": len(getattr(r.approx, "terms", ())) or None,
+            "terms": r.approx.n_terms,
             "note": r.note,
         }
         for r in results
@@ -355,34 +349,10 @@ def _next_block(d: int, block: int) -> int:
     return math.ceil(d / (groups - 1)) if groups > 1 else block
 
 
-def pooled_fisher(fisher: LayerFisher, pooling: Pooling) -> np.ndarray:
-    """``(P_a ⊗ P_g) F (P_a ⊗ P_g)ᵀ`` = the Fisher of the pooled batch."""
-    a = fisher.a @ pooling.matrix_a().T
-    g = fisher.g @ pooling.matrix_g().T
-    return exact_fisher(a, g).numpy()
-
-
-def pooled_approximation(approx: Approximation, pooling: Pooling) -> np.ndarray:
-    """``(P_a ⊗ P_g) F̃ (P_a ⊗ P_g)ᵀ`` without forming F̃."""
-    pa, pg = pooling.matrix_a(), pooling.matrix_g()
-    if isinstance(approx, KroneckerSum):
-        out = torch.zeros(pooling.side, pooling.side, dtype=torch.float64)
-        for r, s in approx.terms:
-            r64, s64 = r.to(torch.float64), s.to(torch.float64)
-            out += torch.kron(pa @ r64 @ pa.T, pg @ s64 @ pg.T)
-        return out.numpy()
-    if isinstance(approx, EigenbasisDiagonal):
-        # F̃ = Σ_ip s_pi (u_Ai u_Aiᵀ) ⊗ (u_Gp u_Gpᵀ), pooled column by column.
-        ua = pa @ approx.u_a.to(torch.float64)
-        ug = pg @ approx.u_g.to(torch.float64)
-        scale = approx.scale.to(torch.float64)
-        per_input = torch.einsum("ap,bp,pi->abi", ug, ug, scale)
-        block = torch.einsum("xi,yi,abi->xayb", ua, ua, per_input)
-        return block.reshape(pooling.side, pooling.side).numpy()
-    # Unknown structure: fall back to the dense matrix (refused above the memory limit).
-    dense = approx.to_dense().to(torch.float64)
-    big = torch.kron(pa, pg)
-    return (big @ dense @ big.T).numpy()
+def pooled(block: Approximation, pooling: Pooling) -> np.ndarray:
+    """``(P_a ⊗ P_g) X (P_a ⊗ P_g)ᵀ`` of the exact block or an approximation, without forming
+    X (each block's :meth:`~core.engine.approx.Approximation.pooled`)."""
+    return block.pooled(pooling.matrix_a(), pooling.matrix_g()).numpy()
 
 
 @dataclass
@@ -407,7 +377,7 @@ def block_view(
     fisher: LayerFisher, approx: Approximation, max_side: int = DEFAULT_MAX_SIDE
 ) -> BlockView:
     pooling = choose_pooling(fisher.da, fisher.dg, max_side)
-    return BlockView(pooled_fisher(fisher, pooling), pooled_approximation(approx, pooling), pooling)
+    return BlockView(pooled(fisher, pooling), pooled(approx, pooling), pooling)
 
 
 # -- factors ---------------------------------------------------------------------------------
@@ -427,24 +397,25 @@ def factor_views(approx: Approximation, max_side: int = DEFAULT_MAX_SIDE) -> lis
     """The Kronecker factors of an approximation, each pooled to at most ``max_side`` rows.
 
     KFAC: A, G. KPSVD family: R_k, S_k per term (KFAC-corrected: A, G, then R, S). EKFAC: the
-    eigenbasis-diagonal scaling ``s`` (dg × da), shown as one matrix. Shampoo: L, R.
+    eigenbasis-diagonal scaling ``s`` (dg × da), shown as one matrix. Shampoo: L, R. The exact
+    block: none.
     """
-    if isinstance(approx, EigenbasisDiagonal):
-        scale = approx.scale.to(torch.float64)
-        ba = math.ceil(scale.shape[1] / max_side)
-        bg = math.ceil(scale.shape[0] / max_side)
-        pooled = _pool_matrix(scale.shape[0], bg, torch.float64) @ scale
-        pooled = pooled @ _pool_matrix(scale.shape[1], ba, torch.float64).T
-        return [FactorView("s (eigenbasis scaling, output × input)", "scaling", pooled.numpy(), ba)]
-    if not isinstance(approx, KroneckerSum):
-        return []
-    names = _factor_names(approx.method, len(approx.terms))
     views = []
-    for (r, s), (rn, sn) in zip(approx.terms, names, strict=True):
-        for mat, name, side in ((r, rn, "input"), (s, sn, "output")):
+    # the registry's (input, output) names, term by term, in factor_matrices()'s order
+    names = iter([n for pair in _factor_names(approx.method, approx.n_terms or 0) for n in pair])
+    for side, mat in approx.factor_matrices():
+        mat = mat.to(torch.float64)
+        if side == "scaling":  # EKFAC's s, dg × da: pooled on each side
+            ba = math.ceil(mat.shape[1] / max_side)
+            bg = math.ceil(mat.shape[0] / max_side)
+            small = _pool_matrix(mat.shape[0], bg, torch.float64) @ mat
+            small = small @ _pool_matrix(mat.shape[1], ba, torch.float64).T
+            label = "s (eigenbasis scaling, output × input)"
+            views.append(FactorView(label, side, small.numpy(), ba))
+        else:
             block = math.ceil(mat.shape[0] / max_side)
             p = _pool_matrix(mat.shape[0], block, torch.float64)
-            views.append(FactorView(name, side, (p @ mat.to(torch.float64) @ p.T).numpy(), block))
+            views.append(FactorView(next(names), side, (p @ mat @ p.T).numpy(), block))
     return views
 
 
@@ -481,7 +452,7 @@ def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> Spect
     holds only the top eigenvalues.
     """
     n = analysis.fisher.da * analysis.fisher.dg
-    out = Spectra(exact=analysis.fisher.eigvals[:max_points].numpy())
+    out = Spectra(exact=analysis.fisher.eigvals(max_points).numpy())
     for method, result in analysis.results.items():
         label = method_label(method)
         if result.deferred:
@@ -492,8 +463,7 @@ def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> Spect
             )
             continue
         approx = result.approx
-        many = len(getattr(approx, "terms", ())) > 1
-        lanczos = many and n > DENSE_SPECTRUM_LIMIT
+        lanczos = not approx.full_spectrum
         k = min(analysis.fisher.m, 64) if lanczos else min(max_points, n)
         out[method] = approx.eigvals(k).to(torch.float64).numpy()[:max_points]
         if lanczos:
@@ -534,7 +504,6 @@ def rank_curve(fisher: LayerFisher, max_rank: int = 10) -> RankCurve:
         raise ValueError(f"max_rank must be ≥ 1, got {max_rank}")
     full = min(max_rank, fisher.m, fisher.da**2, fisher.dg**2)
     approx = approximate("kpsvd", fisher.a, fisher.g, rank=full)
-    assert isinstance(approx, KroneckerSum)
     errors = [
         fisher.relative_error(KroneckerSum("kpsvd", approx.terms[:r]))
         for r in range(1, len(approx.terms) + 1)

@@ -1,0 +1,143 @@
+"""One interface for every block, the exact one included: each verb of every method in the
+registry (approximations and the exact block) against a dense float64 oracle built from the
+block's own ``to_dense()`` and from F itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.engine.approx import Approximation, approximate
+from core.engine.fisher import LayerFisher, exact_fisher
+from core.engine.kron import vec
+from core.engine.methods import SHOWN, method_spec
+from core.engine.validation import NonFiniteValueError
+from core.views.explorer import Pooling
+
+
+def batch(m: int, da: int, dg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, da, generator=gen, dtype=torch.float64)
+    a[:, -1] = 1.0
+    g = torch.randn(m, dg, generator=gen, dtype=torch.float64) * torch.linspace(0.3, 2.0, dg)
+    return a, g
+
+
+def rel(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(torch.linalg.norm(x - y) / torch.linalg.norm(y))
+
+
+A, G = batch(40, 6, 4)
+DENSE_F = exact_fisher(A, G)
+
+
+@pytest.fixture(params=SHOWN)
+def block(request) -> Approximation:
+    return approximate(request.param, A, G)
+
+
+def test_every_shown_method_builds_through_the_registry(block):
+    assert isinstance(block, Approximation)
+    assert block.method in SHOWN
+    assert (block.da, block.dg, block.n) == (6, 4, 24)
+    assert block.n_terms == method_spec(block.method).terms
+    assert block.dtype == torch.float64 and block.device == torch.device("cpu")
+
+
+def test_matvec_frobenius_and_inner_product_match_the_dense_matrix(block):
+    dense = block.to_dense().to(torch.float64)
+    v = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert rel(vec(block.matvec(v)), dense @ vec(v)) < 1e-12
+    assert math.isclose(block.frobenius_sq(), float((dense**2).sum()), rel_tol=1e-12)
+    assert math.isclose(
+        block.inner_fisher(A, G), float((dense * DENSE_F).sum()), rel_tol=1e-10, abs_tol=1e-12
+    )
+
+
+def test_exact_damped_solve_inverts_the_damped_dense_matrix(block):
+    """``solve(mode="exact")`` is (F̃ + λI)⁻¹ for a PSD F̃; a two-term sum may be indefinite,
+    and then its exact solve projects on the PSD cone first (checked against that projection)."""
+    lam = 0.05
+    dense = block.to_dense().to(torch.float64)
+    evals, evecs = torch.linalg.eigh((dense + dense.T) / 2)
+    damped = evecs @ torch.diag(evals.clamp_min(0.0) + lam) @ evecs.T
+    v = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = block.solve(v, lam, mode="exact")
+    assert rel(vec(x), torch.linalg.solve(damped, vec(v))) < 1e-8
+
+
+def test_spectrum_matches_the_dense_eigenvalues(block):
+    assert block.full_spectrum
+    dense = block.to_dense().to(torch.float64)
+    want = torch.linalg.eigvalsh((dense + dense.T) / 2).flip(0)
+    got = block.eigvals().to(torch.float64)
+    # m = 40 > n = 24: F has full rank, so even the exact block's list of nonzero eigenvalues
+    # (from its m × m Gram matrix) is the whole spectrum
+    assert got.numel() == 24
+    assert torch.allclose(got, want, atol=1e-10 * float(want[0]))
+
+
+@pytest.mark.parametrize("blocks", [(1, 1), (2, 3), (4, 4)])
+def test_pooled_view_is_the_pooled_dense_matrix(block, blocks):
+    pooling = Pooling(6, 4, *blocks)
+    pa, pg = pooling.matrix_a(), pooling.matrix_g()
+    big = torch.kron(pa, pg)
+    want = big @ block.to_dense().to(torch.float64) @ big.T
+    assert rel(block.pooled(pa, pg), want) < 1e-12
+
+
+def test_moving_to_where_it_is_copies_nothing(block):
+    assert block.to("cpu") is block
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_moved_to_cuda_it_solves_the_same_and_counts_on_the_original(block):
+    moved = block.to("cuda")
+    assert moved.device.type == "cuda" and moved.safeguard is block.safeguard
+    v = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    mode = "factored" if block.n_terms in (1, 2) else "exact"
+    want = block.solve(v, 0.05, mode=mode)
+    got = moved.solve(v.to("cuda", block.dtype), 0.05, mode=mode).cpu()
+    assert rel(got.to(torch.float64), want.to(torch.float64)) < 1e-10
+
+
+def test_factor_matrices_rebuild_the_block():
+    """Σ_k kron(R_k, S_k) for the Kronecker sums; EKFAC's scaling is its spectrum; the exact
+    block has none."""
+    for method in SHOWN:
+        block = approximate(method, A, G)
+        mats = block.factor_matrices()
+        if block.n_terms:
+            pairs = list(zip(mats[::2], mats[1::2], strict=True))
+            assert [(x[0], y[0]) for x, y in pairs] == [("input", "output")] * block.n_terms
+            rebuilt = sum(torch.kron(r, s) for (_, r), (_, s) in pairs)
+            assert rel(rebuilt, block.to_dense()) < 1e-12
+        elif method == "ekfac":
+            assert [side for side, _ in mats] == ["scaling"]
+            scale = mats[0][1]
+            assert torch.allclose(
+                torch.sort(scale.reshape(-1), descending=True).values, block.eigvals()
+            )
+        else:
+            assert mats == []
+
+
+def test_the_exact_block_is_f():
+    fisher = approximate("exact", A, G)
+    assert isinstance(fisher, LayerFisher)
+    assert torch.allclose(fisher.to_dense(), DENSE_F, atol=0, rtol=0)
+    assert fisher.relative_error(fisher) < 1e-6  # matrix-free: floor about 1e-8
+    other_a, other_g = batch(7, 6, 4, seed=3)
+    want = float((exact_fisher(other_a, other_g) * DENSE_F).sum())
+    assert math.isclose(fisher.inner_fisher(other_a, other_g), want, rel_tol=1e-12)
+
+
+def test_non_finite_input_has_its_own_type():
+    bad = A.clone()
+    bad[3, 2] = math.nan
+    for method in ("exact", "kfac"):
+        with pytest.raises(NonFiniteValueError, match="1 non-finite value"):
+            approximate(method, bad, G)
+    assert issubclass(NonFiniteValueError, ValueError)

@@ -61,9 +61,12 @@ class MethodSpec:
     ``factor_names``: (input, output) names of the terms' factors, shown by the explorer (empty:
     the generic ``R_k``/``S_k``). ``kpsvd_family``: takes the ``solver`` option
     (core/engine/rearranged_svd.py). ``fisher_ema``: has an ``ema_mode="fisher"`` state of its own
-    (core/engine/fisher_ema.py). ``lr``, ``damping``: optimizer defaults (curves-small),
-    ``preset_lr``/``preset_damping`` the per-preset overrides. ``optimizer_label``: its name as an
-    optimizer, where not ``label``.
+    (core/engine/fisher_ema.py). ``centered``: KFAC's A ⊗ G plus Kronecker terms of F − A ⊗ G
+    (its builder is told so too). ``eigenbasis``: a diagonal in the eigenbasis of the averaged
+    factors, refreshed with them. ``ema_terms_from``: the method whose minibatch terms the
+    optimizer's factor EMA averages (``None``: this one). ``lr``, ``damping``: optimizer
+    defaults (curves-small), ``preset_lr``/``preset_damping`` the per-preset overrides.
+    ``optimizer_label``: its name as an optimizer, where not ``label``.
     """
 
     name: str
@@ -74,6 +77,9 @@ class MethodSpec:
     factor_names: tuple[tuple[str, str], ...] = ()
     kpsvd_family: bool = False
     fisher_ema: bool = False
+    centered: bool = False
+    eigenbasis: bool = False
+    ema_terms_from: str | None = None
     lr: float = 0.3
     damping: float = 0.1
     preset_lr: Mapping[str, float] = field(default_factory=dict)
@@ -83,6 +89,9 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        built_centered = getattr(self.build, "keywords", {}).get("centered", False)
+        if self.centered != built_centered:
+            raise ValueError(f"{self.name}: centered={self.centered} but its builder disagrees")
         if (self.build is None) != (self.kind == "first_order"):
             raise ValueError(f"{self.name}: every block (approximation or exact) has a builder")
 
@@ -146,8 +155,17 @@ SPECS: tuple[MethodSpec, ...] = (
         factor_names=(_KFAC_NAMES, ("R (correction)", "S (correction)")),
         kpsvd_family=True,
         fisher_ema=True,
+        centered=True,
     ),
-    MethodSpec("ekfac", "EKFAC", build=approx.build_ekfac, terms=None, lr=0.03),
+    MethodSpec(
+        "ekfac",
+        "EKFAC",
+        build=approx.build_ekfac,
+        terms=None,
+        eigenbasis=True,
+        ema_terms_from="kfac",
+        lr=0.03,
+    ),
     MethodSpec(
         "shampoo",
         "Shampoo",

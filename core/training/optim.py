@@ -399,6 +399,7 @@ class Preconditioner:
         self.model = model
         self.config = config
         self.method = config.name
+        self.spec = method_spec(config.name)
         self.loss = loss
         self.generator = generator
         # Curvature state: EMA'd Kronecker factors ("factors") or a weighted window of captures
@@ -445,8 +446,7 @@ class Preconditioner:
             if self.ema_mode == "fisher":
                 if name not in self.fisher_states:
                     keep = FACTOR_TERMS[self.method] + EXTRA_TERMS
-                    centered = self.method == "kfac_corrected"
-                    self.fisher_states[name] = FisherEMA(keep, centered=centered)
+                    self.fisher_states[name] = FisherEMA(keep, centered=self.spec.centered)
                 self.fisher_states[name].fold(a, g, rho)
                 continue
             new = self.batch_terms(a, g)
@@ -455,7 +455,7 @@ class Preconditioner:
                 state = self.factors[name] = _FactorEMA(new)
             else:
                 state.fold(new, rho, self.alignment)
-            if self.method == "ekfac":
+            if self.spec.eigenbasis:
                 state.fold_ekfac_scale(a, g, rho)
         self.curvature_updates += 1
 
@@ -463,16 +463,17 @@ class Preconditioner:
         self, a: torch.Tensor, g: torch.Tensor
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """For "factors" mode: this method's Kronecker terms on one minibatch's (ā, g), padded
-        with zero terms to ``FACTOR_TERMS[method]`` (ekfac: the KFAC factors A, G)."""
-        method = self.method
-        if method in ("kfac", "ekfac", "shampoo"):
-            return list(approximate("shampoo" if method == "shampoo" else "kfac", a, g).terms)
+        with zero terms to ``FACTOR_TERMS[method]`` (ekfac: the KFAC factors A, G — the
+        registry's ``ema_terms_from``)."""
+        method, spec = self.method, self.spec
+        if not spec.kpsvd_family:  # closed-form factors (kfac, shampoo; ekfac's A, G)
+            return list(approximate(spec.ema_terms_from or method, a, g).terms)
         n_terms = FACTOR_TERMS[method]
         zero = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
         if not bool((g != 0).any()) or not bool((a != 0).any()):
             # F_t = 0 (e.g. a layer whose units are all dead): zero terms (kfac_corrected: A, G
             # as KFAC computes them, and a zero correction).
-            first = approximate("kfac", a, g).terms if method == "kfac_corrected" else [zero]
+            first = approximate("kfac", a, g).terms if spec.centered else [zero]
             terms = list(first)
         else:
             terms = list(approximate(method, a, g, tol=APPROX_TOL).terms)
@@ -485,7 +486,7 @@ class Preconditioner:
             return self._fisher_approximation(name)
         if not self.windowed:
             state = self.factors[name]
-            if self.method == "ekfac":
+            if self.spec.eigenbasis:
                 return EigenbasisDiagonal(self.method, state.u_a, state.u_g, state.scale)
             return KroneckerSum(self.method, list(state.terms), info={"ema_mode": "factors"})
         a, g = self.windows[name].weighted()
@@ -501,7 +502,7 @@ class Preconditioner:
         A_ema ⊗ G_ema + the best product of the averaged residual), padded with zero terms."""
         state = self.fisher_states[name]
         n_terms = FACTOR_TERMS[self.method]
-        if self.method == "kfac_corrected":
+        if self.spec.centered:
             terms = [state.kfac, *state.correction]
         else:
             terms = list(state.terms[:n_terms])

@@ -25,13 +25,13 @@ import pytest
 import torch
 from torch import nn
 
-import core.training.optim as optim_module
+import core.training.curvature as curvature_module
 from core.engine.approx import approximate
 from core.engine.fisher import exact_fisher
 from core.engine.kron import rearrange
+from core.training.curvature import APPROX_TOL
 from core.training.models import per_sample_nll
 from core.training.optim import (
-    APPROX_TOL,
     EMA_MODES,
     NATURAL_OPTIMIZERS,
     OPTIMIZERS,
@@ -258,7 +258,7 @@ def test_factor_ema_aligns_the_sign_of_a_flipped_second_term(monkeypatch):
     """A second term that arrives with the opposite sign (R⊗S = (−R)⊗(−S)) is flipped back
     before averaging; without alignment, ρ = 0.5 would cancel it exactly."""
     calls = {"n": 0}
-    real = optim_module.approximate
+    real = curvature_module.approximate
 
     def flipping(method, a, g, **kw):
         approx = real(method, a, g, **kw)
@@ -269,7 +269,7 @@ def test_factor_ema_aligns_the_sign_of_a_flipped_second_term(monkeypatch):
                 approx.terms = [(r1, s1), (-r2, -s2)]
         return approx
 
-    monkeypatch.setattr(optim_module, "approximate", flipping)
+    monkeypatch.setattr(curvature_module, "approximate", flipping)
     model = _Logits(seed=0)
     x = _data()
     cfg = OptimizerConfig("deflation", lr=0.1, ema=0.5, fisher="empirical", t_cov=1, t_inv=1)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-import core.training.optim as optim_module
+import core.training.curvature as curvature_module
 from core.engine.fisher import exact_fisher
 from core.engine.fisher_ema import FisherEMA
 from core.engine.kron import rearrange
@@ -150,7 +150,7 @@ class _Net(nn.Module):
 def test_optimizer_fisher_mode_preconditions_with_the_averaged_fisher(method, monkeypatch):
     # K = terms used + 10 > 10 covers every ℛ-rank here: the approximation is the method
     # applied to the exact averaged Fisher.
-    monkeypatch.setattr(optim_module, "EXTRA_TERMS", 10)
+    monkeypatch.setattr(curvature_module, "EXTRA_TERMS", 10)
     model = _Net()
     gen = torch.Generator().manual_seed(5)
     x = (torch.rand(48, 6, generator=gen) > 0.5).float() * 0.8 + 0.1

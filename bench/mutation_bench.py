@@ -36,6 +36,7 @@ ENGINE_TESTS = (
     "tests/test_engine_oracles.py",
     "tests/test_engine_invariants.py",
     "tests/test_explorer.py",
+    "tests/test_engine_interface.py",
 )
 OPTIM_TESTS = ("tests/test_optim.py", "tests/test_optim_ema.py")
 GROUPS = {"engine": ENGINE_TESTS, "optim": OPTIM_TESTS}
@@ -194,15 +195,15 @@ MUTANTS = (
     Mutant(
         "approx-shampoo-right-factor",
         "core/engine/approx.py",
-        "        right = g.T @ (((a * a).sum(1) / m)[:, None] * g)\n",
-        "        right = g.T @ (((g * g).sum(1) / m)[:, None] * g)\n",
+        "    right = g.T @ (((a * a).sum(1) / m)[:, None] * g)\n",
+        "    right = g.T @ (((g * g).sum(1) / m)[:, None] * g)\n",
         "Shampoo's R weighted by ‖g‖² instead of ‖ā‖²",
     ),
     Mutant(
         "approx-ekfac-no-1-over-m",
         "core/engine/approx.py",
-        "        scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / m\n",
-        "        scale = ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2)\n",
+        "    return ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]\n",
+        "    return ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2)\n",
         "EKFAC diagonal misses 1/m",
     ),
     Mutant(
@@ -221,9 +222,9 @@ MUTANTS = (
     ),
     Mutant(
         "approx-corrected-two-terms",
-        "core/engine/approx.py",
-        '"kfac_corrected": 1}[method]',
-        '"kfac_corrected": 2}[method]',
+        "core/engine/methods.py",
+        "build_kronecker_svd, svd_terms=1, centered=True)",
+        "build_kronecker_svd, svd_terms=2, centered=True)",
         "KFAC-corrected adds two correction terms",
     ),
     Mutant(
@@ -238,8 +239,8 @@ MUTANTS = (
     Mutant(
         "fisher-relerr-inner-once",
         "core/engine/fisher.py",
-        "sq = self.frobenius_sq - 2.0 * approx.inner_fisher",
-        "sq = self.frobenius_sq - 1.0 * approx.inner_fisher",
+        "sq = fro - 2.0 * approx.inner_fisher",
+        "sq = fro - 1.0 * approx.inner_fisher",
         "‖F − F̃‖² with ⟨F, F̃⟩ counted once",
     ),
     Mutant(
@@ -250,10 +251,24 @@ MUTANTS = (
         "eigenvalues of F from JJᵀ without 1/m",
     ),
     Mutant(
+        "fisher-matvec-no-1-over-m",
+        "core/engine/fisher.py",
+        "        return self.g.T @ (jv[:, None] * self.a) / self.m\n",
+        "        return self.g.T @ (jv[:, None] * self.a)\n",
+        "exact block's F·v misses 1/m",
+    ),
+    Mutant(
+        "fisher-inner-not-squared",
+        "core/engine/fisher.py",
+        "return float((cross**2).sum()) / (self.m * a.shape[0])",
+        "return float(cross.sum()) / (self.m * a.shape[0])",
+        "⟨F, F'⟩ of two batches without squaring the cross Gram",
+    ),
+    Mutant(
         "fisher-woodbury-no-m",
         "core/engine/fisher.py",
-        "        system = self.gram + self.m * damping * eye\n",
-        "        system = self.gram + damping * eye\n",
+        "torch.linalg.solve(self.gram + self.m * damping * eye, jv)",
+        "torch.linalg.solve(self.gram + damping * eye, jv)",
         "Woodbury system mλI + JJᵀ without m",
     ),
     Mutant(
@@ -290,7 +305,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-ema-rho-swapped",
-        "core/training/optim.py",
+        "core/training/curvature.py",
         "out.append((rho * r_old + (1.0 - rho) * r, rho * s_old + (1.0 - rho) * s))",
         "out.append(((1.0 - rho) * r_old + rho * r, (1.0 - rho) * s_old + rho * s))",
         "factor EMA weights swapped",
@@ -298,7 +313,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-sign-alignment-inverted",
-        "core/training/optim.py",
+        "core/training/curvature.py",
         "            if inner < 0:  # R ⊗ S",
         "            if inner > 0:  # R ⊗ S",
         "EMA sign alignment inverted",
@@ -306,7 +321,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-window-fourth-root",
-        "core/training/optim.py",
+        "core/training/curvature.py",
         "            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.25\n",
         "            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.5\n",
         "window rows scaled by √w instead of w^¼",
@@ -330,7 +345,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-ekfac-scale-no-ema",
-        "core/training/optim.py",
+        "core/training/curvature.py",
         "self.scale = s_t if self.scale is None else rho * self.scale + (1.0 - rho) * s_t",
         "self.scale = s_t",
         "EKFAC diagonal not averaged",
@@ -338,7 +353,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-solve-exact-mode",
-        "core/training/optim.py",
+        "core/training/curvature.py",
         '        return self._solver.solve(v, self.damping, mode="factored")\n',
         '        return self._solver.solve(v, self.damping, mode="exact")\n',
         "optimizer uses exact instead of factored damping",

@@ -48,7 +48,6 @@ from core.training.optim import (  # noqa: E402
     EMA_MODES,
     NATURAL_OPTIMIZERS,
     OPTIMIZERS,
-    OptimizerConfig,
     default_damping,
     default_lr,
 )
@@ -78,18 +77,10 @@ def full_loss(model, x) -> float:
 
 def make_run(ds, model, name, lr, damping, *, t, seed, steps=None, epochs=None, on_step=None):
     name, mode = ABLATIONS.get(name, (name, "factors"))
-    lr = default_lr(name) if lr is None else lr
-    opt = OptimizerConfig(name, lr=lr, damping=damping, t_cov=t, t_inv=t, ema_mode=mode)
-    cfg = RunConfig(
-        DATASET,
-        opt,
-        steps=steps,
-        epochs=epochs,
-        batch_size=BATCH,
-        seed=seed,
-        eval_every=10**9,
-        device="cpu",
-    )
+    cfg = RunConfig.from_settings(
+        DATASET, name, lr=lr, damping=damping, t_cov=t, t_inv=t, ema_mode=mode,
+        steps=steps, epochs=epochs, batch_size=BATCH, seed=seed, eval_every=10**9, device="cpu",
+    )  # fmt: skip
     return TrainingRun(cfg, dataset=ds, model=model, on_step=on_step)
 
 
@@ -213,10 +204,9 @@ def check_dataset(preset: str, n_train: int = 2048) -> Dataset:
 def defaults_run(ds, preset: str, name: str, steps: int, seed: int = 0) -> dict:
     """One run of ``name`` with ``default_lr(name, preset)`` / ``default_damping(name, preset)``
     and every other option at its default; the losses of the training minibatches."""
-    opt = OptimizerConfig(name, lr=default_lr(name, preset), damping=default_damping(name, preset))
     model = build_model(preset, input_dim=ds.input_dim, loss=ds.loss, seed=seed)
-    cfg = RunConfig(
-        "curves", opt, preset=preset, steps=steps, batch_size=BATCH, seed=seed,
+    cfg = RunConfig.from_settings(
+        "curves", name, preset=preset, steps=steps, batch_size=BATCH, seed=seed,
         eval_every=10**9, device="cpu",
     )  # fmt: skip
     run = TrainingRun(cfg, dataset=ds, model=model)
@@ -285,10 +275,9 @@ def ema_modes_compare(ds, seeds, epochs, log) -> list[str]:
         model = build_model(DATASET, input_dim=ds.input_dim, loss=ds.loss, seed=seed)
         for name in methods:
             for mode in EMA_MODES:
-                opt = OptimizerConfig(name, lr=default_lr(name), t_cov=10, t_inv=10, ema_mode=mode)
-                cfg = RunConfig(
-                    DATASET, opt, epochs=epochs, batch_size=BATCH, seed=seed, eval_every=10**9,
-                    device="cpu",
+                cfg = RunConfig.from_settings(
+                    DATASET, name, t_cov=10, t_inv=10, ema_mode=mode, epochs=epochs,
+                    batch_size=BATCH, seed=seed, eval_every=10**9, device="cpu",
                 )  # fmt: skip
                 run = TrainingRun(cfg, dataset=ds, model=model)
                 run.run()

@@ -13,7 +13,8 @@
 
 Learning rates and dampings default to each optimizer's default for the model preset
 (:func:`core.training.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the
-defaults tuned on curves-small).
+defaults tuned on curves-small), applied by :meth:`core.training.runner.RunConfig.from_settings`,
+which the app uses too: the same settings make the same run here and there.
 
 Datasets are never downloaded unless ``--download`` is given: then the paper's original files
 (CURVES ``digs3pts_1.mat``, FACES ``newfaces_rot_single.mat``, MNIST IDX) are fetched into the
@@ -43,7 +44,7 @@ from .engine.methods import METHODS, OPTIMIZERS
 from .training.data import DATASET_SPECS, file_help, load_dataset
 from .training.download import SOURCES, DownloadError, cached_dataset, download_dataset
 from .training.models import PRESETS, build_model, describe_layers, parse_widths
-from .training.optim import EMA_MODES, OptimizerConfig, default_damping, default_lr
+from .training.optim import EMA_MODES
 from .training.runner import RunConfig, TrainingRun, run_comparison
 from .views.report import comparison_report, quality_report
 from .views.reproduce import (
@@ -121,23 +122,14 @@ def _parse_lrs(text: str | None) -> dict[str, float]:
     return out
 
 
-def _default_preset(args) -> str | None:
-    """The model preset whose default lr and damping apply (``None``: a custom width list)."""
-    if args.widths:
-        return None
-    preset = args.preset or args.dataset
-    return preset if preset in PRESETS else None
-
-
-def _optimizer(args, name: str, lr: float | None, damping: float | None) -> OptimizerConfig:
-    name = name.strip().lower().replace("-", "_")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    preset = _default_preset(args)
-    return OptimizerConfig(
+def _run_config(args, name: str, lr: float | None, damping: float | None, **extra) -> RunConfig:
+    """The run the options describe (:meth:`RunConfig.from_settings`, which applies the
+    per-preset lr and damping defaults where ``lr``/``damping`` are ``None``)."""
+    return RunConfig.from_settings(
+        args.dataset,
         name,
-        lr=default_lr(name, preset) if lr is None else lr,
-        damping=default_damping(name, preset) if damping is None else damping,
+        lr=lr,
+        damping=damping,
         t_cov=args.t_cov,
         t_inv=args.t_inv,
         ema=args.ema,
@@ -147,13 +139,6 @@ def _optimizer(args, name: str, lr: float | None, damping: float | None) -> Opti
         weight_decay=args.weight_decay,
         fisher_batch=args.fisher_batch,
         fisher=args.fisher,
-    )
-
-
-def _run_config(args, opt: OptimizerConfig, **extra) -> RunConfig:
-    return RunConfig(
-        dataset=args.dataset,
-        optimizer=opt,
         preset=args.preset,
         widths=parse_widths(args.widths) if args.widths else None,
         steps=args.steps,
@@ -207,10 +192,9 @@ def _finish(run_status: str, message: str) -> int:
 
 
 def cmd_train(args) -> int:
-    opt = _optimizer(args, args.optimizer, args.lr, args.damping)
-    cfg = _run_config(args, opt)
+    cfg = _run_config(args, args.optimizer, args.lr, args.damping)
     args.out.mkdir(parents=True, exist_ok=True)
-    run = _single_run(args, cfg, opt.name)
+    run = _single_run(args, cfg, cfg.optimizer.name)
     run.dataframe().to_csv(args.out / "metrics.csv", index=False)
     _write_json(
         args.out / "config.json",
@@ -238,7 +222,7 @@ def cmd_compare(args) -> int:
         key = name.lower().replace("-", "_")
         lr = lrs.get(key, lrs.get("*"))
         damping = dampings.get(key, dampings.get("*", args.damping))
-        configs.append(_run_config(args, _optimizer(args, name, lr, damping)))
+        configs.append(_run_config(args, name, lr, damping))
     args.out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
@@ -294,12 +278,13 @@ def _resolve_layer(args, cfg: RunConfig) -> tuple[int, str]:
 
 def cmd_quality(args) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    opt = _optimizer(args, args.optimizer, args.lr, args.damping)
-    base = _run_config(args, opt)
+    base = _run_config(args, args.optimizer, args.lr, args.damping)
     number, layer = _resolve_layer(args, base)
     cfg = _run_config(
-        args, opt, quality_layer=layer, quality_methods=methods, quality_every=args.quality_every
-    )
+        args, args.optimizer, args.lr, args.damping,
+        quality_layer=layer, quality_methods=methods, quality_every=args.quality_every,
+    )  # fmt: skip
+    opt = cfg.optimizer
     args.out.mkdir(parents=True, exist_ok=True)
     run = _single_run(args, cfg, f"{opt.name} + quality on layer {number}")
     df = run.dataframe()

@@ -12,7 +12,7 @@ import torch
 
 from core.training.data import Dataset
 from core.training.models import Autoencoder, batch_loss
-from core.training.optim import OptimizerConfig
+from core.training.optim import OptimizerConfig, default_damping, default_lr
 from core.training.runner import RunConfig, TrainingRun, run_comparison
 from core.views.report import error_figure, loss_vs_step, loss_vs_time, quality_table, summary_table
 
@@ -203,6 +203,84 @@ def test_a_crash_sets_failed(tiny):
 def test_invalid_run_configs(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# -- RunConfig.from_settings: the one place settings become a run ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("dataset", "settings", "preset"),
+    [
+        ("digits", {}, "digits"),  # no preset: the dataset's own
+        ("curves", {}, "curves"),  # a preset with its own lr for sgd and adam
+        ("curves-small", {"preset": "digits"}, "digits"),  # a preset given: its defaults
+        ("faces", {"preset": None}, "faces"),
+        ("curves", {"widths": [784, 32, 8]}, None),  # custom widths: the general defaults
+    ],
+)
+@pytest.mark.parametrize("name", ["sgd", "adam", "kfac", "ekfac", "shampoo"])
+def test_from_settings_applies_the_presets_default_lr_and_damping(name, dataset, settings, preset):
+    cfg = RunConfig.from_settings(dataset, name, steps=2, **settings)
+    assert cfg.optimizer.name == name
+    assert cfg.optimizer.lr == default_lr(name, preset)
+    assert cfg.optimizer.damping == default_damping(name, preset)
+    explicit_none = RunConfig.from_settings(
+        dataset, name, steps=2, lr=None, damping=None, **settings
+    )
+    assert explicit_none == cfg  # None is "the default", for lr and damping
+    assert RunConfig(dataset, name, steps=2, **settings) == cfg  # the name form: same defaults
+
+
+def test_from_settings_presets_differ_where_the_registry_says():
+    """The cases above can fail: sgd's default lr on curves is not the general one."""
+    assert default_lr("sgd", "curves") != default_lr("sgd", None)
+    curves = RunConfig.from_settings("curves", "sgd", steps=1).optimizer.lr
+    custom = RunConfig.from_settings("curves", "sgd", steps=1, widths=[784, 8]).optimizer.lr
+    assert curves == default_lr("sgd", "curves") and custom == default_lr("sgd", None)
+
+
+def test_from_settings_keeps_explicit_values():
+    settings = dict(
+        lr=0.123, damping=0.0456, t_cov=3, t_inv=6, ema=0.5, ema_mode="window", kl_clip=None,
+        momentum=0.25, weight_decay=1e-4, fisher_batch=7, fisher="empirical",
+        preset="digits", steps=9, batch_size=16, seed=5, eval_every=4,
+        quality_layer="encoder.linear2", quality_methods=("kfac", "kpsvd"), quality_every=3,
+        data_path=None, device="cpu",
+    )  # fmt: skip
+    cfg = RunConfig.from_settings("curves-small", "KFAC-corrected", **settings)
+    optimizer = {k: settings[k] for k in ("lr", "damping", "t_cov", "t_inv", "ema", "ema_mode",
+                 "kl_clip", "momentum", "weight_decay", "fisher_batch", "fisher")}  # fmt: skip
+    run = {k: v for k, v in settings.items() if k not in optimizer}
+    expected = RunConfig("curves-small", OptimizerConfig("kfac_corrected", **optimizer), **run)
+    assert cfg == expected
+    assert cfg.optimizer.kl_clip is None  # None kept: no clipping, not "the default"
+    assert RunConfig.from_settings("digits", "kfac", steps=1).optimizer.kl_clip == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+        ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
+        ({"preset": "vgg"}, "unknown model preset 'vgg'"),
+        ({"learning_rate": 0.1}, "unknown setting.*learning_rate; valid names: batch_size"),
+        ({"lr": -1.0}, "learning rate must be a finite number > 0"),
+        ({"lr": math.nan}, "learning rate must be a finite number > 0"),
+        ({"damping": 0.0}, "damping must be > 0 for the natural-gradient optimizer 'kfac'"),
+        ({"kl_clip": -1.0}, "kl_clip must be a finite number > 0 or None"),
+        ({"t_cov": 0}, "t_cov must be an integer ≥ 1"),
+        ({"steps": 0}, "steps must be an integer ≥ 1"),
+        ({"steps": None}, "give exactly one of steps and epochs"),
+        ({"batch_size": 2.5}, "batch_size must be an integer ≥ 1"),
+        ({"seed": -1}, "seed must be an integer ≥ 0"),
+        ({"quality_methods": ("svd",)}, "unknown quality method"),
+        ({"device": "tpu"}, "unsupported device 'tpu'|unknown device 'tpu'"),
+    ],
+)
+def test_from_settings_rejects_bad_values_by_name(settings, match):
+    args = {"dataset": "digits", "optimizer": "kfac", "steps": 3, **settings}
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_settings(args.pop("dataset"), args.pop("optimizer"), **args)
 
 
 def test_invalid_layer_and_model(tiny):

@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -110,13 +110,7 @@ class RunConfig:
                 f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_SPECS)}"
             )
         if isinstance(self.optimizer, str):
-            name = self.optimizer.strip().lower().replace("-", "_")
-            # the model preset's defaults (a custom width list gets curves-small's)
-            preset = None if self.widths is not None else self.model_preset
-            preset = preset if preset in PRESETS else None
-            self.optimizer = OptimizerConfig(
-                name, lr=default_lr(name, preset), damping=default_damping(name, preset)
-            )
+            self.optimizer = _optimizer(self.optimizer, self._defaults_preset, {})
         if not isinstance(self.optimizer, OptimizerConfig):
             raise ValueError(
                 f"optimizer must be an OptimizerConfig or a name, got {type(self.optimizer)}"
@@ -151,15 +145,72 @@ class RunConfig:
             )
         resolve_device(self.device)
 
+    @classmethod
+    def from_settings(cls, dataset: str, optimizer: str, **settings) -> RunConfig:
+        """The run configuration for ``settings``: the one place where settings (the CLI's
+        options, the app's widgets, a reproduction's paper settings) become a run, so that
+        every caller gets the same defaults.
+
+        ``settings`` are the fields of :class:`RunConfig` (``preset``, ``widths``, ``steps``,
+        ``batch_size``, ``seed``, …) and of :class:`~core.training.optim.OptimizerConfig`
+        (``lr``, ``damping``, ``t_cov``, ``kl_clip``, …), flat: their names do not overlap.
+        ``lr`` and ``damping`` left out or ``None`` are the model preset's defaults
+        (:func:`~core.training.optim.default_lr`, :func:`~core.training.optim.default_damping`
+        of ``preset``, else of the dataset's own preset; a custom ``widths`` list gets the
+        methods' general defaults); any other setting left out is the dataclass default,
+        and one given as ``None`` is kept (``kl_clip=None``: no clipping). An unknown setting,
+        optimizer, dataset or preset, or an invalid value, raises ``ValueError`` naming it.
+        """
+        unknown = sorted(settings.keys() - _RUN_SETTINGS - _OPTIMIZER_SETTINGS)
+        if unknown:
+            valid = ", ".join(sorted(_RUN_SETTINGS | _OPTIMIZER_SETTINGS))
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid names: {valid}")
+        run = {k: v for k, v in settings.items() if k in _RUN_SETTINGS}
+        options = {k: v for k, v in settings.items() if k in _OPTIMIZER_SETTINGS}
+        preset = _defaults_preset(dataset, run.get("preset"), run.get("widths"))
+        return cls(dataset, _optimizer(optimizer, preset, options), **run)
+
     @property
     def model_preset(self) -> str:
         """The preset used when no widths are given."""
         return self.preset or self.dataset
 
+    @property
+    def _defaults_preset(self) -> str | None:
+        return _defaults_preset(self.dataset, self.preset, self.widths)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["quality_methods"] = list(self.quality_methods)
         return out
+
+
+_RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"dataset", "optimizer"}
+_OPTIMIZER_SETTINGS = {f.name for f in fields(OptimizerConfig)} - {"name"}
+
+
+def _defaults_preset(dataset: str, preset: str | None, widths) -> str | None:
+    """The preset whose default lr and damping apply: ``preset``, else the dataset's own;
+    ``None`` (the methods' general defaults) for a custom width list or an unknown name
+    (which :class:`RunConfig` then rejects with its own message)."""
+    if widths is not None:
+        return None
+    name = preset or dataset
+    return name if name in PRESETS else None
+
+
+def _optimizer(name: str, preset: str | None, options: dict) -> OptimizerConfig:
+    """``name``'s configuration with ``options``; ``lr`` and ``damping`` missing or ``None``
+    are ``preset``'s defaults. The only place those defaults are applied to a run."""
+    if not isinstance(name, str):
+        raise ValueError(f"optimizer must be an OptimizerConfig or a name, got {name!r}")
+    name = name.strip().lower().replace("-", "_")  # default_lr rejects an unknown name
+    options = dict(options)
+    if options.get("lr") is None:
+        options["lr"] = default_lr(name, preset)
+    if options.get("damping") is None:
+        options["damping"] = default_damping(name, preset)
+    return OptimizerConfig(name, **options)
 
 
 @dataclass

@@ -69,7 +69,6 @@ import pandas as pd
 from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
 from ..training.data import DATASET_SPECS, Dataset
 from ..training.models import PRESETS, build_model, describe_layers
-from ..training.optim import OptimizerConfig, default_damping, default_lr
 from ..training.runner import RunConfig, TrainingRun
 from .report import mean_sd_figure, write_html_report
 
@@ -225,20 +224,20 @@ class ReproduceSpec:
     def preset(self) -> str:
         return self.dataset
 
-    def optimizer_config(self, name: str, batch_size: int) -> OptimizerConfig:
-        """The paper's optimizer settings for ``name`` (see the module docstring)."""
-        lr = self.lrs.get(name, self.lrs.get("*", default_lr(name, self.preset)))
-        damping = self.dampings.get(
-            name, self.dampings.get("*", default_damping(name, self.preset))
-        )
+    def run_config(self, name: str, sched: dict, seed: int, layer: str | None = None) -> RunConfig:
+        """The run of optimizer ``name`` with the paper's settings (see the module docstring)
+        for ``seed``; ``layer``: the layer whose approximation quality it tracks."""
         if self.experiment == "quality":
             fisher_batch = QUALITY_FISHER_BATCH[self.dataset]
         else:
-            fisher_batch = max(1, round(batch_size * PAPER_DEFAULTS["fisher_batch_fraction"]))
-        return OptimizerConfig(
+            fisher_batch = max(
+                1, round(sched["batch_size"] * PAPER_DEFAULTS["fisher_batch_fraction"])
+            )
+        return RunConfig.from_settings(
+            self.dataset,
             name,
-            lr=lr,
-            damping=damping,
+            lr=self.lrs.get(name, self.lrs.get("*")),  # None: the preset's default
+            damping=self.dampings.get(name, self.dampings.get("*")),
             t_cov=PAPER_DEFAULTS["t_cov"],
             t_inv=PAPER_DEFAULTS["t_inv"],
             ema=PAPER_DEFAULTS["ema"],
@@ -247,6 +246,16 @@ class ReproduceSpec:
             momentum=PAPER_DEFAULTS["momentum"],
             weight_decay=PAPER_DEFAULTS["weight_decay"],
             fisher_batch=fisher_batch,
+            preset=self.preset,
+            steps=sched["steps"],
+            batch_size=sched["batch_size"],
+            seed=seed,
+            eval_every=sched["eval_every"],
+            quality_layer=layer,
+            quality_methods=METHODS if layer is not None else (),
+            quality_every=sched["quality_every"],
+            data_path=self.data_path,
+            device=self.device,
         )
 
 
@@ -314,20 +323,7 @@ def run_reproduction(
         else:
             jobs = [(spec.optimizers[0], layer) for layer in layers]
         for name, layer in jobs:
-            cfg = RunConfig(
-                dataset=spec.dataset,
-                optimizer=spec.optimizer_config(name, sched["batch_size"]),
-                preset=spec.preset,
-                steps=sched["steps"],
-                batch_size=sched["batch_size"],
-                seed=seed,
-                eval_every=sched["eval_every"],
-                quality_layer=None if layer is None else layer[1],
-                quality_methods=METHODS if layer is not None else (),
-                quality_every=sched["quality_every"],
-                data_path=spec.data_path,
-                device=spec.device,
-            )
+            cfg = spec.run_config(name, sched, seed, None if layer is None else layer[1])
             run = TrainingRun(cfg, dataset=dataset, model=model)
             where = f"layer {layer[0]}, " if layer else ""
             if progress is not None:
@@ -358,11 +354,14 @@ def run_reproduction(
 def _settings(spec, dataset, sched, layers, runs, started) -> dict:
     import torch
 
-    first = spec.optimizer_config(spec.optimizers[0], sched["batch_size"])
+    configs = {
+        name: spec.run_config(name, sched, spec.seeds[0]).optimizer for name in spec.optimizers
+    }
+    first = configs[spec.optimizers[0]]
     optimizers = {
         name: {
-            "lr": spec.optimizer_config(name, sched["batch_size"]).lr,
-            "damping": spec.optimizer_config(name, sched["batch_size"]).damping,
+            "lr": configs[name].lr,
+            "damping": configs[name].damping,
             "lr_source": "given" if name in spec.lrs or "*" in spec.lrs else "per-preset default",
         }
         for name in spec.optimizers

@@ -38,9 +38,7 @@ with st.sidebar:
         hyper = sh.optimizer_controls(settings, opt_name, preset)
 
 if state == "trained":
-    with sh.friendly_errors("Training settings"):
-        config = sh.optimizer_config(opt_name, **hyper)
-    choice = sh.trained_model(data, ds, preset, int(seed), config, int(steps))
+    choice = sh.trained_model(data, ds, preset, int(seed), opt_name, hyper, int(steps))
 else:
     init = sh.initial_model(data.key, preset, int(seed), ds)
     choice = sh.ModelChoice(f"{data.key}|{preset}|seed={seed}|init", init, "at initialization")

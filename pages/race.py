@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import OPTIMIZERS, RunConfig, TrainingRun, report
+from core import OPTIMIZERS, TrainingRun, report
 from pages import ui as sh
 
 sh.ensure_navigation()
@@ -21,8 +21,7 @@ settings = sh.UrlSettings(PAGE)
 data, ds, preset, seed = sh.model_and_data(settings)
 with st.sidebar:
     st.header("Training")
-    steps = settings.number("Steps", "steps", 200, min_value=1, max_value=20_000)
-    batch = settings.select("Batch size", [32, 64, 128, 256, 512], "batch", 128)
+    steps, batch = sh.run_length_controls(settings, 200)
     eval_every = settings.number(
         "Test loss every … steps", "eval", 20, min_value=1, max_value=10_000
     )
@@ -54,25 +53,10 @@ with st.expander("Hyper-parameters", expanded=False):
 
 
 def make_runs() -> list[TrainingRun]:
-    configs = [sh.optimizer_config(name, **hyper[name]) for name in chosen]
-    init = sh.initial_model(data.key, preset, seed, ds)
-    return [
-        TrainingRun(
-            RunConfig(
-                dataset=data.name,
-                optimizer=cfg,
-                preset=preset,
-                steps=int(steps),
-                batch_size=int(batch),
-                seed=seed,
-                eval_every=int(eval_every),
-                data_path=data.path,
-            ),
-            dataset=ds,
-            model=init,
-        )
-        for cfg in configs
-    ]
+    return sh.training_runs(
+        data, ds, preset, seed, {name: hyper[name] for name in chosen},
+        steps=steps, batch_size=batch, eval_every=int(eval_every),
+    )  # fmt: skip
 
 
 def draw(group) -> None:

@@ -7,7 +7,6 @@ import streamlit as st
 from core import (
     METHODS,
     OPTIMIZERS,
-    RunConfig,
     TrainingRun,
     check_layer_size,
     describe_layers,
@@ -34,8 +33,7 @@ with st.sidebar:
         "Optimizer", OPTIMIZERS, "opt", "kfac", format_func=sh.OPTIMIZER_LABELS.get
     )
     hyper = sh.optimizer_controls(settings, opt_name, preset)
-    steps = settings.number("Steps", "steps", 300, min_value=1, max_value=20_000)
-    batch = settings.select("Batch size", [32, 64, 128, 256, 512], "batch", 128)
+    steps, batch = sh.run_length_controls(settings, 300)
 
 init = sh.initial_model(data.key, preset, seed, ds)
 layers = sh.layer_options(init)
@@ -56,20 +54,11 @@ info = next(i for i in describe_layers(init) if i.name == layer)
 
 def make_runs() -> list[TrainingRun]:
     check_layer_size(info.n_params, f"layer {layer}")
-    config = RunConfig(
-        dataset=data.name,
-        optimizer=sh.optimizer_config(opt_name, fisher_batch=int(m), **hyper),
-        preset=preset,
-        steps=int(steps),
-        batch_size=int(batch),
-        seed=seed,
-        eval_every=int(every),
-        quality_layer=layer,
-        quality_methods=tuple(methods),
-        quality_every=int(every),
-        data_path=data.path,
-    )
-    return [TrainingRun(config, dataset=ds, model=init)]
+    return sh.training_runs(
+        data, ds, preset, seed, {opt_name: {**hyper, "fisher_batch": int(m)}},
+        steps=steps, batch_size=batch, eval_every=int(every),
+        quality_layer=layer, quality_methods=tuple(methods), quality_every=int(every),
+    )  # fmt: skip
 
 
 def draw(group) -> None:

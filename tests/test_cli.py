@@ -208,3 +208,49 @@ def test_subcommand_help(sub, capsys):
     text = capsys.readouterr().out
     assert f"usage: python -m core {sub}" in text
     assert "--out" in text and "--seed" in text and "--t-cov" in text
+
+
+# -- the CLI and the app: the same settings, the same run ----------------------------------------
+
+
+def _as_json(config) -> dict:
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def _started(page: str, **link):
+    """The RunConfigs the app's ``page`` starts for the settings in ``link`` (its URL)."""
+    from tests.test_app import app, assert_clean
+
+    at = app(page, **link)
+    at.button(key=f"{page}.start").click().run()
+    assert_clean(at)
+    return [run.config for run in at.session_state[f"runs.{page}"].runs]
+
+
+@pytest.mark.usefixtures("app_env")
+def test_the_cli_and_the_race_page_make_the_same_runs(tmp_path):
+    """Defaults (per-preset lr and damping, the optimizer's options) and explicit values."""
+    common = ["--dataset", "digits", "--preset", "digits", "--seed", "4", "--steps", "3"]
+    common += ["--batch-size", "64", "--eval-every", "2", "--no-progress"]
+    argv = ["compare", *common, "--optimizers", "sgd,kfac", "--lrs", "kfac=0.2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    cli = json.loads((tmp_path / "config.json").read_text())["configs"]
+    app = _started("race", dataset="digits", preset="digits", seed="4", steps="3", batch="64",
+                   eval="2", opts="sgd,kfac", **{"lr.kfac": "0.2"})  # fmt: skip
+    assert [_as_json(c) for c in app] == cli
+    assert app[0].optimizer.lr == 0.01 and app[1].optimizer.damping == 0.1  # the defaults
+
+
+@pytest.mark.usefixtures("app_env")
+def test_the_cli_and_the_training_page_make_the_same_run(tmp_path):
+    argv = ["quality", "--dataset", "digits", "--preset", "digits", "--seed", "2", "--steps", "3"]
+    argv += ["--batch-size", "32", "--eval-every", "5", "--quality-every", "5", "--no-progress"]
+    argv += ["--optimizer", "adam", "--lr", "0.002", "--momentum", "0.8", "--fisher-batch", "128"]
+    argv += ["--layer", "encoder.linear2", "--methods", "kfac,kpsvd"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    cli = json.loads((tmp_path / "config.json").read_text())["config"]
+    link = {"lr.adam": "0.002", "momentum.adam": "0.8"}
+    (app,) = _started("training", dataset="digits", preset="digits", seed="2", steps="3",
+                      batch="32", every="5", m="128", opt="adam", layer="encoder.linear2",
+                      methods="kfac,kpsvd", **link)  # fmt: skip
+    assert _as_json(app) == cli

@@ -15,7 +15,13 @@ Everything shared between sessions is a ``st.cache_resource`` and read-only to s
 """
 
 from . import compute
-from .controls import device_label, model_and_data, model_controls, optimizer_controls
+from .controls import (
+    device_label,
+    model_and_data,
+    model_controls,
+    optimizer_controls,
+    run_length_controls,
+)
 from .data import DataChoice, initial_model, uploads
 from .errors import friendly_errors, plain
 from .models import ModelChoice, default_layer, fisher_batch, layer_options, trained_model
@@ -24,12 +30,12 @@ from .runs import (
     OPTIMIZER_LABELS,
     group_frame,
     limits_caption,
-    optimizer_config,
     run_labels,
     run_panel,
     run_registry,
     run_status_lines,
     session_group,
+    training_runs,
 )
 from .urlstate import UrlSettings
 
@@ -50,14 +56,15 @@ __all__ = [
     "limits_caption",
     "model_and_data",
     "model_controls",
-    "optimizer_config",
     "optimizer_controls",
     "plain",
     "run_labels",
+    "run_length_controls",
     "run_panel",
     "run_registry",
     "run_status_lines",
     "session_group",
     "trained_model",
+    "training_runs",
     "uploads",
 ]

@@ -11,7 +11,13 @@ from .errors import friendly_errors
 from .runs import OPTIMIZER_LABELS
 from .urlstate import UrlSettings
 
-__all__ = ["device_label", "model_and_data", "model_controls", "optimizer_controls"]
+__all__ = [
+    "device_label",
+    "model_and_data",
+    "model_controls",
+    "optimizer_controls",
+    "run_length_controls",
+]
 
 
 def device_label() -> str:
@@ -73,6 +79,13 @@ def optimizer_controls(settings: UrlSettings, name: str, preset: str | None = No
     )
     out["kl_clip"] = None if kl == "off" else kl
     return out
+
+
+def run_length_controls(settings: UrlSettings, steps: int) -> tuple[int, int]:
+    """Steps (default ``steps``) and batch size of a training run (URL ``steps``, ``batch``)."""
+    steps = settings.number("Steps", "steps", steps, min_value=1, max_value=20_000)
+    batch = settings.select("Batch size", [32, 64, 128, 256, 512], "batch", 128)
+    return int(steps), int(batch)
 
 
 def model_and_data(

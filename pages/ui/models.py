@@ -27,7 +27,6 @@ import torch
 from core import (
     Dataset,
     LimitError,
-    OptimizerConfig,
     RunConfig,
     RunGroup,
     TrainingRun,
@@ -197,28 +196,25 @@ def trained_model(
     ds: Dataset,
     preset: str,
     seed: int,
-    optimizer: OptimizerConfig,
+    optimizer: str,
+    settings: dict,
     steps: int,
     batch_size: int = 128,
 ) -> ModelChoice:
-    """The preset trained for ``steps`` with ``optimizer`` (shared by every session): shows
-    the queue place or a progress bar with the time left while it trains, and stops the page
-    with a message if the run fails."""
-    settings = ",".join(f"{k}={v}" for k, v in sorted(optimizer.to_dict().items()))
-    key = f"{data.key}|{preset}|seed={seed}|{settings}|steps={steps}|batch={batch_size}"
+    """The preset trained for ``steps`` with ``optimizer`` and its ``settings`` (``lr``, …;
+    made a run by :meth:`core.RunConfig.from_settings`), shared by every session: shows the
+    queue place or a progress bar with the time left while it trains, and stops the page with
+    a message if the settings are invalid or the run fails."""
+    with friendly_errors("Training settings"):
+        config = RunConfig.from_settings(
+            data.name, optimizer, **settings, preset=preset, seed=seed, steps=steps,
+            batch_size=batch_size, eval_every=max(steps, 1), data_path=data.path,
+        )  # fmt: skip
+    options = ",".join(f"{k}={v}" for k, v in sorted(config.optimizer.to_dict().items()))
+    key = f"{data.key}|{preset}|seed={seed}|{options}|steps={steps}|batch={batch_size}"
     init = initial_model(data.key, preset, seed, ds)
 
     def make_run() -> TrainingRun:
-        config = RunConfig(
-            dataset=data.name,
-            optimizer=optimizer,
-            preset=preset,
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
-            eval_every=max(steps, 1),
-            data_path=data.path,
-        )
         return TrainingRun(config, dataset=ds, model=init)
 
     def make_model() -> torch.nn.Module:
@@ -227,7 +223,7 @@ def trained_model(
     store = model_store()
     with friendly_errors("Training"):
         entry = store.acquire(key, make_run, make_model)
-    label = OPTIMIZER_LABELS.get(optimizer.name, optimizer.name)
+    label = OPTIMIZER_LABELS.get(config.optimizer.name, config.optimizer.name)
     try:
         if not entry.run.done:
             line = st.empty()

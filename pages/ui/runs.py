@@ -14,14 +14,16 @@ import streamlit as st
 
 from core import (
     OPTIMIZER_LABELS,  # re-exported: the registry's optimizer labels
+    Dataset,
     OptimizerConfig,
+    RunConfig,
     RunGroup,
     RunRegistry,
     TrainingRun,
-    default_damping,
     max_concurrent_runs,
 )
 
+from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain
 from .session import session_alive, session_id
 
@@ -30,12 +32,12 @@ __all__ = [
     "group_frame",
     "limits_caption",
     "eta_text",
-    "optimizer_config",
     "run_labels",
     "run_panel",
     "run_registry",
     "run_status_lines",
     "session_group",
+    "training_runs",
 ]
 
 
@@ -47,11 +49,30 @@ def run_registry() -> RunRegistry:
     return registry
 
 
-def optimizer_config(name: str, lr: float, damping: float | None = None, **kw) -> OptimizerConfig:
-    """The one place where the app's settings become an optimizer configuration."""
-    if damping is None:
-        damping = default_damping(name)
-    return OptimizerConfig(name, lr=lr, damping=damping, **kw)
+def training_runs(
+    data: DataChoice,
+    ds: Dataset,
+    preset: str,
+    seed: int,
+    optimizers: dict[str, dict],
+    **settings,
+) -> list[TrainingRun]:
+    """One run per optimizer (name → its own settings, e.g. ``lr``), all from the preset's
+    same initial model, with the run ``settings`` (``steps``, ``batch_size``, …) shared.
+    The settings become configurations in :meth:`core.RunConfig.from_settings`, as the
+    CLI's do (one place applies the defaults); a bad value raises ``ValueError``."""
+    init = initial_model(data.key, preset, seed, ds)
+    return [
+        TrainingRun(
+            RunConfig.from_settings(
+                data.name, name, preset=preset, seed=seed, data_path=data.path,
+                **settings, **options,
+            ),
+            dataset=ds,
+            model=init,
+        )
+        for name, options in optimizers.items()
+    ]  # fmt: skip
 
 
 def session_group(page: str) -> RunGroup | None:

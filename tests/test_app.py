@@ -135,6 +135,10 @@ def test_explorer_rank_slider():
     assert "best rank-4 sum" in spec(charts(at)[-1])
     errors_by_rank = json.loads(charts(at)[0].proto.spec)["data"][0]["y"]
     assert errors_by_rank  # the curve of error against r
+    for tab in ("Fisher block", "Kronecker rank"):  # another tab and back: r is kept
+        at.session_state["explorer.tab"] = tab
+        at.run()
+    assert at.slider(key="rank").value == 4 and "best rank-4 sum" in spec(charts(at)[-1])
 
 
 def test_explorer_link_reproduces_the_view():

@@ -3,26 +3,27 @@
 The URL parameter names and value formats are a public interface (links already shared must
 keep opening the same view): never rename one. Two mechanisms keep them, chosen per widget:
 
-* **Streamlit's binding** (``bind="query-params"``, Streamlit ≥ 1.56) wherever it writes and
+* **Streamlit's binding** (``bind="query-params"``, Streamlit 1.67 as pinned) wherever it
   reads the old format: number inputs (``seed``, ``steps``, ``eval``, ``every``,
   ``lr.<optimizer>``, ``momentum.<optimizer>``, ``damping.<optimizer>``,
   ``tcov.<optimizer>``, ``tinv.<optimizer>``), selects whose options show as their own text
   (``batch``, ``m``, ``report``, ``path``), and the explorer's ``rank`` slider. The binding
   uses the widget's key as the parameter name, so these widgets' session keys are the bare
-  URL names; Streamlit seeds them from the URL on first render, rejects invalid values (a
-  value out of range or not among the options falls back to the default, and never reaches
-  anything but the widget), leaves a default out of the URL, and updates the URL as the
-  visitor edits.
+  URL names. Streamlit seeds them from the URL on first render, rejects invalid values (a
+  value out of range or not among the options falls back to the default and never reaches
+  anything but the widget), leaves a default out of the URL, updates the URL as the visitor
+  edits, and removes a parameter whose widget is no longer drawn (``rank`` while its tab is
+  closed; the tab's slider keeps its value for the session). A float may come back in
+  another spelling of the same number; every old spelling still reads.
 * **Hand-made sync** (session key ``<page>.<name>``, seeded from ``st.query_params`` and
   written back by :meth:`UrlSettings.sync`) where the binding would change a public format:
-  a bound select or radio writes its *displayed label* (``format_func``'s text, e.g.
-  ``DIGITS (…)``) and accepts only labels, where links carry the option itself
-  (``dataset=digits``, ``preset``, ``model``, ``opt``, ``layer``, ``show``, ``fisher``,
-  ``damping``, ``contrast``, ``schedule``, ``kl.<optimizer>``); a bound multiselect uses
-  repeated parameters (``methods=a&methods=b``) where links carry one comma-joined value
-  (``methods``, ``opts``); a bound toggle writes ``true``/``false`` where links carry
-  ``1``/``0`` (``slow``); bound tabs write the tab's label where links carry a slug
-  (``tab=block``).
+  a bound select or radio writes its *displayed label* (``format_func``'s text) and accepts
+  only labels, where links carry the option itself (``dataset=digits``, ``preset``,
+  ``model``, ``opt``, ``layer``, ``show``, ``fisher``, ``damping``, ``contrast``,
+  ``schedule``, ``kl.<optimizer>``); a bound multiselect repeats the parameter
+  (``methods=a&methods=b``) where links carry one comma-joined value (``methods``,
+  ``opts``); a bound toggle writes ``true``/``false`` where links carry ``1``/``0``
+  (``slow``); bound tabs write the tab's label where links carry a slug (``tab=block``).
 
 Either way a URL value that is not valid for its widget is not silently dropped:
 :meth:`UrlSettings.show_notices` names the parameter, the value given and the value used, as

@@ -13,8 +13,9 @@ keep opening the same view): never rename one. Two mechanisms keep them, chosen 
   value out of range or not among the options falls back to the default and never reaches
   anything but the widget), leaves a default out of the URL, updates the URL as the visitor
   edits, and removes a parameter whose widget is no longer drawn (``rank`` while its tab is
-  closed; the tab's slider keeps its value for the session). A float may come back in
-  another spelling of the same number; every old spelling still reads.
+  closed; the tab's slider keeps its value for the session, as every bound widget does
+  across page switches, where the hand-made ones start again from the URL). A float may come
+  back in another spelling of the same number; every old spelling still reads.
 * **Hand-made sync** (session key ``<page>.<name>``, seeded from ``st.query_params`` and
   written back by :meth:`UrlSettings.sync`) where the binding would change a public format:
   a bound select or radio writes its *displayed label* (``format_func``'s text) and accepts

@@ -32,6 +32,12 @@ Damping. ``solve(V, λ, mode=...)`` applies a damped inverse:
   inverted in closed form through the generalized eigenproblems R₂x = μR₁x, S₂y = νS₁y:
   ``(·)⁻¹ vec(V) = vec(E_S [(E_Sᵀ V E_R) ⊘ (1 + ν μᵀ)] E_Rᵀ)``.
 
+A solve runs in V's dtype: the decompositions behind it are computed once in the factors'
+dtype and cached, then rounded once to V's dtype when that differs (the optimizers' float32
+route, :mod:`core.engine.precision`: float64 factors and decompositions, float32 per-step
+products; rounding the decomposition costs ~1e-7 relative, while rounding the factors before
+decomposing them would cost cond · 1e-7). The exact block answers in float64.
+
 Indefiniteness safeguard. The second term of a two-term sum is indefinite, and so can be the
 sum (seen here: min/max eigenvalue down to −0.45). In the factored solve the sum is congruent
 to ``diag(1 + μ_i ν_p)``; entries below ``psd_floor`` (default 0.1) are raised to it, i.e. the
@@ -299,11 +305,12 @@ class KroneckerSum(Approximation):
         v, damping = self._check(v, damping, mode)
         if len(self.terms) == 1:
             if mode == "exact":
-                return self._kron_eig().solve(v, damping)
+                self._kron_eig()
+                return self._rounded(("eig", 0), v.dtype).solve(v, damping)
             key = ("factored", damping)
             if key not in self._eig_cache:
                 self._eig_cache[key] = KronEig.of(*factored_damping(*self.terms[0], damping))
-            return self._eig_cache[key].solve(v, 0.0)
+            return self._rounded(key, v.dtype).solve(v, 0.0)
         if mode == "factored":
             if len(self.terms) != 2:
                 raise ValueError(
@@ -326,8 +333,18 @@ class KroneckerSum(Approximation):
             denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)
             self._eig_cache = {k: val for k, val in self._eig_cache.items() if k[0] != "gen"}
             self._eig_cache[key] = (e_r, e_s, denom)
-        e_r, e_s, denom = self._eig_cache[key]
+        e_r, e_s, denom = self._rounded(key, v.dtype)
         return e_s @ ((e_s.T @ v @ e_r) / denom) @ e_r.T
+
+    def _rounded(self, key: tuple, dtype: torch.dtype) -> KronEig | tuple[torch.Tensor, ...]:
+        """The cached decomposition ``key`` in ``dtype``: itself, or rounded once and cached
+        (dropped with it: the rounded key extends ``key``)."""
+        if dtype == self.dtype:
+            return self._eig_cache[key]
+        rounded = (*key, dtype)
+        if rounded not in self._eig_cache:
+            self._eig_cache[rounded] = _cast(self._eig_cache[key], dtype)
+        return self._eig_cache[rounded]
 
     def _solve_exact_sum(self, v: torch.Tensor, damping: float) -> torch.Tensor:
         if self.n <= DENSE_EIG_LIMIT:
@@ -353,6 +370,13 @@ class KroneckerSum(Approximation):
         x, status = sla.minres(op, rhs, M=pre, rtol=1e-10, maxiter=500)
         self.info["minres_status"] = int(status)
         return torch.from_numpy(x).reshape(da, dg).T.to(v.device, v.dtype)
+
+
+def _cast(cached: KronEig | tuple, dtype: torch.dtype) -> KronEig | tuple[torch.Tensor, ...]:
+    """A cached decomposition (a :class:`KronEig` or a tuple of tensors) in ``dtype``."""
+    if isinstance(cached, KronEig):
+        return KronEig(*_cast((cached.u_r, cached.lam_r, cached.u_s, cached.lam_s), dtype))
+    return tuple(t.to(dtype) for t in cached)
 
 
 def _psd_part(eig: KronEig) -> KronEig:
@@ -439,8 +463,12 @@ class EigenbasisDiagonal(Approximation):
         return lam if k is None else lam[:k]
 
     def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
-        """``(F̃ + λI)⁻¹``; the eigenbasis is orthonormal, so both modes are the exact inverse."""
+        """``(F̃ + λI)⁻¹``; the eigenbasis is orthonormal, so both modes are the exact inverse.
+        In V's dtype (basis and diagonal rounded to it when they differ)."""
         v, damping = self._check(v, damping, mode)
+        if v.dtype != self.dtype:
+            u_a, u_g, scale = _cast((self.u_a, self.u_g, self.scale), v.dtype)
+            return EigenbasisDiagonal(self.method, u_a, u_g, scale).solve(v, damping)
         return self.u_g @ ((self.u_g.T @ v @ self.u_a) / (self.scale + damping)) @ self.u_a.T
 
 

@@ -112,15 +112,23 @@ def combined_terms(
 
     ``kept``: symmetric (R_j, S_j); ``weights``: w_j (any sign); ``a`` (m, da), ``g`` (m, dg)
     one minibatch's inputs and output gradients (m may be 0: no batch), ``batch_weight``: β.
-    Float64 throughout. The Gram route of the module docstring.
+    The Gram route of the module docstring. The Grams, their eigendecompositions and the core
+    SVD are float64 whatever the inputs' dtype (they are rank-deficient and the route divides
+    by the square roots of their eigenvalues: float32 there is off by percents, see
+    :mod:`core.engine.precision`); the new factors are formed in the inputs' dtype and device.
     """
     m = a.shape[0]
     k = len(kept)
-    gx = _gram_block([r for r, _ in kept], a)
-    gy = _gram_block([s for _, s in kept], g)
+    wide = torch.float64
+    gx = _gram_block([r.to(wide) for r, _ in kept], a.to(wide))
+    gy = _gram_block([s.to(wide) for _, s in kept], g.to(wide))
     diag = torch.cat(
-        [torch.tensor(weights, dtype=a.dtype), torch.full((m,), batch_weight / max(m, 1))]
-    ).to(a.dtype)
+        [
+            torch.tensor(weights, dtype=wide, device=a.device),
+            # β/m in torch's default dtype, as it always was (float64 runs stay bit-identical)
+            torch.full((m,), batch_weight / max(m, 1), device=a.device),
+        ]
+    ).to(wide)
     u_x, l_x = _half(gx)
     u_y, l_y = _half(gy)
     if l_x.numel() == 0 or l_y.numel() == 0:  # the operator is 0
@@ -131,6 +139,7 @@ def combined_terms(
     r = min(rank, int((sig > 1e-14 * float(sig[0])).sum()) if sig.numel() else 0)
     c = u_x @ (w[:, :r] / rx[:, None])
     d = u_y @ (zt[:r].T / ry[:, None])
+    c, d = c.to(a.dtype), d.to(g.dtype)
     terms = []
     for i in range(r):
         left = a.T @ (c[k:, i, None] * a)

@@ -17,7 +17,9 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
 
-Both iterate in float64 and stop on the residual ‖ℛ(F)ᵀu − σ v‖ ≤ tol · σ₁.
+Both iterate in float64 and stop on the residual ‖ℛ(F)ᵀu − σ v‖ ≤ tol · σ₁. They run on the
+inputs' device; their seeded random starts are drawn on the CPU and moved there, so every device
+starts from the same vectors and CPU and CUDA results agree to round-off.
 """
 
 from __future__ import annotations
@@ -179,17 +181,17 @@ def _ritz(
     Fewer than ``rank`` triplets come back when the operator's rank is smaller.
     """
     k = len(alphas)
-    bidiag = torch.zeros(k, k, dtype=torch.float64)
-    bidiag[range(k), range(k)] = torch.tensor(alphas, dtype=torch.float64)
+    like = us.vectors[0]  # the Krylov vectors' device and dtype (float64)
+    bidiag = like.new_zeros(k, k)
+    bidiag[range(k), range(k)] = like.new_tensor(alphas)
     if k > 1:
-        bidiag[range(k - 1), range(1, k)] = torch.tensor(betas[: k - 1], dtype=torch.float64)
+        bidiag[range(k - 1), range(1, k)] = like.new_tensor(betas[: k - 1])
     x, sig, yt = torch.linalg.svd(bidiag)
     r = min(rank, k)
     residuals = betas[k - 1] * x[k - 1, :r].abs()
     scale = max(float(sig[0]), 1e-300)
-    device = us.vectors[0].device
-    left = torch.tensordot(x[:, :r].T.contiguous().to(device), torch.stack(us.vectors), dims=1)
-    right = torch.tensordot(yt[:r, :].contiguous().to(device), torch.stack(vs.vectors[:k]), dims=1)
+    left = torch.tensordot(x[:, :r].T.contiguous(), torch.stack(us.vectors), dims=1)
+    right = torch.tensordot(yt[:r, :].contiguous(), torch.stack(vs.vectors[:k]), dims=1)
     return Triplets(
         sigma=sig[:r].clone(),
         left=left,

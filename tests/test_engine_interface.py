@@ -103,6 +103,28 @@ def test_moved_to_cuda_it_solves_the_same_and_counts_on_the_original(block):
     assert rel(got.to(torch.float64), want.to(torch.float64)) < 1e-10
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_built_on_cuda_it_answers_like_the_cpu_block(block, dtype):
+    """The engine follows its inputs' device: ``approximate`` on CUDA inputs (Gram route,
+    Krylov iteration, eigendecompositions and solves on the device) gives the CPU block of the
+    same inputs, in both dtypes (float64: round-off; float32: float32 round-off amplified by
+    the damped solve's conditioning, see tests/test_precision.py)."""
+    a, g = A.to(dtype), G.to(dtype)
+    cpu = approximate(block.method, a, g)
+    gpu = approximate(block.method, a.cuda(), g.cuda())
+    assert gpu.device.type == "cuda" and gpu.dtype == cpu.dtype
+    v = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    v = v.to(cpu.dtype)
+    tol = 1e-10 if cpu.dtype == torch.float64 else 1e-4
+    assert rel(gpu.matvec(v.cuda()).cpu(), cpu.matvec(v)) < tol
+    modes = ("exact", "factored") if block.n_terms in (1, 2, None) else ("exact",)
+    for mode in modes:
+        got = gpu.solve(v.cuda(), 0.05, mode=mode)
+        assert got.device.type == "cuda"
+        assert rel(got.cpu().double(), cpu.solve(v, 0.05, mode=mode).double()) < tol
+
+
 def test_factor_matrices_rebuild_the_block():
     """Σ_k kron(R_k, S_k) for the Kronecker sums; EKFAC's scaling is its spectrum; the exact
     block has none."""

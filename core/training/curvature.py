@@ -94,11 +94,18 @@ as optimizers they give the same updates up to that tolerance. Every damped inve
 engine's ``solve(V, λ, mode="factored")`` on the approximation rebuilt at each inverse refresh;
 the engine caches the eigendecompositions behind it (per damping) for the ``t_inv`` period.
 
-Precision and device: the model trains in float32 on its device (CUDA when available). Captures
-are converted to float64 and the curvature estimation (``approximate``) runs on the CPU — float64
-is slow on many GPUs and the refresh is amortized over ``t_cov``/``t_inv`` steps; this also keeps
-one code path on every device. The factors are then moved to the training device, where the
-per-step solves run in float64 and the result is cast back to the parameters' dtype.
+Precision and device: the model trains in float32 on its device (CUDA when available), and the
+engine follows it (:func:`core.engine.precision.engine_precision`, fixed at the first capture).
+Captures are converted to float64 on the engine's device; the curvature state (factor EMA,
+windows, ``FisherEMA``), ``approximate`` and the eigendecompositions behind the damped inverses
+run there in float64: they are amortised over ``t_cov``/``t_inv`` steps, and float32 there costs
+up to 1e-4 of the preconditioned gradient (1e-2 for EKFAC; :mod:`core.engine.precision`). The
+per-step solves run in the policy's dtype: float64 on the CPU and on CUDA parts with fast
+float64 (compute capability 6.0, 7.0, 8.0, 9.0), float32 on other CUDA parts, from the float64
+decompositions rounded once (≈ 5e-7 relative); ``KRONOSCOPE_ENGINE_DTYPE`` overrides it. On MPS
+and other devices without float64 the engine stays on the CPU. :meth:`Preconditioner.precondition`
+returns the gradient's device and dtype (float64 from the optimizer, which casts the update to
+the parameters'). The CPU path is unchanged by the engine following the device, bit for bit.
 """
 
 from __future__ import annotations
@@ -122,6 +129,7 @@ from ..engine.capture import capture
 from ..engine.fisher_ema import EXTRA_TERMS, FisherEMA
 from ..engine.kron import sym
 from ..engine.methods import FISHER_EMA_METHODS, METHODS, OPTIMIZERS, method_spec
+from ..engine.precision import EnginePrecision, engine_precision
 
 if TYPE_CHECKING:
     from .optim import OptimizerConfig
@@ -148,8 +156,8 @@ APPROX_TOL = 1e-6
 
 @dataclass
 class _Capture:
-    a: torch.Tensor  # (m, da) float64, CPU
-    g: torch.Tensor  # (m, dg) float64, CPU
+    a: torch.Tensor  # (m, da) float64, on the engine's device
+    g: torch.Tensor  # (m, dg)
 
 
 class _Window:
@@ -187,10 +195,10 @@ class _Window:
 class _LayerInverse:
     """The damped inverse of one layer's block, fixed until the next inverse refresh."""
 
-    def __init__(self, approx: Approximation, damping: float, device: torch.device) -> None:
+    def __init__(self, approx: Approximation, damping: float) -> None:
         self.damping = damping
-        self.approx = approx  # on the CPU: what to_dense()/tests/diagnostics look at
-        self._solver = approx.to(device)  # shares approx.safeguard: engagements counted there
+        self.approx = approx  # float64, on the engine's device
+        self._solver = approx  # what the per-step solves use (bench/mutation_bench.py names it)
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
         return self._solver.solve(v, self.damping, mode="factored")
@@ -269,6 +277,8 @@ class Preconditioner:
         self.window_captures = window_captures
         self.window_samples = window_samples
         self.last_capture = None  # the latest CaptureResult (diagnostics, tests)
+        # the engine's device and per-step dtype, fixed by the first capture (model's device)
+        self.precision: EnginePrecision | None = None
         self.factors: dict[str, _FactorEMA] = {}
         self.windows: dict[str, _Window] = {}
         self.fisher_states: dict[str, FisherEMA] = {}
@@ -292,10 +302,13 @@ class Preconditioner:
             strict=False,
         )
         self.last_capture = result
+        if self.precision is None:
+            self.precision = engine_precision(next(self.model.parameters()).device)
+        device = self.precision.device
         rho = self.config.ema
         for name, lc in result.layers.items():
-            a = lc.a.detach().to("cpu", torch.float64)
-            g = lc.g.detach().to("cpu", torch.float64)
+            a = lc.a.detach().to(device, torch.float64)
+            g = lc.g.detach().to(device, torch.float64)
             if self.windowed:
                 if name not in self.windows:
                     self.windows[name] = _Window(rho, self.window_captures, self.window_samples)
@@ -338,8 +351,8 @@ class Preconditioner:
         return terms + [zero] * (n_terms - len(terms))
 
     def approximation(self, name: str) -> Approximation:
-        """The current approximation of layer ``name`` (a fresh engine object, on the CPU; for
-        ``exact``, the exact block of the window's weighted samples)."""
+        """The current approximation of layer ``name`` (a fresh float64 engine object on the
+        engine's device; for ``exact``, the exact block of the window's weighted samples)."""
         if self.ema_mode == "fisher":
             return self._fisher_approximation(name)
         if not self.windowed:
@@ -365,7 +378,8 @@ class Preconditioner:
         else:
             terms = list(state.terms[:n_terms])
         da, dg = state.dims
-        zero = (torch.zeros(da, da, dtype=torch.float64), torch.zeros(dg, dg, dtype=torch.float64))
+        where = {"device": self.precision.device, "dtype": torch.float64}
+        zero = (torch.zeros(da, da, **where), torch.zeros(dg, dg, **where))
         terms += [zero] * (n_terms - len(terms))
         info = {"ema_mode": "fisher", "kept_terms": state.keep, "truncation": state.truncation[-1]}
         return KroneckerSum(self.method, terms, info=info)
@@ -376,17 +390,19 @@ class Preconditioner:
             names = list(self.fisher_states)
         if not names:
             raise RuntimeError("update_inverses() before any update_curvature()")
-        device = next(self.model.parameters()).device
         self._retired_safeguard = self.safeguard_counts()
         self.inverses = {
-            name: _LayerInverse(self.approximation(name), self.config.damping, device)
-            for name in names
+            name: _LayerInverse(self.approximation(name), self.config.damping) for name in names
         }
         self.inverse_updates += 1
 
     def precondition(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """``(F̃ + damping)⁻¹ vec(V)`` for layer ``name`` (float64 in, float64 out)."""
-        return self.inverses[name].solve(v)
+        """``(F̃ + damping)⁻¹ vec(V)`` for layer ``name``: solved on the engine's device in its
+        per-step dtype (the exact block answers in float64), returned on ``V``'s device and in
+        its dtype (float64 from the optimizer)."""
+        where = self.precision
+        x = self.inverses[name].solve(v.to(where.device, where.solve_dtype))
+        return x.to(v.device, v.dtype)
 
     def safeguard_counts(self) -> dict[str, int]:
         """Engagements of the engine's indefiniteness safeguard (the counters of

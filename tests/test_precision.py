@@ -222,16 +222,20 @@ def _one_step(method: str, device: str) -> tuple[list[torch.Tensor], object]:
 
 
 @CUDA
+@pytest.mark.parametrize("route", ["policy", "float32"])
 @pytest.mark.parametrize("method", NATURAL_OPTIMIZERS)
-def test_cuda_optimizer_step_matches_the_cpu_float64_step(method, monkeypatch):
+def test_cuda_optimizer_step_matches_the_cpu_float64_step(method, route, monkeypatch):
     """The whole step on CUDA, the engine there (state and inverses on the device, per-step
     solves in the policy's dtype), against the CPU float64 step. The float32 forward/backward
     differ by round-off between the devices (other summation orders), and the captures with
     them; the damped solve amplifies a perturbation of its factors by its conditioning (the
     engine test above: 1e-5 here for float32 rounding), and the float32 per-step route adds
-    about 1e-6: 1e-3 leaves a wide margin on this network."""
+    about 1e-6: 1e-3 leaves a wide margin on this network. ``route="float32"`` forces the float32
+    per-step solves on CUDA (a fast-float64 part would not take that route otherwise)."""
     monkeypatch.delenv(ENV_VAR, raising=False)
     want, _ = _one_step(method, "cpu")
+    if route == "float32":
+        monkeypatch.setenv(ENV_VAR, "float32")
     got, pre = _one_step(method, "cuda")
     assert pre.precision.device.type == "cuda"
     assert all(inv.approx.device.type == "cuda" for inv in pre.inverses.values())

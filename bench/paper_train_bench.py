@@ -34,7 +34,8 @@ time per step measured for that optimizer in phase 1, is skipped and listed as n
    layer every half epoch), ``--quality-epochs`` epochs, seed 1.
 
 Writes ``--out`` (markdown: machine, load, settings, every table as measured, verdicts; rewritten
-after every run, so an interrupted bench leaves its partial results, labelled as such) and the
+after every run, so an interrupted bench leaves its partial results, labelled as such; anything
+after the line :data:`MARKER`, e.g. a hand-written analysis, is kept) and the
 reproduction folders (settings.json, results.csv, verdicts.csv, report.html with the loss
 against epoch and wall time) under ``--runs-dir``.
 """
@@ -79,6 +80,7 @@ CLAIM_SEEDS = (1, 2, 3)
 EXTRA_OPTIMIZERS = ("ekfac", "shampoo", "lanczos")
 EMA_RUNS = (("kfac", "window"), ("kpsvd", "window"), ("kpsvd", "fisher"))
 EPOCH_MARKS = (1, 2, 5, 10, 15, 20)
+MARKER = "<!-- paper_train_bench.py keeps everything below this line -->"
 QUICK = {
     "tuned": ("sgd", "kfac"),
     "grid_lr": {"sgd": (1e-3, 3e-3)},
@@ -184,7 +186,7 @@ class Bench:
         return False
 
     def run(self, name, *, epochs, seeds, lr, damping, experiment="training", ema_mode=None):
-        """One :func:`run_reproduction` of one optimizer; returns (settings, results)."""
+        """One :func:`run_reproduction` of one optimizer: (settings, results, seconds)."""
         spec = ReproduceSpec(
             experiment,
             "curves",
@@ -293,9 +295,14 @@ class Bench:
         return pd.concat(self.frames, ignore_index=True) if self.frames else None
 
     def write(self) -> None:
+        """Rewrite the report (keeping anything after :data:`MARKER`) and the training folder."""
         lines = self.report()
+        kept = ""
+        if self.out.is_file():
+            old = self.out.read_text(encoding="utf-8")
+            kept = old[old.index(MARKER) + len(MARKER) :] if MARKER in old else ""
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.out.write_text("\n".join([*lines, "", MARKER]) + kept, encoding="utf-8")
         df = self.results()
         if df is not None and self.settings is not None:
             write_reproduction(self.runs_dir / "training", self.settings, df)

@@ -1,7 +1,7 @@
 """The seed paper's second claim at its own scale on this CPU: the CURVES autoencoder
 (784-400-200-100-50-25-6, mirrored) on the generated 20,000-image CURVES, every optimizer.
 
-    .venv/bin/python bench/paper_train_bench.py [--budget-min 92] [--out FILE.md]
+    .venv/bin/python bench/paper_train_bench.py [--budget-min 92] [--reuse-tuning] [--out FILE.md]
     .venv/bin/python bench/paper_train_bench.py --quick      # smoke test, < 2 minutes
 
 Why: the claim (the KPSVD family trains faster than KFAC, Adam and SGD) was tested only on the
@@ -12,18 +12,24 @@ weight decay 1e-3, Xavier-uniform initialisation), and the verdicts are
 :func:`core.reproduce.training_verdicts` / :func:`core.reproduce.quality_verdicts`, so this
 script only chooses what to run and writes the tables.
 
-Phases, in this order (a run that would end past ``--budget-min`` minutes from the start, at the
-time per step measured for that optimizer in phase 1, is skipped and listed as not run):
+Phases, in this order. Time budget: a run that would end past ``--budget-min`` minutes from the
+start is skipped and listed as not run; its time is estimated from that optimizer's tuning time
+per step, times the slowdown of the latest finished run against its own tuning rate (the
+machine is shared, its load changes).
 
-1. Tuning on seed 0: each optimizer's lr (× damping for the natural-gradient methods) on the
-   grid :data:`GRID_LR` / :data:`NATURAL_LR` × :data:`NATURAL_DAMPING`, for
+1. Tuning on seed 0, just before an optimizer's first run (so the comparison rows are tuned only
+   if their runs are reached): each optimizer's lr (× damping for the natural-gradient methods)
+   on the grid :data:`GRID_LR` / :data:`NATURAL_LR` × :data:`NATURAL_DAMPING`, for
    :data:`TUNE_EPOCHS` epochs; criterion: the reproduction's final-loss rule (mean minibatch
    training loss over the last epoch of steps; a diverged run scores +inf). ``lanczos`` is not
    tuned: on the engine's Gram route it computes the same two terms as ``deflation`` (same
    updates up to the solver tolerance, core/optim.py) and takes deflation's settings. These
-   runs also give each optimizer's time per step.
+   runs also give each optimizer's time per step. Every cell is written to ``tuning.json`` in
+   ``--runs-dir``; ``--reuse-tuning`` (a restart) takes the optimizers already there.
 2. The claim: :data:`CLAIM_OPTIMIZERS` (the claim's methods and baselines, plus the exact block
-   Fisher), tuned settings, ``--epochs`` epochs, seeds 1, 2, 3 (not the tuning seed).
+   Fisher; kfac and kpsvd first, the smallest pair that tests the claim), tuned settings,
+   ``--epochs`` epochs, seeds 1, 2, 3 (not the tuning seed); when an optimizer's three seeds do
+   not fit the budget, seeds 1 and 2 (two is the fewest that give a spread).
 3. Curvature averages (``ema_mode``): kfac "window", kpsvd "window" and "fisher" at the tuned
    settings, seed 1, ``--ema-epochs`` epochs, against the "factors" run of phase 2 (same seed,
    same initialisation and minibatches) at the same epoch. (kfac's "fisher" mode is its factor
@@ -43,6 +49,7 @@ against epoch and wall time) under ``--runs-dir``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -73,16 +80,16 @@ GRID_LR = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3), "adam": (3e-4, 1e-3, 3e-3, 1e-2)}
 NATURAL_LR = (0.03, 0.3)
 NATURAL_DAMPING = (0.01, 0.1, 1.0)
 TUNE_EPOCHS = {"first_order": 5.0, "natural": 1.0}
-TUNED = ("sgd", "adam", "exact", "kfac", "kpsvd", "kfac_corrected", "deflation", "ekfac", "shampoo")
 SHARED_SETTINGS = {"lanczos": "deflation"}  # not tuned: same optimizer on the Gram route
-CLAIM_OPTIMIZERS = ("sgd", "adam", "exact", "kfac", "kpsvd", "kfac_corrected", "deflation")
+# The claim's smallest testable pair first (the machine is shared: later runs may not fit).
+CLAIM_OPTIMIZERS = ("kfac", "kpsvd", "adam", "sgd", "kfac_corrected", "deflation", "exact")
 CLAIM_SEEDS = (1, 2, 3)
 EXTRA_OPTIMIZERS = ("ekfac", "shampoo", "lanczos")
 EMA_RUNS = (("kfac", "window"), ("kpsvd", "window"), ("kpsvd", "fisher"))
 EPOCH_MARKS = (1, 2, 5, 10, 15, 20)
 MARKER = "<!-- paper_train_bench.py keeps everything below this line -->"
+TUNING_FILE = "tuning.json"  # every tuning cell, written as it is measured
 QUICK = {
-    "tuned": ("sgd", "kfac"),
     "grid_lr": {"sgd": (1e-3, 3e-3)},
     "natural_lr": (0.3,),
     "natural_damping": (0.1, 1.0),
@@ -98,7 +105,6 @@ QUICK = {
 class Plan:
     """What to run (the defaults above; ``--quick`` shrinks it)."""
 
-    tuned: tuple[str, ...] = TUNED
     grid_lr: dict = field(default_factory=lambda: dict(GRID_LR))
     natural_lr: tuple[float, ...] = NATURAL_LR
     natural_damping: tuple[float, ...] = NATURAL_DAMPING
@@ -151,7 +157,7 @@ def mean_sd(values) -> str:
 class Bench:
     """Runs the phases of the module docstring, keeps every result, writes the report."""
 
-    def __init__(self, plan: Plan, budget_s: float, out: Path, runs_dir: Path, quick: bool):
+    def __init__(self, plan: Plan, budget_s, out: Path, runs_dir: Path, quick, reuse_tuning):
         self.plan, self.budget_s, self.out, self.runs_dir = plan, budget_s, out, runs_dir
         self.quick = quick
         self.started = time.time()
@@ -166,24 +172,38 @@ class Bench:
         self.ema: list[dict] = []
         self.quality: tuple[dict, pd.DataFrame] | None = None
         self.skipped: list[str] = []
+        self.reuse_tuning = reuse_tuning
+        self.reused: list[str] = []
+        self.slowdown = 1.0
         self.phase = "starting"
 
     # -- running ---------------------------------------------------------------------------
     def log(self, msg: str) -> None:
         print(f"[{time.time() - self.started:7.0f} s] {msg}", flush=True)
 
-    def fits(self, what: str, name: str, epochs: float, runs: int = 1, factor=1.0) -> bool:
-        """Whether ``runs`` runs of ``epochs`` epochs fit in the budget (else noted)."""
-        rate = self.seconds_per_step.get(name)
-        if rate is None:
+    def need(self, name: str, epochs: float, runs: int = 1, factor: float = 1.0) -> float:
+        """Estimated seconds for ``runs`` runs: the tuning runs' time per step, times the
+        slowdown of the latest run against its own tuning rate (the machine is shared)."""
+        rate = self.seconds_per_step.get(name, 0.0) * self.slowdown
+        return factor * rate * epochs * self.per_epoch * runs
+
+    def left(self) -> float:
+        return self.budget_s - (time.time() - self.started)
+
+    def fits(self, what: str, need: float) -> bool:
+        """Whether ``need`` seconds fit in the budget (else noted as not run)."""
+        if need <= self.left():
             return True
-        need = factor * rate * epochs * self.per_epoch * runs
-        left = self.budget_s - (time.time() - self.started)
-        if need <= left:
-            return True
-        self.skipped.append(f"{what}: needs about {need / 60:.0f} min, {left / 60:.0f} min left")
+        self.skipped.append(
+            f"{what}: needs about {need / 60:.0f} min, {self.left() / 60:.0f} min left"
+        )
         self.log(f"SKIPPED {self.skipped[-1]}")
         return False
+
+    def observe(self, name: str, elapsed: float, steps: int) -> None:
+        """Update :attr:`slowdown` from a finished run of ``name``."""
+        if self.seconds_per_step.get(name):
+            self.slowdown = elapsed / steps / self.seconds_per_step[name]
 
     def run(self, name, *, epochs, seeds, lr, damping, experiment="training", ema_mode=None):
         """One :func:`run_reproduction` of one optimizer: (settings, results, seconds)."""
@@ -206,40 +226,73 @@ class Bench:
                  f"{statuses}, {elapsed:.0f} s")  # fmt: skip
         return settings, df, elapsed
 
-    def tune(self) -> None:
+    def tune(self, names) -> None:
+        """Tune each of ``names`` not tuned yet (phase 1 of the module docstring); with
+        ``--reuse-tuning`` an optimizer already in ``tuning.json`` takes its cells from there."""
         self.phase = "1 (tuning)"
-        for name in self.plan.tuned:
-            epochs = self.plan.tune_epochs_for(name)
-            cells = []
-            for lr, damping in self.plan.grid(name):
-                _, df, elapsed = self.run(name, epochs=epochs, seeds=(0,), lr=lr, damping=damping)
-                loss = final_losses(df, name)[0]
-                cells.append({"lr": lr, "damping": damping, "loss": loss, "seconds": elapsed,
-                              "steps": len(df), "status": df["status"].iloc[0]})  # fmt: skip
-            self.tuning[name] = cells
-            best = min(cells, key=lambda c: c["loss"])
+        cache = self.runs_dir / TUNING_FILE
+        saved = json.loads(cache.read_text()) if self.reuse_tuning and cache.is_file() else {}
+        for name in names:
+            if name in self.tuning or name in SHARED_SETTINGS:
+                continue
+            if name in saved:
+                self.tuning[name] = saved[name]["cells"]
+                self.seconds_per_step[name] = saved[name]["seconds_per_step"]
+                self.reused.append(name)
+                self.log(f"{name}: tuning reused from {cache.name}")
+            else:
+                self.tune_one(name)
+            best = min(self.tuning[name], key=lambda c: c["loss"])
             self.best[name] = (best["lr"], best["damping"])
-            # elapsed time per step, evaluation included: what the budget guard needs
-            self.seconds_per_step[name] = sum(c["seconds"] for c in cells) / sum(
-                c["steps"] for c in cells
-            )
+            saved[name] = {
+                "cells": self.tuning[name],
+                "seconds_per_step": self.seconds_per_step[name],
+            }
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(saved, indent=1))
             self.write()
         for name, source in SHARED_SETTINGS.items():
             if source in self.best:
                 self.best[name] = self.best[source]
                 self.seconds_per_step[name] = self.seconds_per_step[source]
 
+    def tune_one(self, name: str) -> None:
+        epochs = self.plan.tune_epochs_for(name)
+        cells = []
+        for lr, damping in self.plan.grid(name):
+            _, df, elapsed = self.run(name, epochs=epochs, seeds=(0,), lr=lr, damping=damping)
+            loss = final_losses(df, name)[0]
+            cells.append({"lr": lr, "damping": damping, "loss": loss, "seconds": elapsed,
+                          "steps": len(df), "status": df["status"].iloc[0]})  # fmt: skip
+        self.tuning[name] = cells
+        # elapsed time per step, evaluation included: what the budget guard needs
+        self.seconds_per_step[name] = sum(c["seconds"] for c in cells) / sum(
+            c["steps"] for c in cells
+        )
+
     def train(self, names, seeds, phase: str) -> None:
+        """``--epochs`` epochs of each of ``names`` on ``seeds``; when they do not all fit,
+        on as many of the first seeds as fit (at least two when ``seeds`` has several: one
+        seed gives no spread for a verdict)."""
         self.phase = phase
+        self.tune(names)
+        self.phase = phase
+        fewest = min(2, len(seeds))
         for name in names:
             if name not in self.best:
                 continue
-            if not self.fits(f"{name}, seeds {seeds}", name, self.plan.epochs, len(seeds)):
+            k = len(seeds)
+            while k > fewest and self.need(name, self.plan.epochs, k) > self.left():
+                k -= 1
+            if k < len(seeds):
+                self.skipped.append(f"{name}, seeds {seeds[k:]}: did not fit after {seeds[:k]}")
+            if not self.fits(f"{name}, seeds {seeds[:k]}", self.need(name, self.plan.epochs, k)):
                 continue
             lr, damping = self.best[name]
-            settings, df, _ = self.run(
-                name, epochs=self.plan.epochs, seeds=seeds, lr=lr, damping=damping
+            settings, df, elapsed = self.run(
+                name, epochs=self.plan.epochs, seeds=seeds[:k], lr=lr, damping=damping
             )
+            self.observe(name, elapsed, len(df))
             self.frames.append(df)
             if self.settings is None:
                 self.settings = settings
@@ -256,20 +309,21 @@ class Bench:
         for name, mode in self.plan.ema:
             if name not in self.best:
                 continue
-            factor = 1.25  # the window / fisher refreshes cost more than the factor EMA
-            if not self.fits(f"{name} ema_mode={mode}", name, self.plan.ema_epochs, 1, factor):
+            # the window / fisher refreshes cost more than the factor EMA
+            need = self.need(name, self.plan.ema_epochs, 1, factor=1.25)
+            if not self.fits(f"{name} ema_mode={mode}", need):
                 continue
             lr, damping = self.best[name]
-            _, df, _ = self.run(name, epochs=self.plan.ema_epochs, seeds=(seed,), lr=lr,
-                                damping=damping, ema_mode=mode)  # fmt: skip
+            _, df, elapsed = self.run(name, epochs=self.plan.ema_epochs, seeds=(seed,), lr=lr,
+                                      damping=damping, ema_mode=mode)  # fmt: skip
+            self.observe(name, elapsed, len(df))
             self.ema.append({"name": name, "mode": mode, "seed": seed, "df": df})
             self.write()
 
     def quality_run(self) -> None:
         self.phase = "5 (approximation quality)"
-        if "kfac" not in self.best or not self.fits(
-            "quality experiment", "kfac", self.plan.quality_epochs, 1, 1.3
-        ):
+        need = self.need("kfac", self.plan.quality_epochs, 1, factor=1.3)
+        if "kfac" not in self.best or not self.fits("quality experiment", need):
             return
         lr, damping = self.best["kfac"]
         settings, df, _ = self.run("kfac", epochs=self.plan.quality_epochs,
@@ -281,7 +335,6 @@ class Bench:
 
     def main(self) -> None:
         self.log(f"load at start {self.load_start}; budget {self.budget_s / 60:.0f} min")
-        self.tune()
         self.train(self.plan.claim, self.plan.seeds, "2 (the claim, seeds 1-3)")
         self.ema_modes()
         self.train(self.plan.extra, self.plan.seeds[:1], "4 (comparison rows, seed 1)")
@@ -363,7 +416,7 @@ class Bench:
         def values(xs) -> str:
             return "{" + ", ".join(f"{v:g}" for v in xs) + "}"
 
-        first = [f"{n} lr ∈ {values(p.grid_lr[n])}" for n in p.grid_lr if n in p.tuned]
+        first = [f"{n} lr ∈ {values(p.grid_lr[n])}" for n in p.grid_lr if n in self.tuning]
         lines = [
             "## 1. Tuning (seed 0) and time per step",
             "",
@@ -375,7 +428,13 @@ class Bench:
             "reproduction's final-loss rule; a run shorter than an epoch: all its steps). "
             "lanczos takes deflation's settings (not tuned; same updates on the Gram route). "
             "s/step: elapsed time per step of the tuning runs, refreshes and evaluation "
-            "included.",
+            "included."
+            + (
+                f" Tuning of {', '.join(self.reused)} was measured by an earlier start of this "
+                f"script (same code and seeds) and read back from {TUNING_FILE}."
+                if self.reused
+                else ""
+            ),
             "",
         ]
         rows = []
@@ -527,6 +586,11 @@ def main() -> None:
     parser.add_argument("--quality-epochs", type=float, default=5.0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--runs-dir", type=Path)
+    parser.add_argument(
+        "--reuse-tuning",
+        action="store_true",
+        help=f"take the tuning of optimizers already in RUNS_DIR/{TUNING_FILE} (a restart)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(__file__).resolve().parents[1]
@@ -539,7 +603,7 @@ def main() -> None:
                     quality_epochs=args.quality_epochs)  # fmt: skip
         out = args.out or Path(__file__).with_name("RESULTS-paper-training.md")
         runs_dir = args.runs_dir or root / "runs" / "paper-train-bench"
-    Bench(plan, args.budget_min * 60, out, runs_dir, args.quick).main()
+    Bench(plan, args.budget_min * 60, out, runs_dir, args.quick, args.reuse_tuning).main()
 
 
 if __name__ == "__main__":

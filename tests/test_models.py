@@ -12,6 +12,7 @@ from torch import nn
 
 from core.training.data import DATASET_SPECS
 from core.training.models import (
+    INITS,
     PRESETS,
     Autoencoder,
     ModelPreset,
@@ -309,6 +310,47 @@ def test_init_is_he_normal_with_zero_biases() -> None:
         n = layer.weight.numel()
         assert abs(std / expected - 1) < 5 / math.sqrt(n), (info.name, std, expected)
         assert abs(layer.weight.mean().item()) < 5 * expected / math.sqrt(n)
+
+
+def test_xavier_uniform_bounds_variance_and_zero_biases() -> None:
+    """U(−b, b) with b = √(6/(fan_in + fan_out)) (gain 1) in every layer, variance b²/3."""
+    model = build_model("mnist", input_dim=784, loss="bce", seed=0, init="xavier_uniform")
+    assert model.init == "xavier_uniform"
+    for _, layer in linear_layers(model):
+        assert torch.count_nonzero(layer.bias) == 0
+        w = layer.weight.double()
+        bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
+        assert w.abs().max().item() <= bound
+        assert w.abs().max().item() > 0.99 * bound  # fills the interval, not a narrower one
+    # the big 784 → 1000 layer (784,000 draws): sd of the sample variance ≈ 0.1 % of b²/3
+    w = model.encoder.linear1.weight.double()
+    bound = math.sqrt(6.0 / (784 + 1000))
+    assert abs(w.var().item() / (bound**2 / 3) - 1) < 0.01
+    assert abs(w.mean().item()) < 5 * bound / math.sqrt(3 * w.numel())
+
+
+def test_xavier_uniform_is_seeded_and_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    a = build_model("curves-small", input_dim=196, loss="bce", seed=5, init="xavier_uniform")
+    assert torch.equal(torch.rand(4), expected)
+    b = build_model("curves-small", input_dim=196, loss="bce", seed=5, init="xavier_uniform")
+    c = build_model("curves-small", input_dim=196, loss="bce", seed=6, init="xavier_uniform")
+    he = build_model("curves-small", input_dim=196, loss="bce", seed=5)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["encoder.linear1.weight"], c.state_dict()["encoder.linear1.weight"])
+    assert not torch.equal(sa["encoder.linear1.weight"], he.state_dict()["encoder.linear1.weight"])
+    assert he.init == "he_normal" and INITS == ("he_normal", "xavier_uniform")
+
+
+@pytest.mark.parametrize("init", ["xavier", "He_normal", "", None, 3])
+def test_unknown_init_is_rejected(init: object) -> None:
+    with pytest.raises(ValueError, match="init must be one of he_normal, xavier_uniform"):
+        build_model("digits", input_dim=64, loss="bce", init=init)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="init must be one of"):
+        Autoencoder([10, 3], "mse", init=init)  # type: ignore[arg-type]
 
 
 def test_float64_model_matches_float32_weights() -> None:

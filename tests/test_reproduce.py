@@ -17,6 +17,7 @@ from core.__main__ import main
 from core.engine.approx import METHODS
 from core.views.report import mean_sd_figure
 from core.views.reproduce import (
+    ReproduceSpec,
     final_losses,
     list_reports,
     load_report,
@@ -61,9 +62,12 @@ def test_training_reproduction_files_settings_and_verdicts(outputs):
     assert (opt["t_cov"], opt["t_inv"], opt["ema"], opt["kl_clip"]) == (100, 100, 0.95, 0.01)
     assert (opt["momentum"], opt["weight_decay"], opt["fisher_batch"]) == (0.9, 1e-3, 32)
     assert settings["optimizers"]["sgd"]["lr"] == 1e-3  # the curves preset's default
+    assert settings["init"] == "xavier_uniform"  # the authors' initialisation, no deviation
+    assert (opt["ema_mode"]) == "factors"
     deviations = " ".join(settings["deviations"])
-    for word in ("Xavier-uniform", "subset", "--max-steps", "20 %"):
+    for word in ("subset", "--max-steps", "20 %"):
         assert word in deviations
+    assert "Xavier" not in deviations and "He-normal" not in deviations
     assert settings["command"].endswith("--out curves-training")  # no server path
     assert str(out.parent) not in (out / "settings.json").read_text()
     assert {(r["optimizer"], r["seed"]) for r in settings["runs"]} == {
@@ -156,6 +160,14 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, monkeypatch, argv,
     last = err.strip().splitlines()[-1]
     assert last.startswith("python -m core reproduce: error: ") and match in last, last
     assert "Traceback" not in err
+
+
+def test_spec_ema_mode_reaches_the_optimizer_and_is_checked():
+    spec = ReproduceSpec("training", "curves", optimizers=("kpsvd",), ema_mode="fisher")
+    sched = {"batch_size": 128, "steps": 10, "eval_every": 5}
+    assert spec.run_config("kpsvd", sched, seed=1).optimizer.ema_mode == "fisher"
+    with pytest.raises(ValueError, match="unknown ema_mode 'fishr'"):
+        ReproduceSpec("training", "curves", ema_mode="fishr")
 
 
 def _no_network(*args, **kwargs):

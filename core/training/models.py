@@ -42,6 +42,7 @@ from ..engine.likelihoods import (
 )
 
 __all__ = [
+    "INITS",
     "PRESETS",
     "Autoencoder",
     "LayerInfo",
@@ -54,6 +55,16 @@ __all__ = [
     "per_sample_nll",
     "validate_widths",
 ]
+
+
+# Weight initialisations (biases are zero in both): He-normal (the default) and the
+# Xavier-uniform of the seed paper's authors' public code; see :class:`Autoencoder`.
+INITS: tuple[str, ...] = ("he_normal", "xavier_uniform")
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 def _check_loss(loss: str) -> None:
@@ -121,12 +132,19 @@ class Autoencoder(nn.Module):
     ``forward`` returns logits (``loss == "bce"``) or the Gaussian mean (``"mse"``); use
     :meth:`reconstruct` for images.
 
-    Initialisation (Kaiming He et al. 2015, "Delving deep into rectifiers"): weights
-    ``N(0, gain²/fan_in)`` with ``gain = √2`` for layers followed by a ReLU and ``gain = 1`` for
-    the linear code and output layers; biases zero. Drawn from a local ``torch.Generator``
-    seeded with ``seed``, layer by layer in forward order, so the global RNG is untouched and
-    the same seed gives the same weights. (Martens' 2010 sparse initialisation was designed for
-    logistic units; with ReLU it makes activations grow with depth.)
+    Initialisation (``init``, biases zero in both):
+
+    * ``"he_normal"`` (the default; Kaiming He et al. 2015, "Delving deep into rectifiers"):
+      weights ``N(0, gain²/fan_in)`` with ``gain = √2`` for layers followed by a ReLU and
+      ``gain = 1`` for the linear code and output layers;
+    * ``"xavier_uniform"`` (Glorot & Bengio 2010; what the seed paper's authors' public code
+      uses, so :mod:`core.reproduce` uses it): weights ``U(−b, b)``,
+      ``b = gain·√(6/(fan_in + fan_out))`` with ``gain = 1`` for every layer (variance b²/3).
+
+    Drawn from a local ``torch.Generator`` seeded with ``seed``, layer by layer in forward
+    order, so the global RNG is untouched and the same seed gives the same weights. (Martens'
+    2010 sparse initialisation was designed for logistic units; with ReLU it makes activations
+    grow with depth.)
     """
 
     def __init__(
@@ -136,11 +154,14 @@ class Autoencoder(nn.Module):
         *,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        init: str = "he_normal",
     ) -> None:
         super().__init__()
         _check_loss(loss)
+        _check_init(init)
         self.widths: list[int] = validate_widths(widths)
         self.loss: Loss = loss  # type: ignore[assignment]
+        self.init = init
         self.seed = seed
         enc_dims = self.widths
         dec_dims = self.widths[::-1]
@@ -164,15 +185,21 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int | None = None) -> None:
-        """He-normal weights (gain √2 before a ReLU, 1 otherwise), zero biases; see the class
+        """Weights by ``self.init`` (He-normal or Xavier-uniform), zero biases; see the class
         docstring. Uses only a local generator seeded with ``seed`` (default: ``self.seed``)."""
         seed = self.seed if seed is None else seed
         generator = torch.Generator().manual_seed(seed)
         for _, layer, followed_by_relu in _linear_layers_with_activation(self):
-            gain = math.sqrt(2.0) if followed_by_relu else 1.0
-            std = gain / math.sqrt(layer.in_features)
-            w = torch.randn(layer.weight.shape, generator=generator, dtype=torch.float64)
-            layer.weight.copy_(w * std)
+            shape = layer.weight.shape
+            if self.init == "xavier_uniform":
+                bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
+                u = torch.rand(shape, generator=generator, dtype=torch.float64)
+                w = (2 * u - 1) * bound
+            else:
+                gain = math.sqrt(2.0) if followed_by_relu else 1.0
+                std = gain / math.sqrt(layer.in_features)
+                w = torch.randn(shape, generator=generator, dtype=torch.float64) * std
+            layer.weight.copy_(w)
             layer.bias.zero_()
         self.seed = seed
 
@@ -203,7 +230,7 @@ class Autoencoder(nn.Module):
         return likelihood(self.loss).mean(self(x))
 
     def extra_repr(self) -> str:
-        return f"widths={self.widths}, loss={self.loss!r}, seed={self.seed}"
+        return f"widths={self.widths}, loss={self.loss!r}, init={self.init!r}, seed={self.seed}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,10 +386,12 @@ def build_model(
     loss: str,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    init: str = "he_normal",
 ) -> Autoencoder:
     """Build an :class:`Autoencoder` from a preset name, a :class:`ModelPreset` or a custom
-    encoder width list. ``input_dim`` is the dataset's (checked against the first width) and
-    ``loss`` its ``"bce"``/``"mse"``; raises ``ValueError`` on a mismatch or bad widths."""
+    encoder width list. ``input_dim`` is the dataset's (checked against the first width),
+    ``loss`` its ``"bce"``/``"mse"``, ``init`` one of :data:`INITS`; raises ``ValueError`` on a
+    mismatch, bad widths or an unknown ``init``."""
     if isinstance(preset_or_widths, str):
         preset = PRESETS.get(preset_or_widths)
         if preset is None:
@@ -375,4 +404,4 @@ def build_model(
         widths = preset_or_widths.widths
     else:
         widths = preset_or_widths
-    return Autoencoder(validate_widths(widths, input_dim), loss, seed=seed, dtype=dtype)
+    return Autoencoder(validate_widths(widths, input_dim), loss, seed=seed, dtype=dtype, init=init)

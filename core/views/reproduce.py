@@ -15,16 +15,17 @@ autoencoders of Hinton & Salakhutdinov (2006) (CURVES 784-400-200-100-50-25-6, M
 Settings: the paper's network for the dataset; where the paper is silent, the defaults of the
 authors' public training script: minibatch 128, Fisher minibatch a quarter of it (32),
 T_cov = T_inv = 100, EMA 0.95 (of the Kronecker factors, ``ema_mode="factors"``, as their code
-does), KL-clip 1e-2, momentum 0.9, weight decay 1e-3, 100 epochs. Two of their settings are NOT
-reproduced, and every written ``settings.json`` says so (``deviations``): their Xavier-uniform
-initialisation (:func:`core.training.models.build_model` has only He-normal weights with zero
-biases) and their 80/20 train/validation split (here the whole training set trains and the test set
-gives the test loss). Learning rates and dampings are each optimizer's per-preset defaults
-(:func:`core.training.optim.default_lr`, :func:`core.training.optim.default_damping`) unless given.
-The quality experiment measures on the paper's Fisher minibatches (:data:`QUALITY_FISHER_BATCH`: 256
-CURVES, 512 MNIST, 1024 FACES); because :class:`core.training.runner.TrainingRun` draws its quality
-minibatch with the training optimizer's Fisher batch size, that optimizer (KFAC by default) uses the
-same Fisher batch there.
+does), KL-clip 1e-2, momentum 0.9, weight decay 1e-3, Xavier-uniform initialisation with zero biases
+(``init="xavier_uniform"`` of :func:`core.training.models.build_model`), 100 epochs. One of their
+settings is NOT reproduced, and every written ``settings.json`` says so (``deviations``): their
+80/20 train/validation split (here the whole training set trains and the test set gives the test
+loss). ``ReproduceSpec.ema_mode`` can replace the factor EMA by another curvature average
+(:data:`core.training.optim.EMA_MODES`), e.g. to compare them. Learning rates and dampings are each
+optimizer's per-preset defaults (:func:`core.training.optim.default_lr`,
+:func:`core.training.optim.default_damping`) unless given. The quality experiment measures on the
+paper's Fisher minibatches (:data:`QUALITY_FISHER_BATCH`: 256 CURVES, 512 MNIST, 1024 FACES);
+because :class:`core.training.runner.TrainingRun` draws its quality minibatch with the training
+optimizer's Fisher batch size, that optimizer (KFAC by default) uses the same Fisher batch there.
 
 Verdict rules (:func:`training_verdicts`, :func:`quality_verdicts`; each verdict row carries the
 numbers that decide it):
@@ -69,6 +70,7 @@ import pandas as pd
 from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
 from ..training.data import DATASET_SPECS, Dataset
 from ..training.models import PRESETS, build_model, describe_layers
+from ..training.optim import EMA_MODES
 from ..training.runner import RunConfig, TrainingRun
 from .report import mean_sd_figure, write_html_report
 
@@ -114,6 +116,7 @@ PAPER_DEFAULTS = {
     "kl_clip": 1e-2,
     "momentum": 0.9,
     "weight_decay": 1e-3,
+    "init": "xavier_uniform",
 }
 # The paper's Fisher minibatches for the approximation-quality experiment.
 QUALITY_FISHER_BATCH = {"curves": 256, "mnist": 512, "faces": 1024}
@@ -154,7 +157,8 @@ class ReproduceSpec:
     """One reproduction. ``optimizers``: those compared (training) or the one that trains the
     model (quality). ``n_train``/``n_test``: a subset of the data (``None``: all of it);
     ``max_steps``: a cap on each run's steps (both for quick checks, recorded in the settings).
-    ``lrs``/``dampings``: per-optimizer overrides of the per-preset defaults."""
+    ``lrs``/``dampings``: per-optimizer overrides of the per-preset defaults. ``ema_mode``: the
+    natural-gradient methods' curvature average (the authors' factor EMA by default)."""
 
     experiment: str
     dataset: str
@@ -171,6 +175,7 @@ class ReproduceSpec:
     device: str | None = None
     lrs: dict[str, float] = field(default_factory=dict)
     dampings: dict[str, float] = field(default_factory=dict)
+    ema_mode: str = PAPER_DEFAULTS["ema_mode"]
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -216,6 +221,10 @@ class ReproduceSpec:
                     f"learning rate or damping given for {', '.join(stray)}, which is not run "
                     f"here ({', '.join(self.optimizers)})"
                 )
+        if self.ema_mode not in EMA_MODES:
+            raise ValueError(
+                f"unknown ema_mode {self.ema_mode!r}; choose from {', '.join(EMA_MODES)}"
+            )
         if self.experiment == "training" and (self.layers or self.quality_every is not None):
             raise ValueError("--layers and --quality-every apply to the quality experiment only")
         self.layers = tuple(self.layers) or QUALITY_LAYERS[self.dataset]
@@ -241,7 +250,7 @@ class ReproduceSpec:
             t_cov=PAPER_DEFAULTS["t_cov"],
             t_inv=PAPER_DEFAULTS["t_inv"],
             ema=PAPER_DEFAULTS["ema"],
-            ema_mode=PAPER_DEFAULTS["ema_mode"],
+            ema_mode=self.ema_mode,
             kl_clip=PAPER_DEFAULTS["kl_clip"],
             momentum=PAPER_DEFAULTS["momentum"],
             weight_decay=PAPER_DEFAULTS["weight_decay"],
@@ -317,7 +326,13 @@ def run_reproduction(
     frames, runs = [], []
     started = time.time()
     for seed in spec.seeds:
-        model = build_model(spec.preset, input_dim=ds_spec.input_dim, loss=ds_spec.loss, seed=seed)
+        model = build_model(
+            spec.preset,
+            input_dim=ds_spec.input_dim,
+            loss=ds_spec.loss,
+            seed=seed,
+            init=PAPER_DEFAULTS["init"],
+        )
         if spec.experiment == "training":
             jobs = [(name, None) for name in spec.optimizers]
         else:
@@ -378,7 +393,9 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
         "subset": spec.n_train is not None or spec.n_test is not None,
         "model": {"preset": spec.preset, "widths": list(PRESETS[spec.preset].widths)},
         "loss": dataset.loss,
-        "initialisation": "He-normal weights (gain √2 before a ReLU, 1 otherwise), zero biases",
+        "init": PAPER_DEFAULTS["init"],
+        "initialisation": "Xavier-uniform weights U(−b, b), b = √(6/(fan_in + fan_out)), "
+        "zero biases (as the authors' code)",
         "epochs_requested": spec.epochs,
         "max_steps": spec.max_steps,
         **sched,
@@ -399,8 +416,6 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
             else None
         ),
         "deviations": [
-            "initialisation: the authors use Xavier-uniform; core.training.models.build_model "
-            "supports only He-normal weights with zero biases, used here",
             "validation: the authors hold out 20 % of the training set; here the whole "
             "training set trains and the test set gives the test loss",
             *(

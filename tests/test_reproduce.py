@@ -164,7 +164,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, monkeypatch, argv,
 
 def test_spec_ema_mode_reaches_the_optimizer_and_is_checked():
     spec = ReproduceSpec("training", "curves", optimizers=("kpsvd",), ema_mode="fisher")
-    sched = {"batch_size": 128, "steps": 10, "eval_every": 5}
+    sched = {"batch_size": 128, "steps": 10, "eval_every": 5, "quality_every": 5}
     assert spec.run_config("kpsvd", sched, seed=1).optimizer.ema_mode == "fisher"
     with pytest.raises(ValueError, match="unknown ema_mode 'fishr'"):
         ReproduceSpec("training", "curves", ema_mode="fishr")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.chromium import CHROMIUM, launch  # noqa: E402
+from tests.webapp.chromium import CHROMIUM, launch  # noqa: E402
 
 LAYERS = [
     "encoder.linear1",

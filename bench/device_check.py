@@ -3,9 +3,10 @@
     .venv/bin/python bench/device_check.py --out DIR [--repeats 3] [--threads N]
 
 1. The device and the engine's precision policy for it (:mod:`core.engine.precision`).
-2. The CUDA tests (``pytest -k "test_cuda or to_cuda or on_cuda"`` on tests/test_precision.py and
-   tests/test_engine_interface.py: the whole optimizer step on CUDA against the CPU float64
-   step, every registry block built and solved on CUDA against the CPU).
+2. The CUDA tests (``pytest -k "test_cuda or to_cuda or on_cuda"`` on
+   tests/engine/test_precision.py and tests/engine/test_engine_interface.py: the whole
+   optimizer step on CUDA against the CPU float64 step, every registry block built and solved
+   on CUDA against the CPU).
 3. One training step per optimizer on the paper's CURVES network (model preset ``curves``,
    784-400-200-100-50-25-6 mirrored, batch 128, Fisher batch 32 as in the authors' code, the
    preset's default lr and damping), on the CPU and on CUDA side by side: the step that
@@ -51,7 +52,7 @@ from core.training.optim import (  # noqa: E402
 )
 
 BATCH, FISHER_BATCH, PRESET = 128, 32, "curves"
-CUDA_TESTS = ["tests/test_precision.py", "tests/test_engine_interface.py"]
+CUDA_TESTS = ["tests/engine/test_precision.py", "tests/engine/test_engine_interface.py"]
 CUDA_TESTS_K = "test_cuda or to_cuda or on_cuda"  # the tests that skip without CUDA
 
 

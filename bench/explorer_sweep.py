@@ -1,5 +1,5 @@
 """Render the Fisher explorer over the whole grid of views a visitor can reach without a file
-(tests/explorer_grid.py: datasets × presets × layers × model states × method sets × tabs ×
+(tests/views/explorer_grid.py: datasets × presets × layers × model states × method sets × tabs ×
 slow metrics × m × Fisher kinds) and list every view that shows an exception or an error box.
 
     .venv/bin/python bench/explorer_sweep.py              # the whole grid (hours on 2 cores)
@@ -29,7 +29,7 @@ def main() -> int:
 
     from streamlit.testing.v1 import AppTest
 
-    from tests.explorer_grid import sample, views
+    from tests.views.explorer_grid import sample, views
 
     grid = sample(args.n, args.seed) if args.n else views()
     failures, budget_stops, t0 = [], 0, time.monotonic()

@@ -33,12 +33,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_TESTS = (
-    "tests/test_engine_oracles.py",
-    "tests/test_engine_invariants.py",
-    "tests/test_explorer.py",
-    "tests/test_engine_interface.py",
+    "tests/engine/test_engine_oracles.py",
+    "tests/engine/test_engine_invariants.py",
+    "tests/views/test_explorer.py",
+    "tests/engine/test_engine_interface.py",
 )
-OPTIM_TESTS = ("tests/test_optim.py", "tests/test_optim_ema.py")
+OPTIM_TESTS = ("tests/training/test_optim.py", "tests/training/test_optim_ema.py")
 GROUPS = {"engine": ENGINE_TESTS, "optim": OPTIM_TESTS}
 IGNORED = (".venv", ".git", "__pycache__", ".hypothesis", ".pytest_cache", ".ruff_cache", "docs")
 IGNORED += ("data_cache", "runs", "artifacts")

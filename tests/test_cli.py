@@ -154,7 +154,7 @@ def test_unusable_out_and_data_files_are_one_line_errors(tmp_path, capsys):
 
 
 def test_download_flag_fetches_once_then_runs_offline(tmp_path, monkeypatch, capsys):
-    from tests.test_download import _curves_mat, _idx_gz, _Server
+    from tests.training.test_download import _curves_mat, _idx_gz, _Server
 
     monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     server = _Server()
@@ -219,7 +219,7 @@ def _as_json(config) -> dict:
 
 def _started(page: str, **link):
     """The RunConfigs the app's ``page`` starts for the settings in ``link`` (its URL)."""
-    from tests.test_app import app, assert_clean
+    from tests.webapp.test_app import app, assert_clean
 
     at = app(page, **link)
     at.button(key=f"{page}.start").click().run()

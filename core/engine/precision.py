@@ -26,8 +26,8 @@ fma is 32 against 64 for 32-bit on compute capability 6.0, 7.0 and 8.0, and 64 a
 route: a wrong guess costs speed, not accuracy beyond what the route guarantees.
 
 Why the refresh stays float64 on the float32 route (measured on the paper's CURVES network, m =
-256, damping 1e-2; tests/test_precision.py repeats it on a small network). Rounding a Kronecker
-factor to float32 perturbs it by 2⁻²⁴‖A‖, which moves its small eigenvalues and mixes its
+256, damping 1e-2; tests/engine/test_precision.py repeats it on a small network). Rounding a
+Kronecker factor to float32 perturbs it by 2⁻²⁴‖A‖, which moves its small eigenvalues and mixes its
 eigenvectors: the damped solve then differs by cond · 2⁻²⁴ — 1e-5 to 1.3e-4 relative for the
 one-product methods (2e-6 to 2e-5 for the two-term ones), up to 1e-2 for EKFAC, whose diagonal
 is refitted in the perturbed basis and solved with exact damping (an eigendecomposition in

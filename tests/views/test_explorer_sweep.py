@@ -1,13 +1,13 @@
 """Issue 9's sweep: the explorer over a fixed-seed sample of every view a visitor can reach
-without a file (tests/explorer_grid.py); any exception or error box fails. The whole grid:
+without a file (tests/views/explorer_grid.py); any exception or error box fails. The whole grid:
 ``bench/explorer_sweep.py``."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.explorer_grid import sample
-from tests.test_app import app, errors
+from tests.views.explorer_grid import sample
+from tests.webapp.test_app import app, errors
 
 pytestmark = pytest.mark.usefixtures("app_env")
 

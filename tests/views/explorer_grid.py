@@ -1,6 +1,6 @@
 """The grid of explorer views a visitor can reach without a file (issue 9's sweep).
 
-Shared by tests/test_explorer_sweep.py (a fixed-seed sample, in CI) and
+Shared by tests/views/test_explorer_sweep.py (a fixed-seed sample, in CI) and
 bench/explorer_sweep.py (the whole grid). Each view is a URL query of the explorer page.
 """
 

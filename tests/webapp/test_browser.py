@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chromium import CHROMIUM, launch
+from tests.webapp.chromium import CHROMIUM, launch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = os.environ.get("KRONOSCOPE_REQUIRE_BROWSER") == "1"
 SHOTS = Path(os.environ.get("KRONOSCOPE_SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
 LOG = ROOT / "artifacts" / "streamlit-browser-test.log"  # the server's output, for failures

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from load_bench import Probes, Server, free_port, group_members, student_queries  # noqa: E402
 from loadclient import StudentSession, _masked_binary_frame, disconnect_mid_view  # noqa: E402
 from websockets.frames import Frame, Opcode  # noqa: E402

@@ -2,7 +2,7 @@
 
 Against the app itself (AppTest, as a shared link or a visitor's widget would drive it) and
 against the upload store. The real-browser probes (no Deploy button or developer menu, no
-request to another host) live in tests/test_browser.py and tests/test_docker_smoke.py.
+request to another host) live in tests/webapp/test_browser.py and tests/webapp/test_docker_smoke.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from core.training.data import DatasetError
 from pages.ui.data import UploadStore
-from tests.test_app import app, errors, unescaped
+from tests.webapp.test_app import app, errors, unescaped
 
 pytestmark = pytest.mark.usefixtures("app_env")
 

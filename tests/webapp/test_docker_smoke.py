@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from tests.chromium import CHROMIUM, launch
+from tests.webapp.chromium import CHROMIUM, launch
 
 BASE_URL = os.environ.get("KRONOSCOPE_BASE_URL", "").rstrip("/")
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     "(`bash .ci/docker-smoke` builds the Docker image, starts it and sets it)",
 )
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 APP = '[data-testid="stApp"]'
 EXCEPTION = '[data-testid="stException"]'
 RENDER_TIMEOUT_MS = 60_000

@@ -109,7 +109,7 @@ def test_built_on_cuda_it_answers_like_the_cpu_block(block, dtype):
     """The engine follows its inputs' device: ``approximate`` on CUDA inputs (Gram route,
     Krylov iteration, eigendecompositions and solves on the device) gives the CPU block of the
     same inputs, in both dtypes (float64: round-off; float32: float32 round-off amplified by
-    the damped solve's conditioning, see tests/test_precision.py)."""
+    the damped solve's conditioning, see tests/engine/test_precision.py)."""
     a, g = A.to(dtype), G.to(dtype)
     cpu = approximate(block.method, a, g)
     gpu = approximate(block.method, a.cuda(), g.cuda())

@@ -1,4 +1,4 @@
-"""AppTest tests of every page (the run registry itself: tests/test_limits.py).
+"""AppTest tests of every page (the run registry itself: tests/server/test_limits.py).
 
 Pages run through app.py's ``st.navigation`` exactly as in the server. Runs use tiny settings
 (a few steps of the DIGITS preset) passed through the URL, as a shared link would.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = ("home", "explorer", "training", "race", "learn", "reports")
 
 
@@ -131,7 +131,7 @@ def test_explorer_rank_slider():
     at.slider(key="rank").set_value(4).run()
     assert_clean(at)
     # ``rank`` is bound to the URL: Streamlit's frontend writes it as the slider moves
-    # (AppTest has no frontend; tests/test_browser.py watches a bound widget's URL)
+    # (AppTest has no frontend; tests/webapp/test_browser.py watches a bound widget's URL)
     assert "best rank-4 sum" in spec(charts(at)[-1])
     errors_by_rank = json.loads(charts(at)[0].proto.spec)["data"][0]["y"]
     assert errors_by_rank  # the curve of error against r

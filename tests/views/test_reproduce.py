@@ -293,7 +293,7 @@ def test_mean_sd_figure_mean_and_band():
 
 
 def _reports_app(**params):
-    from tests.test_app import app
+    from tests.webapp.test_app import app
 
     return app("reports", **params)
 

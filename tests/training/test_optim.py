@@ -164,7 +164,7 @@ def _factor_ema_reference(method, captures, rho):
 
 # "exact" uses the window in both modes, so it is checked under mode="window" only; the
 # "fisher" mode (a low-rank average of the Fisher itself) has its own dense oracle in
-# tests/test_optim_ema.py.
+# tests/training/test_optim_ema.py.
 @pytest.mark.parametrize(
     ("method", "mode"),
     [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_app import app, assert_clean
+from tests.webapp.test_app import app, assert_clean
 
 pytestmark = pytest.mark.usefixtures("app_env")
 

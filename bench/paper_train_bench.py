@@ -6,11 +6,11 @@
 
 Why: the claim (the KPSVD family trains faster than KFAC, Adam and SGD) was tested only on the
 small ``curves-small`` preset (bench/train_bench.py). Here every run is a
-:func:`core.reproduce.run_reproduction` with the paper's settings (:data:`PAPER_DEFAULTS`: batch
-128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95 of the factors, KL-clip 1e-2, momentum 0.9,
-weight decay 1e-3, Xavier-uniform initialisation), and the verdicts are
-:func:`core.reproduce.training_verdicts` / :func:`core.reproduce.quality_verdicts`, so this
-script only chooses what to run and writes the tables.
+:func:`core.views.reproduce.run_reproduction` with the paper's settings (:data:`PAPER_DEFAULTS`:
+batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95 of the factors, KL-clip 1e-2, momentum
+0.9, weight decay 1e-3, Xavier-uniform initialisation), and the verdicts are
+:func:`core.views.reproduce.training_verdicts` / :func:`core.views.reproduce.quality_verdicts`, so
+this script only chooses what to run and writes the tables.
 
 Phases, in this order. Time budget: a run that would end past ``--budget-min`` minutes from the
 start is skipped and listed as not run; its time is estimated from that optimizer's tuning time
@@ -23,7 +23,7 @@ machine is shared, its load changes).
    :data:`TUNE_EPOCHS` epochs; criterion: the reproduction's final-loss rule (mean minibatch
    training loss over the last epoch of steps; a diverged run scores +inf). ``lanczos`` is not
    tuned: on the engine's Gram route it computes the same two terms as ``deflation`` (same
-   updates up to the solver tolerance, core/optim.py) and takes deflation's settings. These
+   updates up to the solver tolerance, core/training/optim.py) and takes deflation's settings. These
    runs also give each optimizer's time per step. Every cell is written to ``tuning.json`` in
    ``--runs-dir``; ``--reuse-tuning`` (a restart) takes the optimizers already there.
 2. The claim: :data:`CLAIM_OPTIMIZERS` (the claim's methods and baselines, plus the exact block
@@ -63,9 +63,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.data import load_dataset  # noqa: E402
-from core.methods import FIRST_ORDER  # noqa: E402
-from core.reproduce import (  # noqa: E402
+from core.engine.methods import FIRST_ORDER  # noqa: E402
+from core.training.data import load_dataset  # noqa: E402
+from core.views.reproduce import (  # noqa: E402
     PAPER_DEFAULTS,
     ReproduceSpec,
     final_losses,
@@ -396,7 +396,7 @@ class Bench:
             f'{PAPER_DEFAULTS["ema"]} (`ema_mode="{PAPER_DEFAULTS["ema_mode"]}"` unless stated), '
             f"KL-clip {PAPER_DEFAULTS['kl_clip']}, momentum {PAPER_DEFAULTS['momentum']}, weight "
             f"decay {PAPER_DEFAULTS['weight_decay']}; CPU. Every run is a "
-            "`core.reproduce.run_reproduction`; wall time is training time only (evaluation "
+            "`core.views.reproduce.run_reproduction`; wall time is training time only (evaluation "
             "excluded), and runs are sequential on one thread.",
             "",
         ]
@@ -460,8 +460,8 @@ class Bench:
             "## 2. Training: final loss, loss against epoch and wall time",
             "",
             f"{self.plan.epochs:g} epochs, tuned settings; seeds per optimizer as listed (n). "
-            "Summary from `core.reproduce.summary_table` (final train loss: mean minibatch loss "
-            "over the last epoch of steps; mean ± sd over seeds, ddof 1).",
+            "Summary from `core.views.reproduce.summary_table` (final train loss: mean minibatch "
+            "loss over the last epoch of steps; mean ± sd over seeds, ddof 1).",
             "",
         ]
         lines += frame_table(summary_table({"experiment": "training"}, df))
@@ -505,7 +505,8 @@ class Bench:
         if len(kfac_t):
             t_marks = [round(float(kfac_t.mean()) * f) for f in (0.125, 0.25, 0.5, 1.0)]
             lines += ["", "Loss against wall time: per run the mean minibatch loss over the "
-                      "last epoch of steps ended by T (`core.reproduce.final_losses(until=T)`), "
+                      "last epoch of steps ended by T "
+                      "(`core.views.reproduce.final_losses(until=T)`), "
                       "T = 1/8, 1/4, 1/2 and 1 × KFAC's mean training time; '(ended)' where a "
                       "run's training had ended before T:", ""]  # fmt: skip
             rows = []
@@ -517,7 +518,7 @@ class Bench:
                     row.append(cell + (" (ended)" if end < t else ""))
                 rows.append(row)
             lines += md_table(["optimizer", *[f"T = {t} s" for t in t_marks]], rows)
-        lines += ["", "### Verdicts (`core.reproduce.training_verdicts`)", "",
+        lines += ["", "### Verdicts (`core.views.reproduce.training_verdicts`)", "",
                   "Rule: " + self.settings["rules"]["training"], ""]  # fmt: skip
         if len(seeds) < 2:
             lines += ["Fewer than two seeds so far: every verdict is 'not testable here'.", ""]
@@ -571,7 +572,7 @@ class Bench:
             "",
         ]
         lines += frame_table(summary_table(settings, df))
-        lines += ["", "Verdicts (`core.reproduce.quality_verdicts`; rule: "
+        lines += ["", "Verdicts (`core.views.reproduce.quality_verdicts`; rule: "
                   + settings["rules"]["quality"] + "):", ""]  # fmt: skip
         lines += frame_table(quality_verdicts(df))
         return lines + [""]

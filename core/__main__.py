@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one of the seed paper's experiments, with its settings, verdicts and a report",
         description="The seed paper's network for the dataset and the authors' public settings "
         "(batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95, KL-clip 1e-2, momentum 0.9, "
-        "weight decay 1e-3); He-normal initialisation instead of their Xavier-uniform. Writes "
+        "weight decay 1e-3, Xavier-uniform initialisation). Writes "
         "settings.json, results.csv, verdicts.csv and a self-contained report.html into --out.",
     )
     p.add_argument("--experiment", required=True, choices=EXPERIMENTS)

@@ -13,7 +13,8 @@ emits one record per step:
 * with quality tracking on (``quality_layer``), every ``quality_every`` steps and at the last
   step: ``rel_error_<method>`` = ‖F − F̃‖_F/‖F‖_F and ``spectrum_error_<method>`` for each method
   in ``quality_methods`` (all engine methods when empty), on a Fisher minibatch of the chosen
-  layer (the seed paper's approximation-quality-over-training experiment).
+  layer (the seed paper's approximation-quality-over-training experiment); NaN when the
+  layer's Fisher block is zero on that minibatch (dead units: nothing to approximate).
 
 Reproducibility: the model's initialisation, the minibatch order, the Fisher minibatches (and
 the true Fisher's sampled targets) and the quality minibatches come from generators seeded with
@@ -466,6 +467,12 @@ class TrainingRun:
         g = lc.g.detach().to("cpu", torch.float64)
         fisher = LayerFisher(a, g)
         out: dict = {}
+        if not fisher.frobenius_sq() > 0.0:
+            # F = 0 on this minibatch (every unit after the layer dead, or its inputs all 0):
+            # a relative error is undefined, so NaN, not a crash that ends the run.
+            for method in self.quality_methods:
+                out[f"rel_error_{method}"] = out[f"spectrum_error_{method}"] = math.nan
+            return out
         for method in self.quality_methods:
             approx = approximate(method, a, g)
             out[f"rel_error_{method}"] = fisher.relative_error(approx)

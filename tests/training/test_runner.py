@@ -310,3 +310,18 @@ def test_comparison_shares_data_and_initialisation(tiny):
     assert len(figs[0].data) == 6  # train + test per run
     summary = summary_table(df)
     assert len(summary) == 3 and (summary.steps == 6).all()
+
+
+def test_quality_of_a_dead_layer_is_nan_and_the_run_goes_on(tiny):
+    """With every weight after the tracked layer zero, its output gradients vanish and F = 0:
+    the quality columns are NaN (no relative error exists) and training carries on."""
+    model = _model()
+    with torch.no_grad():
+        model.encoder.linear2.weight.zero_()
+    cfg = _cfg("sgd", lr=1e-3, steps=4, quality_layer="encoder.linear1", quality_every=2)
+    run = TrainingRun(cfg, dataset=tiny, model=model)
+    run.run()
+    assert run.status == "finished"
+    tracked = [r for r in run.records() if "rel_error_kfac" in r]
+    assert tracked and all(math.isnan(r["rel_error_kfac"]) for r in tracked)
+    assert all(math.isnan(r["spectrum_error_kpsvd"]) for r in tracked)

@@ -223,8 +223,8 @@ MUTANTS = (
     Mutant(
         "approx-corrected-two-terms",
         "core/engine/methods.py",
-        "build_kronecker_svd, svd_terms=1, centered=True)",
-        "build_kronecker_svd, svd_terms=2, centered=True)",
+        "build_kronecker_svd, svd_terms=1)",
+        "build_kronecker_svd, svd_terms=2)",
         "KFAC-corrected adds two correction terms",
     ),
     Mutant(

@@ -399,6 +399,7 @@ class EigenbasisDiagonal(Approximation):
     def __post_init__(self) -> None:
         self.da = self.u_a.shape[0]
         self.dg = self.u_g.shape[0]
+        self._rounded: dict[torch.dtype, EigenbasisDiagonal] = {}  # solves in another dtype
 
     @property
     def n_terms(self) -> None:
@@ -466,9 +467,11 @@ class EigenbasisDiagonal(Approximation):
         """``(F̃ + λI)⁻¹``; the eigenbasis is orthonormal, so both modes are the exact inverse.
         In V's dtype (basis and diagonal rounded to it when they differ)."""
         v, damping = self._check(v, damping, mode)
-        if v.dtype != self.dtype:
-            u_a, u_g, scale = _cast((self.u_a, self.u_g, self.scale), v.dtype)
-            return EigenbasisDiagonal(self.method, u_a, u_g, scale).solve(v, damping)
+        if v.dtype != self.dtype:  # rounded once per dtype, not at every step's solve
+            if v.dtype not in self._rounded:
+                u_a, u_g, scale = _cast((self.u_a, self.u_g, self.scale), v.dtype)
+                self._rounded[v.dtype] = EigenbasisDiagonal(self.method, u_a, u_g, scale)
+            return self._rounded[v.dtype].solve(v, damping)
         return self.u_g @ ((self.u_g.T @ v @ self.u_a) / (self.scale + damping)) @ self.u_a.T
 
 
@@ -627,7 +630,15 @@ def approximate(
         tol = 1e-10 if a.dtype == torch.float64 else 1e-6
     start = time.perf_counter()
     approx = spec.build(
-        method, a, g, rank=rank, solver=solver, tol=tol, max_iter=max_iter, psd_floor=psd_floor
+        method,
+        a,
+        g,
+        rank=rank,
+        solver=solver,
+        tol=tol,
+        max_iter=max_iter,
+        psd_floor=psd_floor,
+        centered=spec.centered,
     )
     approx.info["seconds"] = time.perf_counter() - start
     return approx

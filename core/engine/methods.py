@@ -53,20 +53,19 @@ KINDS = ("first_order", "approximation", "exact")
 class MethodSpec:
     """What Kronoscope knows about one method.
 
-    ``build(method, a, g, *, rank, solver, tol, max_iter, psd_floor)`` returns the engine's
-    block (an :class:`~core.engine.approx.Approximation`; the exact block's is
-    :class:`~core.engine.fisher.LayerFisher`); ``None`` for the first-order optimizers.
-    ``terms``: Kronecker terms per approximation (``None`` for EKFAC, a diagonal in KFAC's
-    eigenbasis, and for the exact block; kpsvd: its default rank).
-    ``factor_names``: (input, output) names of the terms' factors, shown by the explorer (empty:
-    the generic ``R_k``/``S_k``). ``kpsvd_family``: takes the ``solver`` option
-    (core/engine/rearranged_svd.py). ``fisher_ema``: has an ``ema_mode="fisher"`` state of its own
-    (core/engine/fisher_ema.py). ``centered``: KFAC's A ⊗ G plus Kronecker terms of F − A ⊗ G
-    (its builder is told so too). ``eigenbasis``: a diagonal in the eigenbasis of the averaged
-    factors, refreshed with them. ``ema_terms_from``: the method whose minibatch terms the
-    optimizer's factor EMA averages (``None``: this one). ``lr``, ``damping``: optimizer
-    defaults (curves-small), ``preset_lr``/``preset_damping`` the per-preset overrides.
-    ``optimizer_label``: its name as an optimizer, where not ``label``.
+    ``build(method, a, g, *, rank, solver, tol, max_iter, psd_floor, centered)`` returns the
+    engine's block (an :class:`~core.engine.approx.Approximation`; the exact block's is
+    :class:`~core.engine.fisher.LayerFisher`); ``None`` for the first-order optimizers. ``terms``:
+    Kronecker terms per approximation (``None`` for EKFAC, a diagonal in KFAC's eigenbasis, and for
+    the exact block; kpsvd: its default rank). ``factor_names``: (input, output) names of the terms'
+    factors, shown by the explorer (empty: the generic ``R_k``/``S_k``). ``kpsvd_family``: takes the
+    ``solver`` option (core/engine/rearranged_svd.py). ``fisher_ema``: has an ``ema_mode="fisher"``
+    state of its own (core/engine/fisher_ema.py). ``centered``: KFAC's A ⊗ G plus Kronecker terms of
+    F − A ⊗ G (passed to its builder by :func:`~core.engine.approx.approximate`). ``eigenbasis``: a
+    diagonal in the eigenbasis of the averaged factors, refreshed with them. ``ema_terms_from``: the
+    method whose minibatch terms the optimizer's factor EMA averages (``None``: this one). ``lr``,
+    ``damping``: optimizer defaults (curves-small), ``preset_lr``/``preset_damping`` the per-preset
+    overrides. ``optimizer_label``: its name as an optimizer, where not ``label``.
     """
 
     name: str
@@ -89,9 +88,6 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        built_centered = getattr(self.build, "keywords", {}).get("centered", False)
-        if self.centered != built_centered:
-            raise ValueError(f"{self.name}: centered={self.centered} but its builder disagrees")
         if (self.build is None) != (self.kind == "first_order"):
             raise ValueError(f"{self.name}: every block (approximation or exact) has a builder")
 
@@ -150,7 +146,7 @@ SPECS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "kfac_corrected",
         "KFAC-corrected",
-        build=partial(approx.build_kronecker_svd, svd_terms=1, centered=True),
+        build=partial(approx.build_kronecker_svd, svd_terms=1),
         terms=2,
         factor_names=(_KFAC_NAMES, ("R (correction)", "S (correction)")),
         kpsvd_family=True,

@@ -1,7 +1,7 @@
 """The seed paper's second claim at its own scale on this CPU: the CURVES autoencoder
 (784-400-200-100-50-25-6, mirrored) on the generated 20,000-image CURVES, every optimizer.
 
-    .venv/bin/python bench/paper_train_bench.py [--budget-min 92] [--reuse-tuning] [--out FILE.md]
+    .venv/bin/python bench/paper_train_bench.py [--budget-min 100] [--jobs 2] [--resume]
     .venv/bin/python bench/paper_train_bench.py --quick      # smoke test, < 2 minutes
 
 Why: the claim (the KPSVD family trains faster than KFAC, Adam and SGD) was tested only on the
@@ -12,38 +12,43 @@ batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95 of the factors, KL-cli
 :func:`core.views.reproduce.training_verdicts` / :func:`core.views.reproduce.quality_verdicts`, so
 this script only chooses what to run and writes the tables.
 
-Phases, in this order. Time budget: a run that would end past ``--budget-min`` minutes from the
-start is skipped and listed as not run; its time is estimated from that optimizer's tuning time
-per step, times the slowdown of the latest finished run against its own tuning rate (the
-machine is shared, its load changes).
+The unit of work is a *cell*: one optimizer, one (lr, damping, ema_mode), one seed, one length.
+Cells run ``--jobs`` at a time, one process and one thread each (so on an otherwise idle
+machine each has a core), in the order of :meth:`Bench.jobs`; a cell waits until the tuning it
+needs is done. Every finished cell is written to ``RUNS_DIR/cells/KEY/`` (settings, results,
+seconds, commit, load); ``--resume`` takes cells already there instead of rerunning them.
+Time budget: a cell whose estimated end (its optimizer's measured seconds per step × its
+steps) falls past ``--budget-min`` minutes is not started and is listed as not run.
 
-1. Tuning on seed 0, just before an optimizer's first run (so the comparison rows are tuned only
-   if their runs are reached): each optimizer's lr (× damping for the natural-gradient methods)
-   on the grid :data:`GRID_LR` / :data:`NATURAL_LR` × :data:`NATURAL_DAMPING`, for
-   :data:`TUNE_EPOCHS` epochs; criterion: the reproduction's final-loss rule (mean minibatch
-   training loss over the last epoch of steps; a diverged run scores +inf). ``lanczos`` is not
-   tuned: on the engine's Gram route it computes the same two terms as ``deflation`` (same
-   updates up to the solver tolerance, core/training/optim.py) and takes deflation's settings. These
-   runs also give each optimizer's time per step. Every cell is written to ``tuning.json`` in
-   ``--runs-dir``; ``--reuse-tuning`` (a restart) takes the optimizers already there.
-2. The claim: :data:`CLAIM_OPTIMIZERS` (the claim's methods and baselines, plus the exact block
-   Fisher; kfac and kpsvd first, the smallest pair that tests the claim), tuned settings,
-   ``--epochs`` epochs, seeds 1, 2, 3 (not the tuning seed); when an optimizer's three seeds do
-   not fit the budget, seeds 1 and 2 (two is the fewest that give a spread).
-3. Curvature averages (``ema_mode``): kfac "window", kpsvd "window" and "fisher" at the tuned
-   settings, seed 1, ``--ema-epochs`` epochs, against the "factors" run of phase 2 (same seed,
-   same initialisation and minibatches) at the same epoch. (kfac's "fisher" mode is its factor
-   EMA, identical to "factors": not rerun.)
-4. The comparison rows ekfac, shampoo and lanczos: tuned settings, ``--epochs`` epochs, seed 1.
-5. Approximation quality over training (the reproduction's ``quality`` experiment: KFAC trains
+What runs, in priority order:
+
+1. Tuning on seed 0 of every optimizer on a stated grid (:data:`GRID_LR` for SGD/Adam,
+   :data:`NATURAL_LR` × :data:`NATURAL_DAMPING` for the natural-gradient methods), each cell
+   :data:`TUNE_EPOCHS` epochs (an earlier 1-epoch tuning picked KFAC's damping 0.01, which blew
+   up later on other seeds: a tuning run must see several epochs). Criterion: the
+   reproduction's final-loss rule (mean minibatch training loss over the last epoch of steps;
+   a diverged run scores +inf). ``lanczos`` is not tuned or trained: on the engine's Gram route
+   it computes Deflation's two terms; the check of phase 7 measures how far apart they are.
+2. The claim: :data:`CLAIM_OPTIMIZERS` at their tuned settings, ``--epochs`` epochs, seeds
+   :data:`SEEDS` (not the tuning seed).
+3. Controls: KFAC at each KPSVD-family method's tuned (lr, damping) when they differ from
+   KFAC's own, same seeds and length. Against these the claim compares approximations, not
+   tunings.
+4. Approximation quality over training (the reproduction's ``quality`` experiment: KFAC trains
    with its tuned settings and Fisher batch 256, every method is measured on CURVES' 50→25
    layer every half epoch), ``--quality-epochs`` epochs, seed 1.
+5. Curvature averages (``ema_mode``): kpsvd "window" and "fisher" at its tuned settings, seeds
+   :data:`SEEDS`, ``--ema-epochs`` epochs, against the phase-2 "factors" runs cut at the same
+   epoch (same initialisation and minibatches).
+6. The comparison rows :data:`EXTRA_OPTIMIZERS`, tuned and trained like phases 1-2.
+7. Lanczos against Deflation: ``lanczos`` at Deflation's tuned settings, seed 1,
+   :data:`LANCZOS_EPOCHS` epochs, step by step against Deflation's phase-2 run.
 
-Writes ``--out`` (markdown: machine, load, settings, every table as measured, verdicts; rewritten
-after every run, so an interrupted bench leaves its partial results, labelled as such; anything
-after the line :data:`MARKER`, e.g. a hand-written analysis, is kept) and the
-reproduction folders (settings.json, results.csv, verdicts.csv, report.html with the loss
-against epoch and wall time) under ``--runs-dir``.
+Writes ``--out`` (markdown: machine, load, settings, every table as measured, verdicts;
+rewritten after every cell, so an interrupted bench leaves its partial results, labelled as
+such; anything after the line :data:`MARKER`, e.g. a hand-written analysis, is kept) and the
+reproduction folders ``training`` and ``quality`` (settings.json, results.csv, verdicts.csv,
+report.html with the loss against epoch and wall time) under ``--runs-dir``.
 """
 
 from __future__ import annotations
@@ -51,22 +56,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from core.engine.methods import FIRST_ORDER  # noqa: E402
+from core.engine.methods import FIRST_ORDER, KPSVD_FAMILY  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402
 from core.views.reproduce import (  # noqa: E402
     PAPER_DEFAULTS,
+    RESULTS_FILE,
+    SETTINGS_FILE,
     ReproduceSpec,
     final_losses,
     quality_verdicts,
@@ -79,26 +91,75 @@ from core.views.reproduce import (  # noqa: E402
 GRID_LR = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3), "adam": (3e-4, 1e-3, 3e-3, 1e-2)}
 NATURAL_LR = (0.03, 0.3)
 NATURAL_DAMPING = (0.01, 0.1, 1.0)
-TUNE_EPOCHS = {"first_order": 5.0, "natural": 1.0}
-SHARED_SETTINGS = {"lanczos": "deflation"}  # not tuned: same optimizer on the Gram route
-# The claim's smallest testable pair first (the machine is shared: later runs may not fit).
-CLAIM_OPTIMIZERS = ("kfac", "kpsvd", "adam", "sgd", "kfac_corrected", "deflation", "exact")
-CLAIM_SEEDS = (1, 2, 3)
-EXTRA_OPTIMIZERS = ("ekfac", "shampoo", "lanczos")
-EMA_RUNS = (("kfac", "window"), ("kpsvd", "window"), ("kpsvd", "fisher"))
+TUNE_EPOCHS = 5.0
+TUNE_SEED = 0
+SEEDS = (1, 2, 3)
+CLAIM_OPTIMIZERS = ("kfac", "kpsvd", "deflation", "kfac_corrected", "adam", "sgd")
+EXTRA_OPTIMIZERS = ("exact", "ekfac", "shampoo")
+EMA_RUNS = (("kpsvd", "window"), ("kpsvd", "fisher"))
+LANCZOS_EPOCHS = 2.0
 EPOCH_MARKS = (1, 2, 5, 10, 15, 20)
 MARKER = "<!-- paper_train_bench.py keeps everything below this line -->"
-TUNING_FILE = "tuning.json"  # every tuning cell, written as it is measured
 QUICK = {
-    "grid_lr": {"sgd": (1e-3, 3e-3)},
+    "grid_lr": {"sgd": (1e-3, 3e-3), "adam": (1e-3,)},
     "natural_lr": (0.3,),
     "natural_damping": (0.1, 1.0),
-    "tune_epochs": {"first_order": 0.25, "natural": 0.25},
-    "claim": ("sgd", "kfac"),
+    "tune_epochs": 0.25,
+    "claim": ("kfac", "kpsvd", "sgd"),
     "seeds": (1, 2),
     "extra": (),
-    "ema": (("kfac", "window"),),
+    "ema": (("kpsvd", "window"),),
+    "lanczos_epochs": 0.25,
 }
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: ``optimizer`` at (lr, damping, ema_mode) for ``epochs`` epochs on ``seed``."""
+
+    experiment: str
+    optimizer: str
+    lr: float
+    damping: float | None
+    ema_mode: str
+    epochs: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """The folder name: every field, so a changed setting is a different cell."""
+        damping = "none" if self.damping is None else f"{self.damping:g}"
+        return (f"{self.experiment}-{self.optimizer}-lr{self.lr:g}-d{damping}-{self.ema_mode}"
+                f"-e{self.epochs:g}-s{self.seed}")  # fmt: skip
+
+    @property
+    def settings(self) -> tuple[float, float | None]:
+        return self.lr, self.damping
+
+
+@dataclass
+class Outcome:
+    """A finished cell: the reproduction's settings and results, its time and conditions."""
+
+    cell: Cell
+    settings: dict
+    df: pd.DataFrame
+    seconds: float
+    load: float  # 1-min load average when it finished
+    commit: str
+
+    @property
+    def loss(self) -> float:
+        return final_losses(self.df, self.cell.optimizer)[self.cell.seed]
+
+
+@dataclass
+class Job:
+    """Cells of one phase for one optimizer, made once the tuning of ``needs`` is done."""
+
+    label: str
+    needs: tuple[str, ...]
+    cells: Callable[[], list[Cell]]
 
 
 @dataclass
@@ -108,14 +169,15 @@ class Plan:
     grid_lr: dict = field(default_factory=lambda: dict(GRID_LR))
     natural_lr: tuple[float, ...] = NATURAL_LR
     natural_damping: tuple[float, ...] = NATURAL_DAMPING
-    tune_epochs: dict = field(default_factory=lambda: dict(TUNE_EPOCHS))
+    tune_epochs: float = TUNE_EPOCHS
     claim: tuple[str, ...] = CLAIM_OPTIMIZERS
-    seeds: tuple[int, ...] = CLAIM_SEEDS
+    seeds: tuple[int, ...] = SEEDS
     extra: tuple[str, ...] = EXTRA_OPTIMIZERS
     ema: tuple[tuple[str, str], ...] = EMA_RUNS
+    lanczos_epochs: float = LANCZOS_EPOCHS
     epochs: float = 20.0
     ema_epochs: float = 10.0
-    quality_epochs: float = 5.0
+    quality_epochs: float = 20.0
 
     def grid(self, name: str) -> list[tuple[float, float | None]]:
         """(lr, damping) cells for ``name`` (damping ``None``: first-order, none to tune)."""
@@ -123,13 +185,54 @@ class Plan:
             return [(lr, None) for lr in self.grid_lr[name]]
         return [(lr, d) for d in self.natural_damping for lr in self.natural_lr]
 
-    def tune_epochs_for(self, name: str) -> float:
-        return self.tune_epochs["first_order" if name in FIRST_ORDER else "natural"]
+
+# -- the worker processes -----------------------------------------------------------------------
+
+_DATASET = None
+
+
+def _start_worker() -> None:
+    global _DATASET
+    torch.set_num_threads(1)
+    _DATASET = load_dataset("curves", seed=0)
+
+
+def run_cell(cell: Cell) -> tuple[dict, pd.DataFrame, float]:
+    """One :func:`run_reproduction` of ``cell`` (in a worker): (settings, results, seconds)."""
+    name = cell.optimizer
+    spec = ReproduceSpec(
+        cell.experiment,
+        "curves",
+        epochs=cell.epochs,
+        seeds=(cell.seed,),
+        optimizers=(name,),
+        lrs={name: cell.lr},
+        dampings={} if cell.damping is None else {name: cell.damping},
+        ema_mode=cell.ema_mode,
+        device="cpu",
+    )
+    t0 = time.perf_counter()
+    settings, df = run_reproduction(spec, _DATASET)
+    return settings, df, time.perf_counter() - t0
+
+
+# -- helpers for the report ---------------------------------------------------------------------
 
 
 def load_text() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "core"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() + (" (core/ modified)" if dirty.stdout.strip() else "")
 
 
 def md_table(header: list[str], rows: list[list]) -> list[str]:
@@ -154,201 +257,242 @@ def mean_sd(values) -> str:
     return f"{s.mean():.2f} ± {s.std(ddof=1):.2f}" if len(vals) > 1 else f"{vals[0]:.2f} (n=1)"
 
 
-class Bench:
-    """Runs the phases of the module docstring, keeps every result, writes the report."""
+def merged_settings(outcomes: list[Outcome]) -> dict:
+    """One reproduction's settings for several cells (their runs, optimizers and times)."""
+    settings = json.loads(json.dumps(outcomes[0].settings))
+    settings["runs"], settings["optimizers"] = [], {}
+    for o in outcomes:
+        settings["runs"] += o.settings["runs"]
+        settings["optimizers"].update(o.settings["optimizers"])
+    settings["seeds"] = sorted({o.cell.seed for o in outcomes})
+    settings["total_time_s"] = round(sum(o.settings["total_time_s"] for o in outcomes), 3)
+    return settings
 
-    def __init__(self, plan: Plan, budget_s, out: Path, runs_dir: Path, quick, reuse_tuning):
+
+class Bench:
+    """Runs the cells of the module docstring, keeps every result, writes the report."""
+
+    def __init__(self, plan: Plan, budget_s, out: Path, runs_dir: Path, jobs: int, *, quick,
+                 resume):  # fmt: skip
         self.plan, self.budget_s, self.out, self.runs_dir = plan, budget_s, out, runs_dir
-        self.quick = quick
+        self.n_jobs, self.quick, self.resume = jobs, quick, resume
         self.started = time.time()
         self.load_start = load_text()
+        self.commit = git_commit()
         self.dataset = load_dataset("curves", seed=0)
         self.per_epoch = self.dataset.n_train // PAPER_DEFAULTS["batch_size"]
-        self.tuning: dict[str, list[dict]] = {}
-        self.best: dict[str, tuple[float, float]] = {}
-        self.seconds_per_step: dict[str, float] = {}
-        self.frames: list[pd.DataFrame] = []
-        self.settings: dict | None = None
-        self.ema: list[dict] = []
-        self.quality: tuple[dict, pd.DataFrame] | None = None
+        self.done: dict[str, Outcome] = {}
+        self.best: dict[str, tuple[float, float | None]] = {}
+        self.untunable: set[str] = set()
         self.skipped: list[str] = []
-        self.reuse_tuning = reuse_tuning
-        self.reused: list[str] = []
-        self.slowdown = 1.0
+        self.skipped_keys: set[str] = set()
+        self.reused = 0
         self.phase = "starting"
 
-    # -- running ---------------------------------------------------------------------------
+    # -- what to run -------------------------------------------------------------------------
+    def tuning_cells(self, name: str) -> list[Cell]:
+        return [Cell("training", name, lr, d, "factors", self.plan.tune_epochs, TUNE_SEED)
+                for lr, d in self.plan.grid(name)]  # fmt: skip
+
+    def runs(self, name, settings=None, *, mode="factors", epochs=None, seeds=None,
+             experiment="training") -> list[Cell]:  # fmt: skip
+        """``name``'s cells at ``settings`` (default: its tuned ones)."""
+        lr, damping = settings or self.best[name]
+        epochs = self.plan.epochs if epochs is None else epochs
+        return [Cell(experiment, name, lr, damping, mode, epochs, s)
+                for s in (self.plan.seeds if seeds is None else seeds)]  # fmt: skip
+
+    def controls(self, method: str) -> list[Cell]:
+        """KFAC at ``method``'s tuned settings, when they are not KFAC's own."""
+        if self.best[method] == self.best["kfac"]:
+            return []
+        return self.runs("kfac", self.best[method])
+
+    def jobs(self) -> list[Job]:
+        """Every job, highest priority first (the phases of the module docstring)."""
+        p = self.plan
+        tuned = [*p.claim, *p.extra]
+        family = [m for m in p.claim if m in KPSVD_FAMILY]
+
+        def tuning(names) -> list[Job]:
+            return [Job(f"tuning {n}", (), lambda n=n: self.tuning_cells(n)) for n in names]
+
+        def training(names) -> list[Job]:
+            return [Job(f"{n}, seeds {p.seeds}", (n,), lambda n=n: self.runs(n)) for n in names]
+
+        def quality() -> list[Cell]:
+            return self.runs("kfac", epochs=p.quality_epochs, seeds=p.seeds[:1],
+                             experiment="quality")  # fmt: skip
+
+        def lanczos() -> list[Cell]:
+            return self.runs("lanczos", self.best["deflation"], epochs=p.lanczos_epochs,
+                             seeds=p.seeds[:1])  # fmt: skip
+
+        jobs = tuning(p.claim) + training(p.claim)
+        if "kfac" in p.claim:
+            jobs += [Job(f"control: kfac at {m}'s settings", ("kfac", m),
+                         lambda m=m: self.controls(m)) for m in family]  # fmt: skip
+        if "kfac" in tuned:
+            jobs.append(Job("quality experiment", ("kfac",), quality))
+        jobs += [Job(f"{n} ema_mode={m}", (n,), lambda n=n, m=m: self.runs(
+            n, mode=m, epochs=p.ema_epochs)) for n, m in p.ema if n in tuned]  # fmt: skip
+        jobs += tuning(p.extra) + training(p.extra)
+        if "deflation" in tuned:
+            jobs.append(Job("lanczos check", ("deflation",), lanczos))
+        return jobs
+
+    # -- running -----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
         print(f"[{time.time() - self.started:7.0f} s] {msg}", flush=True)
 
-    def need(self, name: str, epochs: float, runs: int = 1, factor: float = 1.0) -> float:
-        """Estimated seconds for ``runs`` runs: the tuning runs' time per step, times the
-        slowdown of the latest run against its own tuning rate (the machine is shared)."""
-        rate = self.seconds_per_step.get(name, 0.0) * self.slowdown
-        return factor * rate * epochs * self.per_epoch * runs
+    def seconds_per_step(self, name: str) -> float:
+        """Measured elapsed seconds per step of ``name`` (else of the slowest optimizer of its
+        kind measured so far; 0 before any)."""
+        own = [o for o in self.done.values() if o.cell.optimizer == name]
+        if own:
+            return sum(o.seconds for o in own) / sum(len(o.df) for o in own)
+        kind = name in FIRST_ORDER
+        rates = [self.seconds_per_step(n) for n in {o.cell.optimizer for o in self.done.values()}
+                 if (n in FIRST_ORDER) == kind]  # fmt: skip
+        return max(rates, default=0.0)
 
-    def left(self) -> float:
-        return self.budget_s - (time.time() - self.started)
+    def estimate(self, cell: Cell) -> float:
+        extra = 1.25 if cell.ema_mode != "factors" or cell.experiment == "quality" else 1.0
+        return extra * self.seconds_per_step(cell.optimizer) * cell.epochs * self.per_epoch
 
-    def fits(self, what: str, need: float) -> bool:
-        """Whether ``need`` seconds fit in the budget (else noted as not run)."""
-        if need <= self.left():
-            return True
-        self.skipped.append(
-            f"{what}: needs about {need / 60:.0f} min, {self.left() / 60:.0f} min left"
-        )
-        self.log(f"SKIPPED {self.skipped[-1]}")
-        return False
+    def cached(self, cell: Cell) -> Outcome | None:
+        folder = self.runs_dir / "cells" / cell.key
+        if not (self.resume and (folder / "meta.json").is_file()):
+            return None
+        meta = json.loads((folder / "meta.json").read_text())
+        settings = json.loads((folder / SETTINGS_FILE).read_text())
+        df = pd.read_csv(folder / RESULTS_FILE)
+        return Outcome(cell, settings, df, meta["seconds"], meta["load"], meta["commit"])
 
-    def observe(self, name: str, elapsed: float, steps: int) -> None:
-        """Update :attr:`slowdown` from a finished run of ``name``."""
-        if self.seconds_per_step.get(name):
-            self.slowdown = elapsed / steps / self.seconds_per_step[name]
+    def record(self, outcome: Outcome, *, save: bool) -> None:
+        cell = outcome.cell
+        self.done[cell.key] = outcome
+        if save:
+            folder = self.runs_dir / "cells" / cell.key
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / SETTINGS_FILE).write_text(json.dumps(outcome.settings, default=str))
+            outcome.df.to_csv(folder / RESULTS_FILE, index=False)
+            meta = {"cell": asdict(cell), "seconds": outcome.seconds, "load": outcome.load,
+                    "commit": outcome.commit}  # fmt: skip
+            (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        else:
+            self.reused += 1
+        status = ", ".join(r["status"] for r in outcome.settings["runs"])
+        self.log(f"{cell.key}: {status}, loss {outcome.loss:.2f}, {outcome.seconds:.0f} s"
+                 + ("" if save else " (reused)"))  # fmt: skip
+        self.settle_tuning(cell.optimizer)
 
-    def run(self, name, *, epochs, seeds, lr, damping, experiment="training", ema_mode=None):
-        """One :func:`run_reproduction` of one optimizer: (settings, results, seconds)."""
-        spec = ReproduceSpec(
-            experiment,
-            "curves",
-            epochs=epochs,
-            seeds=tuple(seeds),
-            optimizers=(name,),
-            lrs={name: lr},
-            dampings={} if damping is None else {name: damping},
-            ema_mode=ema_mode or PAPER_DEFAULTS["ema_mode"],
-            device="cpu",
-        )
-        t0 = time.perf_counter()
-        settings, df = run_reproduction(spec, self.dataset)
-        elapsed = time.perf_counter() - t0
-        statuses = ", ".join(r["status"] for r in settings["runs"])
-        self.log(f"{name} lr={lr:g} damping={damping} {ema_mode or ''} seeds={seeds}: "
-                 f"{statuses}, {elapsed:.0f} s")  # fmt: skip
-        return settings, df, elapsed
-
-    def tune(self, names) -> None:
-        """Tune each of ``names`` not tuned yet (phase 1 of the module docstring); with
-        ``--reuse-tuning`` an optimizer already in ``tuning.json`` takes its cells from there."""
-        self.phase = "1 (tuning)"
-        cache = self.runs_dir / TUNING_FILE
-        saved = json.loads(cache.read_text()) if self.reuse_tuning and cache.is_file() else {}
-        for name in names:
-            if name in self.tuning or name in SHARED_SETTINGS:
-                continue
-            if name in saved:
-                self.tuning[name] = saved[name]["cells"]
-                self.seconds_per_step[name] = saved[name]["seconds_per_step"]
-                self.reused.append(name)
-                self.log(f"{name}: tuning reused from {cache.name}")
-            else:
-                self.tune_one(name)
-            best = min(self.tuning[name], key=lambda c: c["loss"])
-            self.best[name] = (best["lr"], best["damping"])
-            saved[name] = {
-                "cells": self.tuning[name],
-                "seconds_per_step": self.seconds_per_step[name],
-            }
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(saved, indent=1))
-            self.write()
-        for name, source in SHARED_SETTINGS.items():
-            if source in self.best:
-                self.best[name] = self.best[source]
-                self.seconds_per_step[name] = self.seconds_per_step[source]
-
-    def tune_one(self, name: str) -> None:
-        epochs = self.plan.tune_epochs_for(name)
-        cells = []
-        for lr, damping in self.plan.grid(name):
-            _, df, elapsed = self.run(name, epochs=epochs, seeds=(0,), lr=lr, damping=damping)
-            loss = final_losses(df, name)[0]
-            cells.append({"lr": lr, "damping": damping, "loss": loss, "seconds": elapsed,
-                          "steps": len(df), "status": df["status"].iloc[0]})  # fmt: skip
-        self.tuning[name] = cells
-        # elapsed time per step, evaluation included: what the budget guard needs
-        self.seconds_per_step[name] = sum(c["seconds"] for c in cells) / sum(
-            c["steps"] for c in cells
-        )
-
-    def train(self, names, seeds, phase: str) -> None:
-        """``--epochs`` epochs of each of ``names`` on ``seeds``; when they do not all fit,
-        on as many of the first seeds as fit (at least two when ``seeds`` has several: one
-        seed gives no spread for a verdict)."""
-        self.phase = phase
-        self.tune(names)
-        self.phase = phase
-        fewest = min(2, len(seeds))
-        for name in names:
-            if name not in self.best:
-                continue
-            k = len(seeds)
-            while k > fewest and self.need(name, self.plan.epochs, k) > self.left():
-                k -= 1
-            if k < len(seeds):
-                self.skipped.append(f"{name}, seeds {seeds[k:]}: did not fit after {seeds[:k]}")
-            if not self.fits(f"{name}, seeds {seeds[:k]}", self.need(name, self.plan.epochs, k)):
-                continue
-            lr, damping = self.best[name]
-            settings, df, elapsed = self.run(
-                name, epochs=self.plan.epochs, seeds=seeds[:k], lr=lr, damping=damping
-            )
-            self.observe(name, elapsed, len(df))
-            self.frames.append(df)
-            if self.settings is None:
-                self.settings = settings
-            else:
-                self.settings["optimizers"].update(settings["optimizers"])
-                self.settings["runs"] += settings["runs"]
-                self.settings["seeds"] = sorted(set(self.settings["seeds"]) | set(seeds))
-                self.settings["total_time_s"] += settings["total_time_s"]
-            self.write()
-
-    def ema_modes(self) -> None:
-        self.phase = "3 (curvature averages)"
-        seed = self.plan.seeds[0]
-        for name, mode in self.plan.ema:
-            if name not in self.best:
-                continue
-            # the window / fisher refreshes cost more than the factor EMA
-            need = self.need(name, self.plan.ema_epochs, 1, factor=1.25)
-            if not self.fits(f"{name} ema_mode={mode}", need):
-                continue
-            lr, damping = self.best[name]
-            _, df, elapsed = self.run(name, epochs=self.plan.ema_epochs, seeds=(seed,), lr=lr,
-                                      damping=damping, ema_mode=mode)  # fmt: skip
-            self.observe(name, elapsed, len(df))
-            self.ema.append({"name": name, "mode": mode, "seed": seed, "df": df})
-            self.write()
-
-    def quality_run(self) -> None:
-        self.phase = "5 (approximation quality)"
-        need = self.need("kfac", self.plan.quality_epochs, 1, factor=1.3)
-        if "kfac" not in self.best or not self.fits("quality experiment", need):
+    def settle_tuning(self, name: str) -> None:
+        """Pick ``name``'s best cell once its whole grid is done (or given up)."""
+        if name in self.best or name in self.untunable or name == "lanczos":
             return
-        lr, damping = self.best["kfac"]
-        settings, df, _ = self.run("kfac", epochs=self.plan.quality_epochs,
-                                   seeds=(self.plan.seeds[0],), lr=lr, damping=damping,
-                                   experiment="quality")  # fmt: skip
-        self.quality = (settings, df)
-        write_reproduction(self.runs_dir / "quality", settings, df)
-        self.write()
+        cells = self.tuning_cells(name)
+        missing = [c for c in cells if c.key not in self.done]
+        if any(c.key not in self.skipped_keys for c in missing):
+            return
+        scored = [(self.done[c.key].loss, c) for c in cells if c.key in self.done]
+        finite = [(loss, c) for loss, c in scored if math.isfinite(loss)]
+        if finite:
+            self.best[name] = min(finite, key=lambda t: t[0])[1].settings
+            self.log(f"{name} tuned: lr, damping = {self.best[name]}")
+        else:
+            self.untunable.add(name)
 
     def main(self) -> None:
-        self.log(f"load at start {self.load_start}; budget {self.budget_s / 60:.0f} min")
-        self.train(self.plan.claim, self.plan.seeds, "2 (the claim, seeds 1-3)")
-        self.ema_modes()
-        self.train(self.plan.extra, self.plan.seeds[:1], "4 (comparison rows, seed 1)")
-        self.quality_run()
+        self.log(f"load at start {self.load_start}; budget {self.budget_s / 60:.0f} min, "
+                 f"{self.n_jobs} jobs, commit {self.commit}")  # fmt: skip
+        pending = list(enumerate(self.jobs()))
+        queue: list[tuple[int, Cell]] = []
+        seen: set[str] = set()
+        running = {}
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.n_jobs, mp_context=context,
+                                 initializer=_start_worker) as pool:  # fmt: skip
+            while pending or queue or running:
+                for item in list(pending):
+                    prio, job = item
+                    if any(n in self.untunable for n in job.needs):
+                        pending.remove(item)
+                        self.skipped.append(f"{job.label}: its tuning did not finish")
+                    elif all(n in self.best for n in job.needs):
+                        pending.remove(item)
+                        fresh = [c for c in job.cells() if c.key not in seen]
+                        seen.update(c.key for c in fresh)
+                        queue += [(prio, c) for c in fresh]
+                queue.sort(key=lambda t: t[0])
+                while queue and len(running) < self.n_jobs:
+                    prio, cell = queue.pop(0)
+                    self.phase = cell.key
+                    if (outcome := self.cached(cell)) is not None:
+                        self.record(outcome, save=False)
+                        continue
+                    need = self.estimate(cell)
+                    if time.time() + need > self.started + self.budget_s:
+                        self.skipped_keys.add(cell.key)
+                        self.skipped.append(f"{cell.key}: needs about {need / 60:.0f} min, "
+                                            f"{self.left() / 60:.0f} min left")  # fmt: skip
+                        self.log(f"SKIPPED {self.skipped[-1]}")
+                        self.settle_tuning(cell.optimizer)
+                        continue
+                    running[pool.submit(run_cell, cell)] = cell
+                if not running:
+                    ready = any(all(n in self.best for n in j.needs) for _, j in pending)
+                    if pending and not queue and not ready:  # tuning that will never come
+                        for _, job in pending:
+                            self.skipped.append(f"{job.label}: its tuning did not finish")
+                        pending.clear()
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = running.pop(future)
+                    settings, df, seconds = future.result()
+                    self.record(Outcome(cell, settings, df, seconds, os.getloadavg()[0],
+                                        self.commit), save=True)  # fmt: skip
+                self.write()
         self.phase = "done"
         self.write()
         self.log(f"done; report {self.out}")
 
-    # -- the report ------------------------------------------------------------------------
-    def results(self) -> pd.DataFrame | None:
-        return pd.concat(self.frames, ignore_index=True) if self.frames else None
+    def left(self) -> float:
+        return self.budget_s - (time.time() - self.started)
 
+    # -- the results -------------------------------------------------------------------------
+    def outcomes(self, experiment="training", mode="factors", epochs=None) -> list[Outcome]:
+        """Finished cells of ``experiment`` / ``mode`` / ``epochs`` (default: the claim's)
+        on the plan's seeds (so not the tuning runs)."""
+        epochs = self.plan.epochs if epochs is None else epochs
+        return [o for o in self.done.values() if o.cell.experiment == experiment
+                and o.cell.ema_mode == mode and o.cell.epochs == epochs
+                and o.cell.seed in self.plan.seeds and o.cell.optimizer != "lanczos"]  # fmt: skip
+
+    def claim_outcomes(self) -> list[Outcome]:
+        """Phases 2 and 4: each optimizer at its tuned settings."""
+        return [o for o in self.outcomes() if self.best.get(o.cell.optimizer) == o.cell.settings]
+
+    def control_outcomes(self) -> dict[tuple[float, float | None], list[Outcome]]:
+        """Phase 3: KFAC runs at settings other than its own tuned ones, by settings."""
+        out: dict = {}
+        for o in self.outcomes():
+            if o.cell.optimizer == "kfac" and o.cell.settings != self.best.get("kfac"):
+                out.setdefault(o.cell.settings, []).append(o)
+        return out
+
+    def quality_outcome(self) -> Outcome | None:
+        found = self.outcomes("quality", epochs=self.plan.quality_epochs)
+        return found[0] if found else None
+
+    @staticmethod
+    def frame(outcomes: list[Outcome]) -> pd.DataFrame | None:
+        return pd.concat([o.df for o in outcomes], ignore_index=True) if outcomes else None
+
+    # -- the report ------------------------------------------------------------------------
     def write(self) -> None:
-        """Rewrite the report (keeping anything after :data:`MARKER`) and the training folder."""
+        """Rewrite the report (keeping anything after :data:`MARKER`) and the result folders."""
         lines = self.report()
         kept = ""
         if self.out.is_file():
@@ -356,33 +500,47 @@ class Bench:
             kept = old[old.index(MARKER) + len(MARKER) :] if MARKER in old else ""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text("\n".join([*lines, "", MARKER]) + kept, encoding="utf-8")
-        df = self.results()
-        if df is not None and self.settings is not None:
-            write_reproduction(self.runs_dir / "training", self.settings, df)
+        claim = self.claim_outcomes()
+        if claim:
+            write_reproduction(self.runs_dir / "training", merged_settings(claim),
+                               self.frame(claim))  # fmt: skip
+        if (quality := self.quality_outcome()) is not None:
+            write_reproduction(self.runs_dir / "quality", quality.settings, quality.df)
 
     def report(self) -> list[str]:
         done = self.phase == "done"
         elapsed = time.time() - self.started
+        loads = [o.load for o in self.done.values()]
         status = (
             "Complete."
             if done
-            else f"**PARTIAL RESULTS: the bench was still running (phase {self.phase}) when "
+            else f"**PARTIAL RESULTS: the bench was still running (at {self.phase}) when "
             f"this file was written; tables below hold only the runs finished by then.**"
         )
+        batch = PAPER_DEFAULTS["batch_size"]
         lines = [
             "# Paper-scale training benchmark: CURVES (issue 10)"
             + (" — QUICK SMOKE RUN" if self.quick else ""),
             "",
             status,
             "",
-            f"Generated by `bench/paper_train_bench.py{' --quick' if self.quick else ''}`, "
-            f"started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(self.started))}. "
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
+            f"Generated by `bench/paper_train_bench.py{' --quick' if self.quick else ''}` at "
+            f"commit {self.commit}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(self.started))}. Machine: "
+            f"{platform.machine()}, {os.cpu_count()} CPU cores, "
             f"{'a CUDA GPU present but not used' if torch.cuda.is_available() else 'no GPU'}; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} thread, float32 training "
-            f"(curvature in float64). Load average at the start: {self.load_start}; at this "
-            f"writing: {load_text()}. {'Total wall time' if done else 'Wall time so far'}: "
-            f"{elapsed / 60:.1f} min (budget {self.budget_s / 60:.0f} min).",
+            f"torch {torch.__version__}, float32 training (curvature in float64). "
+            f"{self.n_jobs} runs at a time, each its own process on one thread. Load average "
+            f"at the start: {self.load_start}; when runs finished: "
+            + (f"{min(loads):.2f}–{max(loads):.2f} (1 min)" if loads else "—")
+            + f"; at this writing: {load_text()}. "
+            f"{'Total wall time' if done else 'Wall time so far'}: {elapsed / 60:.1f} min "
+            f"(budget {self.budget_s / 60:.0f} min)."
+            + (
+                f" {self.reused} run(s) read back from an earlier start (`--resume`)."
+                if self.reused
+                else ""
+            ),  # fmt: skip
             "",
             "## Setup",
             "",
@@ -390,24 +548,29 @@ class Bench:
             f"{self.dataset.n_test:,} test images (28×28), BCE loss (mean per-sample NLL summed "
             f"over pixels). Network: preset `curves` (784-400-200-100-50-25-6, mirrored; ReLU; "
             f"sigmoid + BCE), {PAPER_DEFAULTS['init']} initialisation, zero biases. "
-            f"Batch {PAPER_DEFAULTS['batch_size']} ({self.per_epoch} steps per epoch), Fisher "
-            f"batch {round(PAPER_DEFAULTS['batch_size'] * PAPER_DEFAULTS['fisher_batch_fraction'])}"
-            f" (true Fisher), T_cov = T_inv = {PAPER_DEFAULTS['t_cov']}, EMA "
-            f'{PAPER_DEFAULTS["ema"]} (`ema_mode="{PAPER_DEFAULTS["ema_mode"]}"` unless stated), '
-            f"KL-clip {PAPER_DEFAULTS['kl_clip']}, momentum {PAPER_DEFAULTS['momentum']}, weight "
-            f"decay {PAPER_DEFAULTS['weight_decay']}; CPU. Every run is a "
-            "`core.views.reproduce.run_reproduction`; wall time is training time only (evaluation "
-            "excluded), and runs are sequential on one thread.",
+            f"Batch {batch} ({self.per_epoch} steps per epoch), Fisher batch "
+            f"{round(batch * PAPER_DEFAULTS['fisher_batch_fraction'])} (true Fisher), "
+            f"T_cov = T_inv = {PAPER_DEFAULTS['t_cov']}, EMA {PAPER_DEFAULTS['ema']} "
+            f'(`ema_mode="{PAPER_DEFAULTS["ema_mode"]}"` unless stated), KL-clip '
+            f"{PAPER_DEFAULTS['kl_clip']}, momentum {PAPER_DEFAULTS['momentum']}, weight decay "
+            f"{PAPER_DEFAULTS['weight_decay']}; CPU. Every run is a "
+            "`core.views.reproduce.run_reproduction`; wall time is training time only "
+            "(evaluation excluded).",
             "",
         ]
-        lines += self.tuning_section()
-        lines += self.claim_section()
-        lines += self.ema_section()
-        lines += self.quality_section()
+        for section in (
+            self.tuning_section,
+            self.claim_section,
+            self.control_section,
+            self.quality_section,
+            self.ema_section,
+            self.lanczos_section,
+        ):
+            lines += section()  # fmt: skip
         lines += ["## Not run", ""]
         lines += [f"- {s}" for s in self.skipped] or ["- nothing skipped by the time budget"]
         if not done:
-            lines.append(f"- (bench still running: phase {self.phase})")
+            lines.append("- (bench still running)")
         return lines
 
     def tuning_section(self) -> list[str]:
@@ -416,73 +579,72 @@ class Bench:
         def values(xs) -> str:
             return "{" + ", ".join(f"{v:g}" for v in xs) + "}"
 
-        first = [f"{n} lr ∈ {values(p.grid_lr[n])}" for n in p.grid_lr if n in self.tuning]
+        first = "; ".join(f"{n} lr ∈ {values(p.grid_lr[n])}" for n in p.grid_lr)
         lines = [
-            "## 1. Tuning (seed 0) and time per step",
+            f"## 1. Tuning (seed {TUNE_SEED}) and time per step",
             "",
-            f"Grid: {'; '.join(first)}; every natural-gradient method lr ∈ "
-            f"{values(p.natural_lr)} × damping ∈ {values(p.natural_damping)}. Tuning runs: "
-            f"{p.tune_epochs['first_order']:g} epochs (first-order) and "
-            f"{p.tune_epochs['natural']:g} epoch(s) (natural-gradient, the expensive ones), "
-            "criterion: mean minibatch training loss over the last epoch of steps (the "
-            "reproduction's final-loss rule; a run shorter than an epoch: all its steps). "
-            "lanczos takes deflation's settings (not tuned; same updates on the Gram route). "
-            "s/step: elapsed time per step of the tuning runs, refreshes and evaluation "
-            "included."
-            + (
-                f" Tuning of {', '.join(self.reused)} was measured by an earlier start of this "
-                f"script (same code and seeds) and read back from {TUNING_FILE}."
-                if self.reused
-                else ""
-            ),
+            f"Grid: {first}; every natural-gradient method lr ∈ {values(p.natural_lr)} × "
+            f"damping ∈ {values(p.natural_damping)}. Every tuning run: {p.tune_epochs:g} "
+            "epochs; criterion: mean minibatch training loss over the last epoch of steps (the "
+            "reproduction's final-loss rule; a diverged run: inf). lanczos is not tuned (see "
+            "section 6). s/step: elapsed seconds per step over all of the optimizer's runs, "
+            "refreshes and evaluation included.",
             "",
         ]
         rows = []
-        for name, cells in self.tuning.items():
-            lr, damping = self.best[name]
+        for name in [*p.claim, *p.extra]:
+            cells = [c for c in self.tuning_cells(name) if c.key in self.done]
+            if not cells:
+                continue
+            lr, damping = self.best.get(name, (math.nan, None))
             grid = "; ".join(
-                f"{c['lr']:g}"
-                + ("" if c["damping"] is None else f"/{c['damping']:g}")
-                + f": {c['loss']:.2f}"
-                for c in cells
-            )
+                f"{c.lr:g}" + ("" if c.damping is None else f"/{c.damping:g}")
+                + f": {self.done[c.key].loss:.2f}" for c in cells
+            )  # fmt: skip
             rows.append([name, f"{lr:g}", "—" if damping is None else f"{damping:g}",
-                         f"{self.seconds_per_step[name]:.3f}", grid])  # fmt: skip
+                         f"{self.seconds_per_step(name):.3f}", grid])  # fmt: skip
         lines += md_table(["optimizer", "lr", "damping", "s/step", "grid (lr/damping: loss)"], rows)
         return lines + [""]
 
     def claim_section(self) -> list[str]:
-        df = self.results()
-        if df is None:
+        outcomes = self.claim_outcomes()
+        if not outcomes:
             return ["## 2. The claim", "", "No run finished yet.", ""]
-        seeds = sorted(df["seed"].unique())
+        df = self.frame(outcomes)
+        settings = merged_settings(outcomes)
         lines = [
             "## 2. Training: final loss, loss against epoch and wall time",
             "",
-            f"{self.plan.epochs:g} epochs, tuned settings; seeds per optimizer as listed (n). "
-            "Summary from `core.views.reproduce.summary_table` (final train loss: mean minibatch "
-            "loss over the last epoch of steps; mean ± sd over seeds, ddof 1).",
+            f"{self.plan.epochs:g} epochs, each optimizer at its tuned settings; seeds per "
+            "optimizer as listed (n). Summary from `core.views.reproduce.summary_table` (final "
+            "train loss: mean minibatch loss over the last epoch of steps; mean ± sd over "
+            "seeds, ddof 1).",
             "",
         ]
-        lines += frame_table(summary_table({"experiment": "training"}, df))
-        kfac_ms = None
-        rows = []
-        for name, part in df.groupby("optimizer", sort=False):
-            runs = part.groupby("seed")
-            ms = [1000 * p["wall_time_s"].max() / len(p) for _, p in runs]
-            mean_ms = sum(ms) / len(ms)
-            if name == "kfac":
-                kfac_ms = mean_ms
-            rows.append([name, f"{mean_ms:.1f}", mean_ms])
-        lines += ["", "Training time per step (mean over its seeds, whole runs, refreshes "
-                  "amortized, evaluation excluded):", ""]  # fmt: skip
-        lines += md_table(
-            ["optimizer", "ms/step", "× kfac"],
-            [[r[0], r[1], f"{r[2] / kfac_ms:.2f}" if kfac_ms else "—"] for r in rows],
-        )
+        lines += frame_table(summary_table(settings, df))
+        lines += self.speed_table(outcomes)
+        lines += self.epoch_table(df)
+        lines += self.wall_time_table(df)
+        lines += ["", "### Verdicts (`core.views.reproduce.training_verdicts`)", "",
+                  "Rule: " + settings["rules"]["training"], ""]  # fmt: skip
+        lines += frame_table(training_verdicts(df))
+        return lines + [""]
+
+    def speed_table(self, outcomes: list[Outcome]) -> list[str]:
+        per: dict[str, list[float]] = {}
+        for o in outcomes:
+            per.setdefault(o.cell.optimizer, []).append(
+                1000 * o.df["wall_time_s"].max() / len(o.df)
+            )
+        ms = {n: sum(v) / len(v) for n, v in per.items()}
+        kfac = ms.get("kfac")
+        rows = [[n, f"{v:.1f}", f"{v / kfac:.2f}" if kfac else "—"] for n, v in ms.items()]
+        return ["", "Training time per step (mean over its seeds, whole runs, refreshes "
+                "amortized, evaluation excluded):", ""] + md_table(
+            ["optimizer", "ms/step", "× kfac"], rows)  # fmt: skip
+
+    def epoch_table(self, df: pd.DataFrame) -> list[str]:
         marks = [e for e in EPOCH_MARKS if e <= self.plan.epochs] or [self.plan.epochs]
-        lines += ["", "Loss against epoch: mean minibatch training loss over epoch e (mean ± sd "
-                  "over seeds), and the mean training wall time at its end (s):", ""]  # fmt: skip
         rows = []
         for name, part in df.groupby("optimizer", sort=False):
             row = [name]
@@ -500,75 +662,77 @@ class Bench:
                 t = f" ({sum(times) / len(times):.0f} s)" if times else ""
                 row.append(mean_sd(losses) + t)
             rows.append(row)
-        lines += md_table(["optimizer", *[f"epoch {e:g}" for e in marks]], rows)
-        kfac_t = df[df["optimizer"] == "kfac"].groupby("seed")["wall_time_s"].max()
-        if len(kfac_t):
-            t_marks = [round(float(kfac_t.mean()) * f) for f in (0.125, 0.25, 0.5, 1.0)]
-            lines += ["", "Loss against wall time: per run the mean minibatch loss over the "
-                      "last epoch of steps ended by T "
-                      "(`core.views.reproduce.final_losses(until=T)`), "
-                      "T = 1/8, 1/4, 1/2 and 1 × KFAC's mean training time; '(ended)' where a "
-                      "run's training had ended before T:", ""]  # fmt: skip
-            rows = []
-            for name, part in df.groupby("optimizer", sort=False):
-                row = [name]
-                end = part.groupby("seed")["wall_time_s"].max().min()
-                for t in t_marks:
-                    cell = mean_sd(final_losses(df, name, until=t).values())
-                    row.append(cell + (" (ended)" if end < t else ""))
-                rows.append(row)
-            lines += md_table(["optimizer", *[f"T = {t} s" for t in t_marks]], rows)
-        lines += ["", "### Verdicts (`core.views.reproduce.training_verdicts`)", "",
-                  "Rule: " + self.settings["rules"]["training"], ""]  # fmt: skip
-        if len(seeds) < 2:
-            lines += ["Fewer than two seeds so far: every verdict is 'not testable here'.", ""]
-        lines += frame_table(training_verdicts(df))
-        return lines + [""]
+        return ["", "Loss against epoch: mean minibatch training loss over epoch e (mean ± sd "
+                "over seeds), and the mean training wall time at its end (s):", ""] + md_table(
+            ["optimizer", *[f"epoch {e:g}" for e in marks]], rows)  # fmt: skip
 
-    def ema_section(self) -> list[str]:
-        if not self.ema:
+    def wall_time_table(self, df: pd.DataFrame) -> list[str]:
+        kfac_t = df[df["optimizer"] == "kfac"].groupby("seed")["wall_time_s"].max()
+        if not len(kfac_t):
             return []
-        df = self.results()
-        e = self.plan.ema_epochs
+        t_marks = [round(float(kfac_t.mean()) * f) for f in (0.125, 0.25, 0.5, 1.0)]
+        rows = []
+        for name, part in df.groupby("optimizer", sort=False):
+            end = part.groupby("seed")["wall_time_s"].max().min()
+            rows.append([name] + [mean_sd(final_losses(df, name, until=t).values())
+                                  + (" (ended)" if end < t else "") for t in t_marks])  # fmt: skip
+        return ["", "Loss against wall time: per run the mean minibatch loss over the last "
+                "epoch of steps ended by T (`core.views.reproduce.final_losses(until=T)`), "
+                "T = 1/8, 1/4, 1/2 and 1 × KFAC's mean training time; '(ended)' where a run's "
+                "training had ended before T:", ""] + md_table(
+            ["optimizer", *[f"T = {t} s" for t in t_marks]], rows)  # fmt: skip
+
+    def control_section(self) -> list[str]:
+        """The claim against KFAC run at each method's own settings (phase 3)."""
+        controls = self.control_outcomes()
+        claim = self.claim_outcomes()
+        if not controls or not claim:
+            same = [m for m in KPSVD_FAMILY if m in self.best and "kfac" in self.best
+                    and self.best[m] == self.best["kfac"]]  # fmt: skip
+            if not same:
+                return []
+            return ["## 3. Controls: KFAC at the same settings", "",
+                    f"KFAC's tuned settings equal those of {', '.join(same)}: the claim's table "
+                    "already compares them at the same (lr, damping).", ""]  # fmt: skip
         lines = [
-            "## 3. Curvature averages (`ema_mode`)",
+            "## 3. Controls: KFAC at each method's settings",
             "",
-            f"Seed {self.plan.seeds[0]} only (one run per mode: no spread, no verdict), tuned "
-            f"settings (tuned with `factors`), {e:g} epochs; `factors` is the phase-2 run of "
-            "the same seed cut at the same epoch (same initialisation and minibatches). Loss: "
-            "mean minibatch training loss over the last epoch of steps; time: training time.",
+            "The claim's table compares each optimizer at its own tuned settings. Here KFAC "
+            "runs at the KPSVD-family method's tuned (lr, damping), same seeds and epochs, so "
+            "the two differ only in the Fisher approximation. Verdicts by the same rule "
+            "(`training_verdicts` with these KFAC runs as the baseline).",
             "",
         ]
+        others = [o for o in claim if o.cell.optimizer != "kfac"]
         rows = []
-        for name in dict.fromkeys(r["name"] for r in self.ema):
-            base = df[(df["optimizer"] == name) & (df["seed"] == self.plan.seeds[0])]
-            base = base[base["epoch"] <= e + 1e-9]
-            cells = {"factors": base}
-            cells.update({r["mode"]: r["df"] for r in self.ema if r["name"] == name})
-            for mode, part in cells.items():
-                if part.empty:
-                    continue
-                loss = final_losses(part, name)[self.plan.seeds[0]]
-                rows.append([name, mode, f"{loss:.2f}", f"{part['wall_time_s'].max():.0f}",
-                             ", ".join(sorted(part["status"].unique()))])  # fmt: skip
-        lines += md_table(["method", "ema_mode", f"loss at epoch {e:g}", "time (s)", "status"],
-                          rows)  # fmt: skip
+        for settings, kfac_runs in controls.items():
+            methods = [m for m in KPSVD_FAMILY if self.best.get(m) == settings]
+            df = self.frame(others + kfac_runs)
+            table = training_verdicts(df)
+            table = table[(table["baseline"] == "kfac") & table["method"].isin(methods)]
+            label = f"lr {settings[0]:g}, damping {settings[1]:g}"
+            rows += [[label, *r] for r in table[["claim", "criterion", "verdict",
+                                                 "detail"]].values.tolist()]  # fmt: skip
+            rows.append([label, f"kfac alone: {mean_sd(final_losses(df, 'kfac').values())}",
+                         "", "", ""])  # fmt: skip
+        lines += md_table(["KFAC at", "claim", "criterion", "verdict", "detail"], rows)
         return lines + [""]
 
     def quality_section(self) -> list[str]:
-        if self.quality is None:
+        outcome = self.quality_outcome()
+        if outcome is None:
             return []
-        settings, df = self.quality
+        settings, df, cell = outcome.settings, outcome.df, outcome.cell
         q = settings["quality"]
         layers = ", ".join(f"layer {x['number']} ({x['name']})" for x in q["layers"])
         lines = [
             "## 4. Approximation quality over training",
             "",
-            f"The reproduction's `quality` experiment: KFAC (tuned lr/damping, Fisher batch "
-            f"{q['fisher_batch']}) trains for {self.plan.quality_epochs:g} epochs, seed "
-            f"{self.plan.seeds[0]}; every {q['every_steps']} steps every method is measured on "
-            f"{layers} on a fresh "
-            f"Fisher minibatch of {q['fisher_batch']}. Mean errors over the tracked points:",
+            f"The reproduction's `quality` experiment: KFAC (tuned lr/damping "
+            f"{cell.lr:g}/{cell.damping:g}, Fisher batch {q['fisher_batch']}) trains for "
+            f"{cell.epochs:g} epochs, seed {cell.seed}; every {q['every_steps']} steps every "
+            f"method is measured on {layers} on a fresh Fisher minibatch of "
+            f"{q['fisher_batch']}. Mean errors over the tracked points:",
             "",
         ]
         lines += frame_table(summary_table(settings, df))
@@ -577,34 +741,102 @@ class Bench:
         lines += frame_table(quality_verdicts(df))
         return lines + [""]
 
+    def ema_section(self) -> list[str]:
+        rows = []
+        e = self.plan.ema_epochs
+        for name in dict.fromkeys(n for n, _ in self.plan.ema):
+            if name not in self.best:
+                continue
+            factors = [o for o in self.claim_outcomes() if o.cell.optimizer == name]
+            cut = self.frame(factors)
+            if cut is not None:
+                rows.append(self.ema_row(name, "factors", cut[cut["epoch"] <= e + 1e-9]))
+            for _, mode in [r for r in self.plan.ema if r[0] == name]:
+                runs = [o for o in self.outcomes(mode=mode, epochs=e) if o.cell.optimizer == name
+                        and o.cell.settings == self.best[name]]  # fmt: skip
+                if runs:
+                    rows.append(self.ema_row(name, mode, self.frame(runs)))
+        if not rows:
+            return []
+        return [
+            "## 5. Curvature averages (`ema_mode`)",
+            "",
+            f"Tuned settings (tuned with `factors`), {e:g} epochs, seeds as listed; `factors` "
+            "is the claim's run of the same seed cut at the same epoch (same initialisation "
+            "and minibatches). Loss: mean minibatch training loss over the last epoch of steps "
+            "(mean ± sd over seeds); time: training time.",
+            "",
+            *md_table(
+                ["method", "ema_mode", f"loss at epoch {e:g}", "per seed", "time (s)", "status"],
+                rows,
+            ),  # fmt: skip
+            "",
+        ]
+
+    @staticmethod
+    def ema_row(name: str, mode: str, df: pd.DataFrame) -> list:
+        losses = final_losses(df, name)
+        times = df.groupby("seed")["wall_time_s"].max()
+        per_seed = ", ".join(f"{s}: {v:.2f}" for s, v in sorted(losses.items()))
+        return [name, mode, mean_sd(losses.values()), per_seed, mean_sd(times.values),
+                ", ".join(sorted(df["status"].unique()))]  # fmt: skip
+
+    def lanczos_section(self) -> list[str]:
+        checks = [o for o in self.done.values() if o.cell.optimizer == "lanczos"]
+        ref = [
+            o
+            for o in self.claim_outcomes()
+            if o.cell.optimizer == "deflation" and checks and o.cell.seed == checks[0].cell.seed
+        ]
+        if not checks or not ref:
+            return []
+        a = checks[0].df.sort_values("step").reset_index(drop=True)
+        b = ref[0].df.sort_values("step").reset_index(drop=True).iloc[: len(a)]
+        gap = (a["train_loss"] - b["train_loss"]).abs()
+        rel = gap / b["train_loss"].abs()
+        first = int(a["step"][gap > 0].iloc[0]) if (gap > 0).any() else None
+        return [
+            "## 6. Lanczos against Deflation",
+            "",
+            f"`lanczos` at Deflation's tuned settings, seed {checks[0].cell.seed}, "
+            f"{checks[0].cell.epochs:g} epochs ({len(a)} steps), against the same steps of "
+            f"Deflation's run: largest |Δ minibatch loss| {gap.max():.3g} (relative "
+            f"{rel.max():.2g}); first step that differs: "
+            f"{'none' if first is None else first}. Time per step: lanczos "
+            f"{1000 * a['wall_time_s'].iloc[-1] / len(a):.1f} ms, deflation "
+            f"{1000 * b['wall_time_s'].iloc[-1] / len(b):.1f} ms.",
+            "",
+        ]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test (< 2 minutes)")
-    parser.add_argument("--budget-min", type=float, default=92.0)
+    parser.add_argument("--budget-min", type=float, default=100.0)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one per core)")
     parser.add_argument("--epochs", type=float, default=20.0)
     parser.add_argument("--ema-epochs", type=float, default=10.0)
-    parser.add_argument("--quality-epochs", type=float, default=5.0)
+    parser.add_argument("--quality-epochs", type=float, default=20.0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--runs-dir", type=Path)
     parser.add_argument(
-        "--reuse-tuning",
+        "--resume",
         action="store_true",
-        help=f"take the tuning of optimizers already in RUNS_DIR/{TUNING_FILE} (a restart)",
+        help="take runs already in RUNS_DIR/cells instead of rerunning them",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    root = Path(__file__).resolve().parents[1]
     if args.quick:
         plan = Plan(**QUICK, epochs=1.0, ema_epochs=0.5, quality_epochs=0.5)
-        out = args.out or root / "runs" / "paper-train-bench-quick" / "RESULTS.md"
-        runs_dir = args.runs_dir or root / "runs" / "paper-train-bench-quick"
+        out = args.out or ROOT / "runs" / "paper-train-bench-quick" / "RESULTS.md"
+        runs_dir = args.runs_dir or ROOT / "runs" / "paper-train-bench-quick"
     else:
         plan = Plan(epochs=args.epochs, ema_epochs=args.ema_epochs,
                     quality_epochs=args.quality_epochs)  # fmt: skip
         out = args.out or Path(__file__).with_name("RESULTS-paper-training.md")
-        runs_dir = args.runs_dir or root / "runs" / "paper-train-bench"
-    Bench(plan, args.budget_min * 60, out, runs_dir, args.quick, args.reuse_tuning).main()
+        runs_dir = args.runs_dir or ROOT / "runs" / "paper-train-bench"
+    Bench(plan, args.budget_min * 60, out, runs_dir, args.jobs, quick=args.quick,
+          resume=args.resume).main()  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.engine.methods import OPTIMIZERS  # noqa: E402
-from core.training.data import DATASET_SPECS, Dataset, load_dataset  # noqa: E402
+from core.training.data import load_dataset  # noqa: E402
+from core.training.datasets import DATASET_SPECS, Dataset  # noqa: E402
 from core.views.reproduce import PAPER_DEFAULTS, ReproduceSpec, run_reproduction  # noqa: E402
 
 PRESETS = ("curves", "mnist", "faces")

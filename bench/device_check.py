@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.engine.precision import ENV_VAR, engine_precision  # noqa: E402
-from core.training.data import load_curves  # noqa: E402
+from core.training.curves import load_curves  # noqa: E402
 from core.training.models import build_model, per_sample_nll  # noqa: E402
 from core.training.optim import (  # noqa: E402
     OPTIMIZERS,

@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core.training.runner as runner  # noqa: E402
-from core.training.data import Dataset, load_dataset  # noqa: E402
+from core.training.data import load_dataset  # noqa: E402
+from core.training.datasets import Dataset  # noqa: E402
 from core.training.models import build_model, per_sample_nll  # noqa: E402
 from core.training.optim import (  # noqa: E402
     EMA_MODES,

@@ -41,10 +41,12 @@ from pathlib import Path
 import torch
 
 from .engine.methods import METHODS, OPTIMIZERS
-from .training.data import DATASET_SPECS, file_help, load_dataset
+from .training.data import load_dataset
+from .training.datasets import DATASET_SPECS
 from .training.download import SOURCES, DownloadError, cached_dataset, download_dataset
 from .training.models import PRESETS, build_model, describe_layers, parse_widths
 from .training.optim import EMA_MODES
+from .training.readers import file_help
 from .training.runner import RunConfig, TrainingRun, run_comparison
 from .views.report import comparison_report, quality_report
 from .views.reproduce import (

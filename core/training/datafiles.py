@@ -5,9 +5,10 @@ A public instance never opens a path a visitor types. The host puts dataset file
 directory (``$KRONOSCOPE_DATA_DIR``); visitors pick among the names :func:`list_data_files`
 finds there, and any name that arrives from a URL goes through :func:`resolve_in_dir`, which
 refuses every name that would lead outside that directory. :func:`load_visitor_dataset` then
-reads the file with the size caps of :mod:`core.training.data` and turns every failure into one
-short message that names no server path, temporary path or library internal: a visitor learns
-nothing about the server's files from it (missing, unreadable and not-a-dataset read the same).
+reads the file with the size caps of :mod:`core.training.readers` and turns every failure into
+one short message that names no server path, temporary path or library internal: a visitor
+learns nothing about the server's files from it (missing, unreadable and not-a-dataset read the
+same).
 The detailed reason goes to the server's log for the host.
 """
 
@@ -17,14 +18,9 @@ import logging
 import os
 from pathlib import Path, PurePosixPath
 
-from .data import (
-    DATASET_SPECS,
-    Dataset,
-    DatasetError,
-    find_idx_images,
-    load_dataset,
-    max_data_bytes,
-)
+from .data import load_dataset
+from .datasets import DATASET_SPECS, Dataset, DatasetError
+from .readers import find_idx_images, max_data_bytes
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -110,11 +106,11 @@ def _has_mnist_images(folder: Path) -> bool:
 def resolve_in_dir(name: str, directory: str | os.PathLike[str]) -> Path:
     """The real path of ``name`` inside ``directory``, for a name a visitor gave.
 
-    Refused with :class:`~core.training.data.DatasetError`: a name that is not a string, empty,
-    longer than :data:`MAX_NAME_CHARS`, holds a NUL byte, is absolute, holds a ``..`` component, or
-    whose real path (symlinks followed) is outside the directory's real path. The message
-    names neither the directory nor the resolved path. The file need not exist (loading then
-    fails with :func:`load_visitor_dataset`'s message)."""
+    Refused with :class:`~core.training.datasets.DatasetError`: a name that is not a string,
+    empty, longer than :data:`MAX_NAME_CHARS`, holds a NUL byte, is absolute, holds a ``..``
+    component, or whose real path (symlinks followed) is outside the directory's real path. The
+    message names neither the directory nor the resolved path. The file need not exist (loading
+    then fails with :func:`load_visitor_dataset`'s message)."""
     refuse = "choose one of the dataset files offered by this server"
     if not isinstance(name, str) or not name:
         raise DatasetError(f"No data file name given: {refuse}.")
@@ -178,10 +174,10 @@ def load_visitor_dataset(
     max_bytes: int | None = None,
 ) -> Dataset:
     """Load dataset ``name`` from a file a visitor chose (an upload, or a name resolved by
-    :func:`resolve_in_dir`), with the size caps of :mod:`core.training.data`.
+    :func:`resolve_in_dir`), with the size caps of :mod:`core.training.readers`.
 
     Every failure — missing, unreadable, too large, not a dataset, or any error a crafted file
-    provokes in a reader — raises one :class:`~core.training.data.DatasetError`:
+    provokes in a reader — raises one :class:`~core.training.datasets.DatasetError`:
     ``"<display_name> is not a readable <LABEL> dataset: expected <visitor_file_help>."``
     (under 400 characters), where ``display_name`` is what the visitor knows the file as (the
     upload's name or the listed name), never a server path. The detailed reason is logged for

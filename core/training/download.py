@@ -41,7 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from .data import DatasetError, default_cache_dir, file_format, load_idx_images
+from .datasets import DatasetError, default_cache_dir
+from .readers import file_format, load_idx_images
 
 __all__ = [
     "ALLOW_DOWNLOADS_ENV",
@@ -323,16 +324,15 @@ def download_dataset(
     timeout: float = 60.0,
 ) -> Path:
     """Download dataset ``name``'s original files (see :data:`SOURCES`) into the cache
-    directory (default :func:`core.training.data.default_cache_dir`) unless they are there already,
-    and return the path to give :func:`core.training.data.load_dataset` (the .mat file, or MNIST's
-    folder).
+    directory (default :func:`core.training.datasets.default_cache_dir`) unless they are there
+    already, and return the path to give :func:`core.training.data.load_dataset` (the .mat file,
+    or MNIST's folder).
 
     Files already present are not downloaded again but their SHA-256 is checked against the
     manifest. ``progress(file_name, bytes_so_far, total_or_None)`` is called after every chunk;
     ``timeout`` bounds each network wait in seconds. Raises :class:`DownloadError` (a
-    :class:`~core.training.data.DatasetError`) with a one-line message on any failure; a partial
-    file
-    is kept as ``<name>.part`` for the next try to resume."""
+    :class:`~core.training.datasets.DatasetError`) with a one-line message on any failure; a
+    partial file is kept as ``<name>.part`` for the next try to resume."""
     files = _sources(name)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     with _lock:

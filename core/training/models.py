@@ -333,8 +333,8 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A named encoder width list and the dataset it is for (a ``core.training.data`` registry
-    name)."""
+    """A named encoder width list and the dataset it is for (a ``core.training.datasets``
+    registry name)."""
 
     name: str
     widths: tuple[int, ...]

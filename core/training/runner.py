@@ -44,7 +44,8 @@ from ..engine.approx import approximate
 from ..engine.capture import capture
 from ..engine.fisher import LayerFisher
 from ..engine.methods import METHODS
-from .data import DATASET_SPECS, Dataset, load_dataset
+from .data import load_dataset
+from .datasets import DATASET_SPECS, Dataset
 from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
 from .optim import (
     NonFiniteError,

@@ -68,7 +68,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
-from ..training.data import DATASET_SPECS, Dataset
+from ..training.datasets import DATASET_SPECS, Dataset
 from ..training.models import PRESETS, build_model, describe_layers
 from ..training.optim import EMA_MODES
 from ..training.runner import RunConfig, TrainingRun

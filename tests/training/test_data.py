@@ -1,5 +1,5 @@
-"""Tests for core.training.data: CURVES generation and cache, DIGITS, IDX and .npz loaders,
-the registry."""
+"""Tests for the datasets (core.training.datasets, .curves, .readers, .data): CURVES generation
+and cache, DIGITS, IDX and .npz loaders, the registry."""
 
 from __future__ import annotations
 
@@ -11,27 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-import core.training.data as data
-from core.training.data import (
-    DATASET_SPECS,
-    DATASETS,
-    Dataset,
-    DatasetError,
-    generate_curves,
-    load_curves,
-    load_dataset,
-    load_digits,
-    load_faces,
-    load_idx_images,
-    load_mnist,
-)
+import core.training.curves as curves
+import core.training.datasets as datasets
+import core.training.readers as readers
+from core.training.curves import generate_curves, load_curves
+from core.training.data import load_dataset, load_digits
+from core.training.datasets import DATASET_SPECS, DATASETS, Dataset, DatasetError
+from core.training.readers import load_faces, load_idx_images, load_mnist
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Never write into the real ~/.cache during tests."""
     cache = tmp_path / "env-cache"
-    monkeypatch.setenv(data.CACHE_ENV_VAR, str(cache))
+    monkeypatch.setenv(datasets.CACHE_ENV_VAR, str(cache))
     return cache
 
 
@@ -104,7 +97,7 @@ def test_bezier_distance_matches_brute_force_including_straight_curves() -> None
     p2[13:15] = p0[13:15]  # closed hairpin
     centres = np.arange(28) + 0.5
     py, px = (g.ravel() for g in np.meshgrid(centres, centres, indexing="ij"))
-    d = data._bezier_distance(px, py, p0, p1, p2)
+    d = curves._bezier_distance(px, py, p0, p1, p2)
     assert d.shape == (m, 28 * 28) and np.isfinite(d).all()
     for i in range(m):
         sampled = _brute_force_distance(px, py, p0[i], p1[i], p2[i])
@@ -131,7 +124,7 @@ def test_curves_cache_hit_returns_identical_data_without_regenerating(
     def fail(*args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("cache miss: generate_curves was called")
 
-    monkeypatch.setattr(data, "generate_curves", fail)
+    monkeypatch.setattr(curves, "generate_curves", fail)
     second = load_curves(size=14, n_train=120, n_test=40, seed=2, cache_dir=cache)
     assert torch.equal(first.x_train, second.x_train)
     assert torch.equal(first.x_test, second.x_test)
@@ -168,7 +161,7 @@ def test_corrupt_cache_file_is_regenerated(tmp_path: Path) -> None:
 
 
 def test_cache_dir_env_var_and_argument(tmp_path: Path, _isolated_cache: Path) -> None:
-    assert data.default_cache_dir() == _isolated_cache
+    assert datasets.default_cache_dir() == _isolated_cache
     load_dataset("curves-small", n_train=10, n_test=5)
     assert len(list(_isolated_cache.glob("curves-*14px*.npz"))) == 2
     explicit = tmp_path / "explicit"
@@ -178,8 +171,8 @@ def test_cache_dir_env_var_and_argument(tmp_path: Path, _isolated_cache: Path) -
 
 
 def test_default_cache_dir_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(data.CACHE_ENV_VAR, raising=False)
-    assert data.default_cache_dir() == Path.home() / ".cache" / "kronoscope"
+    monkeypatch.delenv(datasets.CACHE_ENV_VAR, raising=False)
+    assert datasets.default_cache_dir() == Path.home() / ".cache" / "kronoscope"
 
 
 def test_registry_curves_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +182,7 @@ def test_registry_curves_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((n, size, stream))
         return np.zeros((n, size, size), dtype=np.uint8)
 
-    monkeypatch.setattr(data, "generate_curves", fake)
+    monkeypatch.setattr(curves, "generate_curves", fake)
     ds = load_dataset("curves")
     assert (ds.name, ds.n_train, ds.n_test, ds.image_shape) == ("curves", 20_000, 10_000, (28, 28))
     assert calls == [(20_000, 28, 0), (10_000, 28, 1)]
@@ -507,7 +500,7 @@ def test_original_curves_mat_errors_name_what_was_expected(tmp_path: Path) -> No
 
 
 def test_original_faces_mat_split_is_martens(tmp_path: Path) -> None:
-    assert data.faces_split(165_600) == (103_500, 41_400)  # the published file
+    assert readers.faces_split(165_600) == (103_500, 41_400)  # the published file
     x = np.random.default_rng(6).normal(size=(625, 80)).astype(np.float32)  # one image a column
     f = _savemat(tmp_path / "newfaces_rot_single.mat", newfaces_single=x)
     ds = load_dataset("faces", path=f)
@@ -539,7 +532,7 @@ def test_zip_bomb_is_refused_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyP
     import time
     import zipfile
 
-    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(8 << 20))
+    monkeypatch.setenv(readers.MAX_DATA_BYTES_ENV, str(8 << 20))
     f = tmp_path / "bomb.npz"
     zeros = np.zeros(((64 << 20) // 784, 28, 28), dtype=np.uint8)  # 64 MiB of zeros
     with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -550,7 +543,7 @@ def test_zip_bomb_is_refused_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(DatasetError) as err:
         load_mnist(f)
     assert time.perf_counter() - start < 1.0
-    assert "limit" in str(err.value) and data.MAX_DATA_BYTES_ENV in str(err.value)
+    assert "limit" in str(err.value) and readers.MAX_DATA_BYTES_ENV in str(err.value)
 
 
 def test_zip_of_many_members_is_refused_before_parsing(tmp_path: Path) -> None:
@@ -601,12 +594,12 @@ def test_gz_idx_and_mat_sizes_are_capped(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(DatasetError, match="limit"):
         load_idx_images(f, max_bytes=1 << 20)
     m = _savemat(tmp_path / "c.mat", bdata=np.zeros((300, 784)), bdatatest=np.zeros((3, 784)))
-    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(1 << 20))
+    monkeypatch.setenv(readers.MAX_DATA_BYTES_ENV, str(1 << 20))
     with pytest.raises(DatasetError, match="limit"):
         load_dataset("curves", path=m)
-    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, "lots")
-    with pytest.raises(DatasetError, match=data.MAX_DATA_BYTES_ENV):
-        data.max_data_bytes()
+    monkeypatch.setenv(readers.MAX_DATA_BYTES_ENV, "lots")
+    with pytest.raises(DatasetError, match=readers.MAX_DATA_BYTES_ENV):
+        readers.max_data_bytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,7 +677,7 @@ def test_visitor_files_get_one_message_that_reveals_nothing(
 
     from core.training.datafiles import load_visitor_dataset
 
-    monkeypatch.setenv(data.MAX_DATA_BYTES_ENV, str(4 << 20))
+    monkeypatch.setenv(readers.MAX_DATA_BYTES_ENV, str(4 << 20))
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, x_train=np.array([None], dtype=object), x_test=np.zeros((1, 784)))
     bomb = tmp_path / "bomb.npz"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.training.data import DATASET_SPECS
+from core.training.datasets import DATASET_SPECS
 from core.training.models import (
     INITS,
     PRESETS,

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from core.training.data import Dataset
+from core.training.datasets import Dataset
 from core.training.models import Autoencoder, batch_loss
 from core.training.optim import OptimizerConfig, default_damping, default_lr
 from core.training.runner import RunConfig, TrainingRun, run_comparison

@@ -10,7 +10,7 @@ import itertools
 import random
 
 from core.engine.approx import METHODS
-from core.training.data import DATASET_SPECS
+from core.training.datasets import DATASET_SPECS
 from core.training.models import PRESETS
 
 TABS = ("block", "factors", "spectra", "rank")

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from core.training.data import DatasetError
+from core.training.datasets import DatasetError
 from pages.ui.data import UploadStore
 from tests.webapp.test_app import app, errors, unescaped
 

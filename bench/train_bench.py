@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import os
 import platform
 import statistics
@@ -43,15 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core.training.runner as runner  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402
-from core.training.datasets import Dataset  # noqa: E402
 from core.training.models import build_model, per_sample_nll  # noqa: E402
-from core.training.optim import (  # noqa: E402
-    EMA_MODES,
-    NATURAL_OPTIMIZERS,
-    OPTIMIZERS,
-    default_damping,
-    default_lr,
-)
+from core.training.optim import EMA_MODES, NATURAL_OPTIMIZERS, OPTIMIZERS  # noqa: E402
 from core.training.runner import RunConfig, TrainingRun  # noqa: E402
 
 DATASET = "curves-small"
@@ -184,88 +176,6 @@ def claim(ds, models, best, seeds, epochs, log):
     return equal_epochs, times, equal_time, steps_in_budget, budgets, alignment
 
 
-# --defaults-check: every optimizer with its per-preset defaults on every preset. The paper's
-# presets use their real widths; mnist and faces get random [0, 1] data of the right width (the
-# check is about step sizes on those networks, not about those datasets).
-CHECK_PRESETS = ("curves-small", "digits", "curves", "mnist", "faces")
-RANDOM_SHAPES = {"mnist": ((28, 28), "bce"), "faces": ((25, 25), "mse")}
-CHECK_RISE = 1.5  # a run "rises" when its last-5-step mean exceeds this × its first loss
-
-
-def check_dataset(preset: str, n_train: int = 2048) -> Dataset:
-    if preset not in RANDOM_SHAPES:
-        return load_dataset(preset, seed=0)
-    shape, loss = RANDOM_SHAPES[preset]
-    gen = torch.Generator().manual_seed(0)
-    d = shape[0] * shape[1]
-    x = torch.rand(n_train + 256, d, generator=gen)
-    return Dataset(f"{preset}-random", x[:n_train], x[n_train:], shape, loss)
-
-
-def defaults_run(ds, preset: str, name: str, steps: int, seed: int = 0) -> dict:
-    """One run of ``name`` with ``default_lr(name, preset)`` / ``default_damping(name, preset)``
-    and every other option at its default; the losses of the training minibatches."""
-    model = build_model(preset, input_dim=ds.input_dim, loss=ds.loss, seed=seed)
-    cfg = RunConfig.from_settings(
-        "curves", name, preset=preset, steps=steps, batch_size=BATCH, seed=seed,
-        eval_every=10**9, device="cpu",
-    )  # fmt: skip
-    run = TrainingRun(cfg, dataset=ds, model=model)
-    start = time.perf_counter()
-    run.run()
-    losses = [r["train_loss"] for r in run.records()]
-    finite = [v for v in losses if v is not None and math.isfinite(v)]
-    tail = finite[-5:]
-    return {
-        "status": run.status,
-        "steps": len(finite),
-        "first": finite[0] if finite else float("nan"),
-        "max": max(finite) if finite else float("nan"),
-        "last": statistics.mean(tail) if tail else float("nan"),
-        "seconds": time.perf_counter() - start,
-        "message": run.message,
-    }
-
-
-def defaults_check(presets, steps, log) -> list[str]:
-    lines = [
-        "## Defaults check: every optimizer with its defaults on every preset",
-        "",
-        f"`bench/train_bench.py --defaults-check` on {time.strftime('%Y-%m-%d %H:%M')}: "
-        f"each optimizer with `default_lr(name, preset)` and `default_damping(name, preset)`, "
-        "every other option at its default (T_cov = T_inv = 10, EMA 0.95, "
-        'ema_mode "factors", KL-clip 1e-2, momentum 0.9), batch 128, seed 0, CPU. Data: '
-        "the generated CURVES for `curves`/`curves-small`, the bundled digits for `digits`, "
-        "random [0, 1] images of the right width for `mnist` and `faces` (2,048 rows: a check "
-        "of the step sizes on those networks, not a result on those datasets). Loss: the "
-        "training minibatch's mean per-sample NLL; first step, maximum, and the mean of the "
-        f"last 5 steps. Verdict: `ok` when finite throughout and last ≤ first (the rise bound "
-        f"is {CHECK_RISE}× the first loss).",
-        "",
-        "| preset | steps | optimizer | lr | damping | first | max | last 5 | s | verdict |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for preset in presets:
-        ds = check_dataset(preset)
-        n = steps[preset]
-        for name in OPTIMIZERS:
-            r = defaults_run(ds, preset, name, n)
-            if r["status"] != "finished":
-                verdict = f"{r['status'].upper()} at step {r['steps']}"
-            elif r["last"] > CHECK_RISE * r["first"]:
-                verdict = "ROSE"
-            else:
-                verdict = "ok" if r["last"] <= r["first"] else "not decreasing"
-            row = (
-                f"| {preset} | {n} | {name} | {default_lr(name, preset):g} | "
-                f"{default_damping(name, preset):g} | {r['first']:.2f} | {r['max']:.2f} | "
-                f"{r['last']:.2f} | {r['seconds']:.0f} | {verdict} |"
-            )
-            lines.append(row)
-            log(row)
-    return lines
-
-
 def ema_modes_compare(ds, seeds, epochs, log) -> list[str]:
     """--ema-modes: the KPSVD family (and KFAC as the reference) in the three curvature
     averages, each method's default lr and damping, T_cov = T_inv = 10."""
@@ -334,25 +244,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS-training.md"))
     parser.add_argument(
-        "--defaults-check", action="store_true",
-        help="only run every optimizer with its defaults on every preset; print the table",
-    )  # fmt: skip
-    parser.add_argument(
         "--ema-modes", action="store_true",
         help="only compare the ema modes (factors, window, fisher); print the table",
     )  # fmt: skip
     parser.add_argument("--ema-seeds", default="1,2", help="for --ema-modes")
     parser.add_argument("--ema-epochs", type=float, default=10, help="for --ema-modes")
-    parser.add_argument("--presets", default=",".join(CHECK_PRESETS), help="for --defaults-check")
-    parser.add_argument("--check-steps", type=int, default=60, help="for --defaults-check")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    if args.defaults_check:
-        presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-        lines = defaults_check(presets, dict.fromkeys(presets, args.check_steps), print)
-        print("\n".join(lines))
-        return
     if args.ema_modes:
         seeds = [int(v) for v in args.ema_seeds.split(",") if v.strip()]
         ds = load_dataset(DATASET, seed=0)

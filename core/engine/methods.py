@@ -16,7 +16,7 @@ Default learning rates and dampings were tuned on the curves-small preset (bench
 → bench/RESULTS-training.md: 20 epochs, T_cov = T_inv = 10, KL-clip 1e-2, momentum 0.9,
 ema_mode "factors"; grid lr × damping, seed 0). With ema_mode="window" the KPSVD family was best
 at lr 0.1, damping 1. Per-preset overrides (``preset_lr``, ``preset_damping``) are chosen so that
-no optimizer diverges with its defaults on any preset (bench/train_bench.py --defaults-check):
+no optimizer diverges with its defaults on any preset (bench/defaults_check.py):
 first-order steps shrink with the paper's wider/deeper networks (SGD with momentum 0.9 at 0.01
 diverges within 10 steps on curves, mnist and faces; Adam at 0.01 spikes 77× on mnist, 10⁸× on
 faces). The natural-gradient methods' KL-clipping bounds their steps: curves-small's lr and

@@ -240,8 +240,8 @@ def test_no_default_diverges_on_the_papers_curves_network(tmp_path):
     """SGD, Adam and two natural methods (one and two terms) with their curves defaults,
     12 steps (two curvature refreshes) on the 784-400-200-100-50-25-6 network: finite, and the
     loss ends below where it started (with lr 0.01, the curves-small default, SGD diverges at
-    step ~8 here). Every optimizer on every preset: bench/train_bench.py --defaults-check (the
-    natural methods' refreshes on this network cost seconds each, too slow for the suite)."""
+    step ~8 here). Every optimizer on the paper's networks: bench/defaults_check.py (the natural
+    methods' refreshes on this network cost seconds each, too slow for the suite)."""
     ds = load_dataset("curves", n_train=512, n_test=64, cache_dir=tmp_path)
     model = build_model("curves", input_dim=ds.input_dim, loss=ds.loss, seed=0)
     torch.set_num_threads(1)

@@ -10,17 +10,14 @@ from pages import ui as sh
 sh.ensure_navigation()
 
 PAGE = "race"
-st.title("Optimizer race")
-st.markdown(
+settings, data, ds, preset, seed = sh.training_page(
+    PAGE,
+    "Optimizer race",
     "Every optimizer trains the same autoencoder from the same initialization on the same "
     "minibatches. Curves grow while the runs train in the background; wall time counts "
-    "training only (evaluation is paused out)."
+    "training only (evaluation is paused out).",
 )
-settings = sh.UrlSettings(PAGE)
-
-data, ds, preset, seed = sh.model_and_data(settings)
 with st.sidebar:
-    st.header("Training")
     steps, batch = sh.run_length_controls(settings, 200)
     eval_every = settings.number(
         "Test loss every … steps", "eval", 20, min_value=1, max_value=10_000

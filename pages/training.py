@@ -18,17 +18,14 @@ from pages import ui as sh
 sh.ensure_navigation()
 
 PAGE = "training"
-st.title("Approximation over training")
-st.markdown(
+settings, data, ds, preset, seed = sh.training_page(
+    PAGE,
+    "Approximation over training",
     "The seed paper's experiment, live: a model trains in the background, and every few steps "
     "the chosen layer's Fisher block is captured on a fresh minibatch and each approximation "
-    "is measured against it (relative Frobenius error and spectrum error)."
+    "is measured against it (relative Frobenius error and spectrum error).",
 )
-settings = sh.UrlSettings(PAGE)
-
-data, ds, preset, seed = sh.model_and_data(settings)
 with st.sidebar:
-    st.header("Training")
     opt_name = settings.select(
         "Optimizer", OPTIMIZERS, "opt", "kfac", format_func=sh.OPTIMIZER_LABELS.get
     )

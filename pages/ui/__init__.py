@@ -1,7 +1,8 @@
 """The Streamlit glue shared by the pages, by role; pages import this and core's public API.
 
 * :mod:`.urlstate`: settings kept in the URL (public parameter names), invalid-value notices;
-* :mod:`.controls`: the sidebar's dataset, preset, seed and optimizer controls;
+* :mod:`.controls`: the sidebar's dataset, preset, seed and optimizer controls, the head of
+  the pages that train models live;
 * :mod:`.data`: datasets, the host's data directory, uploads (quotas, clean-up);
 * :mod:`.models`: models at initialization, trained models shared by sessions and kept on disk;
 * :mod:`.compute`: the explorer's numerics in the server's worker processes (de-duplicated,
@@ -21,6 +22,7 @@ from .controls import (
     model_controls,
     optimizer_controls,
     run_length_controls,
+    training_page,
 )
 from .data import DataChoice, initial_model, uploads
 from .errors import friendly_errors, plain
@@ -65,6 +67,7 @@ __all__ = [
     "run_status_lines",
     "session_group",
     "trained_model",
+    "training_page",
     "training_runs",
     "uploads",
 ]

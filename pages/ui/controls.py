@@ -1,4 +1,5 @@
-"""The sidebar's shared controls: dataset, preset and seed, and an optimizer's settings."""
+"""The sidebar's shared controls: dataset, preset and seed, and an optimizer's settings; the head
+of the pages that train models live."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ __all__ = [
     "model_controls",
     "optimizer_controls",
     "run_length_controls",
+    "training_page",
 ]
 
 
@@ -117,3 +119,19 @@ def model_controls(settings: UrlSettings, data: DataChoice) -> tuple[str, int]:
     )
     seed = settings.number("Seed", "seed", 0, min_value=0, max_value=99_999)
     return preset, int(seed)
+
+
+def training_page(
+    page: str, title: str, intro: str
+) -> tuple[UrlSettings, DataChoice, Dataset, str, int]:
+    """The head of a page that trains models live (the race, approximation over training): its
+    title and introduction, its URL settings (``page``'s), the dataset, preset and seed controls
+    with the loaded dataset (:func:`model_and_data`), and the sidebar's "Training" header that
+    the page's own run controls go under."""
+    st.title(title)
+    st.markdown(intro)
+    settings = UrlSettings(page)
+    data, ds, preset, seed = model_and_data(settings)
+    with st.sidebar:
+        st.header("Training")
+    return settings, data, ds, preset, seed

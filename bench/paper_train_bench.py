@@ -48,12 +48,13 @@ Writes ``--out`` (markdown: machine, load, settings, every table as measured, ve
 rewritten after every cell, so an interrupted bench leaves its partial results, labelled as
 such; anything after the line :data:`MARKER`, e.g. a hand-written analysis, is kept) and the
 reproduction folders ``training`` and ``quality`` (settings.json, results.csv, verdicts.csv,
-report.html with the loss against epoch and wall time) under ``--runs-dir``.
+report.html with the loss against epoch and wall time) under ``--runs-dir`` at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import multiprocessing
@@ -259,7 +260,7 @@ def mean_sd(values) -> str:
 
 def merged_settings(outcomes: list[Outcome]) -> dict:
     """One reproduction's settings for several cells (their runs, optimizers and times)."""
-    settings = json.loads(json.dumps(outcomes[0].settings))
+    settings = copy.deepcopy(outcomes[0].settings)
     settings["runs"], settings["optimizers"] = [], {}
     for o in outcomes:
         settings["runs"] += o.settings["runs"]
@@ -489,7 +490,8 @@ class Bench:
 
     # -- the report ------------------------------------------------------------------------
     def write(self) -> None:
-        """Rewrite the report (keeping anything after :data:`MARKER`) and the result folders."""
+        """Rewrite the report (keeping anything after :data:`MARKER`); once every cell is done,
+        write the result folders (an interrupted bench leaves its cells for ``--resume``)."""
         lines = self.report()
         kept = ""
         if self.out.is_file():
@@ -497,6 +499,8 @@ class Bench:
             kept = old[old.index(MARKER) + len(MARKER) :] if MARKER in old else ""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text("\n".join([*lines, "", MARKER]) + kept, encoding="utf-8")
+        if self.phase != "done":
+            return
         claim = self.claim_outcomes()
         if claim:
             write_reproduction(self.runs_dir / "training", merged_settings(claim),

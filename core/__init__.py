@@ -15,7 +15,10 @@ Sub-packages, by role (each imports only the ones listed before it):
   exact block behind one interface, capture, likelihoods, the method registry;
 * :mod:`core.training` — datasets, autoencoders, optimizers, training runs;
 * :mod:`core.views` — the explorer's comparison, figures, reports, paper reproductions;
-* :mod:`core.server` — limits, the run queue, the worker-process pool (for the web server).
+* :mod:`core.server` — limits, the run queue, the worker-process pool, the stores and the
+  services one server process shares (for the web server).
+
+:mod:`core.settings` sits beside them: every ``KRONOSCOPE_*`` host setting, read in one place.
 
 The names below are the public API that the app's pages and the CLI use. They load lazily
 (PEP 562 ``__getattr__``), so a worker process started as ``python -m core.server.workers`` does
@@ -74,6 +77,9 @@ _EXPORTS: dict[str, str] = {
     "JobCancelled": "core.server.workers",
     "WorkerDied": "core.server.workers",
     "WorkerPool": "core.server.workers",
+    "SHARED_SESSION": "core.server.model_store",
+    "Services": "core.server.services",
+    "shared_services": "core.server.services",
 }
 
 # public modules, used as a whole (``explorer.compute_view(...)``, ``jobs.layer_fisher(...)``)
@@ -83,6 +89,7 @@ _MODULES: dict[str, str] = {
     "report": "core.views.report",
     "reproduce": "core.views.reproduce",
     "jobs": "core.server.jobs",
+    "settings": "core.settings",
 }
 
 __all__ = sorted(_EXPORTS.keys() | _MODULES.keys())

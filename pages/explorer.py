@@ -14,6 +14,7 @@ from pages import ui as sh
 
 sh.ensure_navigation()
 started = time.perf_counter()
+DEFAULT_RANK, MAX_RANK = 2, 10  # the Kronecker rank slider: its default, its widest range
 
 st.title("Fisher explorer")
 settings = sh.UrlSettings("explorer")
@@ -246,15 +247,16 @@ with tabs["spectra"]:
 
 with tabs["rank"]:
     if tabs["rank"].open is not False:
-        max_rank = min(10, fisher.m)
+        max_rank = min(MAX_RANK, fisher.m)
         with sh.friendly_errors("Kronecker rank"):
             curve = sh.compute.rank_curve(fisher_key, max_rank, fisher)
         if curve.max_rank > 1:
             rank = settings.slider(
-                "Kronecker rank r", "rank", 2, min_value=1, max_value=curve.max_rank
+                "Kronecker rank r", "rank", DEFAULT_RANK, min_value=1, max_value=curve.max_rank
             )
         else:  # ℛ(F) has rank 1 (e.g. m = 1): F is one Kronecker product, nothing to slide
             rank = 1
+            settings.hidden_slider("rank", rank, min_value=1, max_value=1)
             st.caption("ℛ(F) has rank 1 here: F is exactly one Kronecker product.")
         refs = {
             explorer.method_label(mt): results[mt].relative_error
@@ -281,6 +283,8 @@ with tabs["rank"]:
             key="rank_block",
         )
         arrays.update(explorer.view_arrays(None, [], {}, curve, show or "none"))
+    else:  # a link's rank waits in the URL for the tab to open (if it can be a rank at all)
+        settings.hidden_slider("rank", DEFAULT_RANK, min_value=1, max_value=MAX_RANK)
 
 
 def figure_data() -> bytes:

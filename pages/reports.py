@@ -1,8 +1,11 @@
 """Paper reproductions: reports made earlier by ``python -m core reproduce``, read from the
-host's results folder (``$KRONOSCOPE_RESULTS_DIR``); nothing is recomputed here.
+host's results folder; nothing is recomputed here.
 
 Visitors pick among the folder names the server lists (never a path they type); everything
-read from the files is shown as plain text or in tables (core/views/reproduce.py checks it).
+read from the files is shown as plain text or in tables. core/views/reproduce.py reads each
+report once per change of its files, never through a link out of the folder, and checks it; a
+report it refuses is one sentence here, and the other reports still show. Visitors are never
+told a setting's name: how to configure the folder is the host's documentation (DOCKER.md).
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ st.markdown(
 root = reproduce.results_dir()
 if root is None:
     st.info(
-        "No results folder is configured on this server. To show reports here: make them "
-        "with `python -m core reproduce --experiment training --dataset curves --out "
-        "RESULTS/curves-training` (one sub-folder per report), then start the app with "
-        "`KRONOSCOPE_RESULTS_DIR=RESULTS`.",
+        "The host of this server has not configured a results folder, so there are no "
+        "reports to show here.",
         icon=":material/info:",
     )
     st.stop()
@@ -47,29 +48,27 @@ name = settings.select("Report", names, "report")
 settings.show_notices()
 settings.sync()
 
-with sh.friendly_errors("Reading the report"):
+try:
     report = reproduce.load_report(root, name)
-    verdicts = report.verdicts()
-    summary = report.summary()
-    figures = report.figures()
+except reproduce.ReportError as err:
+    st.error(sh.plain(err))
+    st.stop()
 
 st.subheader(sh.plain(report.title, 200))
-rule = report.settings.get("rules", {})
-rule_text = rule.get("quality" if report.settings["experiment"] == "quality" else "training")
 st.subheader("Verdicts", divider="gray")
-if rule_text:
-    st.text(str(rule_text))
-st.dataframe(verdicts, hide_index=True)
+if report.rule:
+    st.text(report.rule)
+st.dataframe(report.verdicts, hide_index=True)
 st.subheader("Figures", divider="gray")
-for i, fig in enumerate(figures):
+for i, fig in enumerate(report.figures):
     st.plotly_chart(fig, key=f"reports.fig{i}")
 st.subheader("Summary", divider="gray")
-st.dataframe(summary, hide_index=True)
+st.dataframe(report.summary, hide_index=True)
 st.subheader("Settings", divider="gray")
-st.dataframe(report.settings_table(), hide_index=True)
+st.dataframe(report.settings_table, hide_index=True)
 st.download_button(
     "Results (CSV)",
-    report.results.to_csv(index=False),
+    lambda: report.results.to_csv(index=False),  # made on a click, not on every visit
     "results.csv",
     "text/csv",
     key="reports.csv",

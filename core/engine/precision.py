@@ -48,10 +48,11 @@ sets ``float64``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from .. import settings
 
 __all__ = ["ENV_VAR", "FAST_FLOAT64", "EnginePrecision", "choose_precision", "engine_precision"]
 
@@ -105,5 +106,5 @@ def engine_precision(device: torch.device | str) -> EnginePrecision:
     capability and the environment."""
     device = torch.device(device)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    where, dtype, reason = choose_precision(device.type, capability, os.environ.get(ENV_VAR))
+    where, dtype, reason = choose_precision(device.type, capability, settings.get(ENV_VAR))
     return EnginePrecision(device if where == device.type else torch.device(where), dtype, reason)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
+
+from .. import settings
 
 
 def as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
@@ -86,7 +86,7 @@ def check_damping(damping: float) -> float:
 
 def max_dense_bytes() -> int:
     """Largest dense matrix the engine forms: KRONOSCOPE_MAX_DENSE_BYTES (default 1 GiB)."""
-    return int(os.environ.get("KRONOSCOPE_MAX_DENSE_BYTES", str(1 << 30)))
+    return settings.get("KRONOSCOPE_MAX_DENSE_BYTES")
 
 
 def check_dense_size(n: int, dtype: torch.dtype, what: str, alternative: str) -> None:

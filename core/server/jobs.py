@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from ..engine.fisher import LayerFisher
+from ..training.datafiles import load_visitor_dataset
+from ..training.datasets import Dataset
 from ..views.explorer import capture_layer
 
-__all__ = ["layer_fisher"]
+__all__ = ["layer_fisher", "visitor_dataset"]
 
 
 def layer_fisher(
@@ -26,3 +28,12 @@ def layer_fisher(
     x = x.to(device)
     captured = capture_layer(model, x, layer, loss=loss, fisher=fisher, targets=x, seed=seed)
     return LayerFisher(captured.a.cpu(), captured.g.cpu())
+
+
+def visitor_dataset(name: str, path: str, display_name: str, max_bytes: int | None) -> Dataset:
+    """Dataset ``name`` read from a file a visitor chose, in a worker process: a crafted file
+    (a decompression bomb, a malformed archive) then costs a worker, never the web server.
+    The sizes its headers declare are checked against ``max_bytes`` before anything is
+    decompressed (:mod:`core.training.readers`); every failure is one plain
+    :class:`~core.training.datasets.DatasetError` naming the file as the visitor knows it."""
+    return load_visitor_dataset(name, path, display_name=display_name, max_bytes=max_bytes)

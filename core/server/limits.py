@@ -5,7 +5,8 @@ Limits, read from the environment on every check (the Docker image sets them):
 * ``KRONOSCOPE_MAX_CONCURRENT_RUNS`` (default 4): training runs executing at the same time,
   over all sessions of the server;
 * ``KRONOSCOPE_RUNS_PER_SESSION`` (default half of the above, at least 1): how many of those
-  one session may hold at once, so one student cannot take every slot while others wait;
+  one *visitor* (every tab of one browser) may hold at once, so one student cannot take every
+  slot while others wait;
 * ``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000): the largest layer (``dg·da`` weights,
   bias included) whose Fisher block may be analysed;
 
@@ -18,9 +19,10 @@ machine a 528 × 528 ``eigh`` took 0.03 s with one thread and 0.1–0.9 s with t
 app.md).
 
 :class:`RunRegistry` is the one process-wide object that starts background training runs. A
-group of runs that does not fit now waits in a first-in, first-out queue (its place is shown to
-the student) and starts when slots free; a session never holds more than its quota, and a group
-wider than the quota runs that many of its runs at a time. It stops the runs of sessions that
+group of runs that does not fit now waits in a queue (its place is shown to the student) and
+starts when slots free, taking turns fairly between visitors; a visitor never holds more than
+the quota over all their sessions, nor has more than a few groups waiting, and a group wider
+than the quota runs that many of its runs at a time. It stops the runs of sessions that
 have gone away, queued ones included. Which sessions are alive is
 asked of a callable the caller supplies (the web app passes Streamlit's runtime), so this module
 stays free of any web framework. :class:`RunGroup` is a set of runs started together, either
@@ -31,18 +33,17 @@ names: a student cannot change them.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
+from .. import settings
+
 __all__ = [
-    "MAX_CONCURRENT_RUNS_ENV",
-    "MAX_LAYER_PARAMS_ENV",
-    "RUNS_PER_SESSION_ENV",
+    "MAX_QUEUED_PER_VISITOR",
+    "SHARED_VISITOR",
     "LimitError",
     "RunGroup",
     "RunRegistry",
@@ -55,90 +56,46 @@ __all__ = [
     "worker_count",
 ]
 
-MAX_CONCURRENT_RUNS_ENV = "KRONOSCOPE_MAX_CONCURRENT_RUNS"
-MAX_LAYER_PARAMS_ENV = "KRONOSCOPE_MAX_LAYER_PARAMS"
-RUNS_PER_SESSION_ENV = "KRONOSCOPE_RUNS_PER_SESSION"
-TORCH_THREADS_ENV = "KRONOSCOPE_TORCH_THREADS"
-WORKERS_ENV = "KRONOSCOPE_WORKERS"
-VIEW_BUDGET_ENV = "KRONOSCOPE_VIEW_BUDGET_S"
-DEFAULT_VIEW_BUDGET_S = 60.0
 MAX_QUEUED_GROUPS = 64  # waiting groups, server-wide; beyond, a start is refused
-DEFAULT_MAX_CONCURRENT_RUNS = 4
-DEFAULT_MAX_LAYER_PARAMS = 4_000_000  # the paper's largest layer (FACES 2000→1000) has 2,001,000
+MAX_QUEUED_PER_VISITOR = 2  # waiting groups of one visitor (all their tabs); beyond, refused
+#: The visitor (and session) owning the explorer's trained models, trained for every visitor:
+#: its waiting groups are not capped per visitor (the server-wide cap still holds).
+SHARED_VISITOR = "shared"
 
 
 class LimitError(RuntimeError):
     """A server-wide limit was reached; the message names it and what to do."""
 
 
-def _env_int(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip().replace("_", ""))
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
-    return value
-
-
-def _env_float(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be ≥ {minimum:g}, got {raw}")
-    return value
-
-
 def view_budget_s() -> float:
-    """``KRONOSCOPE_VIEW_BUDGET_S`` (default 60): compute seconds one explorer view may take."""
-    return _env_float(VIEW_BUDGET_ENV, DEFAULT_VIEW_BUDGET_S, 1.0)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (``docker run
-    --cpus``), which ``os.cpu_count`` does not see."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus or 1, max(1, round(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus or 1)
+    """Compute seconds one explorer view may take (``KRONOSCOPE_VIEW_BUDGET_S``)."""
+    return settings.get("KRONOSCOPE_VIEW_BUDGET_S")
 
 
 def worker_count() -> int:
-    """``KRONOSCOPE_WORKERS`` (default: the CPUs available): worker processes for the
-    numerics; 0 computes in the server's threads (no budget enforcement: tests only)."""
-    return _env_int(WORKERS_ENV, available_cpus(), 0)
+    """Worker processes for the numerics (``KRONOSCOPE_WORKERS``; 0 computes in the server's
+    threads, with no budget enforcement: tests only)."""
+    return settings.get("KRONOSCOPE_WORKERS")
 
 
 def max_concurrent_runs() -> int:
-    """``KRONOSCOPE_MAX_CONCURRENT_RUNS`` (default 4; 0 disables training on this server)."""
-    return _env_int(MAX_CONCURRENT_RUNS_ENV, DEFAULT_MAX_CONCURRENT_RUNS, 0)
+    """Training runs at once, server-wide (``KRONOSCOPE_MAX_CONCURRENT_RUNS``; 0: none)."""
+    return settings.get("KRONOSCOPE_MAX_CONCURRENT_RUNS")
 
 
 def runs_per_session() -> int:
-    """``KRONOSCOPE_RUNS_PER_SESSION`` (default: half the run limit, at least 1)."""
-    return _env_int(RUNS_PER_SESSION_ENV, max(1, max_concurrent_runs() // 2), 1)
+    """Runs one visitor may hold at once (``KRONOSCOPE_RUNS_PER_SESSION``)."""
+    return settings.get("KRONOSCOPE_RUNS_PER_SESSION")
 
 
 def max_layer_params() -> int:
-    """``KRONOSCOPE_MAX_LAYER_PARAMS`` (default 4,000,000)."""
-    return _env_int(MAX_LAYER_PARAMS_ENV, DEFAULT_MAX_LAYER_PARAMS, 1)
+    """The largest layer a visitor may analyse (``KRONOSCOPE_MAX_LAYER_PARAMS``)."""
+    return settings.get("KRONOSCOPE_MAX_LAYER_PARAMS")
 
 
 def torch_threads() -> int:
-    """``KRONOSCOPE_TORCH_THREADS`` (default 1): intra-op threads for the web server."""
-    return _env_int(TORCH_THREADS_ENV, 1, 1)
+    """Intra-op threads of each task (``KRONOSCOPE_TORCH_THREADS``)."""
+    return settings.get("KRONOSCOPE_TORCH_THREADS")
 
 
 def check_layer_size(n_params: int, name: str = "this layer") -> None:
@@ -185,6 +142,7 @@ class RunGroup:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _on_done: Callable[[], None] | None = field(default=None, repr=False)
     _working: int = field(default=0, repr=False)
+    _visitor: str = field(default="", repr=False)  # set by the registry that starts it
 
     def __post_init__(self) -> None:
         if self.sequential:
@@ -258,13 +216,32 @@ class RunGroup:
         return sum(values) / max(len(values), 1)
 
 
-class RunRegistry:
-    """Process-wide bookkeeping of background run groups: slots, quota, queue, sessions.
+@dataclass(eq=False)
+class _Waiting:
+    """A queued group: the session that started it, the visitor behind that session, and its
+    arrival number (first come, first served within one visitor)."""
 
-    ``limit()``: slots of the whole server; ``quota()``: slots one session may hold at once.
-    A group that does not fit waits in a FIFO queue; whenever slots free (a group ends, a group
-    is stopped, the reaper runs), queued groups start in order, skipping a group whose session
-    is at its quota so it cannot block the others.
+    session_id: str
+    visitor: str
+    group: RunGroup
+    seq: int
+
+
+class RunRegistry:
+    """Process-wide bookkeeping of background run groups: slots, quotas, queue, sessions.
+
+    ``limit()``: slots of the whole server; ``quota``: slots one *visitor* (a person: every
+    session, i.e. tab, of one browser) may hold at once, whichever of their sessions started
+    them. ``start(session_id, group, visitor)`` names both; a visitor left out is the session.
+
+    A group that does not fit now waits in the queue; whenever slots free (a group ends, a group
+    is stopped, the reaper runs), waiting groups start fairly between visitors: the visitor
+    holding the fewest running slots first (ties: the group that has waited longest), first in,
+    first out within one visitor, so a visitor with many waiting groups takes turns with the
+    others instead of going first with all of them. A group that cannot start (its visitor at
+    the quota, or wider than the free slots) never blocks the others. One visitor may have at
+    most ``max_queued_per_visitor`` groups waiting (the :data:`SHARED_VISITOR`'s trainings,
+    asked for by every visitor of the explorer, are exempt), the server at most ``max_queued``.
 
     ``is_session_alive(session_id)`` tells whether a session still exists; a session seen dead
     for longer than ``grace_s`` seconds has its runs stopped and its queued groups removed (a
@@ -280,15 +257,18 @@ class RunRegistry:
         grace_s: float = 15.0,
         check_every_s: float = 5.0,
         max_queued: int = MAX_QUEUED_GROUPS,
+        max_queued_per_visitor: int = MAX_QUEUED_PER_VISITOR,
     ) -> None:
         self._limit = limit
         self._quota = quota if quota is not None else runs_per_session
         self._grace_s = grace_s
         self._check_every_s = check_every_s
         self._max_queued = max_queued
+        self._max_queued_per_visitor = max_queued_per_visitor
         self._lock = threading.RLock()
         self._groups: dict[str, list[RunGroup]] = {}
-        self._queue: list[tuple[str, RunGroup]] = []
+        self._queue: list[_Waiting] = []  # in order of arrival
+        self._arrivals = 0
         self._dead_since: dict[str, float] = {}
         self._is_alive: Callable[[str], bool] = lambda _sid: True
         self._reaper: threading.Thread | None = None
@@ -302,24 +282,31 @@ class RunRegistry:
         with self._lock:
             return self._active_slots()
 
-    def _active_slots(self, session_id: str | None = None) -> int:
+    def visitor_slots(self, visitor: str) -> int:
+        """Slots held by the running groups of ``visitor``, over all their sessions."""
+        with self._lock:
+            return self._active_slots(visitor=visitor)
+
+    def _active_slots(self, session_id: str | None = None, visitor: str | None = None) -> int:
         return sum(
             g.slots
             for sid, groups in self._groups.items()
             if session_id is None or sid == session_id
             for g in groups
-            if g.state == "running" and not g.done
+            if g.state == "running" and not g.done and (visitor is None or g._visitor == visitor)
         )
 
-    def queued_count(self) -> int:
+    def queued_count(self, visitor: str | None = None) -> int:
+        """Groups waiting, server-wide or of one ``visitor``."""
         with self._lock:
-            return len(self._queue)
+            return sum(1 for w in self._queue if visitor is None or w.visitor == visitor)
 
     def position(self, group: RunGroup) -> int | None:
-        """1-based place of ``group`` in the queue, or None when it is not waiting."""
+        """1-based place of ``group`` in the queue (in the fair order groups would start in
+        if slots freed one at a time), or None when it is not waiting."""
         with self._lock:
-            for i, (_sid, g) in enumerate(self._queue):
-                if g is group:
+            for i, waiting in enumerate(self._fair_order()):
+                if waiting.group is group:
                     return i + 1
         return None
 
@@ -333,13 +320,16 @@ class RunRegistry:
 
     @property
     def quota(self) -> int:
+        """Slots one visitor may hold at once (all their sessions together)."""
         return max(1, min(self._quota(), max(self._limit(), 1)))
 
     # -- actions ------------------------------------------------------------------------
-    def start(self, session_id: str, group: RunGroup) -> RunGroup:
-        """Start ``group`` for ``session_id`` now if it fits, else queue it (``group.state``
-        tells which). Raises :class:`LimitError` when training is disabled on this server or
-        the queue is full."""
+    def start(self, session_id: str, group: RunGroup, visitor: str | None = None) -> RunGroup:
+        """Start ``group`` for ``session_id`` (of ``visitor``, by default the session itself)
+        now if it fits, else queue it (``group.state`` tells which). Raises
+        :class:`LimitError` when training is disabled on this server, the server's queue is
+        full, or the visitor already has as many groups waiting as one visitor may."""
+        visitor = session_id if visitor is None else visitor
         self.reap()
         with self._lock:
             limit = self._limit()
@@ -348,36 +338,80 @@ class RunRegistry:
                     "training is switched off on this server; the explorer still works on "
                     "models at their initialization"
                 )
-            group.width = min(group.width, self.quota)
+            quota = self.quota
+            group.width = min(group.width, quota)
+            free = limit - self._active_slots()
+            if (
+                visitor != SHARED_VISITOR
+                and not self._fits(visitor, group, free, quota)
+                and self.queued_count(visitor) >= self._max_queued_per_visitor
+            ):
+                waiting = self.queued_count(visitor)
+                raise LimitError(
+                    f"you already have {waiting} training run{'s' if waiting != 1 else ''} "
+                    "waiting for a free slot (in this tab or another one); stop one of them or "
+                    "wait until one starts, then try again"
+                )
             if len(self._queue) >= self._max_queued:
                 raise LimitError(
                     f"{len(self._queue)} training runs are already waiting on this server; "
                     "try again in a few minutes"
                 )
             self._groups.setdefault(session_id, []).append(group)
+            group._visitor = visitor
             self._prune(session_id)
             group.state = "queued"
-            self._queue.append((session_id, group))
+            self._arrivals += 1
+            self._queue.append(_Waiting(session_id, visitor, group, self._arrivals))
             self._pump()
             self._ensure_reaper()
         return group
 
+    def _fits(self, visitor: str, group: RunGroup, free: int, quota: int) -> bool:
+        """Whether ``group`` of ``visitor`` could start with ``free`` slots free (lock held)."""
+        return group.slots <= free and self._active_slots(visitor=visitor) + group.slots <= quota
+
+    def _fair_order(self) -> list[_Waiting]:
+        """The queue in the order its groups would start if slots freed one at a time and
+        every group fitted: the visitor holding (or about to hold) the fewest slots first,
+        ties to the longest waiting; first in, first out within a visitor (lock held)."""
+        load = {w.visitor: self._active_slots(visitor=w.visitor) for w in self._queue}
+        pending = list(self._queue)
+        order = []
+        while pending:
+            heads: dict[str, _Waiting] = {}
+            for w in pending:
+                heads.setdefault(w.visitor, w)
+            nxt = min(heads.values(), key=lambda w: (load[w.visitor], w.seq))
+            order.append(nxt)
+            pending.remove(nxt)
+            load[nxt.visitor] += nxt.group.slots
+        return order
+
     def _pump(self) -> None:
-        """Start queued groups in FIFO order while slots are free (lock held)."""
+        """Start waiting groups while slots are free (lock held): each time, among the first
+        group of each visitor that fits, the one whose visitor holds the fewest slots (ties:
+        the longest waiting)."""
+        for waiting in list(self._queue):
+            if waiting.group.stopped:
+                self._queue.remove(waiting)
+                waiting.group._cancel()
         free = self._limit() - self._active_slots()
         quota = self.quota
-        for sid, group in list(self._queue):
-            if free <= 0:
+        while free > 0:
+            candidates: dict[str, _Waiting] = {}
+            for w in self._queue:
+                if w.visitor not in candidates and self._fits(w.visitor, w.group, free, quota):
+                    candidates[w.visitor] = w
+            if not candidates:
                 break
-            if group.stopped:
-                self._queue.remove((sid, group))
-                group._cancel()
-                continue
-            if group.slots > free or self._active_slots(sid) + group.slots > quota:
-                continue  # the next in line may fit; this one keeps its place
-            self._queue.remove((sid, group))
-            group._start(on_done=self._group_ended)
-            free -= group.slots
+            nxt = min(
+                candidates.values(),
+                key=lambda w: (self._active_slots(visitor=w.visitor), w.seq),
+            )
+            self._queue.remove(nxt)
+            nxt.group._start(on_done=self._group_ended)
+            free -= nxt.group.slots
 
     def _group_ended(self) -> None:
         with self._lock:
@@ -387,9 +421,9 @@ class RunRegistry:
         """Stop ``group``: a queued one leaves the queue at once, a running one stops after
         its current steps."""
         with self._lock:
-            for entry in list(self._queue):
-                if entry[1] is group:
-                    self._queue.remove(entry)
+            for waiting in list(self._queue):
+                if waiting.group is group:
+                    self._queue.remove(waiting)
                     group._cancel()
         group.stop()
         with self._lock:

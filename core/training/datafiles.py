@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path, PurePosixPath
 
+from .. import settings
 from .data import load_dataset
 from .datasets import DATASET_SPECS, Dataset, DatasetError
 from .readers import find_idx_images, max_data_bytes
@@ -50,8 +51,7 @@ _log = logging.getLogger(__name__)
 def data_dir() -> Path | None:
     """The host's data directory, ``$KRONOSCOPE_DATA_DIR``, or ``None`` when unset or empty
     (then visitors can only upload files)."""
-    text = os.environ.get(DATA_DIR_ENV, "").strip()
-    return Path(text).expanduser() if text else None
+    return settings.get(DATA_DIR_ENV)
 
 
 def _inside(real: str, root: str) -> bool:

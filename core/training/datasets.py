@@ -15,7 +15,6 @@ Loading by name: :func:`core.training.data.load_dataset`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .. import settings
 from ..engine.likelihoods import AUTOENCODER_LOSSES
 
 __all__ = [
@@ -175,10 +175,7 @@ DATASETS: dict[str, str] = {name: spec.description for name, spec in DATASET_SPE
 
 def default_cache_dir() -> Path:
     """``$KRONOSCOPE_CACHE_DIR`` if set, else ``~/.cache/kronoscope``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "kronoscope"
+    return settings.get(CACHE_ENV_VAR)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from .. import settings
 from .datasets import DatasetError, default_cache_dir
 from .readers import file_format, load_idx_images
 
@@ -111,7 +112,7 @@ _lock = threading.Lock()  # one download at a time in this process (the app's se
 def downloads_allowed() -> bool:
     """Whether the host lets web visitors start downloads (``$KRONOSCOPE_ALLOW_DOWNLOADS``
     is ``1``, ``true`` or ``yes``). The command line's ``--download`` does not ask."""
-    return os.environ.get(ALLOW_DOWNLOADS_ENV, "").strip().lower() in ("1", "true", "yes")
+    return settings.get(ALLOW_DOWNLOADS_ENV)
 
 
 def _sources(name: str) -> tuple[RemoteFile, ...]:
@@ -128,7 +129,7 @@ def _dataset_path(cache: Path, name: str) -> Path:
 
 
 def _url(remote: RemoteFile, base_url: str | None) -> str:
-    base = base_url or os.environ.get(BASE_URL_ENV, "").strip() or remote.base_url
+    base = base_url or settings.get(BASE_URL_ENV) or remote.base_url
     if not re.match(r"https?://", base):
         raise DownloadError(f"download base URL must start with http:// or https://: {base!r}")
     return base.rstrip("/") + "/" + remote.name

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import settings
 from .datasets import Dataset, DatasetError, split_sizes, to_unit_tensor
 
 __all__ = [
@@ -62,9 +63,6 @@ def _take(x: np.ndarray, n: int | None, what: str) -> np.ndarray:
 
 #: Environment variable: the most bytes a dataset file may hold once decompressed.
 MAX_DATA_BYTES_ENV = "KRONOSCOPE_MAX_DATA_BYTES"
-#: Default of :func:`max_data_bytes`: 1 GiB holds every file of the paper (FACES, the largest,
-#: is 625 × 165,600 single-precision values ≈ 414 MB).
-DEFAULT_MAX_DATA_BYTES = 1 << 30
 #: An .npz dataset holds a few arrays; more members than this is not a dataset.
 MAX_NPZ_MEMBERS = 16
 #: Its central directory is then a few hundred bytes; refuse one beyond this before parsing it.
@@ -86,18 +84,12 @@ _MAT_ITEMSIZE = {
 
 
 def max_data_bytes() -> int:
-    """``$KRONOSCOPE_MAX_DATA_BYTES`` (a positive integer) if set, else
-    :data:`DEFAULT_MAX_DATA_BYTES`: the cap on a dataset file's decompressed size."""
-    text = os.environ.get(MAX_DATA_BYTES_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_DATA_BYTES
+    """The cap on a dataset file's decompressed size (``KRONOSCOPE_MAX_DATA_BYTES``, 1 GiB by
+    default: FACES, the paper's largest file, is 625 × 165,600 float32 values ≈ 414 MB)."""
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise DatasetError(f"{MAX_DATA_BYTES_ENV} must be a positive integer, got {text!r}")
-    return value
+        return settings.get(MAX_DATA_BYTES_ENV)
+    except settings.SettingError as err:
+        raise DatasetError(str(err)) from None
 
 
 def _bytes_text(n: int) -> str:

@@ -25,6 +25,13 @@ The data are always the dataset's seed-0 sample/split.
 A non-finite loss (or gradient, or update) stops the run with status ``"diverged"`` and a
 message naming the step; the records so far are kept (plus the diverged step's record with its
 non-finite loss), and the model is put back to the last parameters whose loss was finite.
+
+Server limits (:class:`RunLimits`, only for runs the web app creates:
+``RunConfig.from_settings(..., server_limits=True)``; the command line is never limited): a run
+takes at most ``max_steps`` steps (a longer request is cut, and ``RunConfig.notice`` /
+``TrainingRun.notice`` say so), and a run whose wall time (since it began, evaluation included)
+reaches ``wall_s`` seconds stops before its next step with status ``"timed_out"`` and a message
+naming the steps done; its records are kept and the model holds its last step's parameters.
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from .. import settings as host_settings
 from ..engine.approx import approximate
 from ..engine.capture import capture
 from ..engine.fisher import LayerFisher
@@ -55,9 +64,17 @@ from .optim import (
     default_lr,
 )
 
-__all__ = ["RunConfig", "TrainingRun", "run_comparison", "STATUSES", "resolve_device"]
+__all__ = [
+    "RunConfig",
+    "RunLimits",
+    "TrainingRun",
+    "run_comparison",
+    "STATUSES",
+    "resolve_device",
+]
 
-STATUSES = ("pending", "running", "finished", "stopped", "diverged", "failed")
+STATUSES = ("pending", "running", "finished", "stopped", "timed_out", "diverged", "failed")
+DONE_STATUSES = ("finished", "stopped", "timed_out", "diverged", "failed")
 QUALITY_BATCH = 256  # Fisher minibatch for quality tracking when the optimizer sets none
 
 
@@ -81,6 +98,35 @@ def _positive_int(value, name: str) -> None:
         raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """What a server allows one run: at most ``max_steps`` steps and ``wall_s`` seconds of
+    wall time (``None``: no limit). :meth:`server` reads the host's settings."""
+
+    max_steps: int | None = None
+    wall_s: float | None = None
+
+    @classmethod
+    def server(cls) -> RunLimits:
+        """This server's limits per run (``KRONOSCOPE_RUN_MAX_STEPS``,
+        ``KRONOSCOPE_RUN_BUDGET_S``)."""
+        return cls(
+            host_settings.get("KRONOSCOPE_RUN_MAX_STEPS"),
+            host_settings.get("KRONOSCOPE_RUN_BUDGET_S"),
+        )
+
+
+def _duration(seconds: float) -> str:
+    """``900`` → ``"15 min"``, ``45`` → ``"45 s"``."""
+    if seconds >= 120:
+        return f"{round(seconds / 60, 1):g} min"
+    return f"{round(seconds, 1):g} s"
+
+
+def _cut_notice(asked: str, max_steps: int) -> str:
+    return f"Steps cut from {asked} to {max_steps:,}: this server's limit per run."
+
+
 @dataclass
 class RunConfig:
     """One training run. ``optimizer`` may be given as a name: then with the default lr and
@@ -89,7 +135,16 @@ class RunConfig:
     ``preset``: a :data:`core.training.models.PRESETS` name (``None``: the dataset's own preset);
     ``widths``: a custom encoder width list (overrides ``preset``). Exactly one of ``steps`` and
     ``epochs``. ``device``: ``None`` → CUDA when available, else CPU.
+
+    ``limits`` (:class:`RunLimits`, none by default) and ``notice`` (what applying them
+    changed, e.g. steps cut; ``""`` when nothing) are set by
+    ``from_settings(..., server_limits=True)``. They are attributes, not fields: they bound how
+    a run executes on a server, not what it computes, so they are not part of
+    :meth:`to_dict` or of equality (and :func:`dataclasses.replace` drops them).
     """
+
+    limits: ClassVar[RunLimits] = RunLimits()
+    notice: ClassVar[str] = ""
 
     dataset: str
     optimizer: OptimizerConfig
@@ -148,7 +203,9 @@ class RunConfig:
         resolve_device(self.device)
 
     @classmethod
-    def from_settings(cls, dataset: str, optimizer: str, **settings) -> RunConfig:
+    def from_settings(
+        cls, dataset: str, optimizer: str, *, server_limits: bool = False, **settings
+    ) -> RunConfig:
         """The run configuration for ``settings``: the one place where settings (the CLI's
         options, the app's widgets, a reproduction's paper settings) become a run, so that
         every caller gets the same defaults.
@@ -162,6 +219,11 @@ class RunConfig:
         methods' general defaults); any other setting left out is the dataclass default,
         and one given as ``None`` is kept (``kl_clip=None``: no clipping). An unknown setting,
         optimizer, dataset or preset, or an invalid value, raises ``ValueError`` naming it.
+
+        ``server_limits=True`` (the web app's runs; never the command line's) applies this
+        server's :meth:`RunLimits.server`: ``steps`` above the step limit are cut to it and
+        ``notice`` says so (``"Steps cut from 20,000 to 5,000: this server's limit per
+        run."``), and the run gets the wall-time limit (:class:`TrainingRun` stops there).
         """
         unknown = sorted(settings.keys() - _RUN_SETTINGS - _OPTIMIZER_SETTINGS)
         if unknown:
@@ -170,7 +232,21 @@ class RunConfig:
         run = {k: v for k, v in settings.items() if k in _RUN_SETTINGS}
         options = {k: v for k, v in settings.items() if k in _OPTIMIZER_SETTINGS}
         preset = _defaults_preset(dataset, run.get("preset"), run.get("widths"))
-        return cls(dataset, _optimizer(optimizer, preset, options), **run)
+        limits, notice = RunLimits(), ""
+        if server_limits:
+            limits = RunLimits.server()
+            steps = run.get("steps")
+            if (
+                isinstance(steps, int)
+                and not isinstance(steps, bool)
+                and limits.max_steps is not None
+                and steps > limits.max_steps
+            ):
+                notice = _cut_notice(f"{steps:,}", limits.max_steps)
+                run["steps"] = limits.max_steps
+        config = cls(dataset, _optimizer(optimizer, preset, options), **run)
+        config.limits, config.notice = limits, notice
+        return config
 
     @property
     def model_preset(self) -> str:
@@ -236,6 +312,9 @@ class TrainingRun:
     (e.g. cached by the app); the model is deep-copied, so the caller's stays untouched.
 
     ``on_step``: optional callable, called with each new record (from the training thread).
+
+    ``notice``: what the server's limits changed before the run began (the config's, or an
+    ``epochs`` request cut to the step limit here); ``""`` when nothing.
     """
 
     def __init__(
@@ -296,6 +375,14 @@ class TrainingRun:
             self.total_steps = int(config.steps)
         else:
             self.total_steps = max(1, round(config.epochs * self.steps_per_epoch))
+        self.notice = config.notice
+        max_steps = config.limits.max_steps
+        if max_steps is not None and self.total_steps > max_steps:
+            asked = f"{self.total_steps:,}"
+            if config.epochs is not None:
+                asked += f" ({config.epochs:g} epochs)"
+            self.notice = self.notice or _cut_notice(asked, max_steps)
+            self.total_steps = max_steps
 
     # -- public API --------------------------------------------------------------------
     def records(self) -> list[dict]:
@@ -331,7 +418,7 @@ class TrainingRun:
 
     @property
     def done(self) -> bool:
-        return self.status in ("finished", "stopped", "diverged", "failed")
+        return self.status in DONE_STATUSES
 
     def run(self) -> None:
         """Train synchronously; never raises (failures set status "failed" and ``message``)."""
@@ -347,6 +434,7 @@ class TrainingRun:
 
     # -- training loop -----------------------------------------------------------------
     def _train(self) -> None:
+        began = time.monotonic()
         cfg = self.config
         model, device = self.model, self.device
         x_train = self.dataset.x_train.to(device)
@@ -367,10 +455,19 @@ class TrainingRun:
         model.train()
         name = cfg.optimizer.name
         finite_step: int | None = None
+        wall_s = cfg.limits.wall_s
         for step in range(self.total_steps):
             if self._stop.is_set():
                 self.status = "stopped"
                 self.message = f"stopped by the user after {step} step(s)"
+                return
+            if wall_s is not None and time.monotonic() - began >= wall_s:
+                self.status = "timed_out"
+                self.message = (
+                    f"stopped at this server's time limit per run ({_duration(wall_s)}) after "
+                    f"{step} of {self.total_steps} step(s); the records so far are kept and the "
+                    "model holds the parameters of its last step"
+                )
                 return
             k = step % self.steps_per_epoch
             if k == 0:

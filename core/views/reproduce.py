@@ -48,14 +48,18 @@ numbers that decide it):
 A results folder holds ``settings.json`` (every setting, the verdict rules, the environment),
 ``results.csv`` (one row per step and run), ``verdicts.csv`` and ``report.html`` (plotly.js
 inlined, works offline). :func:`load_report` reads one back for the app: only the names
-:func:`list_reports` found in the host's ``$KRONOSCOPE_RESULTS_DIR``, size-capped, every value
-that reaches a figure checked (optimizer, method and layer names), failures as one line that
-names no server path.
+:func:`list_reports` found in the host's ``$KRONOSCOPE_RESULTS_DIR``, never through a link that
+leads out of that folder, each file size-capped (:mod:`core.views.report_files`), parsed once
+per change of its files, every value that reaches a figure or a table checked, failures as one
+sentence that names the file and what is wrong in it, and no server path.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -73,6 +77,7 @@ from ..training.models import PRESETS, build_model, describe_layers
 from ..training.optim import EMA_MODES
 from ..training.runner import RunConfig, TrainingRun
 from .report import mean_sd_figure, write_html_report
+from .report_files import ReportCache, ReportError, read_capped, real_file, real_inside, stamp
 
 __all__ = [
     "BASELINES",
@@ -83,6 +88,7 @@ __all__ = [
     "REPRO_DATASETS",
     "RESULTS_DIR_ENV",
     "TRAINING_OPTIMIZERS",
+    "ReportError",
     "Reproduction",
     "ReproduceSpec",
     "list_reports",
@@ -132,9 +138,11 @@ QUALITY_SHARE = 0.9
 RESULTS_DIR_ENV = "KRONOSCOPE_RESULTS_DIR"
 SETTINGS_FILE, RESULTS_FILE = "settings.json", "results.csv"
 VERDICTS_FILE, REPORT_FILE = "verdicts.csv", "report.html"
+# settings.json is a page of text: a tighter cap than the other files' REPORT_MAX_BYTES
 MAX_SETTINGS_BYTES = 1 << 20
-MAX_RESULTS_BYTES = 256 << 20
+# reports listed, and entries of the results folder looked at to find them
 MAX_LISTED = 200
+MAX_SCANNED = 10_000
 _LAYER_NAME = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 TRAINING_RULE = (
     "Training (each criterion): per run the mean minibatch training loss over its last epoch of "
@@ -781,30 +789,69 @@ def write_reproduction(out: Path, settings: dict, df: pd.DataFrame) -> pd.DataFr
 
 # -- results folders (the app) --------------------------------------------------------------
 
+#: The files of a report: the first two must be there, the others may.
+REPORT_FILES = (SETTINGS_FILE, RESULTS_FILE, VERDICTS_FILE, REPORT_FILE)
+#: Reports kept parsed (:class:`~core.views.report_files.ReportCache`): at most this many, and
+#: at most this many bytes of their files.
+REPORT_CACHE_ENTRIES = 8
+REPORT_CACHE_BYTES = 256 << 20
+#: ``settings.json`` written here nests 3 levels deep; deeper is refused.
+MAX_SETTINGS_DEPTH = 16
+#: Fields of ``settings.json`` that hold integers (each may be absent or null).
+_INT_FIELDS = (
+    "n_train",
+    "n_test",
+    "max_steps",
+    "batch_size",
+    "steps_per_epoch",
+    "steps",
+    "eval_every",
+    "quality_every",
+)
+_RESULT_COLUMNS = (
+    "optimizer",
+    "seed",
+    "status",
+    "step",
+    "epoch",
+    "wall_time_s",
+    "train_loss",
+    "test_loss",
+)
+_CACHE = ReportCache(REPORT_CACHE_ENTRIES, REPORT_CACHE_BYTES)
+_log = logging.getLogger(__name__)
 
-@dataclass
+
+@dataclass(frozen=True)
 class Reproduction:
-    """One results folder read back: its name, settings and results table."""
+    """One results folder read back and checked, with everything the page shows made once
+    (:meth:`build`). One instance serves every visitor until a file of the folder changes, so
+    nothing may modify it."""
 
     name: str
     settings: dict
     results: pd.DataFrame
+    title: str
+    rule: str  # the verdict rule of its experiment, as written in the settings ("" if none)
+    verdicts: pd.DataFrame
+    summary: pd.DataFrame
+    figures: list
+    settings_table: pd.DataFrame
 
-    @property
-    def title(self) -> str:
-        return _title(self.settings)
-
-    def verdicts(self) -> pd.DataFrame:
-        return verdicts(self.settings, self.results)
-
-    def summary(self) -> pd.DataFrame:
-        return summary_table(self.settings, self.results)
-
-    def figures(self) -> list:
-        return report_figures(self.settings, self.results)
-
-    def settings_table(self) -> pd.DataFrame:
-        return settings_table(self.settings)
+    @classmethod
+    def build(cls, name: str, settings: dict, results: pd.DataFrame) -> Reproduction:
+        """The report ``name`` from its checked settings and results (see :func:`load_report`)."""
+        return cls(
+            name=name,
+            settings=settings,
+            results=results,
+            title=_title(settings),
+            rule=settings.get("rules", {}).get(settings["experiment"], ""),
+            verdicts=verdicts(settings, results),
+            summary=summary_table(settings, results),
+            figures=report_figures(settings, results),
+            settings_table=settings_table(settings),
+        )
 
 
 def results_dir() -> Path | None:
@@ -813,95 +860,235 @@ def results_dir() -> Path | None:
     return Path(text).expanduser() if text else None
 
 
-def _inside(real: str, root: str) -> bool:
-    return real.startswith(root.rstrip(os.sep) + os.sep)
+def _report_files(root_real: str, name: str) -> dict[str, str] | None:
+    """The real paths of the files of report ``name`` (a folder of the results folder whose real
+    path is ``root_real``), by file name. ``None`` when the folder or any of
+    :data:`REPORT_FILES` there leads out of the results folder (a link), is not a folder or a
+    regular file, or when settings.json or results.csv is missing: such a report is neither
+    listed nor read."""
+    folder = os.path.join(root_real, name)
+    folder_real = real_inside(folder, root_real)
+    if folder_real is None or not os.path.isdir(folder_real):
+        return None
+    files = {}
+    for file in REPORT_FILES:
+        path = os.path.join(folder, file)
+        if not os.path.lexists(path) and file not in (SETTINGS_FILE, RESULTS_FILE):
+            continue
+        real = real_file(path, root_real)
+        if real is None:
+            return None
+        files[file] = real
+    return files
 
 
 def list_reports(directory: str | os.PathLike[str]) -> list[str]:
-    """Names of the sub-folders of ``directory`` (top level only) holding ``settings.json``
-    and ``results.csv``; hidden names and folders whose real path leaves ``directory`` are
-    skipped; sorted, at most :data:`MAX_LISTED`. A missing directory gives ``[]``."""
+    """Names of the reports in ``directory``: its sub-folders (top level only, hidden names
+    skipped, at most :data:`MAX_SCANNED` entries looked at) that :func:`_report_files` accepts;
+    sorted, at most :data:`MAX_LISTED`. A missing directory gives ``[]``."""
     root = Path(directory)
     if not root.is_dir():
         return []
     root_real = os.path.realpath(root)
-    found = []
     try:
         with os.scandir(root) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") or not _inside(
-                    os.path.realpath(entry.path), root_real
-                ):
-                    continue
-                folder = Path(entry.path)
-                if entry.is_dir() and all(
-                    (folder / f).is_file() for f in (SETTINGS_FILE, RESULTS_FILE)
-                ):
-                    found.append(entry.name)
+            names = [e.name for e in itertools.islice(entries, MAX_SCANNED)]
     except OSError:
         return []
+    found = [n for n in names if not n.startswith(".") and _report_files(root_real, n)]
     return sorted(found)[:MAX_LISTED]
 
 
-def _read_capped(path: Path, limit: int, what: str) -> str:
-    size = path.stat().st_size
-    if size > limit:
-        raise ValueError(f"this report's {what} is too large ({size:,} bytes; at most {limit:,})")
-    return path.read_text(encoding="utf-8")
-
-
 def load_report(directory: str | os.PathLike[str], name: str) -> Reproduction:
-    """Read the results folder ``name`` (one of :func:`list_reports`) and check it: the
-    settings are a JSON object with a known experiment and dataset, the results have the
-    columns of that experiment, and every optimizer, method and layer name is one this code
-    knows (they become figure legends). Failures: ``ValueError``, one line, no server path."""
-    if name not in list_reports(directory):
-        raise ValueError("no such report here: choose one of the reports listed")
-    folder = Path(directory) / name
-    try:
-        settings = json.loads(_read_capped(folder / SETTINGS_FILE, MAX_SETTINGS_BYTES, "settings"))
-        text = _read_capped(folder / RESULTS_FILE, MAX_RESULTS_BYTES, "results table")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"this report cannot be read ({type(err).__name__})") from None
-    if not isinstance(settings, dict):
-        raise ValueError("this report's settings are not a JSON object")
-    if (
-        settings.get("experiment") not in EXPERIMENTS
-        or settings.get("dataset") not in REPRO_DATASETS
-    ):
-        raise ValueError("this report's settings name no known experiment and dataset")
-    from io import StringIO
+    """The report ``name`` (one of :func:`list_reports`), read and checked once per change of
+    its files: the parsed report is kept, process-wide, until the size or modification time of
+    its settings.json or results.csv changes (:class:`~core.views.report_files.ReportCache`).
 
+    Checked: each file is at most its size cap; the settings are a JSON object, not nested
+    deeper than :data:`MAX_SETTINGS_DEPTH`, with a known experiment and dataset and integers
+    where integers belong; the results have the columns of the experiment, whole seeds and
+    steps, positive epochs, numeric losses and errors, each step once per run, and only the
+    optimizer, method and layer names this code knows (they become figure legends). Any failure
+    is a :class:`~core.views.report_files.ReportError` whose message is one sentence naming the
+    report's file and what is wrong in it: no server path, no exception text."""
+    root_real = os.path.realpath(directory)
+    files = _report_files(root_real, name) if name in list_reports(directory) else None
+    if files is None:
+        raise ReportError("There is no such report here: choose one of the reports listed.")
     try:
-        df = pd.read_csv(StringIO(text))
-    except (ValueError, pd.errors.ParserError) as err:
-        raise ValueError(
-            f"this report's results table cannot be read ({type(err).__name__})"
+        stamps = tuple(stamp(files[f]) for f in (SETTINGS_FILE, RESULTS_FILE))
+    except OSError:
+        raise ReportError(f"The files of report {name} cannot be read by the server.") from None
+    return _CACHE.get(os.path.join(root_real, name), stamps, lambda: _read_report(name, files))
+
+
+def _read_report(name: str, files: dict[str, str]) -> Reproduction:
+    """Read, check and build the report ``name`` from its files' real paths. A failure that the
+    checks did not foresee is logged for the host and reported as one sentence."""
+    try:
+        label = f"{SETTINGS_FILE} of report {name}"
+        settings = _parse_settings(
+            label, read_capped(files[SETTINGS_FILE], label, MAX_SETTINGS_BYTES)
+        )
+        label = f"{RESULTS_FILE} of report {name}"
+        results = _parse_results(
+            label, settings["experiment"], read_capped(files[RESULTS_FILE], label)
+        )
+        return Reproduction.build(name, settings, results)
+    except ReportError:
+        raise
+    except Exception:
+        _log.exception("report %s could not be read", name)
+        raise ReportError(
+            f"Report {name} could not be read: an unexpected error, described in the server's log."
         ) from None
-    need = [
-        "optimizer",
-        "seed",
-        "status",
-        "step",
-        "epoch",
-        "wall_time_s",
-        "train_loss",
-        "test_loss",
-    ]
-    if settings["experiment"] == "quality":
-        need.append("layer")
+
+
+def _describe(value) -> str:
+    """A value read from a report, in a few words for a message (short texts quoted)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)  # null, true, false
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return json.dumps(float(value))  # NaN, Infinity, -Infinity
+    if isinstance(value, int | np.integer):
+        return str(value) if abs(value) < 10**15 else "a very large integer"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 40 else value[:39] + "…", ensure_ascii=False)
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _too_deep(value, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels in ``value`` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _parse_settings(label: str, data: bytes) -> dict:
+    """``settings.json``'s object, checked (see :func:`load_report`); ``label`` names the file
+    in messages."""
+    try:
+        settings = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ReportError(f"{label} is not valid: it is not UTF-8 text.") from None
+    except RecursionError:
+        raise ReportError(f"{label} is not valid: nested too deeply.") from None
+    except json.JSONDecodeError as err:
+        raise ReportError(
+            f"{label} is not valid JSON (line {err.lineno}, column {err.colno})."
+        ) from None
+    except ValueError:  # Python's cap on the digits of an integer
+        raise ReportError(
+            f"{label} is not valid: it holds an integer with too many digits."
+        ) from None
+    if not isinstance(settings, dict):
+        raise ReportError(f"{label} is not valid: it holds {_describe(settings)}, not an object.")
+    if _too_deep(settings, MAX_SETTINGS_DEPTH):
+        raise ReportError(f"{label} is not valid: nested too deeply.")
+
+    def wrong(key: str, expected: str) -> ReportError:
+        return ReportError(
+            f"{label} is not valid: field {key} holds {_describe(settings[key])}, expected "
+            f"{expected}."
+        )
+
+    for key, allowed in (("experiment", EXPERIMENTS), ("dataset", REPRO_DATASETS)):
+        if key not in settings:
+            raise ReportError(f"{label} is not valid: it lacks the field {key}.")
+        if not isinstance(settings[key], str) or settings[key] not in allowed:
+            raise wrong(key, f"one of {', '.join(allowed)}")
+    if not isinstance(settings.get("dataset_label", ""), str):
+        raise wrong("dataset_label", "a text")
+    for key in _INT_FIELDS:
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise wrong(key, "an integer")
+    seeds = settings.get("seeds", [])
+    if not isinstance(seeds, list):
+        raise wrong("seeds", "a list of integers")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ReportError(
+                f"{label} is not valid: field seeds holds {_describe(seed)}, expected an integer."
+            )
+    rules = settings.get("rules", {})
+    if not isinstance(rules, dict) or not all(isinstance(v, str) for v in rules.values()):
+        raise wrong("rules", "an object of texts")
+    return settings
+
+
+def _parse_results(label: str, experiment: str, data: bytes) -> pd.DataFrame:
+    """``results.csv``'s table for ``experiment``, checked (see :func:`load_report`);
+    ``label`` names the file in messages."""
+    try:
+        df = pd.read_csv(io.BytesIO(data), dtype={"optimizer": str, "status": str, "layer": str})
+    except UnicodeDecodeError:
+        raise ReportError(f"{label} is not valid: it is not UTF-8 text.") from None
+    except pd.errors.EmptyDataError:
+        raise ReportError(f"{label} is empty.") from None
+    except (ValueError, pd.errors.ParserError):
+        raise ReportError(f"{label} is not a readable CSV table.") from None
+    need = [*_RESULT_COLUMNS, *(["layer"] if experiment == "quality" else [])]
     missing = [c for c in need if c not in df.columns]
-    if missing or df.empty:
-        raise ValueError(f"this report's results table lacks {', '.join(missing) or 'rows'}")
-    if not df["optimizer"].isin(OPTIMIZERS).all():
-        raise ValueError("this report's results name an optimizer this version does not know")
-    for col in ("seed", "step", "epoch", "wall_time_s"):
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            raise ValueError(f"this report's column {col} is not numeric")
+    if missing:
+        raise ReportError(f"{label} is not valid: it lacks the column(s) {', '.join(missing)}.")
+    if df.empty:
+        raise ReportError(f"{label} is not valid: it holds no rows.")
+
+    def check(column: str, ok: pd.Series, expected: str) -> None:
+        bad = np.flatnonzero(~ok.to_numpy(dtype=bool))
+        if len(bad):
+            value = df[column].iloc[bad[0]]
+            raise ReportError(
+                f"{label} is not valid: column {column} holds {_describe(value)} on line "
+                f"{bad[0] + 2}, expected {expected}."
+            )
+
+    def numbers(column: str) -> pd.Series:
+        return pd.to_numeric(df[column], errors="coerce")
+
+    check("optimizer", df["optimizer"].isin(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)}")
+    for column in ("seed", "step"):
+        values = numbers(column)
+        check(
+            column,
+            np.isfinite(values) & (values == values.round()) & (values >= 0),
+            "an integer ≥ 0",
+        )
+    epoch, wall = numbers("epoch"), numbers("wall_time_s")
+    check("epoch", np.isfinite(epoch) & (epoch > 0), "a number > 0")
+    check("wall_time_s", np.isfinite(wall) & (wall >= 0), "a number ≥ 0")
     errors = [c for c in df.columns if c.startswith(("rel_error_", "spectrum_error_"))]
-    if any(c.split("_error_", 1)[1] not in METHODS for c in errors):
-        raise ValueError("this report's results name a method this version does not know")
-    if "layer" in df and not df["layer"].astype(str).str.fullmatch(_LAYER_NAME).all():
-        raise ValueError("this report's results name a layer this version cannot show")
+    unknown = [c for c in errors if c.split("_error_", 1)[1] not in METHODS]
+    if unknown:
+        raise ReportError(
+            f"{label} is not valid: column {_describe(unknown[0])} names a method this version "
+            "does not know."
+        )
+    for column in ("train_loss", "test_loss", *errors):  # NaN and ±inf allowed (divergence)
+        check(column, numbers(column).notna() | df[column].isna(), "a number")
+    df[["seed", "step", "epoch", "wall_time_s"]] = df[
+        ["seed", "step", "epoch", "wall_time_s"]
+    ].apply(pd.to_numeric)
+    if experiment == "quality":
+        layer_ok = df["layer"].map(lambda v: isinstance(v, str) and bool(_LAYER_NAME.fullmatch(v)))
+        check("layer", layer_ok, "a layer name (letters, digits, _ and .)")
+    run = ["optimizer", "seed", *(["layer"] if experiment == "quality" else [])]
+    repeated = np.flatnonzero(df.duplicated([*run, "step"]).to_numpy())
+    if len(repeated):
+        raise ReportError(
+            f"{label} is not valid: line {repeated[0] + 2} repeats a step of its run."
+        )
     df["status"] = df["status"].astype(str)
-    return Reproduction(name, settings, df)
+    return df

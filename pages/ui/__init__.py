@@ -12,7 +12,10 @@
 * :mod:`.session`: which session this is, and whether another one still exists;
 * :mod:`.navigation`: every page through app.py's ``st.navigation``.
 
-Everything shared between sessions is a ``st.cache_resource`` and read-only to sessions.
+* :mod:`.services`: the server's shared services (:mod:`core.server.services`: never a
+  Streamlit cache, which any client may clear) and the quota on raw upload requests.
+
+Everything shared between sessions is read-only to sessions.
 """
 
 from . import compute
@@ -24,7 +27,7 @@ from .controls import (
     run_length_controls,
     training_page,
 )
-from .data import DataChoice, initial_model, uploads
+from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain
 from .models import ModelChoice, default_layer, fisher_batch, layer_options, trained_model
 from .navigation import ensure_navigation
@@ -69,5 +72,4 @@ __all__ = [
     "trained_model",
     "training_page",
     "training_runs",
-    "uploads",
 ]

@@ -26,13 +26,12 @@ from core import (
     JobCancelled,
     LimitError,
     WorkerDied,
-    WorkerPool,
     explorer,
     jobs,
-    torch_threads,
     view_budget_s,
-    worker_count,
 )
+
+from .services import services
 
 __all__ = [
     "block_view",
@@ -40,19 +39,12 @@ __all__ = [
     "layer_fisher",
     "compute_all",
     "method_results",
-    "pool",
     "rank_curve",
     "spectra",
     "start_view",
 ]
 
 _view = threading.local()  # the budget of the view this script thread is drawing
-
-
-@st.cache_resource(show_spinner=False)
-def pool() -> WorkerPool:
-    """The server's one worker pool (started with the first session)."""
-    return WorkerPool(worker_count(), torch_threads=torch_threads())
 
 
 def start_view() -> float:
@@ -102,7 +94,7 @@ def compute_all(
         return {
             k: BudgetError(_budget_message(what, seconds, how)) for k, _f, _a, what, how in work
         }
-    workers = pool()
+    workers = services().pool
     held = [(workers.acquire(k, fn, *args, budget_s=max(left, 1.0)), what, how)
             for k, fn, args, what, how in work]  # fmt: skip
     status = None

@@ -101,7 +101,7 @@ def model_and_data(
         st.header(header)
         data = data_controls(settings)
     with friendly_errors("Loading the dataset"):
-        ds = dataset(data.name, data.key, data.path, data.shown_as)
+        ds = dataset(data)
     with st.sidebar:
         preset, seed = model_controls(settings, data)
     return data, ds, preset, seed

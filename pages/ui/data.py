@@ -1,24 +1,19 @@
 """Where the explorer's data and models come from: dataset choice, host files, uploads.
 
 Visitors never name a server path. A file comes either from an upload, kept under the cache
-directory per session (bounded per session and per server, removed when the session ends and
-when the server starts, never shown by its server path), or from the data directory the host
+directory per visitor and session (:class:`core.server.uploads.UploadStore`: bounded per
+visitor and per server, removed when the session ends and when the server starts, never shown
+by its server path), or from the data directory the host
 configures (``KRONOSCOPE_DATA_DIR``), where visitors pick among the dataset files found
 (:func:`core.training.datafiles.list_data_files`). Without that setting there is no path box, and a
 ``path`` URL parameter is ignored with a notice. The paper's original MNIST and FACES files
 are used once they are in the cache directory; a download button appears only when the host
-allows downloads (``KRONOSCOPE_ALLOW_DOWNLOADS``, off by default).
+allows downloads (``KRONOSCOPE_ALLOW_DOWNLOADS``, off by default). Every file is parsed in a
+worker process (:func:`dataset`), never in the web server.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import re
-import shutil
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,21 +24,22 @@ from core import (
     DATASET_SPECS,
     PRESETS,
     Dataset,
-    DatasetError,
     build_model,
     cached_dataset,
     data_dir,
-    default_cache_dir,
     download_dataset,
     downloads_allowed,
+    jobs,
     list_data_files,
     load_dataset,
-    load_visitor_dataset,
     resolve_in_dir,
+    settings,
 )
 
+from . import compute
 from .errors import friendly_errors, plain
-from .session import session_alive, session_id
+from .services import services, visitor_of
+from .session import session_id
 from .urlstate import UrlSettings
 
 __all__ = [
@@ -53,12 +49,9 @@ __all__ = [
     "dataset",
     "initial_model",
     "presets_for",
-    "uploads",
 ]
 
 DEFAULT_DATASET = "digits"
-UPLOAD_SESSION_MB_ENV = "KRONOSCOPE_UPLOAD_SESSION_MB"
-UPLOAD_TOTAL_MB_ENV = "KRONOSCOPE_UPLOAD_TOTAL_MB"
 
 
 @dataclass(frozen=True)
@@ -71,90 +64,11 @@ class DataChoice:
     path: str | None = None
     key: str = ""
     shown_as: str = ""  # how the visitor knows the file (upload name, listed name)
+    uploaded: bool = False  # the visitor's own file (its decompressed size has a lower cap)
 
     def __post_init__(self) -> None:
         if not self.key:
             object.__setattr__(self, "key", f"{self.name}:")
-
-
-def _mb_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return max(0, int(raw)) if raw else default
-    except ValueError:
-        return default
-
-
-class UploadStore:
-    """Uploaded files, one folder per session under ``root``, with quotas.
-
-    The root is emptied when the store is created (server start) and a session's folder is
-    removed once the session has ended (checked at every upload and every minute).
-    """
-
-    def __init__(self, root: Path, *, per_session_mb: int, total_mb: int) -> None:
-        self.root = root
-        self.per_session = per_session_mb * 2**20
-        self.total = total_mb * 2**20
-        self._lock = threading.Lock()
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=self._sweep_loop, name="kronoscope-uploads", daemon=True).start()
-
-    @staticmethod
-    def _size(folder: Path) -> int:
-        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-    def sweep(self) -> None:
-        """Remove the folders of sessions that have ended."""
-        with self._lock:
-            for folder in self.root.iterdir():
-                if not session_alive(folder.name):
-                    shutil.rmtree(folder, ignore_errors=True)
-
-    def _sweep_loop(self) -> None:
-        while True:
-            time.sleep(60)
-            with contextlib.suppress(OSError):
-                self.sweep()
-
-    def save(self, sid: str, raw: bytes, suffix: str) -> tuple[Path, str]:
-        """Keep ``raw`` for session ``sid``; returns its path and content hash. Raises
-        :class:`DatasetError` when a quota would be exceeded (the message says which)."""
-        digest = hashlib.sha256(raw).hexdigest()[:24]
-        self.sweep()
-        with self._lock:
-            # Streamlit's session ids are UUIDs: the folder is named by the id, so that the
-            # sweep can ask whether its session still exists
-            folder = self.root / (sid if re.fullmatch(r"[\w-]{1,64}", sid) else "unnamed")
-            path = folder / f"{digest}{suffix}"
-            if path.exists():
-                return path, digest
-            folder.mkdir(parents=True, exist_ok=True)
-            if self._size(folder) + len(raw) > self.per_session:
-                raise DatasetError(
-                    f"your uploads would exceed {self.per_session / 2**20:.0f} MB, this "
-                    "server's limit per visitor: reload the page to start afresh."
-                )
-            if self._size(self.root) + len(raw) > self.total:
-                raise DatasetError(
-                    "this server's space for uploads is full; try again later, or use a "
-                    "built-in dataset."
-                )
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(raw)
-            tmp.replace(path)
-        return path, digest
-
-
-@st.cache_resource(show_spinner=False)
-def uploads() -> UploadStore:
-    """The server's upload store (emptied at server start)."""
-    return UploadStore(
-        default_cache_dir() / "uploads",
-        per_session_mb=_mb_env(UPLOAD_SESSION_MB_ENV, 100),
-        total_mb=_mb_env(UPLOAD_TOTAL_MB_ENV, 1000),
-    )
 
 
 def _upload_choice(name: str, upload) -> DataChoice:
@@ -162,10 +76,12 @@ def _upload_choice(name: str, upload) -> DataChoice:
     # every rerun (the session remembers where it went)
     saved = st.session_state.setdefault("uploads.saved", {})
     if upload.file_id not in saved or not Path(saved[upload.file_id][0]).is_file():
-        saved[upload.file_id] = uploads().save(session_id(), upload.getvalue(), ".npz")
+        saved[upload.file_id] = services().uploads.save(
+            session_id(), upload.getvalue(), ".npz", visitor_of(session_id())
+        )
     path, digest = saved[upload.file_id]
     # the store is per session; the key is the content, so equal uploads share results
-    return DataChoice(name, str(path), f"{name}:upload:{digest}", upload.name)
+    return DataChoice(name, str(path), f"{name}:upload:{digest}", upload.name, uploaded=True)
 
 
 def _host_file_choice(name: str, listed: str, folder: Path) -> DataChoice:
@@ -251,12 +167,23 @@ def _original_download(name: str, label: str) -> DataChoice | None:
     return None
 
 
-@st.cache_resource(max_entries=6, show_spinner="Loading the dataset…")
-def dataset(name: str, key: str, _path: str | None, _shown_as: str) -> Dataset:
-    """The dataset ``name`` (cached by ``key``; visitor files read with the safe loader)."""
-    if _path is None:
-        return load_dataset(name)
-    return load_visitor_dataset(name, _path, display_name=_shown_as)
+def dataset(data: DataChoice) -> Dataset:
+    """The dataset of ``data``, shared by every session asking for the same key (a bounded
+    cache of the server). A file is read in a worker process, never in the web server, with
+    the size caps checked before anything is decompressed: an upload's decompressed size
+    below ``KRONOSCOPE_UPLOAD_MAX_ARRAY_MB``, a host file's below the data-file limit."""
+    if data.path is None:
+        return services().datasets.get(data.key, lambda: load_dataset(data.name))
+    cap = settings.get("KRONOSCOPE_UPLOAD_MAX_ARRAY_MB") * 2**20 if data.uploaded else None
+
+    def read() -> Dataset:
+        return compute.compute(
+            f"dataset|{data.key}|cap={cap}", jobs.visitor_dataset, data.name, data.path,
+            data.shown_as, cap, what=f"Reading {plain(data.shown_as, 60)}",
+            how="upload a smaller file",
+        )  # fmt: skip
+
+    return services().datasets.get(data.key, read)
 
 
 def presets_for(name: str) -> list[str]:
@@ -266,7 +193,9 @@ def presets_for(name: str) -> list[str]:
     return sorted(fits, key=lambda p: p != name)
 
 
-@st.cache_resource(max_entries=16)
-def initial_model(data_key: str, preset: str, seed: int, _ds: Dataset) -> torch.nn.Module:
-    """The preset's model at its (seeded) initialization; never mutated by the app."""
-    return build_model(preset, input_dim=_ds.input_dim, loss=_ds.loss, seed=seed)
+def initial_model(data_key: str, preset: str, seed: int, ds: Dataset) -> torch.nn.Module:
+    """The preset's model at its (seeded) initialization, shared; never mutated by the app."""
+    return services().initial_models.get(
+        f"{data_key}|{preset}|{seed}",
+        lambda: build_model(preset, input_dim=ds.input_dim, loss=ds.loss, seed=seed),
+    )

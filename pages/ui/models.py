@@ -1,26 +1,15 @@
 """The models the explorer looks at: at initialization, or trained once for every session.
 
-Trained models are shared by every session and keyed by every setting of their training. A
-model being trained is one :class:`TrainingRun` in the server's run registry (queued like any
-other run); sessions asking for the same settings wait on it, and when the last of them goes
-away before it finishes, it is stopped. A finished model of a built-in dataset is kept on disk
-under the cache directory (``trained/<sha256 of the key>.pt``), so a restart or another
-student never trains it again.
+Trained models are shared by every session and keyed by every setting of their training, in
+the server's :class:`core.server.model_store.ModelStore` (which keeps a finished model of a
+built-in dataset on disk): this module asks it for a model and shows the wait.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import pandas as pd
 import streamlit as st
 import torch
 
@@ -28,29 +17,24 @@ from core import (
     Dataset,
     LimitError,
     RunConfig,
-    RunGroup,
     TrainingRun,
     build_model,
     check_layer_size,
-    default_cache_dir,
     describe_layers,
 )
 
 from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain
-from .runs import OPTIMIZER_LABELS, eta_text, run_registry
-from .session import SHARED_SESSION
+from .runs import OPTIMIZER_LABELS, eta_text
+from .services import services
 
 __all__ = [
     "ModelChoice",
     "default_layer",
     "fisher_batch",
     "layer_options",
-    "model_store",
     "trained_model",
 ]
-
-STORE_VERSION = 1  # bump when what a stored model means changes
 
 
 @dataclass(frozen=True)
@@ -60,131 +44,6 @@ class ModelChoice:
     key: str
     model: torch.nn.Module
     description: str
-
-
-@dataclass(eq=False)
-class StoredRun:
-    """A finished training read back from disk: what a finished :class:`TrainingRun` offers."""
-
-    model: torch.nn.Module
-    records: list[dict]
-    status: str = "finished"
-    message: str = ""
-    progress: float = 1.0
-    done: bool = True
-
-    def dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame(self.records)
-
-
-@dataclass(eq=False)
-class _Entry:
-    run: TrainingRun | StoredRun
-    group: RunGroup | None = None
-    waiters: int = 0
-    saved: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class ModelStore:
-    """Trained models shared by every session, in memory (bounded) and on disk."""
-
-    def __init__(self, folder: Path | None, max_entries: int = 12) -> None:
-        self.folder = folder
-        self.max_entries = max_entries
-        self.lock = threading.Lock()
-        self.entries: OrderedDict[str, _Entry] = OrderedDict()
-
-    def _file(self, key: str) -> Path | None:
-        if self.folder is None:
-            return None
-        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
-
-    def _load(self, key: str, make_model: Callable[[], torch.nn.Module]) -> StoredRun | None:
-        path = self._file(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if blob.get("key") != key or blob.get("version") != STORE_VERSION:
-                return None
-            model = make_model()
-            model.load_state_dict(blob["state"])
-        except Exception:  # a damaged or foreign file: train again
-            return None
-        return StoredRun(model, list(blob["records"]), blob["status"], blob["message"])
-
-    def _save(self, key: str, run: TrainingRun) -> None:
-        path = self._file(key)
-        if path is None or run.status not in ("finished", "diverged"):
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "key": key,
-            "version": STORE_VERSION,
-            "state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-            "records": run.records(),
-            "status": run.status,
-            "message": run.message,
-        }
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-        torch.save(blob, tmp)
-        tmp.replace(path)  # atomic: another process never reads half a file
-
-    def acquire(
-        self,
-        key: str,
-        make_run: Callable[[], TrainingRun],
-        make_model: Callable[[], torch.nn.Module],
-    ) -> _Entry:
-        """The entry for ``key``: in memory, on disk, or a new run queued in the registry."""
-        with self.lock:
-            entry = self.entries.get(key)
-            cancelled = entry is not None and entry.group is not None and entry.group.done
-            if entry is not None and (
-                entry.run.status in ("stopped", "failed") or (cancelled and not entry.run.done)
-            ):
-                del self.entries[key]
-                entry = None
-            if entry is None:
-                stored = self._load(key, make_model)
-                if stored is not None:
-                    entry = _Entry(stored, saved=True)
-                else:
-                    run = make_run()
-                    group = RunGroup([run], label="explorer training")
-                    # held by the store, not by the session that came first: the store stops
-                    # it when its last waiter leaves (release)
-                    run_registry().start(SHARED_SESSION, group)  # LimitError: nothing stored
-                    entry = _Entry(run, group)
-                self.entries[key] = entry
-                while len(self.entries) > self.max_entries:
-                    self.entries.popitem(last=False)
-            self.entries.move_to_end(key)
-            entry.waiters += 1
-            return entry
-
-    def release(self, key: str, entry: _Entry) -> None:
-        """A session stops waiting; the last one leaving an unfinished run stops it."""
-        with self.lock:
-            entry.waiters = max(0, entry.waiters - 1)
-            if entry.waiters or entry.run.done or entry.group is None:
-                return
-            if self.entries.get(key) is entry:
-                del self.entries[key]
-        run_registry().cancel(entry.group)
-
-    def persist(self, key: str, entry: _Entry) -> None:
-        with entry.lock:
-            if not entry.saved and isinstance(entry.run, TrainingRun):
-                with contextlib.suppress(OSError):  # read-only cache: retrain after restart
-                    self._save(key, entry.run)
-                entry.saved = True
-
-
-@st.cache_resource
-def model_store() -> ModelStore:
-    return ModelStore(default_cache_dir() / "trained")
 
 
 def _persistable(data: DataChoice) -> bool:
@@ -220,7 +79,7 @@ def trained_model(
     def make_model() -> torch.nn.Module:
         return build_model(preset, input_dim=ds.input_dim, loss=ds.loss, seed=seed)
 
-    store = model_store()
+    store = services().models
     with friendly_errors("Training"):
         entry = store.acquire(key, make_run, make_model)
     label = OPTIMIZER_LABELS.get(config.optimizer.name, config.optimizer.name)
@@ -229,7 +88,7 @@ def trained_model(
             line = st.empty()
             while not entry.run.done:
                 if entry.group is not None and entry.group.queued:
-                    place = run_registry().position(entry.group)
+                    place = services().runs.position(entry.group)
                     line.info(
                         f"Waiting for a free training slot to train the model: place "
                         f"{place or '…'} in the queue. Switch to *at initialization* to "

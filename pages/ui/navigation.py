@@ -19,12 +19,11 @@ import torch
 
 from core import torch_threads
 
-from .compute import pool
 from .controls import device_label
-from .data import uploads
 from .errors import friendly_errors
 from .icon import page_icon
 from .runs import limits_caption
+from .services import services
 
 __all__ = ["ensure_navigation", "run_app"]
 
@@ -80,8 +79,7 @@ def _run() -> None:
         st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
     ]
     page = st.navigation(pages)
-    pool()  # start the worker processes with the server's first session
-    uploads()  # empties the upload folder left by an earlier server
+    services()  # the shared services, made with the server's first session (or at start)
     with st.sidebar:
         st.caption(f"Compute device: **{device_label()}**")
         st.caption(limits_caption())

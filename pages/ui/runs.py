@@ -25,7 +25,8 @@ from core import (
 
 from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain
-from .session import session_alive, session_id
+from .services import services
+from .session import session_id
 
 __all__ = [
     "OPTIMIZER_LABELS",
@@ -41,12 +42,9 @@ __all__ = [
 ]
 
 
-@st.cache_resource
 def run_registry() -> RunRegistry:
-    """The server-wide registry of training runs: slots, per-session quota, queue."""
-    registry = RunRegistry()
-    registry.set_session_check(session_alive)
-    return registry
+    """The server-wide registry of training runs: slots, per-visitor quota, queue."""
+    return services().runs
 
 
 def training_runs(

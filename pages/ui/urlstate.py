@@ -9,13 +9,15 @@ keep opening the same view): never rename one. Two mechanisms keep them, chosen 
   ``tcov.<optimizer>``, ``tinv.<optimizer>``), selects whose options show as their own text
   (``batch``, ``m``, ``report``, ``path``), and the explorer's ``rank`` slider. The binding
   uses the widget's key as the parameter name, so these widgets' session keys are the bare
-  URL names. Streamlit seeds them from the URL on first render, rejects invalid values (a
-  value out of range or not among the options falls back to the default and never reaches
-  anything but the widget), leaves a default out of the URL, updates the URL as the visitor
-  edits, and removes a parameter whose widget is no longer drawn (``rank`` while its tab is
-  closed; the tab's slider keeps its value for the session, as every bound widget does
-  across page switches, where the hand-made ones start again from the URL). A float may come
-  back in another spelling of the same number; every old spelling still reads.
+  URL names. Streamlit seeds them from the URL on first render, leaves a default out of the
+  URL, updates the URL as the visitor edits, and removes a parameter whose widget is no
+  longer drawn (``rank`` while its tab is closed, once the slider has been drawn; the tab's
+  slider keeps its value for the session, as every bound widget does across page switches,
+  where the hand-made ones start again from the URL). A float may come back in another
+  spelling of the same number; every old spelling still reads. A URL value that is not
+  valid for its widget never reaches the binding (which drops most such values without a
+  word and raises on some, ``seed=inf`` among them): the widget is drawn unbound for that
+  run and the parameter removed (see :meth:`UrlSettings._draw_bound`).
 * **Hand-made sync** (session key ``<page>.<name>``, seeded from ``st.query_params`` and
   written back by :meth:`UrlSettings.sync`) where the binding would change a public format:
   a bound select or radio writes its *displayed label* (``format_func``'s text) and accepts
@@ -26,10 +28,10 @@ keep opening the same view): never rename one. Two mechanisms keep them, chosen 
   ``opts``); a bound toggle writes ``true``/``false`` where links carry ``1``/``0``
   (``slow``); bound tabs write the tab's label where links carry a slug (``tab=block``).
 
-Either way a URL value that is not valid for its widget is not silently dropped:
-:meth:`UrlSettings.show_notices` names the parameter, the value given and the value used, as
-plain text (Streamlit's binding drops it silently, so the bound widgets' URL values are
-checked here first, by the rules the binding applies).
+Either way a URL value that is not used as given (invalid for its widget, or a repeated or
+unknown item of a list) is never replaced silently: :meth:`UrlSettings.show_notices` names
+the parameter, the value given and the value used, as plain text, in one warning that also
+collects the notices of widgets drawn further down the page.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class UrlSettings:
         self.page = page
         self.values: dict[str, str] = {}
         self.notices: list[str] = []
+        self._notice_area = None  # where show_notices() put the warning, once it has run
         # names this page has bound in this session: Streamlit owns those parameters (it
         # removes one itself when its widget stops being drawn), so sync() never touches them
         self._bound: set[str] = st.session_state.setdefault(f"urlstate.bound.{page}", set())
@@ -72,62 +75,87 @@ class UrlSettings:
     # -- notices -----------------------------------------------------------------------------
 
     def notice(self, name: str, given: str, used: str) -> None:
-        """Report a URL value that was not used (shown by :meth:`show_notices`)."""
+        """Report a URL value that was not used as given (shown by :meth:`show_notices`,
+        also when it comes from a widget drawn after that call)."""
         self.notices.append(
             f"URL parameter {plain(name, 40)}: the value {plain(given, 60)} is not valid "
             f"here; using {plain(used, 60)}."
         )
+        if self._notice_area is not None:
+            self._draw_notices()
 
     def show_notices(self) -> None:
-        """One warning listing every URL value that was replaced (plain text)."""
+        """Place the warning that lists every URL value replaced in this run (plain text).
+        Called once, near the top of the page: widgets drawn further down (the explorer's
+        tabs and views) add their notices to this same warning."""
+        self._notice_area = st.empty()
+        self._draw_notices()
+
+    def _draw_notices(self) -> None:
         if self.notices:
-            st.warning("  \n".join(self.notices), icon=":material/link_off:")
+            self._notice_area.warning("  \n".join(self.notices), icon=":material/link_off:")
 
     # -- bound widgets -----------------------------------------------------------------------
 
-    def _bind(self, name: str, accepts: Callable[[str], bool], default: object) -> str:
-        """Check the URL's value for a widget about to be bound (Streamlit seeds a bound
-        widget from the URL only on its first render, and drops an invalid value without a
-        word): note an invalid one. Returns the widget's key, the URL name."""
+    def _draw_bound(self, widget: Callable, name: str, accepts: Callable[[str], bool], **kw):
+        """Draw ``widget`` with key ``name``, bound to the URL parameter ``name``.
+
+        Streamlit seeds a bound widget from the URL the run started with, and its handling of
+        an invalid value is not ours to rely on: it drops most without a word and raises on
+        some (``OverflowError`` for ``seed=inf`` or ``steps=1e309`` on an int input). So a URL
+        value that ``accepts`` refuses never reaches the binding: the widget is drawn unbound
+        for this run (it keeps its key, hence its value) and the parameter is removed from
+        the URL, so the next run binds it again. A value refused on the widget's first render
+        (when the binding would have seeded it) gets a notice naming the value used.
+        """
         raw = st.query_params.get(name)
-        if name not in st.session_state and raw is not None and not accepts(raw):
-            self.notice(name, raw, shown(default))
+        usable = raw is None or accepts(raw)
+        first = name not in st.session_state
+        value = widget(key=name, bind=BIND if usable else None, **kw)
+        if not usable:
+            st.query_params.pop(name, None)  # unbound now: the parameter is ours to remove
+            if first:
+                self.notice(name, raw, shown(value))
         self._bound.add(name)
-        return name
+        return value
 
     def number(self, label: str, name: str, default, *, min_value, max_value, **kw):
         """A number input bound to ``name`` (an int or float input, as ``default`` is)."""
         kind = type(default)
 
-        def accepts(raw: str) -> bool:  # the binding's rule: int()/float(), finite, in range
+        def accepts(raw: str) -> bool:  # int()/float(), finite, in range
             try:
                 value = kind(raw)
             except ValueError:
                 return False
             return math.isfinite(value) and min_value <= value <= max_value
 
-        key = self._bind(name, accepts, default)
-        return st.number_input(
-            label, min_value=min_value, max_value=max_value, value=default, key=key,
-            bind=BIND, **kw,
+        return self._draw_bound(
+            st.number_input, name, accepts, label=label, min_value=min_value,
+            max_value=max_value, value=default, **kw,
         )  # fmt: skip
 
     def slider(self, label: str, name: str, default: int, *, min_value: int, max_value: int, **kw):
         """An integer slider bound to ``name``."""
         default = min(max(default, min_value), max_value)
-
-        def accepts(raw: str) -> bool:
-            try:
-                value = float(raw)
-            except ValueError:
-                return False
-            return value.is_integer() and min_value <= value <= max_value
-
-        key = self._bind(name, accepts, default)
-        return st.slider(
-            label, min_value=min_value, max_value=max_value, value=default, key=key,
-            bind=BIND, **kw,
+        return self._draw_bound(
+            st.slider, name, _whole_number_in(min_value, max_value), label=label,
+            min_value=min_value, max_value=max_value, value=default, **kw,
         )  # fmt: skip
+
+    def hidden_slider(self, name: str, default: int, *, min_value: int, max_value: int) -> None:
+        """The URL value of an integer slider that this run does not draw (its tab is closed,
+        or it has nothing to slide), checked against the widest range the slider can have: a
+        valid one stays in the URL for the run that draws the slider (which checks it against
+        its own range), an invalid one is removed with a notice. A slider already bound in
+        this session is Streamlit's: it removes the parameter itself."""
+        raw = st.query_params.get(name)
+        if raw is None or name in self._bound:
+            return
+        if _whole_number_in(min_value, max_value)(raw):
+            self.values[name] = raw
+        else:
+            self.notice(name, raw, shown(default))
 
     # -- selects: bound when an option's text is its URL value, else hand-made ---------------
 
@@ -139,17 +167,22 @@ class UrlSettings:
         if "format_func" in kw:
             return self._choice(st.selectbox, label, options, name, default, **kw)
         texts = [str(o) for o in options]
-        key = self._bind(name, texts.__contains__, default)
-        return st.selectbox(label, options, index=options.index(default), key=key, bind=BIND, **kw)
+        return self._draw_bound(
+            st.selectbox, name, texts.__contains__, label=label, options=options,
+            index=options.index(default), **kw,
+        )  # fmt: skip
 
     # -- hand-made widgets -------------------------------------------------------------------
 
     def _key(self, name: str) -> str:
         return f"{self.page}.{name}"
 
-    def _seed(self, name: str, default, parse: Callable, valid: Callable) -> str:
+    def _seed(
+        self, name: str, default, parse: Callable, valid: Callable, used: str | None = None
+    ) -> str:
         """Seed a hand-made widget's session value from the URL (once: a later run keeps the
-        visitor's choice while it is still valid); returns its session key."""
+        visitor's choice while it is still valid); returns its session key. A refused URL
+        value gets a notice naming ``used`` (the default as a notice shows it, if not given)."""
         key = self._key(name)
         if key in st.session_state and valid(st.session_state[key]):
             return key
@@ -163,7 +196,7 @@ class UrlSettings:
             if parsed is not None and valid(parsed):
                 value = parsed
             else:
-                self.notice(name, raw, shown(default))
+                self.notice(name, raw, shown(default) if used is None else used)
         st.session_state[key] = value
         return key
 
@@ -182,13 +215,13 @@ class UrlSettings:
 
     def multiselect(self, label: str, options: Sequence[str], name: str, default, **kw):
         """A multiselect kept as one comma-joined URL value (hand-made: the binding repeats
-        the parameter instead); invalid items are dropped with a notice."""
+        the parameter instead). Unknown and repeated items are dropped with a notice (each
+        option is one widget: twice would draw its controls twice, under the same keys)."""
         options = list(options)
 
         def parse(raw: str) -> list[str]:
-            items = [o for o in raw.split(",") if o] if raw else []
-            kept = [o for o in items if o in options]
-            if len(kept) < len(items):  # keep what is valid; name what was dropped
+            kept = list(dict.fromkeys(o for o in raw.split(",") if o in options))
+            if ",".join(kept) != raw:  # keep what is valid, once; name what was dropped
                 self.notice(name, raw, shown(kept))
             return kept
 
@@ -219,7 +252,9 @@ class UrlSettings:
         """
         slugs = {label: slug for slug, label in labels.items()}
         default_label = labels.get(default, next(iter(labels.values())))
-        key = self._seed(name, default_label, labels.get, slugs.__contains__)
+        key = self._seed(
+            name, default_label, labels.get, slugs.__contains__, used=slugs[default_label]
+        )
         containers = st.tabs(list(labels.values()), key=key, on_change="rerun")
         self.values[name] = slugs.get(st.session_state.get(key), default or next(iter(labels)))
         return dict(zip(labels, containers, strict=True))
@@ -236,3 +271,17 @@ class UrlSettings:
         if final:
             for name in current.keys() - self.values.keys() - self._bound:
                 del st.query_params[name]
+
+
+def _whole_number_in(min_value: int, max_value: int) -> Callable[[str], bool]:
+    """The check of an integer slider's URL value: a whole number from ``min_value`` to
+    ``max_value`` (``3`` and ``3.0`` both are: a float may come back in another spelling)."""
+
+    def accepts(raw: str) -> bool:
+        try:
+            value = float(raw)
+        except ValueError:
+            return False
+        return value.is_integer() and min_value <= value <= max_value
+
+    return accepts

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from core.training.datasets import DatasetError
-from pages.ui.data import UploadStore
+from core.server.uploads import UploadStore
 from tests.webapp.test_app import app, errors, unescaped
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -100,27 +100,27 @@ def test_a_bad_file_gets_the_same_message_as_any_bad_file(data_dir):
     assert str(data_dir) not in message and len(message) < 500
 
 
-def test_uploads_are_bounded_per_session_and_server(tmp_path, monkeypatch):
-    alive = {"a", "b", "c", "d"}
-    monkeypatch.setattr("pages.ui.data.session_alive", lambda sid: sid in alive)
+def test_uploads_are_bounded_per_visitor_and_server(tmp_path):
+    alive = {"a1", "a2", "b", "c", "d"}
     root = tmp_path / "uploads"
-    (root / "old").mkdir(parents=True)
-    (root / "old" / "left.npz").write_bytes(b"x" * 10)
-    store = UploadStore(root, per_session_mb=1, total_mb=2)
+    (root / "old" / "s").mkdir(parents=True)
+    (root / "old" / "s" / "left.npz").write_bytes(b"x" * 10)
+    store = UploadStore(root, per_visitor_mb=1, total_mb=2, session_alive=alive.__contains__)
     assert not (root / "old").exists(), "an earlier server's uploads are removed at start"
-    path, digest = store.save("a", b"1" * 600_000, ".npz")
-    assert path.parent.name == "a" and path.name == f"{digest}.npz"
-    assert store.save("a", b"1" * 600_000, ".npz")[0] == path  # same content: stored once
+    path, digest = store.save("a1", b"1" * 600_000, ".npz", visitor="A")
+    assert path.parent == root / "A" / "a1" and path.name == f"{digest}.npz"
+    assert store.save("a1", b"1" * 600_000, ".npz", visitor="A")[0] == path  # stored once
+    # a second tab of the same browser shares the visitor's quota
     with pytest.raises(DatasetError, match="limit per visitor") as err:
-        store.save("a", b"2" * 600_000, ".npz")
-    assert str(root) not in str(err.value)
-    store.save("b", b"3" * 900_000, ".npz")
-    store.save("c", b"4" * 500_000, ".npz")
+        store.save("a2", b"2" * 600_000, ".npz", visitor="A")
+    assert str(root) not in str(err.value) and "KRONOSCOPE_" not in str(err.value)
+    store.save("b", b"3" * 900_000, ".npz", visitor="B")
+    store.save("c", b"4" * 500_000, ".npz", visitor="C")
     with pytest.raises(DatasetError, match="space for uploads is full"):
-        store.save("d", b"5" * 200_000, ".npz")
-    alive.discard("a")
+        store.save("d", b"5" * 200_000, ".npz", visitor="D")
+    alive.discard("a1")
     store.sweep()
-    assert not (root / "a").exists() and (root / "b").exists()
+    assert not (root / "A").exists() and (root / "B" / "b").exists()
     assert not list(root.rglob("*.part"))
 
 
@@ -137,7 +137,7 @@ def test_shared_links_keep_their_parameter_names():
 
 
 def test_upload_folder_removed_files_leave_no_trace_in_time(tmp_path):
-    store = UploadStore(tmp_path / "u", per_session_mb=1, total_mb=1)
+    store = UploadStore(tmp_path / "u", per_visitor_mb=1, total_mb=1)
     t0 = time.monotonic()
     store.save("s", os.urandom(1000), ".mat")
     assert time.monotonic() - t0 < 5

@@ -1,4 +1,4 @@
-"""pages/ui/models.py: trained models shared by sessions and kept on disk (issue 8)."""
+"""core/server/model_store.py: trained models shared by sessions and kept on disk (issue 8)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from core.training.data import load_dataset
 from core.training.models import build_model
 from core.training.optim import OptimizerConfig
 from core.training.runner import RunConfig, TrainingRun
-from pages.ui.models import ModelStore, StoredRun
+from core.server.limits import RunRegistry
+from core.server.model_store import ModelStore, StoredRun
 
 
 def _wait(entry, timeout: float = 120.0) -> None:
@@ -31,7 +32,7 @@ def test_a_trained_model_is_kept_on_disk_and_never_trained_again(tmp_path):
         trained.append(1)
         return TrainingRun(config, dataset=ds, model=make_model())
 
-    first = ModelStore(tmp_path)
+    first = ModelStore(tmp_path, RunRegistry())
     entry = first.acquire("key-1", make_run, make_model)
     assert first.acquire("key-1", make_run, make_model) is entry  # a second session waits
     _wait(entry)
@@ -43,7 +44,7 @@ def test_a_trained_model_is_kept_on_disk_and_never_trained_again(tmp_path):
     def must_not_train() -> TrainingRun:
         raise AssertionError("a stored model was trained again")
 
-    restarted = ModelStore(tmp_path)  # a new server process: nothing in memory
+    restarted = ModelStore(tmp_path, RunRegistry())  # a new server process: nothing in memory
     again = restarted.acquire("key-1", must_not_train, make_model)
     assert isinstance(again.run, StoredRun) and again.run.status == "finished"
     for name, p in entry.run.model.state_dict().items():
@@ -59,7 +60,7 @@ def test_a_trained_model_is_kept_on_disk_and_never_trained_again(tmp_path):
 
 
 def test_a_damaged_file_means_training_again(tmp_path):
-    store = ModelStore(tmp_path)
+    store = ModelStore(tmp_path, RunRegistry())
     path = store._file("k")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a torch file")

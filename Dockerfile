@@ -95,4 +95,4 @@ EXPOSE 8501
 # STREAMLIT_SERVER_BASE_URL_PATH when they are changed at run time.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request as u; p = os.environ.get('STREAMLIT_SERVER_BASE_URL_PATH', '').strip('/'); u.urlopen('http://127.0.0.1:%s/%s_stcore/health' % (os.environ.get('STREAMLIT_SERVER_PORT', '8501'), p + '/' if p else ''), timeout=4)"]
-CMD ["streamlit", "run", "app.py"]
+CMD ["python", "serve.py"]

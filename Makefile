@@ -20,7 +20,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 venv: $(VENV)/.dev
 
 run: $(VENV)/.runtime
-	$(PY) -m streamlit run app.py --server.headless true --browser.gatherUsageStats false --server.port $(PORT)
+	$(PY) serve.py --server.headless true --browser.gatherUsageStats false --server.port $(PORT)
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

@@ -102,7 +102,8 @@ def health(base_url: str, timeout: float) -> float | None:
 
 
 class Server:
-    """``streamlit run app.py`` in its own process group; stopped (group killed) on exit."""
+    """``python serve.py`` (settings checked, Streamlit serving app.py, the default views
+    prewarmed) in its own process group; stopped (group killed) on exit."""
 
     def __init__(self, port: int, log_dir: Path, startup_timeout: float = 90.0) -> None:
         self.port = port
@@ -114,7 +115,7 @@ class Server:
 
     def __enter__(self) -> Server:
         cmd = [
-            str(ROOT / ".venv/bin/python"), "-m", "streamlit", "run", "app.py",
+            str(ROOT / ".venv/bin/python"), "serve.py",
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.address", "127.0.0.1",
             "--server.port", str(self.port),

@@ -25,6 +25,15 @@ Usage::
 
 Faults: :func:`disconnect_mid_view` (a tab closed while its view runs) and :func:`slow_reader`
 (a client that sends a rerun and never reads its socket).
+
+Visitors and uploads: a browser is known to the server by its ``_streamlit_xsrf`` cookie, set
+by ``GET /_stcore/health`` (:func:`xsrf_cookie`) and sent with every websocket handshake of its
+tabs (``StudentSession(url, cookie=...)``); two sessions with one cookie are two tabs of one
+browser. :func:`put_file` is the raw ``PUT /_stcore/upload_file/{session}/{file}`` a file
+uploader makes (multipart, one file, the cookie echoed in ``X-Xsrftoken``);
+:meth:`StudentSession.upload` does what the frontend does for ``st.file_uploader``: the PUT,
+then a rerun whose widget state lists the file. :meth:`StudentSession.clear_cache` sends the
+``clear_cache`` back message any client may send (the "Clear cache" menu item).
 """
 
 from __future__ import annotations
@@ -35,13 +44,18 @@ import os
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from http.cookies import SimpleCookie
+from urllib.parse import quote, urlsplit
 
 import websockets
 from streamlit.proto.Alert_pb2 import Alert
 from streamlit.proto.BackMsg_pb2 import BackMsg
+from streamlit.proto.Common_pb2 import UploadedFileInfo
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
@@ -49,6 +63,8 @@ ERROR_TEXT_CHARS = 300  # error texts are kept for the report, truncated to this
 MAX_FRAME_BYTES = 256 * 2**20  # plotly heatmaps exceed websockets' 1 MiB default
 FINISHED = ForwardMsg.ScriptFinishedStatus
 WIDGET_KINDS = ("selectbox", "multiselect", "radio")
+XSRF_COOKIE = "_streamlit_xsrf"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def ws_url(base_url: str) -> str:
@@ -57,6 +73,62 @@ def ws_url(base_url: str) -> str:
     if parts.scheme not in ("http", "ws") or not parts.hostname:
         raise ValueError(f"server URL {base_url!r}: give http://HOST:PORT (loopback, plain HTTP)")
     return f"ws://{parts.netloc}{parts.path.rstrip('/')}/_stcore/stream"
+
+
+def _loopback_url(base_url: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of a plain-HTTP loopback URL; ValueError for anything else."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK:
+        raise ValueError(f"server URL {base_url!r}: only http://127.0.0.1:PORT (loopback)")
+    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+
+
+def xsrf_cookie(base_url: str, *, timeout: float = 10.0) -> str:
+    """A fresh ``_streamlit_xsrf`` cookie value, as a browser gets it from the server's first
+    ``GET /_stcore/health`` (every call: another browser, i.e. another visitor)."""
+    _loopback_url(base_url)
+    with urllib.request.urlopen(base_url.rstrip("/") + "/_stcore/health", timeout=timeout) as r:
+        headers = r.headers.get_all("Set-Cookie") or []
+    for header in headers:
+        morsel = SimpleCookie(header).get(XSRF_COOKIE)
+        if morsel is not None and morsel.value:
+            return morsel.value
+    raise RuntimeError(f"{base_url}: /_stcore/health set no {XSRF_COOKIE} cookie ({headers!r})")
+
+
+def put_file(
+    base_url: str,
+    session_id: str,
+    file_id: str,
+    name: str,
+    data: bytes,
+    cookie: str | None,
+    *,
+    timeout: float = 60.0,
+) -> int:
+    """``PUT /_stcore/upload_file/{session_id}/{file_id}`` with ``data`` as the one multipart
+    file, the XSRF cookie sent and echoed in ``X-Xsrftoken`` as the frontend does; the HTTP
+    status (204 accepted, 413 refused, 403 without a valid cookie, 400 unknown session).
+    Blocking: call it through ``asyncio.to_thread`` from a coroutine."""
+    _loopback_url(base_url)
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
+    body = b"".join((head, data, f"\r\n--{boundary}--\r\n".encode()))
+    url = f"{base_url.rstrip('/')}/_stcore/upload_file/{quote(session_id)}/{quote(file_id)}"
+    request = urllib.request.Request(url, data=body, method="PUT")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    if cookie:
+        request.add_header("Cookie", f"{XSRF_COOKIE}={cookie}")
+        request.add_header("X-Xsrftoken", cookie)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        err.close()
+        return err.code
 
 
 def _truncate(text: str) -> str:
@@ -84,7 +156,7 @@ class ViewResult:
     query: str  # the query string sent with the rerun
     started: float  # time.monotonic() when the rerun was sent
     latency_s: float | None = None  # send → script_finished; None: never finished
-    status: str = "pending"  # finished | compile_error | timeout | dropped | skipped
+    status: str = "pending"  # finished | compile_error | timeout | dropped | skipped | refused
     errors: list[str] = field(default_factory=list)  # what the user saw as failures
     plotly_charts: int = 0
     elements: int = 0
@@ -117,12 +189,17 @@ class StudentSession:
     connection ended without the client closing it.
     """
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, *, connect_timeout: float = 10.0, cookie: str | None = None
+    ) -> None:
+        self.base_url = base_url
         self.url = ws_url(base_url)
         self.connect_timeout = connect_timeout
+        self.cookie = cookie  # the browser's _streamlit_xsrf value (None: a cookie-less client)
         self.page = ""
         self.query = ""  # the URL's query string as the page last set it
         self.widgets: dict[str, Widget] = {}  # by label, from the last run
+        self.uploaders: dict[str, str] = {}  # file_uploader label → widget id, from the last run
         self.dropped = False
         self.session_id = ""
         self._ws = None
@@ -137,9 +214,11 @@ class StudentSession:
     async def connect(self) -> None:
         # No client pings: a browser sends none, and a starved server must not make the
         # client hang up on its own.
+        headers = {"Cookie": f"{XSRF_COOKIE}={self.cookie}"} if self.cookie else None
         self._ws = await websockets.connect(
             self.url,
             subprotocols=["streamlit"],
+            additional_headers=headers,
             max_size=MAX_FRAME_BYTES,
             ping_interval=None,
             open_timeout=self.connect_timeout,
@@ -188,6 +267,42 @@ class StudentSession:
             state.string_value = str(value)
         return await self._rerun(f"change {label}", {widget.id: state}, timeout)
 
+    async def clear_cache(self) -> None:
+        """Send ``BackMsg(clear_cache=True)`` (the frontend's "Clear cache"; any client may)."""
+        if self._ws is None:
+            raise ConnectionError("not connected")
+        msg = BackMsg()
+        msg.clear_cache = True
+        await self._ws.send(msg.SerializeToString())
+
+    async def upload(
+        self, label: str, name: str, data: bytes, *, timeout: float = 120.0
+    ) -> ViewResult:
+        """Give the file uploader labelled ``label`` (or whose label starts with it) the file
+        ``name`` holding ``data``, as the frontend does: PUT the file, then rerun with the
+        widget's ``uploaded_file_info`` listing it, and wait for that run. A refused PUT gives
+        a ``refused`` result with the HTTP status in ``note``; no such widget, ``skipped``."""
+        action = f"upload {name} to {label}"
+        wid = self.uploaders.get(label) or next(
+            (w for lab, w in self.uploaders.items() if lab.startswith(label)), None
+        )
+        view = ViewResult(action, self.page, self.query, time.monotonic())
+        if wid is None:
+            view.status, view.note = "skipped", f"no file uploader labelled {label!r}"
+            return view
+        file_id = uuid.uuid4().hex
+        status = await asyncio.to_thread(
+            put_file, self.base_url, self.session_id, file_id, name, data, self.cookie,
+            timeout=timeout,
+        )  # fmt: skip
+        if status not in (200, 204):
+            view.status, view.note = "refused", f"HTTP {status}"
+            return view
+        state = WidgetState(id=wid)
+        info = UploadedFileInfo(name=name, size=len(data), file_id=file_id)
+        state.file_uploader_state_value.uploaded_file_info.append(info)
+        return await self._rerun(action, {wid: state}, timeout)
+
     async def send_rerun(self, page: str, query: str = "") -> None:
         """Send the opening rerun and return at once (for fault scenarios)."""
         self.page, self.query = page, query
@@ -214,13 +329,14 @@ class StudentSession:
             view.status, view.note = "dropped", "not connected"
             return view
         widgets: dict[str, Widget] = {}
+        uploaders: dict[str, str] = {}
         try:
             await self._ws.send(self._rerun_msg(states).SerializeToString())
             async with asyncio.timeout(timeout):
                 while True:
                     msg = ForwardMsg()
                     msg.ParseFromString(await self._ws.recv())
-                    if self._absorb(msg, view, widgets):
+                    if self._absorb(msg, view, widgets, uploaders):
                         break
         except TimeoutError:
             view.status = "timeout"
@@ -230,10 +346,16 @@ class StudentSession:
             self._ws = None
         if view.status == "finished":
             view.latency_s = time.monotonic() - view.started
-            self.widgets = widgets
+            self.widgets, self.uploaders = widgets, uploaders
         return view
 
-    def _absorb(self, msg: ForwardMsg, view: ViewResult, widgets: dict[str, Widget]) -> bool:
+    def _absorb(
+        self,
+        msg: ForwardMsg,
+        view: ViewResult,
+        widgets: dict[str, Widget],
+        uploaders: dict[str, str] | None = None,
+    ) -> bool:
         """Record one frame; True when the run is over."""
         kind = msg.WhichOneof("type")
         if kind == "new_session":
@@ -246,7 +368,7 @@ class StudentSession:
             exc = msg.session_event.script_compilation_exception
             view.errors.append(_truncate(f"{exc.type}: {exc.message}"))
         elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
-            self._element(msg.delta.new_element, view, widgets)
+            self._element(msg.delta.new_element, view, widgets, uploaders)
         elif kind == "script_finished":
             status = msg.script_finished
             if status == FINISHED.FINISHED_EARLY_FOR_RERUN:
@@ -258,7 +380,9 @@ class StudentSession:
         return False
 
     @staticmethod
-    def _element(element, view: ViewResult, widgets: dict[str, Widget]) -> None:
+    def _element(
+        element, view: ViewResult, widgets: dict[str, Widget], uploaders: dict[str, str] | None
+    ) -> None:
         kind = element.WhichOneof("type")
         view.elements += 1
         if kind == "plotly_chart":
@@ -272,6 +396,8 @@ class StudentSession:
             w = getattr(element, kind)
             value = list(w.raw_values) if kind == "multiselect" else w.raw_value
             widgets[w.label] = Widget(w.id, kind, w.label, list(w.options), value)
+        elif kind == "file_uploader" and uploaders is not None:
+            uploaders[element.file_uploader.label] = element.file_uploader.id
 
 
 # -- choosers for StudentSession.change -------------------------------------------------------

@@ -77,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "JobCancelled": "core.server.workers",
     "WorkerDied": "core.server.workers",
     "WorkerPool": "core.server.workers",
+    "QueueFull": "core.server.workers",
     "SHARED_SESSION": "core.server.model_store",
     "Services": "core.server.services",
     "shared_services": "core.server.services",

@@ -5,10 +5,9 @@ Each setting is one :class:`Setting` row of :data:`SETTINGS` (name, type, defaul
 meaning). Code asks for a value with :func:`get` (``get("KRONOSCOPE_WORKERS")``), which reads
 the environment at the call, so a test may change a variable between calls. A bad value raises
 :class:`SettingError`, whose message is one line naming the variable, what it must be and the
-value given; :func:`check_all` is what a server runs at start (``python serve.py`` and
-``python -m core settings --check``) so that a bad value stops it there, not when a visitor
-reaches the code that reads it. DOCKER.md's table is :func:`markdown_table` (a test keeps them
-equal).
+value given; :func:`check_all` is what a server runs at start (``python serve.py``), so that
+a bad value stops it there, not when a visitor reaches the code that reads it. DOCKER.md's
+table is :func:`markdown_table` (a test keeps them equal).
 
 These names are for hosts only: nothing a visitor sees names a setting.
 Variables that only steer the test suite and CI (``KRONOSCOPE_REQUIRE_BROWSER``,
@@ -270,7 +269,7 @@ def check_all() -> list[str]:
             get(name)
         except SettingError as err:
             problems.append(str(err))
-    return problems
+    return list(dict.fromkeys(problems))  # a default computed from a bad setting says it again
 
 
 def markdown_table() -> str:

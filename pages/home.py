@@ -62,7 +62,7 @@ st.markdown(
 - **Large layers work.** Heatmaps of large blocks are averaged over blocks of inputs and
   outputs (the chart says so); the metrics never form the block.
 - **Shared servers.** Your runs are yours: they stop when you close the tab. The server limits
-  concurrent training runs and layer sizes (`KRONOSCOPE_MAX_CONCURRENT_RUNS`,
-  `KRONOSCOPE_MAX_LAYER_PARAMS`).
+  how many training runs go at once and how large a layer can be; if a limit is in your way,
+  ask the host to raise it.
 """
 )

@@ -125,7 +125,7 @@ class Run(Protocol):
 class RunGroup:
     """Runs started together, ``width`` of them at a time (one thread and one slot of the
     server's run limit each). ``sequential`` is width 1; by default every run at once. The
-    registry may narrow the width to the session's quota before the group starts.
+    registry may narrow the width to the visitor's quota before the group starts.
 
     ``state``: ``"new"`` → ``"queued"`` (waiting for slots) → ``"running"`` → ``"done"``, or
     ``"cancelled"`` when stopped before it started.
@@ -437,6 +437,13 @@ class RunRegistry:
         for g in groups:
             self.cancel(g)
         return len(groups)
+
+    def stop_all(self) -> int:
+        """Stop every run of every session, queued ones included (the server is closing);
+        returns how many groups were still active or waiting."""
+        with self._lock:
+            sessions = list(self._groups)
+        return sum(self.stop_session(sid) for sid in sessions)
 
     def reap(self, now: float | None = None) -> list[str]:
         """Stop the runs of sessions that have been gone for longer than the grace period, and

@@ -587,8 +587,8 @@ class WorkerPool:
             worker.kill()
 
     def _run(self, slot: int, job: Job) -> bool:
-        """Run ``job`` in the worker of ``slot`` and settle it. True when that worker answered
-        and is still usable, False when it was replaced."""
+        """Run ``job`` in the worker of ``slot`` and settle it. True when that worker ran it and
+        is still in place (so may be due for recycling), False otherwise."""
         worker = self._workers[slot]
         if worker is None or not worker.alive():
             self._replace(slot)
@@ -600,7 +600,7 @@ class WorkerPool:
             message = _pack((job.fn, job.args))
         except Exception as err:  # cannot be pickled (a lambda, an open file): nothing sent
             self._settle(job, "failed", error=_portable(err))
-            return True
+            return False
         try:
             worker.send(message)
         except (OSError, ValueError):  # the worker died before it read the job

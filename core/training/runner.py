@@ -465,7 +465,7 @@ class TrainingRun:
                 self.status = "timed_out"
                 self.message = (
                     f"stopped at this server's time limit per run ({_duration(wall_s)}) after "
-                    f"{step} of {self.total_steps} step(s); the records so far are kept and the "
+                    f"{step:,} of {self.total_steps:,} step(s); the records so far are kept and the "
                     "model holds the parameters of its last step"
                 )
                 return

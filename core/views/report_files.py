@@ -73,10 +73,6 @@ def stamp(real: str) -> Stamp:
     return st.st_size, st.st_mtime_ns
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
-
-
 def read_capped(real: str, label: str, limit: int | None = None) -> bytes:
     """The bytes of the regular file ``real`` (from :func:`real_file`), opened without following
     a link (``O_NOFOLLOW``: a link swapped in since it was resolved is refused) and without
@@ -93,13 +89,13 @@ def read_capped(real: str, label: str, limit: int | None = None) -> bytes:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ReportError(f"{label} is not a regular file.")
-        if st.st_size > limit:
-            raise ReportError(
-                f"{label} is too large to show: {_mib(st.st_size)}, above the cap of {_mib(limit)}."
-            )
-        data = f.read(limit + 1)  # the file may have grown since fstat
-    if len(data) > limit:
-        raise ReportError(f"{label} is too large to show: above the cap of {_mib(limit)}.")
+        size = st.st_size
+        data = b"" if size > limit else f.read(limit + 1)  # it may have grown since fstat
+    if size > limit or len(data) > limit:
+        raise ReportError(
+            f"{label} is too large to show: {max(size, len(data)):,} bytes, above the cap of "
+            f"{limit:,} bytes ({limit / 2**20:g} MiB)."
+        )
     return data
 
 

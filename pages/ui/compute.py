@@ -25,13 +25,15 @@ from core import (
     BudgetExceeded,
     JobCancelled,
     LimitError,
+    QueueFull,
     WorkerDied,
     explorer,
     jobs,
     view_budget_s,
 )
 
-from .services import services
+from .services import services, visitor_of
+from .session import session_id
 
 __all__ = [
     "block_view",
@@ -67,25 +69,34 @@ def _budget_message(what: str, seconds: float, how: str) -> str:
 
 
 def compute(
-    key: str, fn: Callable[..., Any], *args: Any, what: str, how: str = "choose a smaller layer"
+    key: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    what: str,
+    how: str = "choose a smaller layer",
+    lane: str = "view",
 ) -> Any:
     """``fn(*args)`` from the worker pool, named ``key``; waits with a status line.
 
     ``what`` names the work for the student (``"KPSVD"``); ``how`` says how to get it when it
-    is over budget. Raises the job's own error, or :class:`BudgetError`.
+    is over budget; ``lane`` is ``"view"`` or ``"heavy"`` (:class:`core.WorkerPool`). Raises
+    the job's own error, or :class:`BudgetError`.
     """
-    (outcome,) = compute_all([(key, fn, args, what, how)]).values()
+    (outcome,) = compute_all([(key, fn, args, what, how)], lane=lane).values()
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
 
 
 def compute_all(
-    work: list[tuple[str, Callable[..., Any], tuple, str, str]],
+    work: list[tuple[str, Callable[..., Any], tuple, str, str]], *, lane: str = "view"
 ) -> dict[str, Any]:
     """Several ``(key, fn, args, what, how)`` at once: every job is queued before any is
-    waited for, so the pool's workers share one view's work. Returns key → result, or the
-    exception (the job's own, or :class:`BudgetError`) for work that failed."""
+    waited for, so the pool's workers share one view's work. The jobs are the visitor's
+    (:func:`pages.ui.services.visitor_of`: the pool serves visitors in turn) in ``lane``.
+    Returns key → result, or the exception (the job's own, :class:`BudgetError`, or a
+    :class:`core.LimitError` when the visitor has too much work waiting) for work that
+    failed."""
     deadline = getattr(_view, "deadline", None)
     seconds = getattr(_view, "seconds", view_budget_s())
     left = seconds if deadline is None else deadline - time.monotonic()
@@ -95,11 +106,18 @@ def compute_all(
             k: BudgetError(_budget_message(what, seconds, how)) for k, _f, _a, what, how in work
         }
     workers = services().pool
-    held = [(workers.acquire(k, fn, *args, budget_s=max(left, 1.0)), what, how)
-            for k, fn, args, what, how in work]  # fmt: skip
+    owner = visitor_of(session_id())
+    held = []
     status = None
     t0 = time.monotonic()
     try:
+        for k, fn, args, what, how in work:
+            try:
+                job = workers.acquire(k, fn, *args, budget_s=max(left, 1.0), owner=owner, lane=lane)
+            except QueueFull as err:
+                out[k] = LimitError(str(err))
+                continue
+            held.append((job, what, how))
         for job, what, how in held:
             while not job.wait(0.25):
                 if status is None:
@@ -138,6 +156,17 @@ def _outcome(job, what: str, seconds: float, how: str) -> Any:
 
 # -- the explorer's results, by key ----------------------------------------------------------
 
+#: Work above these sizes goes to the pool's heavy lane, so that it never holds every worker
+#: while other visitors' cheap views wait (the default DIGITS view: m = 256, 65 × 33 weights).
+HEAVY_BATCH = 512
+HEAVY_WEIGHTS = 100_000
+
+
+def lane_of(fisher, slow: bool) -> str:
+    """``"heavy"`` for slow metrics, a large batch or a large layer; else ``"view"``."""
+    heavy = slow or fisher.m >= HEAVY_BATCH or fisher.da * fisher.dg >= HEAVY_WEIGHTS
+    return "heavy" if heavy else "view"
+
 
 def layer_fisher(key: str, model, x, layer: str, loss: str, kind: str, seed: int):
     return compute(
@@ -159,14 +188,14 @@ def method_results(fisher_key: str, methods: list[str], damping: float, slow: bo
         )
         for method in methods
     ]
-    outcomes = compute_all(work)
+    outcomes = compute_all(work, lane=lane_of(fisher, slow))
     return {method: outcomes[item[0]] for method, item in zip(methods, work, strict=True)}
 
 
 def rank_curve(fisher_key: str, max_rank: int, fisher):
     return compute(
         f"{fisher_key}|rank_curve={max_rank}", explorer.rank_curve, fisher, max_rank,
-        what="The Kronecker-rank curve",
+        what="The Kronecker-rank curve", lane=lane_of(fisher, False),
     )  # fmt: skip
 
 

@@ -3,6 +3,10 @@
 Every start goes through the server-wide :class:`core.server.limits.RunRegistry`: a group that does
 not fit waits in its queue, and the panel shows the student's place and starts drawing when
 the run begins. The sidebar's count and what a session is told come from the same registry.
+Quotas count per visitor (every tab of one browser, :func:`.session.visitor_id`). Runs made
+here carry this server's limits per run (``RunConfig.from_settings(..., server_limits=True)``):
+steps above the limit are cut with a notice, and a run that reaches the time limit stops and
+says so, its results kept.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from core import (
 from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain
 from .services import services
-from .session import session_id
+from .session import session_id, visitor_id
 
 __all__ = [
     "OPTIMIZER_LABELS",
@@ -58,13 +62,14 @@ def training_runs(
     """One run per optimizer (name → its own settings, e.g. ``lr``), all from the preset's
     same initial model, with the run ``settings`` (``steps``, ``batch_size``, …) shared.
     The settings become configurations in :meth:`core.RunConfig.from_settings`, as the
-    CLI's do (one place applies the defaults); a bad value raises ``ValueError``."""
+    CLI's do (one place applies the defaults), with this server's limits per run (the CLI has
+    none); a bad value raises ``ValueError``."""
     init = initial_model(data.key, preset, seed, ds)
     return [
         TrainingRun(
             RunConfig.from_settings(
                 data.name, name, preset=preset, seed=seed, data_path=data.path,
-                **settings, **options,
+                server_limits=True, **settings, **options,
             ),
             dataset=ds,
             model=init,
@@ -82,7 +87,7 @@ def _start_group(page: str, runs: list[TrainingRun], *, sequential: bool, label:
     if old is not None and not old.done:
         run_registry().cancel(old)
     group = RunGroup(runs, sequential=sequential, label=label)
-    run_registry().start(session_id(), group)
+    run_registry().start(session_id(), group, visitor=visitor_id())
     st.session_state[f"runs.{page}"] = group
 
 
@@ -147,9 +152,15 @@ def eta_text(run) -> str:
     return f" · about {left:.0f} s left" if left >= 1 else ""
 
 
+STATUS_TEXT = {"timed_out": "stopped at the time limit"}  # statuses shown in other words
+
+
 def run_status_lines(group: RunGroup, labels: Sequence[str]) -> None:
-    """The queue place while waiting; then a progress bar per run, and any divergence or
-    failure as a message."""
+    """Any notice of the server's limits (steps cut); the queue place while waiting; then a
+    progress bar per run, and a divergence, a failure or the time limit as a message."""
+    notices = dict.fromkeys(n for run in group.runs if (n := getattr(run, "notice", "")))
+    for notice in notices:
+        st.info(notice)
     if group.queued:
         place = run_registry().position(group)
         st.info(
@@ -166,7 +177,7 @@ def run_status_lines(group: RunGroup, labels: Sequence[str]) -> None:
             "the others start as those finish."
         )
     for run, label in zip(group.runs, labels, strict=True):
-        status = run.status
+        status = STATUS_TEXT.get(run.status, run.status)
         if status == "pending":
             status = "not started" if group.stopped or group.done else "waiting its turn"
         done = f"{run.progress:.0%}"
@@ -176,6 +187,8 @@ def run_status_lines(group: RunGroup, labels: Sequence[str]) -> None:
             st.warning(f"**{label} diverged:** {plain(run.message)}")
         elif run.status == "failed":
             st.error(f"**{label} failed:** {plain(run.message)}")
+        elif run.status == "timed_out":
+            st.info(f"**{label}** {plain(run.message)}.")
 
 
 def run_panel(

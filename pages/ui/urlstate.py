@@ -238,7 +238,11 @@ class UrlSettings:
     def toggle(self, label: str, name: str, default: bool = False, **kw) -> bool:
         """A toggle kept as ``1``/``0`` (hand-made: the binding writes ``true``/``false``)."""
         key = self._seed(
-            name, default, lambda raw: {"1": True, "0": False}.get(raw), lambda v: v in (0, 1)
+            name,
+            default,
+            lambda raw: {"1": True, "0": False}.get(raw),
+            lambda v: v in (0, 1),
+            used="1" if default else "0",
         )
         value = st.toggle(label, key=key, **kw)
         self.values[name] = "1" if value else "0"

@@ -1,5 +1,5 @@
 """Tests of core.server.limits: server-wide limits, and the run registry's slots, quota and
-queue."""
+queue (quotas per visitor and the fair queue: tests/server/test_run_quotas.py)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _wait(predicate, timeout: float = 10.0) -> None:
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     names = ("MAX_CONCURRENT_RUNS", "MAX_LAYER_PARAMS", "RUNS_PER_SESSION", "TORCH_THREADS",
-             "WORKERS", "VIEW_BUDGET_S")  # fmt: skip
+             "WORKERS", "VIEW_BUDGET_S", "RUN_MAX_STEPS", "RUN_BUDGET_S")  # fmt: skip
     for name in names:
         monkeypatch.delenv(f"KRONOSCOPE_{name}", raising=False)
 
@@ -78,9 +78,11 @@ def test_env_limits(monkeypatch):
 
 
 def test_numerics_settings(monkeypatch):
-    from core.server.limits import available_cpus, view_budget_s, worker_count
+    from core.server.limits import view_budget_s, worker_count
+    from core.settings import SETTINGS
 
-    assert view_budget_s() == 60.0 and worker_count() == available_cpus() >= 1
+    cpus = SETTINGS["KRONOSCOPE_WORKERS"].read(None)  # the default: the CPUs available
+    assert view_budget_s() == 60.0 and worker_count() == cpus >= 1
     monkeypatch.setenv("KRONOSCOPE_WORKERS", "0")
     monkeypatch.setenv("KRONOSCOPE_VIEW_BUDGET_S", "2.5")
     assert worker_count() == 0 and view_budget_s() == 2.5

@@ -13,7 +13,7 @@ import torch
 from core.training.datasets import Dataset
 from core.training.models import Autoencoder, batch_loss
 from core.training.optim import OptimizerConfig, default_damping, default_lr
-from core.training.runner import RunConfig, TrainingRun, run_comparison
+from core.training.runner import RunConfig, RunLimits, TrainingRun, run_comparison
 from core.views.report import error_figure, loss_vs_step, loss_vs_time, quality_table, summary_table
 
 
@@ -281,6 +281,86 @@ def test_from_settings_rejects_bad_values_by_name(settings, match):
     args = {"dataset": "digits", "optimizer": "kfac", "steps": 3, **settings}
     with pytest.raises(ValueError, match=match):
         RunConfig.from_settings(args.pop("dataset"), args.pop("optimizer"), **args)
+
+
+# -- the web app's limits per run (RunConfig.from_settings(..., server_limits=True)) -------------
+
+
+def _server_cfg(**kw) -> RunConfig:
+    kw.setdefault("batch_size", 32)
+    kw.setdefault("eval_every", 5)
+    return RunConfig.from_settings("digits", "sgd", lr=0.1, server_limits=True, **kw)
+
+
+def test_server_limits_cut_steps_with_a_notice(monkeypatch, tiny):
+    monkeypatch.setenv("KRONOSCOPE_RUN_MAX_STEPS", "10")
+    cfg = _server_cfg(steps=25)
+    assert cfg.steps == 10 and cfg.limits == RunLimits(10, 900.0)
+    assert cfg.notice == "Steps cut from 25 to 10: this server's limit per run."
+    run = TrainingRun(cfg, dataset=tiny, model=_model())
+    assert run.total_steps == 10 and run.notice == cfg.notice
+    run.run()
+    assert run.status == "finished" and len(run.records()) == 10
+    within = _server_cfg(steps=10)
+    assert within.steps == 10 and within.notice == ""
+    # epochs are steps only once the data are known: the run cuts them (96/32 = 3 per epoch)
+    by_epochs = TrainingRun(_server_cfg(epochs=5), dataset=tiny, model=_model())
+    assert by_epochs.total_steps == 10
+    assert by_epochs.notice == "Steps cut from 15 (5 epochs) to 10: this server's limit per run."
+    monkeypatch.setenv("KRONOSCOPE_RUN_MAX_STEPS", "20000")
+    big = _server_cfg(steps=20_000)
+    assert big.steps == 20_000 and big.notice == ""
+    monkeypatch.setenv("KRONOSCOPE_RUN_MAX_STEPS", "5000")
+    assert "from 20,000 to 5,000" in _server_cfg(steps=20_000).notice
+    with pytest.raises(ValueError, match="steps must be an integer ≥ 1"):
+        _server_cfg(steps=0)
+
+
+def test_limits_are_not_part_of_the_configuration(monkeypatch):
+    """The same settings make equal configurations with and without the server's limits
+    (what a run computes), and the limits stay out of ``to_dict`` (config.json)."""
+    app = _server_cfg(steps=12)
+    cli = RunConfig.from_settings("digits", "sgd", lr=0.1, steps=12, batch_size=32, eval_every=5)
+    assert app == cli and app.to_dict() == cli.to_dict()
+    assert app.limits == RunLimits(5000, 900.0) and cli.limits == RunLimits()
+    assert "limits" not in app.to_dict() and "notice" not in app.to_dict()
+    with pytest.raises(ValueError, match="unknown setting.*limits"):
+        RunConfig.from_settings("digits", "sgd", steps=3, limits=RunLimits(1, 1.0))
+
+
+def test_a_run_over_its_wall_budget_stops_and_keeps_its_records(monkeypatch, tiny):
+    monkeypatch.setenv("KRONOSCOPE_RUN_MAX_STEPS", "1_000_000")
+    monkeypatch.setenv("KRONOSCOPE_RUN_BUDGET_S", "1")  # the smallest the setting allows
+    cfg = _server_cfg(steps=1_000_000, eval_every=1)
+    run = TrainingRun(cfg, dataset=tiny, model=_model())
+    start = time.monotonic()
+    run.run()
+    took = time.monotonic() - start
+    assert run.status == "timed_out" and run.done and 1.0 <= took < 10.0
+    recs = run.records()
+    n = len(recs)
+    assert n > 0 and [r["step"] for r in recs] == list(range(n))
+    assert all(math.isfinite(r["train_loss"]) and r["test_loss"] is not None for r in recs)
+    assert run.message == (
+        f"stopped at this server's time limit per run (1 s) after {n:,} of 1,000,000 step(s); "
+        "the records so far are kept and the model holds the parameters of its last step"
+    )
+    assert "KRONOSCOPE" not in run.message
+    assert run.progress == pytest.approx(n / 1_000_000) and len(run.dataframe()) == n
+
+
+def test_the_command_line_is_not_limited(monkeypatch, tmp_path, tiny):
+    monkeypatch.setenv("KRONOSCOPE_RUN_MAX_STEPS", "3")
+    monkeypatch.setenv("KRONOSCOPE_RUN_BUDGET_S", "1")
+    cfg = RunConfig.from_settings("digits", "sgd", steps=20_000)
+    assert cfg.steps == 20_000 and cfg.limits == RunLimits() and cfg.notice == ""
+    assert TrainingRun(cfg, dataset=tiny, model=_model()).total_steps == 20_000
+    from core.__main__ import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--widths", "64-6-3", "--optimizer", "sgd"]
+    assert main([*argv, "--steps", "5", "--no-progress", "--out", str(out)]) == 0
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 5
 
 
 def test_invalid_layer_and_model(tiny):

@@ -1,0 +1,90 @@
+"""Start a Kronoscope server: ``python serve.py [Streamlit flags]`` (``make run``, the image).
+
+1. Every host setting is checked first (:func:`core.settings.check_all`): a bad value stops
+   the server here, with one line naming the variable, before any visitor arrives.
+2. Streamlit then serves ``app.py`` in this process (``streamlit run app.py`` with the same
+   flags), so the shared services of :mod:`core.server.services` are this process's.
+3. With ``KRONOSCOPE_PREWARM`` on (the default), a thread waits for the health endpoint and
+   then opens the pages a class opens first — Home and the Fisher explorer's default view —
+   as a browserless visitor over Streamlit's own websocket protocol, on loopback. The worker
+   processes start, the numerical stack is imported and the default view's results are cached
+   before the first student's request, and they are exactly what that request asks for, since
+   the page itself computed them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import urllib.request
+
+from core import settings
+
+PREWARM_PAGES = (("", ""), ("explorer", ""))  # (url path, query): Home, the default view
+PREWARM_TIMEOUT_S = 300.0
+
+
+def _port(argv: list[str]) -> int:
+    """The port Streamlit will listen on (its ``--server.port`` flag, else its config)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--server.port="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--server.port" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    from streamlit import config
+
+    return int(config.get_option("server.port"))
+
+
+async def _open(port: int, page: str, query: str) -> None:
+    """One script run of ``page`` as a visitor would ask for it; returns when it finished."""
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    url = f"ws://127.0.0.1:{port}/_stcore/stream"
+    async with websockets.connect(url, subprotocols=["streamlit"], max_size=2**28) as ws:
+        msg = BackMsg()
+        msg.rerun_script.query_string, msg.rerun_script.page_name = query, page
+        await ws.send(msg.SerializeToString())
+        while True:
+            reply = ForwardMsg()
+            reply.ParseFromString(await ws.recv())
+            if reply.WhichOneof("type") == "script_finished":
+                return
+
+
+def _prewarm(port: int) -> None:
+    deadline = time.monotonic() + PREWARM_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.2)
+    started = time.monotonic()
+    for page, query in PREWARM_PAGES:
+        try:
+            asyncio.run(asyncio.wait_for(_open(port, page, query), PREWARM_TIMEOUT_S))
+        except Exception as err:  # a failed warm-up costs the first visitor time, nothing else
+            print(f"kronoscope: prewarming {page or 'home'} failed: {err}", file=sys.stderr)
+            return
+    print(f"kronoscope: prewarmed in {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    problems = settings.check_all()
+    if problems:
+        print(f"kronoscope: {problems[0]}", file=sys.stderr)
+        return 2
+    if settings.get("KRONOSCOPE_PREWARM"):
+        threading.Thread(target=_prewarm, args=(_port(argv),), daemon=True).start()
+    from streamlit.web import cli
+
+    return cli.main(["run", "app.py", *argv], prog_name="streamlit", standalone_mode=False) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

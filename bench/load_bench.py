@@ -225,6 +225,11 @@ def _cpu_ticks(pid: int) -> int:
     return sum(int(f) for f in fields[11:15])
 
 
+def tree_rss_kib(root: int) -> int:
+    """Resident memory of the server and its worker processes, summed."""
+    return sum(_status_kib(pid, "VmRSS") for pid in _tree(root))
+
+
 def tree_cpu_seconds(root: int) -> float:
     """CPU of the tree: every live process's own and reaped children's time (each reaped
     process is counted once, in its parent's cutime/cstime)."""
@@ -266,7 +271,7 @@ class Probes:
 
     def _rss_loop(self) -> None:
         while not self._stop.is_set():
-            rss = sum(_status_kib(pid, "VmRSS") for pid in _tree(self.server_pid))
+            rss = tree_rss_kib(self.server_pid)
             self.rss_kib.append((time.monotonic() - self.t0, rss))
             self._stop.wait(0.5)
 
@@ -401,12 +406,18 @@ def run_scenario(args, n: int, mix: str, log_dir: Path) -> dict:
     else:
         with Server(args.port or free_port(), log_dir) as server:
             asyncio.run(_warm(server.url, args.view_timeout))
+            report_rss = {"rss_idle_mib": tree_rss_kib(server.proc.pid) / 1024}
             probes = Probes(server.url, server.proc.pid)
             cpu0 = tree_cpu_seconds(server.proc.pid)
             students = asyncio.run(drive(server.url, probes))
             report = scenario_report(name, n, mix, students, probes)
             report["cpu_s"] = tree_cpu_seconds(server.proc.pid) - cpu0
             report["vmhwm_mib"] = _status_kib(server.proc.pid, "VmHWM") / 1024
+            if args.settle > 0:  # every student has left: does the memory come back?
+                time.sleep(args.settle)
+                report_rss["rss_after_mib"] = tree_rss_kib(server.proc.pid) / 1024
+            report.update(report_rss)
+    report["window_s"] = args.window
     report["wall_s"] = time.monotonic() - started
     report["loadavg_start"] = load
     report["raw_students"] = [{k: v for k, v in s.items() if k != "_views"} for s in students]
@@ -417,11 +428,14 @@ def run_scenario(args, n: int, mix: str, log_dir: Path) -> dict:
 
 
 async def _warm(url: str, timeout: float) -> None:
-    """The teacher opens the home page before sharing the link (imports warm, no results)."""
+    """The teacher opens the home page and the explorer's default view before sharing the
+    link (what ``serve.py``'s prewarm does at start: waiting for it here makes the idle memory
+    a steady value)."""
     async with StudentSession(url) as s:
-        view = await s.open("", "", timeout=timeout)
-    if not view.ok:
-        raise RuntimeError(f"warm-up view of the home page failed: {view.as_dict()}")
+        for page in ("", "explorer"):
+            view = await s.open(page, "", timeout=timeout)
+            if not view.ok:
+                raise RuntimeError(f"warm-up view of {page or 'home'} failed: {view.as_dict()}")
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -502,21 +516,24 @@ def _fmt(v, spec: str = ".1f") -> str:
 
 def markdown_table(reports: list[dict]) -> str:
     head = (
-        "| scenario | views | first view p50 / p95 / max (s) | all views p50 / p95 / max (s) "
+        "| scenario | window (s) | views | first view p50 / p95 / max (s) "
+        "| all views p50 / p95 / max (s) "
         "| health max (s) | health fails | views with error | dropped | no chart | timeouts "
-        "| peak RSS tree (MiB) | VmHWM server (MiB) | CPU (s) | wall (s) | load avg at start |\n"
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| peak RSS tree (MiB) | RSS idle → after (MiB) | VmHWM server (MiB) | CPU (s) | wall (s) "
+        "| load avg at start |\n"
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     )
     rows = [head]
     for r in reports:
         fv, av = r.get("first_view", {}), r["all_views"]
         rows.append(
-            f"| {r['scenario']} | {r['views']} "
+            f"| {r['scenario']} | {_fmt(r.get('window_s'), 'g')} | {r['views']} "
             f"| {_fmt(fv.get('p50'))} / {_fmt(fv.get('p95'))} / {_fmt(fv.get('max'))} "
             f"| {_fmt(av['p50'])} / {_fmt(av['p95'])} / {_fmt(av['max'])} "
             f"| {_fmt(r['health_max_s'], '.2f')} | {r['health_failures']}/{r['health_checks']} "
             f"| {r['with_errors']} | {r.get('dropped_sessions', r['dropped'])} "
             f"| {r['without_chart']} | {r['timeouts']} | {_fmt(r['peak_rss_mib'], '.0f')} "
+            f"| {_fmt(r.get('rss_idle_mib'), '.0f')} → {_fmt(r.get('rss_after_mib'), '.0f')} "
             f"| {_fmt(r['vmhwm_mib'], '.0f')} | {_fmt(r['cpu_s'])} | {r['wall_s']:.0f} "
             f"| {_fmt(r.get('loadavg_start'))} |"
         )
@@ -527,7 +544,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--students", default="1,10,30", help="comma-separated N (0: none)")
     p.add_argument("--mix", default="teacher,different", help="teacher and/or different")
-    p.add_argument("--window", type=float, default=30.0, help="arrivals spread over (s)")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=30.0,
+        help="arrivals spread evenly over this many seconds (0: all at once)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="after the last student, wait this long and measure RSS again (s)",
+    )
     p.add_argument("--interactions", type=int, default=2, help="widget changes after opening")
     p.add_argument("--think", type=float, default=3.0, help="think time between views (s)")
     p.add_argument("--view-timeout", type=float, default=120.0, help="per view (s)")

@@ -30,8 +30,9 @@ Server limits (:class:`RunLimits`, only for runs the web app creates:
 ``RunConfig.from_settings(..., server_limits=True)``; the command line is never limited): a run
 takes at most ``max_steps`` steps (a longer request is cut, and ``RunConfig.notice`` /
 ``TrainingRun.notice`` say so), and a run whose wall time (since it began, evaluation included)
-reaches ``wall_s`` seconds stops before its next step with status ``"timed_out"`` and a message
-naming the steps done; its records are kept and the model holds its last step's parameters.
+reaches ``wall_s`` seconds stops after its current step (it always takes one) with status
+``"timed_out"`` and a message naming the steps done; its records are kept and the model holds
+its last step's parameters.
 """
 
 from __future__ import annotations
@@ -461,12 +462,12 @@ class TrainingRun:
                 self.status = "stopped"
                 self.message = f"stopped by the user after {step} step(s)"
                 return
-            if wall_s is not None and time.monotonic() - began >= wall_s:
+            if wall_s is not None and step > 0 and time.monotonic() - began >= wall_s:
                 self.status = "timed_out"
                 self.message = (
-                    f"stopped at this server's time limit per run ({_duration(wall_s)}) after "
-                    f"{step:,} of {self.total_steps:,} step(s); the records so far are kept and the "
-                    "model holds the parameters of its last step"
+                    f"stopped at this server's time limit per run ({_duration(wall_s)}) "
+                    f"after {step:,} of {self.total_steps:,} step(s); the records so far are "
+                    "kept and the model holds the parameters of its last step"
                 )
                 return
             k = step % self.steps_per_epoch

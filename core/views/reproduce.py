@@ -822,7 +822,7 @@ _CACHE = ReportCache(REPORT_CACHE_ENTRIES, REPORT_CACHE_BYTES)
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reproduction:
     """One results folder read back and checked, with everything the page shows made once
     (:meth:`build`). One instance serves every visitor until a file of the folder changes, so

@@ -123,9 +123,11 @@ def data_controls(settings: UrlSettings) -> DataChoice:
             "path", st.query_params["path"], "none (this server reads no files named in links)"
         )
     # .npz only: its members' sizes are checked before anything is decompressed, while a
-    # compressed .mat is inflated by its reader first (the host may offer .mat files instead)
+    # compressed .mat is inflated by its reader first (the host may offer .mat files instead).
+    # The content decides, not the name: no type= filter, whose own check would raise before
+    # the page runs for a client that sends another name (shown as an exception type)
     upload = st.file_uploader(
-        "…or upload an .npz", type=["npz"], key=f"{settings.page}.upload",
+        "…or upload an .npz", key=f"{settings.page}.upload",
         help="An .npz with arrays x_train and x_test.",
     )  # fmt: skip
     if upload is not None:

@@ -68,7 +68,11 @@ def trained_model(
         config = RunConfig.from_settings(
             data.name, optimizer, **settings, preset=preset, seed=seed, steps=steps,
             batch_size=batch_size, eval_every=max(steps, 1), data_path=data.path,
+            server_limits=True,
         )  # fmt: skip
+    if config.notice:
+        st.info(plain(config.notice))
+    steps = config.steps  # what is trained: the server may have cut the request
     options = ",".join(f"{k}={v}" for k, v in sorted(config.optimizer.to_dict().items()))
     key = f"{data.key}|{preset}|seed={seed}|{options}|steps={steps}|batch={batch_size}"
     init = initial_model(data.key, preset, seed, ds)
@@ -114,6 +118,8 @@ def trained_model(
             f"**Training diverged.** {plain(run.message)} The explorer shows the last finite "
             "parameters."
         )
+    elif run.status == "timed_out":
+        st.warning(plain(run.message))
     elif run.status != "finished":
         st.error(
             f"**Training did not finish** ({run.status}): {plain(run.message)} Change a "

@@ -60,7 +60,8 @@ def shown(value: object) -> str:
 class UrlSettings:
     """The URL-kept widgets of one page (see the module docstring for which are bound).
 
-    ``values`` holds this run's hand-made URL values; the bound ones are Streamlit's.
+    ``values`` holds the URL values this run writes or keeps itself (the hand-made widgets',
+    a hidden slider's); the bound widgets' are Streamlit's.
     """
 
     def __init__(self, page: str) -> None:

@@ -130,3 +130,16 @@ def test_an_old_link_names_a_host_file_and_a_report(tmp_path, monkeypatch):
     assert not at.exception and not at.warning
     assert widget(at, "report").value == "second"
     assert at.query_params["report"] == "second"
+
+
+def test_a_link_keeps_its_rank_until_the_rank_tab_opens():
+    """``rank`` is drawn only in its tab: a link that opens another tab keeps it in the URL
+    (without a notice: it is valid), and the slider shows it once the tab is opened."""
+    at = app("explorer", tab="block", rank="3", layer="encoder.linear2", methods="kfac")
+    assert_clean(at)
+    assert not at.warning, [w.value for w in at.warning]
+    assert at.query_params["rank"] == "3"
+    at.session_state["explorer.tab"] = "Kronecker rank"
+    at.run()
+    assert_clean(at)
+    assert widget(at, "rank").value == 3

@@ -26,9 +26,7 @@ def notices(at) -> str:
 
 def assert_notice(at, name: str, given: str, used: str) -> None:
     text = notices(at)
-    assert f"URL parameter {name}: the value {given} is not valid here; using {used}." in text, (
-        text
-    )
+    assert f"URL parameter {name}: the value {given} is not valid here; using {used}." in text, text
 
 
 # -- numbers too large for any input (an OverflowError in Streamlit's binding) ---------------
@@ -116,11 +114,6 @@ def test_an_invalid_rank_gets_a_notice(params, used):
 # -- uploads and failures --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs pages/ui/data.py's uploader without type=['npz']: Streamlit's own extension "
-    "check raises before the page runs, shown as an exception type (see the issue 17 report)",
-)
 def test_an_upload_with_another_extension_is_a_plain_message(tmp_path, monkeypatch):
     """The uploader offers .npz files only, but a raw client can send any name."""
     monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path))

@@ -114,4 +114,5 @@ def test_the_app_uses_no_streamlit_cache():
     st.cache_resource of the process: nothing of the app may live there (core/server/services.py
     holds what is shared)."""
     for path in _app_sources():
-        assert not re.search(r"st\.cache_(resource|data)\b\s*[(.]|@st\.cache", path.read_text()), path
+        used = re.search(r"st\.cache_(resource|data)\b\s*[(.]|@st\.cache", path.read_text())
+        assert not used, path

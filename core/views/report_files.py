@@ -6,7 +6,7 @@ host's results folder. A visit must not let a symlink there (planted, or left by
 copy) expose a file outside that folder, nor let a huge file cost every visitor seconds of CPU
 and gigabytes of memory. So :func:`real_file` refuses any path whose real path leaves the
 folder, :func:`read_capped` opens the resolved path without following a link and reads at
-most :data:`REPORT_MAX_BYTES`, and :class:`ReportCache` keeps what was made from the files
+most :func:`report_max_bytes`, and :class:`ReportCache` keeps what was made from the files
 until their size or modification time changes.
 
 The cache is a plain process-wide object, not ``st.cache_data``: any websocket client can
@@ -23,19 +23,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
+from .. import settings
+
 __all__ = [
-    "REPORT_MAX_BYTES",
     "ReportCache",
     "ReportError",
     "Stamp",
     "read_capped",
+    "report_max_bytes",
     "real_file",
     "real_inside",
     "stamp",
 ]
 
-#: Largest file of a report that is read (a larger one is refused with a message naming it).
-REPORT_MAX_BYTES = 64 << 20
+
+def report_max_bytes() -> int:
+    """Largest file of a report that is read (``KRONOSCOPE_REPORT_MAX_MB``; a larger one is
+    refused with a message naming it)."""
+    return settings.get("KRONOSCOPE_REPORT_MAX_MB") << 20
+
 
 #: A file's (size, modification time in ns): when either changes, the file is read again.
 Stamp = tuple[int, int]
@@ -78,9 +84,9 @@ def read_capped(real: str, label: str, limit: int | None = None) -> bytes:
     a link (``O_NOFOLLOW``: a link swapped in since it was resolved is refused) and without
     blocking (a FIFO swapped in is refused, not waited on). Refused with :class:`ReportError`,
     whose message starts with ``label`` (e.g. "results.csv of report X"): a file larger than
-    ``limit`` (default :data:`REPORT_MAX_BYTES`; its size and the cap named), or one that
+    ``limit`` (default :func:`report_max_bytes`; its size and the cap named), or one that
     cannot be opened."""
-    limit = REPORT_MAX_BYTES if limit is None else limit
+    limit = report_max_bytes() if limit is None else limit
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:

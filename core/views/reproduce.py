@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import settings
 from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
 from ..training.datasets import DATASET_SPECS, Dataset
 from ..training.models import PRESETS, build_model, describe_layers
@@ -138,7 +139,7 @@ QUALITY_SHARE = 0.9
 RESULTS_DIR_ENV = "KRONOSCOPE_RESULTS_DIR"
 SETTINGS_FILE, RESULTS_FILE = "settings.json", "results.csv"
 VERDICTS_FILE, REPORT_FILE = "verdicts.csv", "report.html"
-# settings.json is a page of text: a tighter cap than the other files' REPORT_MAX_BYTES
+# settings.json is a page of text: a tighter cap than the other files' report_max_bytes()
 MAX_SETTINGS_BYTES = 1 << 20
 # reports listed, and entries of the results folder looked at to find them
 MAX_LISTED = 200
@@ -856,8 +857,7 @@ class Reproduction:
 
 def results_dir() -> Path | None:
     """The host's folder of reproductions, ``$KRONOSCOPE_RESULTS_DIR`` (``None``: unset)."""
-    text = os.environ.get(RESULTS_DIR_ENV, "").strip()
-    return Path(text).expanduser() if text else None
+    return settings.get(RESULTS_DIR_ENV)
 
 
 def _report_files(root_real: str, name: str) -> dict[str, str] | None:

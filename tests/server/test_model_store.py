@@ -6,12 +6,12 @@ import time
 
 import torch
 
+from core.server.limits import RunRegistry
+from core.server.model_store import ModelStore, StoredRun
 from core.training.data import load_dataset
 from core.training.models import build_model
 from core.training.optim import OptimizerConfig
 from core.training.runner import RunConfig, TrainingRun
-from core.server.limits import RunRegistry
-from core.server.model_store import ModelStore, StoredRun
 
 
 def _wait(entry, timeout: float = 120.0) -> None:

@@ -22,10 +22,10 @@ from core.engine.approx import METHODS
 from core.views import reproduce
 from core.views.report import mean_sd_figure
 from core.views.report_files import (
-    REPORT_MAX_BYTES,
     ReportCache,
     ReportError,
     read_capped,
+    report_max_bytes,
 )
 from core.views.reproduce import (
     TRAINING_RULE,
@@ -520,13 +520,13 @@ def test_a_diverged_run_with_infinite_loss_is_valid(results_root):
 def test_files_above_the_cap_are_refused_unread(results_root, monkeypatch):
     folder = write_report(results_root / "huge")
     with open(folder / "results.csv", "r+b") as f:  # sparse: no disk space used
-        f.truncate(REPORT_MAX_BYTES + 1)
+        f.truncate(report_max_bytes() + 1)
     monkeypatch.setattr(reproduce, "_parse_results", _fail)
     with pytest.raises(ReportError) as err:
         load_report(results_root, "huge")
     assert str(err.value) == (
-        f"results.csv of report huge is too large to show: {REPORT_MAX_BYTES + 1:,} bytes, "
-        f"above the cap of {REPORT_MAX_BYTES:,} bytes (64 MiB)."
+        f"results.csv of report huge is too large to show: {report_max_bytes() + 1:,} bytes, "
+        f"above the cap of {report_max_bytes():,} bytes (64 MiB)."
     )
     folder = write_report(results_root / "huge-settings")
     with open(folder / "settings.json", "r+b") as f:

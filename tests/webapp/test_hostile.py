@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from core.training.datasets import DatasetError
 from core.server.uploads import UploadStore
+from core.training.datasets import DatasetError
 from tests.webapp.test_app import app, errors, unescaped
 
 pytestmark = pytest.mark.usefixtures("app_env")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.views.report_files import REPORT_MAX_BYTES
+from core.views.report_files import report_max_bytes
 from tests.views.test_reproduce import write_report
 from tests.webapp.test_app import app, errors
 from tests.webapp.test_hostile import assert_safe, page_text
@@ -33,7 +33,7 @@ def results(tmp_path, monkeypatch):
     write_report(root / "nan-seed", {"seeds": [1, float("nan")]})
     write_report(root / "nan-epoch", {"steps_per_epoch": float("nan")})
     with open(write_report(root / "huge") / "results.csv", "r+b") as f:
-        f.truncate(3 * REPORT_MAX_BYTES)  # sparse, like the 213 MB file of the issue
+        f.truncate(3 * report_max_bytes())  # sparse, like the 213 MB file of the issue
     monkeypatch.setenv("KRONOSCOPE_RESULTS_DIR", str(root))
     return root
 
@@ -65,8 +65,8 @@ def test_links_out_of_the_folder_are_not_offered(results):
         ),
         (
             "huge",
-            f"results.csv of report huge is too large to show: {3 * REPORT_MAX_BYTES:,} bytes, "
-            f"above the cap of {REPORT_MAX_BYTES:,} bytes (64 MiB).",
+            f"results.csv of report huge is too large to show: {3 * report_max_bytes():,} bytes, "
+            f"above the cap of {report_max_bytes():,} bytes (64 MiB).",
         ),
     ],
 )

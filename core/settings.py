@@ -194,14 +194,16 @@ SETTINGS: dict[str, Setting] = {
             shown="the CPUs available (affinity and cgroup quota, so `--cpus` is seen)",
         ),
         Setting(
-            "KRONOSCOPE_WORKER_RECYCLE_JOBS", "int", 50,
+            "KRONOSCOPE_WORKER_RECYCLE_JOBS", "int", 500,
             "a worker process is replaced (between jobs) after this many jobs, so memory it "
-            "kept comes back", minimum=1,
+            "kept comes back (a new one costs about a second of CPU: importing torch)",
+            minimum=1,
         ),
         Setting(
             "KRONOSCOPE_WORKER_MAX_RSS_MB", "int", 1024,
-            "a worker process whose resident memory is above this after a job is replaced",
-            minimum=64,
+            "a worker process whose resident memory is above this after a job is replaced (an "
+            "idle worker holds about 220 MiB: below about 300 it would be replaced after every "
+            "job)", minimum=256,
         ),
         Setting(
             "KRONOSCOPE_VIEW_BUDGET_S", "float", 60.0,
@@ -249,8 +251,8 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "KRONOSCOPE_PREWARM", "flag", True,
-            "`1`: `python serve.py` computes the default presets' views at start, so the first "
-            "visitor does not wait for them", shown="`1` (on)",
+            "`1`: `python serve.py` opens Home and the explorer's default view itself at start "
+            "(over loopback), so the first visitor finds them computed", shown="`1` (on)",
         ),
     )
 }  # fmt: skip

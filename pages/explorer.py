@@ -195,20 +195,21 @@ tabs = settings.tabs(
 # Only the open tab runs: each view computes and sends its own figures alone.
 with tabs["block"]:
     if tabs["block"].open is not False and show is not None:
+        view_key = f"{fisher_key}|{show}|damping={damping!r}|slow={slow}"
         with sh.friendly_errors("Block view"):
-            view = sh.compute.block_view(
-                f"{fisher_key}|{show}|damping={damping!r}|slow={slow}",
-                show, fisher, results[show].approx,
-            )  # fmt: skip
+            view = sh.compute.block_view(view_key, show, fisher, results[show].approx)
         st.plotly_chart(
-            figures.block_heatmaps(
-                view.exact,
-                view.approx,
-                view.pooling.labels(),
-                method=explorer.method_label(show),
-                note=view.pooling.describe(),
-                group=view.pooling.dg_out,
-                saturate=contrast,
+            sh.compute.figure(
+                f"{view_key}|block figure|contrast={contrast!r}",
+                lambda: figures.block_heatmaps(
+                    view.exact,
+                    view.approx,
+                    view.pooling.labels(),
+                    method=explorer.method_label(show),
+                    note=view.pooling.describe(),
+                    group=view.pooling.dg_out,
+                    saturate=contrast,
+                ),
             ),
             key="block",
         )
@@ -240,7 +241,13 @@ with tabs["spectra"]:
             f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
             f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
         )
-        st.plotly_chart(figures.spectra_figure(spec, note=note), key="spectra")
+        spectra_key = f"{fisher_key}|damping={damping!r}|slow={slow}|{','.join(sorted(results))}"
+        st.plotly_chart(
+            sh.compute.figure(
+                f"{spectra_key}|spectra figure", lambda: figures.spectra_figure(spec, note=note)
+            ),
+            key="spectra",
+        )
         for method, why in getattr(spec, "notes", {}).items():
             st.caption(f"{explorer.method_label(method)}: {sh.plain(why)}")
         arrays.update(explorer.view_arrays(None, [], spec, None, show or "none"))
@@ -271,14 +278,17 @@ with tabs["rank"]:
         with sh.friendly_errors("Block view"):
             rview = sh.compute.block_view(fisher_key, f"rank{rank}", fisher, ranked)
         st.plotly_chart(
-            figures.block_heatmaps(
-                rview.exact,
-                rview.approx,
-                rview.pooling.labels(),
-                method=f"best rank-{rank} sum",
-                note=rview.pooling.describe(),
-                group=rview.pooling.dg_out,
-                saturate=contrast,
+            sh.compute.figure(
+                f"{fisher_key}|rank{rank}|block figure|contrast={contrast!r}",
+                lambda: figures.block_heatmaps(
+                    rview.exact,
+                    rview.approx,
+                    rview.pooling.labels(),
+                    method=f"best rank-{rank} sum",
+                    note=rview.pooling.describe(),
+                    group=rview.pooling.dg_out,
+                    saturate=contrast,
+                ),
             ),
             key="rank_block",
         )

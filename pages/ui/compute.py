@@ -40,6 +40,7 @@ __all__ = [
     "compute",
     "layer_fisher",
     "compute_all",
+    "figure",
     "method_results",
     "rank_curve",
     "spectra",
@@ -204,6 +205,12 @@ def block_view(fisher_key: str, view_key: str, fisher, approx):
         f"{fisher_key}|block={view_key}", explorer.block_view, fisher, approx,
         what="The block heatmap view",
     )  # fmt: skip
+
+
+def figure(key: str, build: Callable[[], Any]) -> Any:
+    """The plotly figure named ``key`` (every setting it is drawn from), built once by
+    ``build()`` for every session and never mutated (``st.plotly_chart`` copies it)."""
+    return services().figures.get(key, build)
 
 
 def spectra(fisher_key: str, analysis):

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import select
 import socket
 import struct
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
@@ -65,6 +66,7 @@ FINISHED = ForwardMsg.ScriptFinishedStatus
 WIDGET_KINDS = ("selectbox", "multiselect", "radio")
 XSRF_COOKIE = "_streamlit_xsrf"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CONTINUE_WAIT_S = 5.0  # how long put_file waits for "100 Continue" before sending the body
 
 
 def ws_url(base_url: str) -> str:
@@ -109,26 +111,52 @@ def put_file(
     """``PUT /_stcore/upload_file/{session_id}/{file_id}`` with ``data`` as the one multipart
     file, the XSRF cookie sent and echoed in ``X-Xsrftoken`` as the frontend does; the HTTP
     status (204 accepted, 413 refused, 403 without a valid cookie, 400 unknown session).
-    Blocking: call it through ``asyncio.to_thread`` from a coroutine."""
-    _loopback_url(base_url)
+
+    Sent with ``Expect: 100-continue``: a server that refuses the request from its headers
+    (a ``Content-Length`` above ``server.maxUploadSize``) answers before the body is sent, so
+    the status is read instead of a reset connection. Blocking: call it through
+    ``asyncio.to_thread`` from a coroutine."""
+    host, port, prefix = _loopback_url(base_url)
     boundary = uuid.uuid4().hex
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
         f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
     ).encode()
     body = b"".join((head, data, f"\r\n--{boundary}--\r\n".encode()))
-    url = f"{base_url.rstrip('/')}/_stcore/upload_file/{quote(session_id)}/{quote(file_id)}"
-    request = urllib.request.Request(url, data=body, method="PUT")
-    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    lines = [
+        f"PUT {prefix}/_stcore/upload_file/{quote(session_id)}/{quote(file_id)} HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"Content-Type: multipart/form-data; boundary={boundary}",
+        f"Content-Length: {len(body)}",
+        "Expect: 100-continue",
+        "Connection: close",
+    ]
     if cookie:
-        request.add_header("Cookie", f"{XSRF_COOKIE}={cookie}")
-        request.add_header("X-Xsrftoken", cookie)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        err.close()
-        return err.code
+        lines += [f"Cookie: {XSRF_COOKIE}={cookie}", f"X-Xsrftoken: {cookie}"]
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        reader = sock.makefile("rb")
+        # wait (select: a timed-out socket file cannot be read again) for an early answer
+        early, _, _ = select.select([sock], [], [], CONTINUE_WAIT_S)
+        if early:
+            status = _read_status(reader)
+            if status != 100:
+                return status
+            while reader.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # the rest of the interim response
+        # a server that answered and closed meanwhile may still have its answer readable
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(body)
+        return _read_status(reader)
+
+
+def _read_status(reader) -> int:
+    """The status code of the HTTP response line ``reader`` gives next."""
+    line = reader.readline(65537)
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ConnectionError(f"no HTTP status line from the server: {line[:80]!r}")
+    return int(parts[1])
 
 
 def _truncate(text: str) -> str:
@@ -158,6 +186,7 @@ class ViewResult:
     latency_s: float | None = None  # send → script_finished; None: never finished
     status: str = "pending"  # finished | compile_error | timeout | dropped | skipped | refused
     errors: list[str] = field(default_factory=list)  # what the user saw as failures
+    exceptions: list[str] = field(default_factory=list)  # of errors: exception elements
     plotly_charts: int = 0
     elements: int = 0
     note: str = ""
@@ -174,6 +203,7 @@ class ViewResult:
             "latency_s": self.latency_s,
             "status": self.status,
             "errors": self.errors,
+            "exceptions": self.exceptions,
             "plotly_charts": self.plotly_charts,
             "elements": self.elements,
             "note": self.note,
@@ -240,6 +270,15 @@ class StudentSession:
         """Open ``page`` (its url_path; "" for the default page) with the URL ``query``."""
         self.page, self.query = page, query
         return await self._rerun("open", {}, timeout)
+
+    async def open_and_stop(
+        self, page: str, query: str = "", *, timeout: float = 60.0
+    ) -> ViewResult:
+        """Open ``page`` and send ``stop_script`` right behind the rerun (the Stop button
+        pressed at once): the run ends early, usually before the page's first line, but the
+        session exists and its id is known (``new_session`` comes first)."""
+        self.page, self.query = page, query
+        return await self._rerun("open and stop", {}, timeout, stop=True)
 
     async def change(
         self,
@@ -323,7 +362,9 @@ class StudentSession:
             info.url += "?" + self.query
         return msg
 
-    async def _rerun(self, action: str, states: dict, timeout: float) -> ViewResult:
+    async def _rerun(
+        self, action: str, states: dict, timeout: float, *, stop: bool = False
+    ) -> ViewResult:
         view = ViewResult(action, self.page, self.query, time.monotonic())
         if self._ws is None:
             view.status, view.note = "dropped", "not connected"
@@ -332,6 +373,8 @@ class StudentSession:
         uploaders: dict[str, str] = {}
         try:
             await self._ws.send(self._rerun_msg(states).SerializeToString())
+            if stop:
+                await self._ws.send(BackMsg(stop_script=True).SerializeToString())
             async with asyncio.timeout(timeout):
                 while True:
                     msg = ForwardMsg()
@@ -390,6 +433,7 @@ class StudentSession:
         elif kind == "exception" and not element.exception.is_warning:
             exc = element.exception
             view.errors.append(_truncate(f"{exc.type}: {exc.message}"))
+            view.exceptions.append(view.errors[-1])
         elif kind == "alert" and element.alert.format == Alert.Format.ERROR:
             view.errors.append(_truncate(element.alert.body))
         elif kind in WIDGET_KINDS:

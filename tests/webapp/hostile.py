@@ -71,8 +71,7 @@ def zero_bomb_npz(members: dict[str, tuple[tuple[int, ...], type]]) -> bytes:
         fixed = (20, 0, 8, dos_time, dos_date, crc, len(data), size, len(fname))
         out += struct.pack("<IHHHHHIIIHH", 0x04034B50, *fixed, 0) + fname + data
         central += (
-            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, *fixed, 0, 0, 0, 0, 0, offset)
-            + fname
+            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, *fixed, 0, 0, 0, 0, 0, offset) + fname
         )
     end = struct.pack(
         "<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0

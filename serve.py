@@ -4,12 +4,14 @@
    the server here, with one line naming the variable, before any visitor arrives.
 2. Streamlit then serves ``app.py`` in this process (``streamlit run app.py`` with the same
    flags), so the shared services of :mod:`core.server.services` are this process's.
-3. With ``KRONOSCOPE_PREWARM`` on (the default), a thread waits for the health endpoint and
-   then opens the pages a class opens first — Home and the Fisher explorer's default view —
-   as a browserless visitor over Streamlit's own websocket protocol, on loopback. The worker
-   processes start, the numerical stack is imported and the default view's results are cached
-   before the first student's request, and they are exactly what that request asks for, since
-   the page itself computed them.
+3. A thread waits for the health endpoint; then it puts the quota on raw upload requests
+   (:func:`pages.ui.services.guard_uploads`, before any visitor can have a session) and,
+   with ``KRONOSCOPE_PREWARM`` on (the default), opens the pages a class opens first (Home
+   and the Fisher explorer's default view) as a browserless visitor over Streamlit's own
+   websocket protocol, on loopback. The worker processes start, the numerical stack is
+   imported and the default view's results and figures are cached before the first
+   student's request, and they are exactly what that request asks for, since the page itself
+   computed them.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ async def _open(port: int, page: str, query: str) -> None:
                 return
 
 
-def _prewarm(port: int) -> None:
+def _after_start(port: int, prewarm: bool) -> None:
     deadline = time.monotonic() + PREWARM_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -64,6 +66,14 @@ def _prewarm(port: int) -> None:
             break
         except OSError:
             time.sleep(0.2)
+    from pages.ui.services import guard_uploads
+
+    guard_uploads()
+    if prewarm:
+        _prewarm(port)
+
+
+def _prewarm(port: int) -> None:
     started = time.monotonic()
     for page, query in PREWARM_PAGES:
         try:
@@ -79,8 +89,8 @@ def main(argv: list[str]) -> int:
     if problems:
         print(f"kronoscope: {problems[0]}", file=sys.stderr)
         return 2
-    if settings.get("KRONOSCOPE_PREWARM"):
-        threading.Thread(target=_prewarm, args=(_port(argv),), daemon=True).start()
+    prewarm = settings.get("KRONOSCOPE_PREWARM")
+    threading.Thread(target=_after_start, args=(_port(argv), prewarm), daemon=True).start()
     from streamlit.web import cli
 
     return cli.main(["run", "app.py", *argv], prog_name="streamlit", standalone_mode=False) or 0

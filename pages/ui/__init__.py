@@ -13,7 +13,7 @@
 * :mod:`.navigation`: every page through app.py's ``st.navigation``.
 
 * :mod:`.services`: the server's shared services (:mod:`core.server.services`: never a
-  Streamlit cache, which any client may clear) and the quota on raw upload requests.
+  Streamlit cache, which any client may clear) and the quota on raw upload requests;
 
 Everything shared between sessions is read-only to sessions.
 """

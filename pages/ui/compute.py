@@ -32,8 +32,8 @@ from core import (
     view_budget_s,
 )
 
-from .services import services, visitor_of
-from .session import session_id
+from .services import services
+from .session import visitor_id
 
 __all__ = [
     "block_view",
@@ -94,7 +94,7 @@ def compute_all(
 ) -> dict[str, Any]:
     """Several ``(key, fn, args, what, how)`` at once: every job is queued before any is
     waited for, so the pool's workers share one view's work. The jobs are the visitor's
-    (:func:`pages.ui.services.visitor_of`: the pool serves visitors in turn) in ``lane``.
+    (:func:`pages.ui.session.visitor_id`: the pool serves visitors in turn) in ``lane``.
     Returns key → result, or the exception (the job's own, :class:`BudgetError`, or a
     :class:`core.LimitError` when the visitor has too much work waiting) for work that
     failed."""
@@ -107,7 +107,7 @@ def compute_all(
             k: BudgetError(_budget_message(what, seconds, how)) for k, _f, _a, what, how in work
         }
     workers = services().pool
-    owner = visitor_of(session_id())
+    owner = visitor_id()
     held = []
     status = None
     t0 = time.monotonic()

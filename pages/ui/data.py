@@ -38,8 +38,8 @@ from core import (
 
 from . import compute
 from .errors import friendly_errors, plain
-from .services import services, visitor_of
-from .session import session_id
+from .services import services
+from .session import session_id, visitor_id
 from .urlstate import UrlSettings
 
 __all__ = [
@@ -77,7 +77,7 @@ def _upload_choice(name: str, upload) -> DataChoice:
     saved = st.session_state.setdefault("uploads.saved", {})
     if upload.file_id not in saved or not Path(saved[upload.file_id][0]).is_file():
         saved[upload.file_id] = services().uploads.save(
-            session_id(), upload.getvalue(), ".npz", visitor_of(session_id())
+            session_id(), upload.getvalue(), ".npz", visitor_id()
         )
     path, digest = saved[upload.file_id]
     # the store is per session; the key is the content, so equal uploads share results

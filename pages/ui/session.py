@@ -8,7 +8,9 @@ every websocket handshake, the same for every tab; only its masked form changes,
 unmasked token is what names the visitor). A client that sends no such cookie is named by
 its address: the proxy's ``X-Forwarded-For`` entry when the host runs a trusted proxy
 (``KRONOSCOPE_TRUSTED_PROXY``), else the connection's own address, so cookie-less clients
-from one address share one quota. Visitor names are hashed: nothing of the cookie is kept.
+from one address share one quota; a loopback address names nobody (a proxy on the same host,
+a test client), and such a client is one visitor per tab. Visitor names are hashed: nothing
+of the cookie is kept.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import binascii
 import hashlib
 
-import streamlit as st
-
 from core import SHARED_SESSION, settings
 
-__all__ = ["SHARED_SESSION", "session_alive", "session_id", "visitor_id"]
+__all__ = ["SHARED_SESSION", "session_alive", "session_id", "visitor_id", "visitor_of"]
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def session_id() -> str:
@@ -55,22 +58,27 @@ def xsrf_token(cookie: str) -> str | None:
 
 
 def visitor_id() -> str:
-    """A stable, opaque name of the browser behind this session (see the module docstring)."""
-    token = xsrf_token(_text(lambda: st.context.cookies.get("_streamlit_xsrf")))
+    """The visitor behind this script run's session (see the module docstring)."""
+    return visitor_of(session_id())
+
+
+def visitor_of(sid: str) -> str:
+    """A stable, opaque name of the browser behind session ``sid``, read from the request
+    that opened its websocket (so it is known before the session's script has run, e.g. for
+    a raw upload request); a session unknown to the server (ended, or AppTest) is its own
+    visitor."""
+    from streamlit import runtime
+
+    client = runtime.get_instance().get_client(sid) if runtime.exists() else None
+    context = getattr(client, "client_context", None)
+    cookies = dict(context.cookies) if context is not None else {}
+    token = xsrf_token(str(cookies.get("_streamlit_xsrf", "")))
     if token is None:
-        address = _text(lambda: st.context.ip_address)
-        if settings.get("KRONOSCOPE_TRUSTED_PROXY"):
-            forwarded = _text(lambda: st.context.headers.get("X-Forwarded-For"))
+        address = context.remote_ip if context is not None else None
+        if context is not None and settings.get("KRONOSCOPE_TRUSTED_PROXY"):
+            forwarded = dict(context.headers).get("x-forwarded-for", "")
             address = forwarded.split(",")[-1].strip() or address
-        # no address: outside a server (AppTest), where each session is its own visitor
-        token = f"address:{address}" if address else f"session:{session_id()}"
+        if address in LOOPBACK:  # a local proxy or test client: the address names nobody
+            address = None
+        token = f"address:{address}" if address else f"session:{sid}"
     return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def _text(read) -> str:
-    """``read()`` when it gives text, else "" (no request context, or not a string)."""
-    try:
-        value = read()
-    except Exception:
-        return ""
-    return value if isinstance(value, str) else ""

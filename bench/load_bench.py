@@ -169,7 +169,7 @@ class Server:
 # -- probes -----------------------------------------------------------------------------------
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     """``root`` and all its live descendants, from /proc/*/stat."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
@@ -205,7 +205,7 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def _status_kib(pid: int, field_name: str) -> int:
+def status_kib(pid: int, field_name: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field_name + ":"):
@@ -227,13 +227,13 @@ def _cpu_ticks(pid: int) -> int:
 
 def tree_rss_kib(root: int) -> int:
     """Resident memory of the server and its worker processes, summed."""
-    return sum(_status_kib(pid, "VmRSS") for pid in _tree(root))
+    return sum(status_kib(pid, "VmRSS") for pid in process_tree(root))
 
 
 def tree_cpu_seconds(root: int) -> float:
     """CPU of the tree: every live process's own and reaped children's time (each reaped
     process is counted once, in its parent's cutime/cstime)."""
-    return sum(_cpu_ticks(pid) for pid in _tree(root)) / CLK_TCK
+    return sum(_cpu_ticks(pid) for pid in process_tree(root)) / CLK_TCK
 
 
 @dataclass
@@ -412,7 +412,7 @@ def run_scenario(args, n: int, mix: str, log_dir: Path) -> dict:
             students = asyncio.run(drive(server.url, probes))
             report = scenario_report(name, n, mix, students, probes)
             report["cpu_s"] = tree_cpu_seconds(server.proc.pid) - cpu0
-            report["vmhwm_mib"] = _status_kib(server.proc.pid, "VmHWM") / 1024
+            report["vmhwm_mib"] = status_kib(server.proc.pid, "VmHWM") / 1024
             if args.settle > 0:  # every student has left: does the memory come back?
                 time.sleep(args.settle)
                 report_rss["rss_after_mib"] = tree_rss_kib(server.proc.pid) / 1024
@@ -485,7 +485,7 @@ def run_faults(args, log_dir: Path) -> dict:
             out = asyncio.run(drive(server.url, probes))
             report = summarize(out, probes)
             report["cpu_s"] = tree_cpu_seconds(server.proc.pid) - cpu0
-            report["vmhwm_mib"] = _status_kib(server.proc.pid, "VmHWM") / 1024
+            report["vmhwm_mib"] = status_kib(server.proc.pid, "VmHWM") / 1024
             # Nothing should be left running: cores the tree uses over 5 s of quiet.
             idle0 = tree_cpu_seconds(server.proc.pid)
             time.sleep(5.0)

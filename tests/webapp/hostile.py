@@ -5,7 +5,6 @@ holds (a decompression bomb made of zeros) without compressing the declared byte
 the deflate stream of one chunk of zeros is made once and repeated (each copy ends with a
 full flush, so it refers to nothing before it), and the zip container is written by hand
 (stored sizes and CRC-32 exact, so :mod:`zipfile` and NumPy read it as a normal archive).
-The process helpers read ``/proc``: the children of a process and a status field in MiB.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-__all__ = ["children", "npy_header", "status_mib", "zero_bomb_npz"]
+__all__ = ["npy_header", "zero_bomb_npz"]
 
 _CHUNK = 1 << 24  # 16 MiB of zeros, deflated once and repeated
 
@@ -77,30 +75,3 @@ def zero_bomb_npz(members: dict[str, tuple[tuple[int, ...], type]]) -> bytes:
         "<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0
     )
     return bytes(out + central + end)
-
-
-def children(pid: int) -> set[int]:
-    """Live (not zombie) direct children of ``pid``, from ``/proc/*/stat``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.add(int(entry.name))
-    return found
-
-
-def status_mib(pid: int, field: str) -> float:
-    """A ``/proc/PID/status`` size field (``VmRSS``, ``VmHWM``) in MiB; 0 when unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0

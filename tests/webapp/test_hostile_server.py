@@ -1,6 +1,6 @@
 """A hostile visitor against one real server (issue 17: one shared server no visitor can hurt).
 
-One ``streamlit run app.py`` per module (bench/load_bench.py's ``Server``: a free 127.0.0.1
+One ``python serve.py`` per module (bench/load_bench.py's ``Server``: a free 127.0.0.1
 port, a fresh cache directory, its process group killed at the end), driven over Streamlit's
 own protocol by bench/loadclient.py: websocket sessions carrying a browser's
 ``_streamlit_xsrf`` cookie (one cookie = one visitor, all its tabs), raw
@@ -38,10 +38,20 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from load_bench import Server, free_port, group_members, health  # noqa: E402
+from load_bench import Server, free_port, group_members, health, process_tree, status_kib  # noqa: E402
 from loadclient import StudentSession, put_file, xsrf_cookie  # noqa: E402
 
-from tests.webapp.hostile import children, status_mib, zero_bomb_npz  # noqa: E402
+from tests.webapp.hostile import zero_bomb_npz  # noqa: E402
+
+
+def children(pid: int) -> set[int]:
+    """The server's worker processes (its descendants)."""
+    return set(process_tree(pid)) - {pid}
+
+
+def status_mib(pid: int, field: str) -> float:
+    return status_kib(pid, field) / 1024
+
 
 MiB = 2**20
 TEST_TIMEOUT_S = 60.0

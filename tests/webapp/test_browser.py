@@ -310,7 +310,8 @@ def test_training_page_grows_error_curves(server, page):
         deadline = time.monotonic() + 120  # generous: CI's 2 cores may be busy
         while _plot_points(page, 0) < 4 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _plot_points(page, 0) >= 4, "the error curves did not grow"
+        shown = page.inner_text("body")[-1500:]  # what the student saw, for the report
+        assert _plot_points(page, 0) >= 4, f"the error curves did not grow; the page: {shown}"
         _shot(page, "training")
     finally:  # never leave the run going: the next test counts the server's runs
         _button(page, "Stop").click()

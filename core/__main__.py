@@ -10,6 +10,10 @@
   over several seeds (:mod:`core.views.reproduce`); DIR/settings.json, DIR/results.csv,
   DIR/verdicts.csv and DIR/report.html. ``--n-train``/``--n-test`` (a subset of the data) and
   ``--max-steps`` (a cap per run) make quick checks; both are written into the settings.
+  ``--experiment quality --layers 4,5`` trains once and measures every layer at each
+  checkpoint (progress per checkpoint and layer on stderr); ``--metric-budget-s`` skips, with
+  a notice, measures estimated to take longer; ``--time-budget-s`` gives every optimizer the
+  same wall time. DIR/rerun.json keeps the command exactly as given (never served).
 
 Learning rates and dampings default to each optimizer's default for the model preset
 (:func:`core.training.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the
@@ -365,6 +369,8 @@ def cmd_reproduce(args) -> int:
         n_train=args.n_train,
         n_test=args.n_test,
         max_steps=args.max_steps,
+        time_budget_s=args.time_budget_s,
+        metric_budget_s=args.metric_budget_s,
         layers=tuple(n.strip() for n in (args.layers or "").split(",") if n.strip()),
         quality_every=args.quality_every,
         eval_every=args.eval_every,
@@ -387,13 +393,24 @@ def cmd_reproduce(args) -> int:
         )
         return lambda record: bars[-1].update(1)
 
+    def log(text: str) -> None:
+        if not args.no_progress:
+            tqdm.write(text, file=sys.stderr)
+
     try:
-        settings, results = run_reproduction(spec, dataset, progress=progress)
+        settings, results = run_reproduction(spec, dataset, progress=progress, log=log)
     finally:
         if bars:
             bars[-1].close()
     settings["command"] = _shown_command(args.argv)
-    table = write_reproduction(args.out, settings, results)
+    # exactly what was given (paths included), so that the run reruns as written; the served
+    # files show only `command` and the data files by name, size and SHA-256
+    rerun = {
+        "command": "python -m core " + shlex.join(args.argv),
+        "data_path": args.data_path_given,
+        "data_files": settings["data_files"],
+    }
+    table = write_reproduction(args.out, settings, results, rerun)
     for row in table.itertuples():
         print(f"{row.verdict}: {row.claim} ({row.criterion}) — {row.detail}")
     print(f"wrote {args.out / 'settings.json'}, results.csv, verdicts.csv and report.html")
@@ -472,6 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-test", type=int, help="test on N images only (quick checks)")
     p.add_argument("--max-steps", type=int, help="cap each run at N steps (checks)")
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        help="training: stop every optimizer's run at this wall time (s) and give the "
+        "wall-time verdict at it (equal time for all; default: the shortest run's time)",
+    )
+    p.add_argument(
+        "--metric-budget-s",
+        type=float,
+        default=60.0,
+        help="quality: skip, with a notice, a measure (one method on one layer) estimated "
+        "to take longer than this many seconds (default 60)",
+    )
     p.add_argument(
         "--data-path",
         help="mnist: folder of IDX files or .npz; faces: newfaces_rot_single.mat or .npz; "
@@ -568,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.data_path_given = getattr(args, "data_path", None)  # before a cache or download
     if args.threads:
         torch.set_num_threads(args.threads)
     sub = args.parser  # its errors name the subcommand

@@ -36,8 +36,9 @@ numbers that decide it):
   ``mean_X + sd_X < mean_B − sd_B`` (one-sd intervals apart): **reproduced**; otherwise **not
   reproduced** (the detail says whether B was lower or the two are within the seed spread).
   **Not testable here** when X or B was not run, or with fewer than two seeds (no spread).
-* training, "at equal wall time": the same rule on the training loss at time T, the shortest
-  total training time among the finished runs of X and B (so every run has reached T): per run
+* training, "at equal wall time": the same rule on the training loss at time T: the time budget
+  every run was given (``--time-budget-s``: equal time for all), else the shortest total
+  training time among the finished runs of X and B (so every run has reached T): per run
   the mean minibatch loss over the last epoch of steps that ended by T; a run that diverged
   before T scores +inf.
 * quality: at every tracked (step, seed) point of a layer, X's error is compared with KFAC's on
@@ -72,11 +73,14 @@ import numpy as np
 import pandas as pd
 
 from .. import settings
+from ..engine.approx import approximate
+from ..engine.capture import capture
+from ..engine.fisher import LayerFisher
 from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
 from ..training.datasets import DATASET_SPECS, Dataset
 from ..training.models import PRESETS, build_model, describe_layers
 from ..training.optim import EMA_MODES
-from ..training.runner import RunConfig, TrainingRun
+from ..training.runner import QUALITY_BATCH, RunConfig, TrainingRun
 from .report import mean_sd_figure, write_html_report
 from .report_files import ReportCache, ReportError, read_capped, real_file, real_inside, stamp
 
@@ -139,6 +143,8 @@ QUALITY_SHARE = 0.9
 RESULTS_DIR_ENV = "KRONOSCOPE_RESULTS_DIR"
 SETTINGS_FILE, RESULTS_FILE = "settings.json", "results.csv"
 VERDICTS_FILE, REPORT_FILE = "verdicts.csv", "report.html"
+#: The command exactly as given (server paths included); never served (not a REPORT_FILE).
+RERUN_FILE = "rerun.json"
 # settings.json is a page of text: a tighter cap than the other files' report_max_bytes()
 MAX_SETTINGS_BYTES = 1 << 20
 # reports listed, and entries of the results folder looked at to find them
@@ -149,8 +155,9 @@ TRAINING_RULE = (
     "Training (each criterion): per run the mean minibatch training loss over its last epoch of "
     "steps (a diverged run: +inf); per optimizer mean ± sd over seeds; 'reproduced' when "
     "mean_X + sd_X < mean_B − sd_B; 'not testable here' with fewer than 2 seeds or a missing "
-    "run. Equal wall time: the loss over the last epoch of steps ended by T, the shortest total "
-    "time among the finished runs of the pair."
+    "run. Equal wall time: the loss over the last epoch of steps ended by T: the time budget "
+    "every run was given (--time-budget-s) when set, else the shortest total time among the "
+    "finished runs of the pair."
 )
 QUALITY_RULE = (
     f"Quality: X's error against KFAC's at every tracked (step, seed) point of the layer; "
@@ -167,7 +174,12 @@ class ReproduceSpec:
     model (quality). ``n_train``/``n_test``: a subset of the data (``None``: all of it);
     ``max_steps``: a cap on each run's steps (both for quick checks, recorded in the settings).
     ``lrs``/``dampings``: per-optimizer overrides of the per-preset defaults. ``ema_mode``: the
-    natural-gradient methods' curvature average (the authors' factor EMA by default)."""
+    natural-gradient methods' curvature average (the authors' factor EMA by default).
+    ``time_budget_s``: training only, every optimizer's run stops at this wall time (steps
+    still capped by the epochs), and the wall-time verdict compares them at it — equal time
+    for all, not the shortest run's time. ``metric_budget_s``: quality only, a measure (one
+    method on one layer) whose estimated time (:func:`metric_cost_s`) exceeds it is skipped,
+    with a notice in the settings and the report."""
 
     experiment: str
     dataset: str
@@ -185,6 +197,8 @@ class ReproduceSpec:
     lrs: dict[str, float] = field(default_factory=dict)
     dampings: dict[str, float] = field(default_factory=dict)
     ema_mode: str = PAPER_DEFAULTS["ema_mode"]
+    time_budget_s: float | None = None
+    metric_budget_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -234,6 +248,25 @@ class ReproduceSpec:
             raise ValueError(
                 f"unknown ema_mode {self.ema_mode!r}; choose from {', '.join(EMA_MODES)}"
             )
+        if not (
+            isinstance(self.metric_budget_s, int | float)
+            and math.isfinite(self.metric_budget_s)
+            and self.metric_budget_s > 0
+        ):
+            raise ValueError(
+                f"metric-budget-s must be a finite number > 0, got {self.metric_budget_s!r}"
+            )
+        if self.time_budget_s is not None:
+            if self.experiment != "training":
+                raise ValueError("--time-budget-s applies to the training experiment only")
+            if not (
+                isinstance(self.time_budget_s, int | float)
+                and math.isfinite(self.time_budget_s)
+                and self.time_budget_s > 0
+            ):
+                raise ValueError(
+                    f"time-budget-s must be a finite number > 0, got {self.time_budget_s!r}"
+                )
         if self.experiment == "training" and (self.layers or self.quality_every is not None):
             raise ValueError("--layers and --quality-every apply to the quality experiment only")
         self.layers = tuple(self.layers) or QUALITY_LAYERS[self.dataset]
@@ -316,11 +349,125 @@ def _schedule(spec: ReproduceSpec, dataset: Dataset) -> dict:
     }
 
 
+#: Floating-point operations per second assumed by :func:`metric_cost_s` (float64, a 2-core
+#: CPU), fitted to KFAC and KPSVD (0.3-0.4 s measured on a 785 × 1000 layer at m = 512, 1.7 s
+#: estimated). The iterative second terms (deflation, Lanczos, KFAC-corrected) can cost far
+#: more on flat spectra: the estimate is a floor for them, not a bound.
+ASSUMED_FLOPS = 1e10
+
+
+def metric_cost_s(m: int, da: int, dg: int) -> float:
+    """Estimated seconds of one measure (one method's approximation, relative error and
+    spectrum error) on a layer with inputs of size ``da``, outputs ``dg`` and a Fisher
+    minibatch of ``m``: the matrix-free route forms ``m × m`` Gram matrices (``m²(da + dg)``,
+    a few dozen power iterations on them) and eigendecomposes ``da × da`` and ``dg × dg``
+    factors (``~10 (da³ + dg³)``); the dense block, ``(da·dg)²`` entries, is never formed."""
+    flops = 4 * m * m * (da + dg) + 50 * m * m + 10 * (da**3 + dg**3)
+    return flops / ASSUMED_FLOPS
+
+
+class _LayersRun(TrainingRun):
+    """A :class:`TrainingRun` that measures EVERY layer of ``layers`` at each quality checkpoint
+    (one training for all layers, not one per layer): the minibatch is captured once for all
+    of them. Its quality columns are ``"<layer>\t<column>"``; :func:`run_reproduction` splits
+    them into one row per layer. ``log(text)`` receives, per checkpoint and layer, what was
+    measured and how long it took. A measure whose :func:`metric_cost_s` exceeds
+    ``budget_s`` is skipped (NaN), with a notice in ``notices`` and to ``log``."""
+
+    def __init__(self, cfg, *, dataset, model, layers, budget_s, log=None) -> None:
+        super().__init__(cfg, dataset=dataset, model=model)
+        self.layers = layers
+        self.budget_s = budget_s
+        self.log = log
+        self.notices: list[str] = []
+
+    def _quality(self, x_train, gen) -> dict:
+        import torch
+
+        m = min(self.config.optimizer.fisher_batch or QUALITY_BATCH, x_train.shape[0])
+        idx = torch.randperm(x_train.shape[0], generator=gen)[:m].to(x_train.device)
+        xb = x_train[idx]
+        result = capture(
+            self.model,
+            xb,
+            loss=self.loss_kind,
+            fisher=self.config.optimizer.fisher,
+            targets=xb,
+            generator=gen,
+            layers=[name for _, name in self.layers],
+        )
+        step = len(self._records)
+        out: dict = {}
+        for number, name in self.layers:
+            started = time.perf_counter()
+            lc = result.layers[name]
+            a = lc.a.detach().to("cpu", torch.float64)
+            g = lc.g.detach().to("cpu", torch.float64)
+            fisher = LayerFisher(a, g)
+            cost = metric_cost_s(m, a.shape[1], g.shape[1])
+            over = cost > self.budget_s
+            if over and not any(f"layer {number} " in n for n in self.notices):
+                self.notices.append(
+                    f"layer {number} ({name}): each measure is estimated at {cost:.3g} s, over "
+                    f"the budget of {self.budget_s:g} s (--metric-budget-s); not measured"
+                )
+                if self.log is not None:
+                    self.log(self.notices[-1])
+            # F = 0: relative errors undefined (NaN); over the budget: not measured (NaN)
+            empty = over or not fisher.frobenius_sq() > 0.0
+            for method in self.quality_methods:
+                approx = None if empty else approximate(method, a, g)
+                out[f"{name}\trel_error_{method}"] = (
+                    math.nan if empty else fisher.relative_error(approx)
+                )
+                out[f"{name}\tspectrum_error_{method}"] = (
+                    math.nan if empty else fisher.spectrum_error(approx)[0]
+                )
+            if self.log is not None:
+                self.log(
+                    f"step {step}: layer {number} ({name}, m={m}, da={a.shape[1]}, "
+                    f"dg={g.shape[1]}): {0 if over else len(self.quality_methods)} methods "
+                    f"measured in {time.perf_counter() - started:.2f} s (estimated "
+                    f"{cost:.3g} s each)"
+                )
+        return out
+
+
+def _split_layers(df: pd.DataFrame, layers: list[tuple[int, str]]) -> list[pd.DataFrame]:
+    """The table of a :class:`_LayersRun` as one table per layer, with ``layer`` and
+    ``layer_number`` columns and the quality columns under their usual names."""
+    shared = [c for c in df.columns if "\t" not in c]
+    parts = []
+    for number, name in layers:
+        own = {c: c.split("\t", 1)[1] for c in df.columns if c.startswith(f"{name}\t")}
+        part = df[shared + list(own)].rename(columns=own)
+        part.insert(1, "layer", name)
+        part.insert(2, "layer_number", number)
+        parts.append(part)
+    return parts
+
+
+def _budgeted(run: TrainingRun, budget_s: float | None, on_step):
+    """``run``'s ``on_step``: calls ``on_step`` and, with a time budget, stops the run once its
+    training wall time reaches ``budget_s``."""
+    if budget_s is None:
+        return on_step
+
+    def step(record: dict) -> None:
+        if on_step is not None:
+            on_step(record)
+        if record["wall_time_s"] >= budget_s:
+            run.stop()
+
+    return step
+
+
 def run_reproduction(
     spec: ReproduceSpec,
     dataset: Dataset,
     *,
     progress: Callable[[str, int], Callable[[dict], None] | None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Run ``spec`` on ``dataset`` (already loaded, possibly a subset); return the settings
     (everything :func:`write_reproduction` writes to ``settings.json``) and the results table.
@@ -328,6 +475,8 @@ def run_reproduction(
     ``progress(description, total_steps)`` is called before each run and may return an
     ``on_step`` callback for it. Runs are sequential (so their wall times do not share the
     CPU); for each seed every run starts from the same initial parameters and minibatch order.
+    The quality experiment trains once per seed and measures every layer at each checkpoint;
+    ``log(text)`` receives per checkpoint and layer what was measured and its time.
     """
     sched = _schedule(spec, dataset)
     layers = resolve_layers(spec) if spec.experiment == "quality" else []
@@ -345,34 +494,69 @@ def run_reproduction(
         if spec.experiment == "training":
             jobs = [(name, None) for name in spec.optimizers]
         else:
-            jobs = [(spec.optimizers[0], layer) for layer in layers]
-        for name, layer in jobs:
-            cfg = spec.run_config(name, sched, seed, None if layer is None else layer[1])
-            run = TrainingRun(cfg, dataset=dataset, model=model)
-            where = f"layer {layer[0]}, " if layer else ""
-            if progress is not None:
-                run.on_step = progress(f"{name} ({where}seed {seed})", run.total_steps)
+            jobs = [(spec.optimizers[0], layers)]
+        for name, tracked in jobs:
+            if tracked is None:
+                cfg = spec.run_config(name, sched, seed)
+                run = TrainingRun(cfg, dataset=dataset, model=model)
+                where = ""
+            else:
+                cfg = spec.run_config(name, sched, seed, tracked[0][1])
+                run = _LayersRun(
+                    cfg,
+                    dataset=dataset,
+                    model=model,
+                    layers=tracked,
+                    budget_s=spec.metric_budget_s,
+                    log=log,
+                )
+                where = f"layers {','.join(str(n) for n, _ in tracked)}, "
+            on_step = (
+                None
+                if progress is None
+                else progress(f"{name} ({where}seed {seed})", run.total_steps)
+            )
+            run.on_step = _budgeted(run, spec.time_budget_s, on_step)
             run.run()
+            if spec.time_budget_s is not None and run.status == "stopped":
+                run.status = "finished"  # stopped by the budget, as asked: a complete run
+                run.message = f"reached the time budget of {spec.time_budget_s:g} s"
             df = run.dataframe()
-            if layer is not None:
-                df.insert(1, "layer", layer[1])
-                df.insert(2, "layer_number", layer[0])
-            df.insert(1, "seed", seed)
-            df.insert(2, "status", run.status)
-            frames.append(df)
+            for part in [df] if tracked is None else _split_layers(df, tracked):
+                part.insert(1, "seed", seed)
+                part.insert(2, "status", run.status)
+                frames.append(part)
             runs.append(
                 {
                     "optimizer": name,
                     "seed": seed,
-                    **({"layer": layer[1]} if layer else {}),
+                    **({"layers": [n for _, n in tracked]} if tracked else {}),
                     "status": run.status,
                     "message": run.message,
                     "device": str(run.device),
+                    **({"notices": run.notices} if tracked else {}),
                 }
             )
     results = pd.concat(frames, ignore_index=True)
     settings = _settings(spec, dataset, sched, layers, runs, started)
     return settings, results
+
+
+def data_files(path: str | os.PathLike[str]) -> list[dict]:
+    """Name, size and SHA-256 of the data file at ``path``, or of each file directly inside
+    the folder ``path``: what identifies the data of a run without naming a server path."""
+    import hashlib
+
+    root = Path(path).expanduser()
+    files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    out = []
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        out.append({"name": file.name, "size": file.stat().st_size, "sha256": digest.hexdigest()})
+    return out
 
 
 def _settings(spec, dataset, sched, layers, runs, started) -> dict:
@@ -395,8 +579,9 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
         "dataset": spec.dataset,
         "dataset_label": dataset.label,
         # the file's name only: a results folder may be shown to web visitors (the app's
-        # reports page), who learn no server path from it
+        # reports page), who learn no server path from it; data_files identify the data
         "data_file": None if spec.data_path is None else Path(spec.data_path).name,
+        "data_files": [] if spec.data_path is None else data_files(spec.data_path),
         "n_train": dataset.n_train,
         "n_test": dataset.n_test,
         "subset": spec.n_train is not None or spec.n_test is not None,
@@ -407,6 +592,7 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
         "zero biases (as the authors' code)",
         "epochs_requested": spec.epochs,
         "max_steps": spec.max_steps,
+        "time_budget_s": spec.time_budget_s,
         **sched,
         "seeds": list(spec.seeds),
         "optimizers": optimizers,
@@ -420,6 +606,8 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
                 "methods": list(METHODS),
                 "fisher_batch": min(QUALITY_FISHER_BATCH[spec.dataset], dataset.n_train),
                 "every_steps": sched["quality_every"],
+                "metric_budget_s": spec.metric_budget_s,
+                "skipped": sorted({n for r in runs for n in r.get("notices", [])}),
             }
             if layers
             else None
@@ -541,10 +729,12 @@ def _common_time(df: pd.DataFrame, names: Sequence[str]) -> float | None:
     return min(ends) if ends else None
 
 
-def training_verdicts(df: pd.DataFrame) -> pd.DataFrame:
+def training_verdicts(df: pd.DataFrame, time_budget_s: float | None = None) -> pd.DataFrame:
     """Claim 2 per (KPSVD-family method, baseline, criterion) for the optimizers in ``df``
     (rows: ``optimizer``, ``seed``, ``status``, ``step``, ``epoch``, ``wall_time_s``,
-    ``train_loss``); the rule is :data:`TRAINING_RULE`."""
+    ``train_loss``); the rule is :data:`TRAINING_RULE`. The wall-time criterion compares at
+    ``time_budget_s`` when every optimizer had that budget, else at the shortest finished
+    run's time; its detail says which."""
     present = list(dict.fromkeys(df["optimizer"]))
     family = [m for m in KPSVD_FAMILY if m in present] or ["kpsvd"]
     rows = []
@@ -554,7 +744,7 @@ def training_verdicts(df: pd.DataFrame) -> pd.DataFrame:
             for criterion in ("equal epochs", "equal wall time"):
                 until = None
                 if criterion == "equal wall time":
-                    until = _common_time(df, (method, base))
+                    until = time_budget_s or _common_time(df, (method, base))
                     if until is None and method in present and base in present:
                         rows.append(
                             _row(
@@ -573,7 +763,8 @@ def training_verdicts(df: pd.DataFrame) -> pd.DataFrame:
                 b = final_losses(df, base, until) if base in present else {}
                 verdict, detail = _compare(x, b, method, base)
                 if until is not None:
-                    detail += f"; T = {until:.3g} s"
+                    which = "the time budget" if time_budget_s else "the shortest run's time"
+                    detail += f"; T = {until:.3g} s ({which})"
                 rows.append(_row(claim, method, base, criterion, x, b, verdict, detail))
     return pd.DataFrame(rows)
 
@@ -634,6 +825,39 @@ def quality_verdicts(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def per_layer_claims(df: pd.DataFrame) -> pd.DataFrame:
+    """Claim 1 as a table claim × layer: each cell says whether the claim holds on that layer
+    (by :data:`QUALITY_RULE`), with the mean errors, the share of points where the method is
+    lower, and the steps where it is not — where an advantage fades, not only whether."""
+    kinds = {"rel_error": "relative Frobenius error", "spectrum_error": "spectrum error"}
+    cells: dict[str, dict[str, str]] = {}
+    for layer, part in df.groupby("layer", sort=False):
+        for kind, label in kinds.items():
+            for method in KPSVD_FAMILY:
+                col, base_col = f"{kind}_{method}", f"{kind}_kfac"
+                if col not in part or base_col not in part:
+                    continue
+                cols = part[["step", col, base_col]].apply(pd.to_numeric, errors="coerce")
+                both = cols.dropna()
+                if both.empty:
+                    continue
+                is_lower = both[col] < both[base_col]
+                lower = float(is_lower.mean())
+                holds = "holds" if lower >= QUALITY_SHARE else "does not hold"
+                missed = sorted(set(both.loc[~is_lower, "step"].astype(int)))
+                text = (
+                    f"{holds}: {both[col].mean():.4g} vs kfac {both[base_col].mean():.4g}, "
+                    f"lower at {lower:.0%}"
+                )
+                if missed:
+                    shown = ", ".join(map(str, missed[:8])) + (" …" if len(missed) > 8 else "")
+                    text += f" (not at step {shown})"
+                claim = f"{method} approximates F better than kfac ({label})"
+                cells.setdefault(claim, {})[str(layer)] = text
+    table = pd.DataFrame.from_dict(cells, orient="index").fillna("not measured")
+    return table.rename_axis("claim").reset_index()
+
+
 def _qrow(claim, method, base, verdict, detail) -> dict:
     return {
         "claim": claim,
@@ -649,7 +873,7 @@ def verdicts(settings: dict, df: pd.DataFrame) -> pd.DataFrame:
     """The verdict table of a reproduction (by its experiment)."""
     if settings.get("experiment") == "quality":
         return quality_verdicts(df)
-    return training_verdicts(df)
+    return training_verdicts(df, settings.get("time_budget_s"))
 
 
 def summary_table(settings: dict, df: pd.DataFrame) -> pd.DataFrame:
@@ -762,11 +986,40 @@ def settings_table(settings: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "value"])
 
 
-def write_reproduction(out: Path, settings: dict, df: pd.DataFrame) -> pd.DataFrame:
+def overshoot_notes(df: pd.DataFrame) -> list[str]:
+    """One sentence per layer where KFAC's relative Frobenius error exceeds 1. That is genuine,
+    not a bug: ``‖F − A⊗G‖ > ‖F‖`` exactly when ``‖A⊗G‖² > 2⟨F, A⊗G⟩``, which happens when the
+    sizes of ``ā`` and ``g`` anti-correlate across samples (``A⊗G`` pairs one sample's large
+    input with another's large gradient, products ``F`` never contains)."""
+    if "rel_error_kfac" not in df or "layer" not in df:
+        return []
+    notes = []
+    for layer, part in df.groupby("layer", sort=False):
+        errors = pd.to_numeric(part["rel_error_kfac"], errors="coerce")
+        over = part[errors > 1]
+        if len(over):
+            steps = ", ".join(str(s) for s in sorted(set(over["step"]))[:10])
+            notes.append(
+                f"KFAC's A ⊗ G overshoots F in scale here (error > 1): layer {layer}, "
+                f"step(s) {steps}, largest error {errors.max():.3g}"
+            )
+    return notes
+
+
+def write_reproduction(
+    out: Path, settings: dict, df: pd.DataFrame, rerun: dict | None = None
+) -> pd.DataFrame:
     """Write ``settings.json``, ``results.csv``, ``verdicts.csv`` and ``report.html`` into
-    ``out``; return the verdict table."""
+    ``out``, and ``rerun`` (the command exactly as given, paths included) into
+    ``rerun.json``; return the verdict table. ``rerun.json`` is not one of
+    :data:`REPORT_FILES`: the reports page never reads or shows it, so its server paths stay
+    on the server, while the served files identify the data by name, size and SHA-256."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if rerun is not None:
+        (out / RERUN_FILE).write_text(
+            json.dumps(rerun, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
     table = verdicts(settings, df)
     (out / SETTINGS_FILE).write_text(
         json.dumps(settings, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
@@ -780,10 +1033,30 @@ def write_reproduction(out: Path, settings: dict, df: pd.DataFrame) -> pd.DataFr
         figures=report_figures(settings, df),
         tables=[
             ("Verdicts", table),
+            *(
+                [("Per layer: where each claim holds", per_layer_claims(df))]
+                if settings["experiment"] == "quality"
+                else []
+            ),
             ("Summary", summary_table(settings, df)),
             ("Settings", settings_table(settings)),
         ],
-        notes=[rules, *(f"Deviation — {d}" for d in settings.get("deviations", []))],
+        notes=[
+            rules,
+            *(
+                [
+                    f"To rerun: {settings['command']} — paths shown by their last part; "
+                    "--data-path names a folder (or file) holding the data files listed in the "
+                    "settings (name, size, SHA-256), and rerun.json next to this report keeps "
+                    "the command exactly as given"
+                ]
+                if settings.get("command")
+                else []
+            ),
+            *(f"Deviation — {d}" for d in settings.get("deviations", [])),
+            *(f"Skipped — {n}" for n in (settings.get("quality") or {}).get("skipped", [])),
+            *overshoot_notes(df),
+        ],
     )
     return table
 

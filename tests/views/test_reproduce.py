@@ -608,3 +608,145 @@ def test_report_cache_is_bounded_by_entries_and_bytes():
     assert loads[-2:] == ["big", "a"]
     cache.get("huge", ((500, 1),), lambda: load("huge"))  # kept alone, though above the bound
     assert cache.get("huge", ((500, 1),), lambda: load("again")) == "huge"
+
+
+def _write_idx(path: Path, images: np.ndarray) -> None:
+    """``images`` (n, 28, 28) uint8 as an IDX image file (big-endian header, as MNIST's)."""
+    n, rows, cols = images.shape
+    header = np.array([2051, n, rows, cols], dtype=">u4").tobytes()
+    path.write_bytes(header + images.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """A small synthetic MNIST-shaped dataset written as the original IDX image files."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (64, 28, 28)))
+    _write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (16, 28, 28)))
+    return folder
+
+
+def test_quality_on_several_layers_trains_once_and_reruns_as_written(
+    mnist_dir, tmp_path, monkeypatch, capsys
+):
+    import hashlib
+    import shlex
+
+    from core.__main__ import build_parser
+    from core.training.runner import TrainingRun
+
+    made = []
+    init = TrainingRun.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingRun, "__init__", counted)
+    out = tmp_path / "results" / "mnist-quality"
+    argv = ["reproduce", "--experiment", "quality", "--dataset", "mnist"]
+    argv += ["--data-path", str(mnist_dir), "--max-steps", "2", "--seeds", "1"]
+    argv += ["--layers", "1,4,5", "--quality-every", "1", "--metric-budget-s", "1"]
+    argv += ["--out", str(out)]
+    assert main(argv) == 0
+    assert len(made) == 1  # one training for all three layers
+    df = pd.read_csv(out / "results.csv")
+    for number, name in ((4, "encoder.linear4"), (5, "decoder.linear1")):  # measured
+        rows = df[df.layer == name]
+        assert rows.layer_number.eq(number).all() and rows.step.tolist() == [0, 1]
+        for m in METHODS:
+            assert rows[f"rel_error_{m}"].notna().all()
+    err = capsys.readouterr().err
+    assert "step 1: layer 5 (decoder.linear1" in err  # progress per checkpoint and layer
+    # layer 1 (785 × 1000) is estimated over the 1 s budget: skipped, with a notice
+    assert reproduce.metric_cost_s(64, 785, 1000) > 1 > reproduce.metric_cost_s(64, 251, 30)
+    assert df[df.layer == "encoder.linear1"].filter(like="rel_error").isna().all().all()
+    settings = json.loads((out / "settings.json").read_text())
+    rerun = json.loads((out / "rerun.json").read_text())
+    (notice,) = settings["quality"]["skipped"]
+    assert notice.startswith("layer 1 (encoder.linear1)") and "--metric-budget-s" in notice
+    assert "Skipped — layer 1" in (out / "report.html").read_text()
+    assert rerun["data_path"] == str(mnist_dir)  # as given, not "mnist"
+    assert rerun["data_files"] == settings["data_files"]
+    assert str(tmp_path) not in (out / "settings.json").read_text()  # served: no server path
+    files = {f["name"]: f for f in settings["data_files"]}
+    train = mnist_dir / "train-images-idx3-ubyte"
+    assert files[train.name]["size"] == train.stat().st_size
+    assert files[train.name]["sha256"] == hashlib.sha256(train.read_bytes()).hexdigest()
+    # the recorded command parses back to the same settings
+    words = shlex.split(rerun["command"])
+    assert words[:3] == ["python", "-m", "core"]
+    parser = build_parser()
+
+    def parsed(a):
+        return {k: v for k, v in vars(parser.parse_args(a)).items() if k not in ("func", "parser")}
+
+    assert parsed(words[3:]) == parsed(argv)
+    # the report names the data files, never the server path
+    html = (out / "report.html").read_text()
+    assert files[train.name]["sha256"] in html and str(tmp_path) not in html
+    assert "To rerun: python -m core reproduce --experiment quality" in html
+
+
+def test_time_budget_gives_every_optimizer_the_same_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "budget"
+    argv = ["reproduce", "--experiment", "training", *TINY, "--epochs", "100"]
+    argv += ["--seeds", "1", "--optimizers", "sgd,kpsvd", "--time-budget-s", "0.05"]
+    assert main([*argv, "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["time_budget_s"] == 0.05
+    df = pd.read_csv(out / "results.csv")
+    for run in settings["runs"]:
+        assert run["status"] == "finished" and "time budget" in run["message"]
+        part = df[df.optimizer == run["optimizer"]]
+        assert len(part) < settings["steps"]  # the budget, not the epochs, ended it
+        assert (part.wall_time_s.iloc[:-1] < 0.05).all() and part.wall_time_s.iloc[-1] >= 0.05
+    wall = pd.read_csv(out / "verdicts.csv").query("criterion == 'equal wall time'")
+    assert len(wall) and wall.detail.str.contains(r"T = 0\.05 s \(the time budget\)").all()
+    with pytest.raises(ValueError, match="training experiment only"):
+        ReproduceSpec("quality", "curves", time_budget_s=1.0)
+
+
+def test_kfac_error_above_one_is_genuine_and_reported():
+    """Inputs and output gradients whose sizes anti-correlate across samples: A ⊗ G pairs a
+    large ā with another sample's large g, so it overshoots F; a dense float64 block agrees."""
+    import torch
+
+    from core.engine.approx import approximate
+    from core.engine.fisher import LayerFisher
+
+    rng = np.random.default_rng(3)
+    scale = np.array([10.0, 0.1, 10.0, 0.1])[:, None]
+    a = torch.tensor(rng.standard_normal((4, 3)) * scale)
+    g = torch.tensor(rng.standard_normal((4, 2)) / scale)
+    an, gn = a.numpy(), g.numpy()
+    dense = sum(np.kron(np.outer(x, x), np.outer(y, y)) for x, y in zip(an, gn)) / 4
+    kfac = np.kron(an.T @ an / 4, gn.T @ gn / 4)
+    expected = np.linalg.norm(dense - kfac) / np.linalg.norm(dense)
+    measured = LayerFisher(a, g).relative_error(approximate("kfac", a, g))
+    assert expected > 1 and measured == pytest.approx(expected, rel=1e-9)
+    df = pd.DataFrame(
+        {"layer": ["l", "l", "m"], "step": [0, 5, 0], "rel_error_kfac": [0.4, measured, 0.9]}
+    )
+    (note,) = reproduce.overshoot_notes(df)
+    assert note.startswith(
+        "KFAC's A ⊗ G overshoots F in scale here (error > 1): layer l, step(s) 5"
+    )
+
+
+def test_per_layer_claims_say_where_each_claim_holds():
+    df = pd.DataFrame(
+        {
+            "layer": ["enc"] * 4 + ["dec"] * 4,
+            "step": [0, 25, 50, 75] * 2,
+            "rel_error_kfac": [0.5] * 8,
+            "rel_error_kpsvd": [0.4, 0.4, 0.4, 0.4, 0.4, 0.6, 0.6, 0.6],
+        }
+    )
+    table = reproduce.per_layer_claims(df).set_index("claim")
+    row = table.loc["kpsvd approximates F better than kfac (relative Frobenius error)"]
+    assert row["enc"] == "holds: 0.4 vs kfac 0.5, lower at 100%"
+    assert row["dec"] == "does not hold: 0.55 vs kfac 0.5, lower at 25% (not at step 25, 50, 75)"

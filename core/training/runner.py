@@ -548,34 +548,45 @@ class TrainingRun:
         return total / x.shape[0]
 
     def _quality(self, x_train: torch.Tensor, gen: torch.Generator) -> dict:
+        layer = self.config.quality_layer
+        return self._measure(self._quality_fishers(x_train, gen, [layer])[layer])
+
+    def _quality_fishers(
+        self, x_train: torch.Tensor, gen: torch.Generator, layers: list[str]
+    ) -> dict[str, LayerFisher]:
+        """The exact Fisher block of each of ``layers`` on one seeded minibatch of
+        ``fisher_batch`` (or :data:`QUALITY_BATCH`) training images, captured in one pass."""
         cfg = self.config
         m = min(cfg.optimizer.fisher_batch or QUALITY_BATCH, x_train.shape[0])
         idx = torch.randperm(x_train.shape[0], generator=gen)[:m].to(x_train.device)
         xb = x_train[idx]
         result = capture(
-            self.model,
-            xb,
-            loss=self.loss_kind,
-            fisher=cfg.optimizer.fisher,
-            targets=xb,
-            generator=gen,
-            layers=[cfg.quality_layer],
-        )
-        lc = result.layers[cfg.quality_layer]
-        a = lc.a.detach().to("cpu", torch.float64)
-        g = lc.g.detach().to("cpu", torch.float64)
-        fisher = LayerFisher(a, g)
+            self.model, xb, loss=self.loss_kind, fisher=cfg.optimizer.fisher, targets=xb,
+            generator=gen, layers=layers,
+        )  # fmt: skip
+        return {
+            name: LayerFisher(
+                result.layers[name].a.detach().to("cpu", torch.float64),
+                result.layers[name].g.detach().to("cpu", torch.float64),
+            )
+            for name in layers
+        }
+
+    def _measure(self, fisher: LayerFisher, prefix: str = "", skip: bool = False) -> dict:
+        """``{prefix}rel_error_<method>`` and ``{prefix}spectrum_error_<method>`` of every
+        quality method against ``fisher``; NaN when ``skip`` (not measured) or when F = 0 on
+        this minibatch (every unit after the layer dead, or its inputs all 0: a relative error
+        is undefined, so NaN, not a crash that ends the run)."""
         out: dict = {}
-        if not fisher.frobenius_sq() > 0.0:
-            # F = 0 on this minibatch (every unit after the layer dead, or its inputs all 0):
-            # a relative error is undefined, so NaN, not a crash that ends the run.
-            for method in self.quality_methods:
-                out[f"rel_error_{method}"] = out[f"spectrum_error_{method}"] = math.nan
-            return out
+        empty = skip or not fisher.frobenius_sq() > 0.0
         for method in self.quality_methods:
-            approx = approximate(method, a, g)
-            out[f"rel_error_{method}"] = fisher.relative_error(approx)
-            out[f"spectrum_error_{method}"] = fisher.spectrum_error(approx)[0]
+            approx = None if empty else approximate(method, fisher.a, fisher.g)
+            out[f"{prefix}rel_error_{method}"] = (
+                math.nan if empty else fisher.relative_error(approx)
+            )
+            out[f"{prefix}spectrum_error_{method}"] = (
+                math.nan if empty else fisher.spectrum_error(approx)[0]
+            )
         return out
 
 

@@ -73,14 +73,11 @@ import numpy as np
 import pandas as pd
 
 from .. import settings
-from ..engine.approx import approximate
-from ..engine.capture import capture
-from ..engine.fisher import LayerFisher
 from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
 from ..training.datasets import DATASET_SPECS, Dataset
 from ..training.models import PRESETS, build_model, describe_layers
 from ..training.optim import EMA_MODES
-from ..training.runner import QUALITY_BATCH, RunConfig, TrainingRun
+from ..training.runner import RunConfig, TrainingRun
 from .report import mean_sd_figure, write_html_report
 from .report_files import ReportCache, ReportError, read_capped, real_file, real_inside, stamp
 
@@ -168,6 +165,12 @@ QUALITY_RULE = (
 # -- what to run ----------------------------------------------------------------------------
 
 
+def _check_seconds(value, name: str) -> None:
+    """A budget in seconds must be a finite number > 0 (``name`` as the CLI spells it)."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 @dataclass
 class ReproduceSpec:
     """One reproduction. ``optimizers``: those compared (training) or the one that trains the
@@ -248,25 +251,11 @@ class ReproduceSpec:
             raise ValueError(
                 f"unknown ema_mode {self.ema_mode!r}; choose from {', '.join(EMA_MODES)}"
             )
-        if not (
-            isinstance(self.metric_budget_s, int | float)
-            and math.isfinite(self.metric_budget_s)
-            and self.metric_budget_s > 0
-        ):
-            raise ValueError(
-                f"metric-budget-s must be a finite number > 0, got {self.metric_budget_s!r}"
-            )
+        _check_seconds(self.metric_budget_s, "metric-budget-s")
         if self.time_budget_s is not None:
             if self.experiment != "training":
                 raise ValueError("--time-budget-s applies to the training experiment only")
-            if not (
-                isinstance(self.time_budget_s, int | float)
-                and math.isfinite(self.time_budget_s)
-                and self.time_budget_s > 0
-            ):
-                raise ValueError(
-                    f"time-budget-s must be a finite number > 0, got {self.time_budget_s!r}"
-                )
+            _check_seconds(self.time_budget_s, "time-budget-s")
         if self.experiment == "training" and (self.layers or self.quality_every is not None):
             raise ValueError("--layers and --quality-every apply to the quality experiment only")
         self.layers = tuple(self.layers) or QUALITY_LAYERS[self.dataset]
@@ -382,29 +371,13 @@ class _LayersRun(TrainingRun):
         self.notices: list[str] = []
 
     def _quality(self, x_train, gen) -> dict:
-        import torch
-
-        m = min(self.config.optimizer.fisher_batch or QUALITY_BATCH, x_train.shape[0])
-        idx = torch.randperm(x_train.shape[0], generator=gen)[:m].to(x_train.device)
-        xb = x_train[idx]
-        result = capture(
-            self.model,
-            xb,
-            loss=self.loss_kind,
-            fisher=self.config.optimizer.fisher,
-            targets=xb,
-            generator=gen,
-            layers=[name for _, name in self.layers],
-        )
+        fishers = self._quality_fishers(x_train, gen, [name for _, name in self.layers])
         step = len(self._records)
         out: dict = {}
         for number, name in self.layers:
             started = time.perf_counter()
-            lc = result.layers[name]
-            a = lc.a.detach().to("cpu", torch.float64)
-            g = lc.g.detach().to("cpu", torch.float64)
-            fisher = LayerFisher(a, g)
-            cost = metric_cost_s(m, a.shape[1], g.shape[1])
+            fisher = fishers[name]
+            cost = metric_cost_s(fisher.m, fisher.da, fisher.dg)
             over = cost > self.budget_s
             if over and not any(f"layer {number} " in n for n in self.notices):
                 self.notices.append(
@@ -413,20 +386,11 @@ class _LayersRun(TrainingRun):
                 )
                 if self.log is not None:
                     self.log(self.notices[-1])
-            # F = 0: relative errors undefined (NaN); over the budget: not measured (NaN)
-            empty = over or not fisher.frobenius_sq() > 0.0
-            for method in self.quality_methods:
-                approx = None if empty else approximate(method, a, g)
-                out[f"{name}\trel_error_{method}"] = (
-                    math.nan if empty else fisher.relative_error(approx)
-                )
-                out[f"{name}\tspectrum_error_{method}"] = (
-                    math.nan if empty else fisher.spectrum_error(approx)[0]
-                )
+            out.update(self._measure(fisher, prefix=f"{name}\t", skip=over))
             if self.log is not None:
                 self.log(
-                    f"step {step}: layer {number} ({name}, m={m}, da={a.shape[1]}, "
-                    f"dg={g.shape[1]}): {0 if over else len(self.quality_methods)} methods "
+                    f"step {step}: layer {number} ({name}, m={fisher.m}, da={fisher.da}, "
+                    f"dg={fisher.dg}): {0 if over else len(self.quality_methods)} methods "
                     f"measured in {time.perf_counter() - started:.2f} s (estimated "
                     f"{cost:.3g} s each)"
                 )

@@ -58,7 +58,7 @@ async def _open(port: int, page: str, query: str) -> None:
                 return
 
 
-def _after_start(port: int, prewarm: bool) -> None:
+def _after_start(port: int, prewarm: bool, guard_uploads) -> None:
     deadline = time.monotonic() + PREWARM_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -66,8 +66,6 @@ def _after_start(port: int, prewarm: bool) -> None:
             break
         except OSError:
             time.sleep(0.2)
-    from pages.ui.services import guard_uploads
-
     guard_uploads()
     if prewarm:
         _prewarm(port)
@@ -90,7 +88,13 @@ def main(argv: list[str]) -> int:
         print(f"kronoscope: {problems[0]}", file=sys.stderr)
         return 2
     prewarm = settings.get("KRONOSCOPE_PREWARM")
-    threading.Thread(target=_after_start, args=(_port(argv), prewarm), daemon=True).start()
+    # The app's package is imported here, before Streamlit serves: imported by a thread and a
+    # first script run at the same time, its modules were seen half initialised (ImportError).
+    from pages.ui.services import guard_uploads
+
+    threading.Thread(
+        target=_after_start, args=(_port(argv), prewarm, guard_uploads), daemon=True
+    ).start()
     from streamlit.web import cli
 
     return cli.main(["run", "app.py", *argv], prog_name="streamlit", standalone_mode=False) or 0

@@ -25,4 +25,4 @@ def app_env(monkeypatch):
     for sid in list(registry._groups):
         for group in registry.groups(sid):
             group.stop()
-            group.join(30)
+            group.join(300)  # until it ends: a leftover run would hold a slot of the next test

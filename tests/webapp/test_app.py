@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def wait_group(at: AppTest, page: str, timeout: float = 120):
         time.sleep(0.05)
     assert group.done, "the background runs did not finish in time"
     return group
+
+
+def wait_until(condition, timeout: float = 120) -> None:
+    """Wait for ``condition()`` (a state, not a duration); the timeout only ends a hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
 
 
 # -- every page ------------------------------------------------------------------------------
@@ -252,7 +261,7 @@ def test_race_stop():
     at = app("race", opts="sgd,adam", steps="20000", schedule="sequential")
     at.button(key="race.start").click().run()
     group = at.session_state["runs.race"]
-    time.sleep(0.5)
+    wait_until(lambda: group.runs[0].status == "running")  # stop it mid-run, not before
     at.button(key="race.stop").click().run()
     group.join(60)
     assert group.done
@@ -271,10 +280,35 @@ def test_race_divergence_is_a_message():
     assert any("diverged" in w.value for w in at.warning), [w.value for w in at.warning]
 
 
+class _HeldRun:
+    """A run that holds its slot until it is stopped: the server is full for as long as the
+    test says, whatever the machine's speed (a real 20000-step race could end, or a leftover
+    run of an earlier test still hold the slot, on a fast or a busy machine)."""
+
+    def __init__(self) -> None:
+        self._release = threading.Event()
+        self.progress = 0.0
+
+    def run(self) -> None:
+        self._release.wait(300)
+
+    def stop(self) -> None:
+        self._release.set()
+
+    @property
+    def done(self) -> bool:
+        return self._release.is_set()
+
+
 def test_race_waits_in_the_queue_when_the_server_is_full(monkeypatch):
+    from core.server.limits import RunGroup
+    from pages.ui import run_registry
+
     monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "1")
-    first = app("race", opts="sgd", steps="20000")
-    first.button(key="race.start").click().run()
+    registry = run_registry()
+    assert registry.active_slots() == 0 and registry.queued_count() == 0  # a clean server
+    held = registry.start("another-tab", RunGroup([_HeldRun()]), visitor="another-visitor")
+    assert held.state == "running"  # the one slot is taken, by another visitor
     second = app("race", opts="adam", steps="5")
     second.button(key="race.start").click().run()
     assert_clean(second)
@@ -283,7 +317,9 @@ def test_race_waits_in_the_queue_when_the_server_is_full(monkeypatch):
     sidebar = " ".join(c.value for c in second.sidebar.caption)
     assert "1 of 1 running, 1 waiting" in sidebar, sidebar
     assert all("KRONOSCOPE" not in text for text in waiting + [sidebar])
-    first.button(key="race.stop").click().run()  # the slot frees: the queued race starts
+    assert second.session_state["runs.race"].queued
+    held.stop()  # the slot frees: the queued race starts
+    held.join(60)
     group = wait_group(second, "race")
     assert group.runs[0].status == "finished"
 

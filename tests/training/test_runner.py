@@ -336,7 +336,8 @@ def test_a_run_over_its_wall_budget_stops_and_keeps_its_records(monkeypatch, tin
     start = time.monotonic()
     run.run()
     took = time.monotonic() - start
-    assert run.status == "timed_out" and run.done and 1.0 <= took < 10.0
+    # stopped at the budget (a million steps would take far longer than a minute, even idle)
+    assert run.status == "timed_out" and run.done and 1.0 <= took < 60.0
     recs = run.records()
     n = len(recs)
     assert n > 0 and [r["step"] for r in recs] == list(range(n))

@@ -372,8 +372,8 @@ class WorkerPool:
                 raise JobError("the worker pool is closed")
             self._expire()
             job = self._jobs.get(key)
-            if job is not None and job.state in ("failed", "cancelled"):
-                job = None  # never hand out a failure again: retry
+            if job is not None and (job.state in ("failed", "cancelled") or job in self._cancel):
+                job = None  # never hand out a failure, or a job being cancelled: run it again
             if job is None:
                 if self.processes:
                     self._check_room(owner)

@@ -164,6 +164,103 @@ def _check_x(x: Any) -> None:
         raise NonFiniteValueError("x contains NaN or inf")
 
 
+def _check_kinds(
+    fisher: str, targets: torch.Tensor | None, generator: torch.Generator | None
+) -> None:
+    """``fisher`` is a known kind, with the targets or generator it needs."""
+    if fisher not in FISHER_KINDS:
+        raise ValueError(f"unknown fisher kind {fisher!r}; expected one of {FISHER_KINDS}")
+    if fisher == "empirical" and targets is None:
+        raise ValueError("fisher='empirical' needs the data's targets: pass targets=")
+    if fisher == "true" and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            "fisher='true' samples targets from the model and needs a torch.Generator "
+            "(generator=torch.Generator().manual_seed(seed)); the global RNG is never used"
+        )
+
+
+def _check_supported(model: nn.Module, strict: bool) -> list[tuple[str, str]]:
+    """The modules with parameters the engine cannot capture (an error when ``strict``)."""
+    unsupported = _unsupported_modules(model)
+    if unsupported and strict:
+        listed = ", ".join(f"{name} ({typ})" for name, typ in unsupported)
+        raise UnsupportedLayerError(
+            f"only nn.Linear layers (and parameter-free modules) are supported; found: {listed}. "
+            "Pass strict=False to capture the Linear layers and list these in `unsupported`."
+        )
+    return unsupported
+
+
+class _Recorder:
+    """Forward hooks that record each selected layer's input ``ā`` and output ``s`` of one
+    forward pass of ``m`` samples, on the thread that created the recorder only."""
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+        self.owner = threading.get_ident()
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}  # in forward order
+
+    def hook(self, name: str):
+        def record(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor):
+            if threading.get_ident() != self.owner:
+                return None  # another thread's forward pass on the same model
+            if name in self.outputs:
+                raise ValueError(
+                    f"layer {name!r} ran more than once in one forward pass (shared weights); "
+                    "per-sample capture needs exactly one call per layer"
+                )
+            inp = args[0] if args else kwargs.get("input")
+            if inp is None or inp.dim() != 2 or inp.shape[0] != self.m:
+                shape = None if inp is None else tuple(inp.shape)
+                raise ValueError(
+                    f"layer {name!r} got input of shape {shape}; expected 2-D with batch {self.m}"
+                )
+            if not out.requires_grad:
+                # Nothing upstream needs a gradient (frozen weights, constant input):
+                # make s a leaf so that ∂L/∂s still exists; no graph is cut.
+                out = out.detach().requires_grad_(True)
+            self.inputs[name] = inp.detach()
+            self.outputs[name] = out
+            return out
+
+        return record
+
+
+def _check_output(output: Any, m: int, recorder: _Recorder, selected: list[str]) -> None:
+    """The model's output is a finite (m, d_out) tensor and every selected layer ran."""
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+        raise ValueError(f"model output must be a 2-D tensor (m, d_out), got {shape}")
+    if output.shape[0] != m:
+        raise ValueError(f"model output has batch {output.shape[0]}, but x has {m}")
+    if not torch.isfinite(output).all():
+        raise NonFiniteValueError("model output contains NaN or inf")
+    missing = [n for n in selected if n not in recorder.outputs]
+    if missing:
+        raise ValueError(
+            f"layer(s) {missing} did not run in the forward pass; "
+            "select the layers that run with layers="
+        )
+
+
+def _layer_captures(
+    modules: dict[str, nn.Module], recorder: _Recorder, grads: tuple
+) -> dict[str, LayerCapture]:
+    """One :class:`LayerCapture` per recorded layer, in forward order: ``ā`` with the bias
+    column of ones, ``g`` zero where the loss does not reach the layer."""
+    captured: dict[str, LayerCapture] = {}
+    for name, grad in zip(recorder.outputs, grads, strict=True):
+        layer = modules[name]
+        has_bias = layer.bias is not None
+        a = recorder.inputs[name]
+        if has_bias:
+            a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], dim=1)
+        g = torch.zeros_like(recorder.outputs[name]) if grad is None else grad
+        captured[name] = LayerCapture(name=name, a=a, g=g.detach(), has_bias=has_bias)
+    return captured
+
+
 def capture(
     model: nn.Module,
     x: torch.Tensor,
@@ -187,79 +284,23 @@ def capture(
     ``nn.Linear``, and ``ValueError`` for bad inputs, unknown kinds or layer names.
     """
     lik = likelihood(loss)
-    if fisher not in FISHER_KINDS:
-        raise ValueError(f"unknown fisher kind {fisher!r}; expected one of {FISHER_KINDS}")
-    if fisher == "empirical" and targets is None:
-        raise ValueError("fisher='empirical' needs the data's targets: pass targets=")
-    if fisher == "true" and not isinstance(generator, torch.Generator):
-        raise ValueError(
-            "fisher='true' samples targets from the model and needs a torch.Generator "
-            "(generator=torch.Generator().manual_seed(seed)); the global RNG is never used"
-        )
+    _check_kinds(fisher, targets, generator)
     _check_x(x)
     m = x.shape[0]
-
-    unsupported = _unsupported_modules(model)
-    if unsupported and strict:
-        listed = ", ".join(f"{name} ({typ})" for name, typ in unsupported)
-        raise UnsupportedLayerError(
-            f"only nn.Linear layers (and parameter-free modules) are supported; found: {listed}. "
-            "Pass strict=False to capture the Linear layers and list these in `unsupported`."
-        )
+    unsupported = _check_supported(model, strict)
     selected = _select_layers(model, layers)
     modules = dict(model.named_modules())
-
-    inputs: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    owner = threading.get_ident()
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor):
-            if threading.get_ident() != owner:
-                return None  # another thread's forward pass on the same model
-            if name in outputs:
-                raise ValueError(
-                    f"layer {name!r} ran more than once in one forward pass (shared weights); "
-                    "per-sample capture needs exactly one call per layer"
-                )
-            inp = args[0] if args else kwargs.get("input")
-            if inp is None or inp.dim() != 2 or inp.shape[0] != m:
-                shape = None if inp is None else tuple(inp.shape)
-                raise ValueError(
-                    f"layer {name!r} got input of shape {shape}; expected 2-D with batch {m}"
-                )
-            if not out.requires_grad:
-                # Nothing upstream needs a gradient (frozen weights, constant input):
-                # make s a leaf so that ∂L/∂s still exists; no graph is cut.
-                out = out.detach().requires_grad_(True)
-            inputs[name] = inp.detach()
-            outputs[name] = out
-            return out
-
-        return hook
-
+    recorder = _Recorder(m)
     with _model_lock(model):
         handles = []
         try:
             for name in selected:
                 handles.append(
-                    modules[name].register_forward_hook(make_hook(name), with_kwargs=True)
+                    modules[name].register_forward_hook(recorder.hook(name), with_kwargs=True)
                 )
             with torch.enable_grad():
                 output = model(x)
-                if not isinstance(output, torch.Tensor) or output.dim() != 2:
-                    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-                    raise ValueError(f"model output must be a 2-D tensor (m, d_out), got {shape}")
-                if output.shape[0] != m:
-                    raise ValueError(f"model output has batch {output.shape[0]}, but x has {m}")
-                if not torch.isfinite(output).all():
-                    raise NonFiniteValueError("model output contains NaN or inf")
-                missing = [n for n in selected if n not in outputs]
-                if missing:
-                    raise ValueError(
-                        f"layer(s) {missing} did not run in the forward pass; "
-                        "select the layers that run with layers="
-                    )
+                _check_output(output, m, recorder, selected)
                 if fisher == "true":
                     assert generator is not None
                     y = lik.sample(output, generator)
@@ -267,26 +308,14 @@ def capture(
                     y = lik.check_targets(targets, output)
                 nll = lik.nll(output, y)
                 # Σ_i ℓ_i, not the mean: each row of ∂L/∂s is one sample's g_i (no 1/m).
-                total = nll.sum()
-                order = list(outputs)  # forward order
                 grads = torch.autograd.grad(
-                    total, [outputs[n] for n in order], allow_unused=True, retain_graph=False
+                    nll.sum(), list(recorder.outputs.values()), allow_unused=True
                 )
         finally:
             for h in handles:
                 h.remove()
-
-    captured: dict[str, LayerCapture] = {}
-    for name, grad in zip(order, grads, strict=True):
-        layer = modules[name]
-        has_bias = layer.bias is not None
-        a = inputs[name]
-        if has_bias:
-            a = torch.cat([a, torch.ones(m, 1, dtype=a.dtype, device=a.device)], dim=1)
-        g = torch.zeros_like(outputs[name]) if grad is None else grad
-        captured[name] = LayerCapture(name=name, a=a, g=g.detach(), has_bias=has_bias)
     return CaptureResult(
-        layers=captured,
+        layers=_layer_captures(modules, recorder, grads),
         unsupported=unsupported,
         loss=float(nll.detach().mean()),
     )

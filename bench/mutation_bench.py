@@ -15,6 +15,8 @@ Before the mutants, each group's tests run once on the unpatched copy; tests tha
 there (work in progress elsewhere in the tree) are reported and deselected for that group's
 mutants, so that they cannot make every mutant look killed. The score is killed / applied.
 
+The report gives the kill rate per mutated module (core file) as well as the total.
+
 Usage: python bench/mutation_bench.py [--only ID ...] [--timeout S] [--out FILE]
 """
 
@@ -39,7 +41,16 @@ ENGINE_TESTS = (
     "tests/engine/test_engine_interface.py",
 )
 OPTIM_TESTS = ("tests/training/test_optim.py", "tests/training/test_optim_ema.py")
-GROUPS = {"engine": ENGINE_TESTS, "optim": OPTIM_TESTS}
+# issue 22: tests that state the answer where a fresh round of plausible bugs survived
+GROUPS = {
+    "engine": ENGINE_TESTS,
+    "optim": OPTIM_TESTS,
+    "settings": ("tests/training/test_optimizer_settings.py",),
+    "lists": ("tests/engine/test_method_lists.py",),
+    "io": ("tests/training/test_stated_io.py",),
+    "jobs": ("tests/server/test_stated_jobs.py",),
+    "views": ("tests/views/test_stated_views.py",),
+}
 IGNORED = (".venv", ".git", "__pycache__", ".hypothesis", ".pytest_cache", ".ruff_cache", "docs")
 IGNORED += ("data_cache", "runs", "artifacts")
 
@@ -298,14 +309,14 @@ MUTANTS = (
     Mutant(
         "optim-kl-uses-gradient-norm",
         "core/training/optim.py",
-        "                vg += float((v64 * p64).sum())\n",
-        "                vg += float((v64 * v64).sum())\n",
+        "            vg += float((v64 * p64).sum())\n",
+        "            vg += float((v64 * v64).sum())\n",
         "KL clip with ⟨V, V⟩ instead of ⟨V, P⟩",
         "optim",
     ),
     Mutant(
         "optim-ema-rho-swapped",
-        "core/training/curvature.py",
+        "core/training/averages.py",
         "out.append((rho * r_old + (1.0 - rho) * r, rho * s_old + (1.0 - rho) * s))",
         "out.append(((1.0 - rho) * r_old + rho * r, (1.0 - rho) * s_old + rho * s))",
         "factor EMA weights swapped",
@@ -313,7 +324,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-sign-alignment-inverted",
-        "core/training/curvature.py",
+        "core/training/averages.py",
         "            if inner < 0:  # R ⊗ S",
         "            if inner > 0:  # R ⊗ S",
         "EMA sign alignment inverted",
@@ -321,7 +332,7 @@ MUTANTS = (
     ),
     Mutant(
         "optim-window-fourth-root",
-        "core/training/curvature.py",
+        "core/training/averages.py",
         "            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.25\n",
         "            scale = (w / total_w * big_m / c.a.shape[0]) ** 0.5\n",
         "window rows scaled by √w instead of w^¼",
@@ -338,14 +349,14 @@ MUTANTS = (
     Mutant(
         "optim-bias-first-column",
         "core/training/optim.py",
-        "                    b.grad.copy_(p32[:, -1])\n",
-        "                    b.grad.copy_(p32[:, 0])\n",
+        "                b.grad.copy_(p32[:, -1])\n",
+        "                b.grad.copy_(p32[:, 0])\n",
         "bias update from the first column",
         "optim",
     ),
     Mutant(
         "optim-ekfac-scale-no-ema",
-        "core/training/curvature.py",
+        "core/training/averages.py",
         "self.scale = s_t if self.scale is None else rho * self.scale + (1.0 - rho) * s_t",
         "self.scale = s_t",
         "EKFAC diagonal not averaged",
@@ -358,6 +369,219 @@ MUTANTS = (
         '        return self._solver.solve(v, self.damping, mode="exact")\n',
         "optimizer uses exact instead of factored damping",
         "optim",
+    ),
+    # -- issue 22: settings that must reach torch's optimizers (group "settings") ----------------
+    Mutant(
+        "i22-adam-beta1-fixed",
+        "core/training/optim.py",
+        "params, lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay",
+        "params, lr=c.lr, betas=(0.9, 0.999), weight_decay=c.weight_decay",
+        "Adam's β₁ fixed at 0.9 instead of the momentum setting",
+        "settings",
+    ),
+    Mutant(
+        "i22-adam-no-weight-decay",
+        "core/training/optim.py",
+        "params, lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay",
+        "params, lr=c.lr, betas=(c.momentum, 0.999)",
+        "Adam without weight decay",
+        "settings",
+    ),
+    Mutant(
+        "i22-sgd-no-weight-decay",
+        "core/training/optim.py",
+        "params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay",
+        "params, lr=c.lr, momentum=c.momentum",
+        "SGD without weight decay",
+        "settings",
+    ),
+    Mutant(
+        "i22-natural-no-momentum",
+        "core/training/optim.py",
+        "self.base = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)\n",
+        "self.base = torch.optim.SGD(params, lr=c.lr, momentum=0.0)\n",
+        "natural-gradient step without momentum",
+        "settings",
+    ),
+    # -- issue 22: named method lists (group "lists") ---------------------------------------------
+    Mutant(
+        "i22-methods-include-exact",
+        "core/engine/methods.py",
+        'METHODS: tuple[str, ...] = tuple(s.name for s in SPECS if s.kind == "approximation")',
+        'METHODS: tuple[str, ...] = tuple(s.name for s in SPECS if s.kind != "first_order")',
+        "the exact block listed among the approximations",
+        "lists",
+    ),
+    Mutant(
+        "i22-lanczos-two-terms-lost",
+        "core/engine/methods.py",
+        'svd_terms=2, algorithm="lanczos"),\n        terms=2,',
+        'svd_terms=1, algorithm="lanczos"),\n        terms=1,',
+        "Lanczos builds one term (and the registry agrees, so loops over it cannot see it)",
+        "lists",
+    ),
+    Mutant(
+        "i22-ekfac-default-lr",
+        "core/engine/methods.py",
+        '        ema_terms_from="kfac",\n        lr=0.03,\n',
+        '        ema_terms_from="kfac",\n        lr=0.3,\n',
+        "EKFAC's default lr 0.3 (the tuned one is 0.03)",
+        "lists",
+    ),
+    # -- issue 22: loss over uneven chunks, containment, download resume (group "io") -------------
+    Mutant(
+        "i22-test-loss-chunk-weight",
+        "core/training/runner.py",
+        "total += float(per_sample_nll(self.model(xb), xb, self.loss_kind).sum())",
+        "total += float(per_sample_nll(self.model(xb), xb, self.loss_kind).mean()) * chunk",
+        "test loss weights every chunk by the nominal chunk size",
+        "io",
+    ),
+    Mutant(
+        "i22-inside-prefix",
+        "core/training/datafiles.py",
+        "return real == root or real.startswith(root.rstrip(os.sep) + os.sep)",
+        "return real == root or real.startswith(root.rstrip(os.sep))",
+        "data directory containment by string prefix (/data2 is inside /data)",
+        "io",
+    ),
+    Mutant(
+        "i22-resume-keeps-offset",
+        "core/training/download.py",
+        "        if not resumed:\n            start = 0\n",
+        "        if not resumed:\n            pass\n",
+        "a 200 answer to a range request counted from the partial file's size",
+        "io",
+    ),
+    Mutant(
+        "i22-resume-always-appends",
+        "core/training/download.py",
+        'with part.open("ab" if resumed else "wb") as out:',
+        'with part.open("ab") as out:',
+        "a restarted download appended to the partial file",
+        "io",
+    ),
+    # -- issue 22: job parameters, cancelled jobs, result keys (group "jobs") ---------------------
+    Mutant(
+        "i22-job-seed-dropped",
+        "core/server/jobs.py",
+        "loss=loss, fisher=fisher, targets=x, seed=seed)",
+        "loss=loss, fisher=fisher, targets=x, seed=0)",
+        "the worker's capture ignores the seed",
+        "jobs",
+    ),
+    Mutant(
+        "i22-job-fisher-kind-dropped",
+        "core/server/jobs.py",
+        "loss=loss, fisher=fisher, targets=x, seed=seed)",
+        'loss=loss, fisher="true", targets=x, seed=seed)',
+        "the worker's capture ignores the Fisher kind",
+        "jobs",
+    ),
+    Mutant(
+        "i22-pool-hands-out-cancelling-job",
+        "core/server/workers.py",
+        'if job is not None and (job.state in ("failed", "cancelled") or job in self._cancel):',
+        'if job is not None and job.state in ("failed", "cancelled"):',
+        "a job being cancelled is handed to a new caller (the bug this round found)",
+        "jobs",
+    ),
+    Mutant(
+        "i22-pool-caches-cancelled",
+        "core/server/workers.py",
+        'if job is not None and (job.state in ("failed", "cancelled") or job in self._cancel):',
+        'if job is not None and (job.state == "failed" or job in self._cancel):',
+        "a cancelled job's cancellation handed out again",
+        "jobs",
+    ),
+    Mutant(
+        "i22-key-no-damping",
+        "pages/ui/compute.py",
+        'f"{fisher_key}|method={method}|damping={damping!r}|slow={slow}"',
+        'f"{fisher_key}|method={method}|slow={slow}"',
+        "method results cached without the damping",
+        "jobs",
+    ),
+    Mutant(
+        "i22-key-no-method",
+        "pages/ui/compute.py",
+        'f"{fisher_key}|method={method}|damping={damping!r}|slow={slow}"',
+        'f"{fisher_key}|damping={damping!r}|slow={slow}"',
+        "method results cached without the method",
+        "jobs",
+    ),
+    Mutant(
+        "i22-key-no-rank",
+        "pages/ui/compute.py",
+        'f"{fisher_key}|rank_curve={max_rank}"',
+        'f"{fisher_key}|rank_curve"',
+        "rank curve cached without its rank",
+        "jobs",
+    ),
+    # -- issue 22: heatmap scales, verdict ties (group "views") -----------------------------------
+    Mutant(
+        "i22-heatmap-signed-max",
+        "core/views/figures.py",
+        "magnitudes = np.abs(np.concatenate([exact.ravel(), approx.ravel()]))",
+        "magnitudes = np.concatenate([exact.ravel(), approx.ravel()])",
+        "block heatmap scale from the largest signed entry",
+        "views",
+    ),
+    Mutant(
+        "i22-heatmap-exact-only",
+        "core/views/figures.py",
+        "magnitudes = np.abs(np.concatenate([exact.ravel(), approx.ravel()]))",
+        "magnitudes = np.abs(exact.ravel())",
+        "block heatmap scale from F alone",
+        "views",
+    ),
+    Mutant(
+        "i22-heatmap-diff-sign",
+        "core/views/figures.py",
+        "    diff = approx - exact\n",
+        "    diff = exact - approx\n",
+        "difference panel F − F̃ under the title F̃ − F",
+        "views",
+    ),
+    Mutant(
+        "i22-factor-heatmap-signed-max",
+        "core/views/figures.py",
+        "scale = float(max(np.abs(mat).max(initial=0), 1e-300))",
+        "scale = float(max(mat.max(initial=0), 1e-300))",
+        "factor heatmap scale from the largest signed entry",
+        "views",
+    ),
+    Mutant(
+        "i22-training-tie-reproduced",
+        "core/views/reproduce.py",
+        "    if mx + sx < mb - sb:\n",
+        "    if mx + sx <= mb - sb:\n",
+        "a training tie at the one-sd boundary counted as reproduced",
+        "views",
+    ),
+    Mutant(
+        "i22-training-tie-baseline-wins",
+        "core/views/reproduce.py",
+        "    if mb + sb < mx - sx:\n",
+        "    if mb + sb <= mx - sx:\n",
+        "a training tie reported as the baseline winning",
+        "views",
+    ),
+    Mutant(
+        "i22-quality-tie-lower",
+        "core/views/reproduce.py",
+        "lower = float((both[col] < both[base_col]).mean())",
+        "lower = float((both[col] <= both[base_col]).mean())",
+        "a quality tie counted as lower",
+        "views",
+    ),
+    Mutant(
+        "i22-quality-share-strict",
+        "core/views/reproduce.py",
+        'verdict = "reproduced" if lower >= QUALITY_SHARE else "not reproduced"',
+        'verdict = "reproduced" if lower > QUALITY_SHARE else "not reproduced"',
+        "exactly 90 % lower counted as not reproduced",
+        "views",
     ),
 )
 
@@ -393,6 +617,20 @@ def run_tests(
     ]
     outcome = "passed" if proc.returncode == 0 else "failed"
     return outcome, time.perf_counter() - start, last, failed
+
+
+def per_module(rows: list[tuple[Mutant, str, float]]) -> list[str]:
+    """One Markdown row per mutated file: killed, applied, kill rate, not applied."""
+    out = []
+    for path in sorted({m.path for m, _, _ in rows}):
+        verdicts = [v for m, v, _ in rows if m.path == path]
+        applied = [v for v in verdicts if v.startswith(("killed", "survived"))]
+        killed = sum(v.startswith("killed") for v in applied)
+        rate = f"{100 * killed / len(applied):.0f} %" if applied else "–"
+        out.append(
+            f"| {path} | {killed} | {len(applied)} | {rate} | {len(verdicts) - len(applied)} |"
+        )
+    return out
 
 
 def main() -> None:
@@ -458,6 +696,12 @@ def main() -> None:
             for group, nodes in sorted(broken.items())
             for node in nodes
         ],
+        "",
+        "Per module (killed / applied; not-applied mutants are listed, never counted):",
+        "",
+        "| module | killed | applied | kill rate | not applied |",
+        "|---|---|---|---|---|",
+        *per_module(rows),
         "",
         "| mutant | file | bug | result | seconds |",
         "|---|---|---|---|---|",

@@ -136,12 +136,13 @@ def test_a_cancelled_running_job_runs_when_asked_again(pool, tmp_path):
     pool.release(job)  # the last waiter leaves a running job: it is cancelled
     again = pool.acquire("again-r", gated, str(gate), 7, budget_s=60)
     try:
+        # the gate stays shut until the first run is cancelled, so it cannot end "done"
+        assert job.wait(60) and job.state == "cancelled"
         gate.touch()
         assert again.wait(60)
         assert again.result() == 7  # a fresh run, not the cancellation of the first
     finally:
         pool.release(again)
-    assert job.wait(60) and job.state == "cancelled"
 
 
 # -- (e) the explorer's result keys cover every setting ---------------------------------------

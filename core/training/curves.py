@@ -109,22 +109,34 @@ def _bezier_distance(
     sin_phi = np.sqrt(np.maximum(1.0 - cos_phi * cos_phi, 0.0)) * 3.0**0.5
     t_hi = np.where(one_root, t_one, 2.0 * cos_phi * z - kx)
     t_lo = np.where(one_root, t_one, (-sin_phi - cos_phi) * z - kx)
+    near = {"ax": ax, "ay": ay, "bx": bx, "by": by, "dx": dx, "dy": dy}
+    return np.sqrt(np.minimum(_squared_distance(t_hi, **near), _squared_distance(t_lo, **near)))
 
-    def squared_distance(t: np.ndarray) -> np.ndarray:
-        np.clip(t, 0.0, 1.0, out=t)
-        qx = bx * t
-        qx += 2.0 * ax
-        qx *= t
-        qx += dx
-        qy = by * t
-        qy += 2.0 * ay
-        qy *= t
-        qy += dy
-        qx *= qx
-        qy *= qy
-        return qx + qy
 
-    return np.sqrt(np.minimum(squared_distance(t_hi), squared_distance(t_lo)))
+def _squared_distance(
+    t: np.ndarray,
+    *,
+    ax: np.ndarray,
+    ay: np.ndarray,
+    bx: np.ndarray,
+    by: np.ndarray,
+    dx: np.ndarray,
+    dy: np.ndarray,
+) -> np.ndarray:
+    """``‖B(t) − x‖²`` with ``B(t) − x = d + 2t·a + t²·b`` (see :func:`_bezier_distance`), at
+    ``t`` clamped to ``[0, 1]`` in place."""
+    np.clip(t, 0.0, 1.0, out=t)
+    qx = bx * t
+    qx += 2.0 * ax
+    qx *= t
+    qx += dx
+    qy = by * t
+    qy += 2.0 * ay
+    qy *= t
+    qy += dy
+    qx *= qx
+    qy *= qy
+    return qx + qy
 
 
 def _fit_into_box(ctrl: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -6,7 +6,7 @@ momentum step. One training step, after ``loss.backward()``:
 
 1. every ``t_cov`` steps: capture ``ā_i`` and ``g_i`` of every ``nn.Linear`` on a Fisher minibatch
    (:func:`core.engine.capture.capture`, true or empirical Fisher, a seeded ``torch.Generator``) and
-   fold them into the curvature state (see "Curvature EMA" below);
+   fold them into the curvature average (:mod:`core.training.averages`);
 2. every ``t_inv`` steps: rebuild each layer's approximation F̃ from that state and its damped
    inverse (eigendecompositions, cached until the next refresh);
 3. add ``weight_decay · θ`` to the gradient (the natural gradient of the L2-regularised loss);
@@ -16,8 +16,8 @@ momentum step. One training step, after ``loss.backward()``:
    ``ν = min(1, sqrt(kl_clip / (lr² Σ_layers ⟨V, P⟩)))``;
 6. ``torch.optim.SGD(lr, momentum)`` on the clipped, preconditioned gradients.
 
-The curvature side (damping convention per method, curvature EMA modes, engine options,
-precision and device) is :mod:`core.training.curvature`.
+The curvature side is :mod:`core.training.curvature` (damping convention per method, precision
+and device) and :mod:`core.training.averages` (the curvature averages, one per ``ema_mode``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from ..engine.capture import FISHER_KINDS
 from ..engine.layers import linear_layers
 from ..engine.methods import FIRST_ORDER, FISHER_EMA_METHODS, OPTIMIZERS, method_spec
 from ..engine.validation import NonFiniteValueError
-from .curvature import WINDOW_CAPTURES, WINDOW_SAMPLES, Preconditioner
+from .averages import EMA_MODES, WINDOW_CAPTURES, WINDOW_SAMPLES, curvature_average
+from .curvature import Preconditioner
 from .models import PRESETS
 
 __all__ = [
@@ -50,10 +51,6 @@ __all__ = [
 
 # Which optimizers exist, their kind and defaults: views over the registry (core/engine/methods.py).
 NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
-# Curvature averaging (see core/training/curvature.py): an EMA of each refresh's Kronecker factors
-# ("factors", the default), an approximation of a truncated EMA of the Fisher ("window"), or the
-# EMA of the Fisher itself kept in rearranged low-rank form ("fisher", core/engine/fisher_ema.py).
-EMA_MODES: tuple[str, ...] = ("factors", "window", "fisher")
 
 
 class NonFiniteError(FloatingPointError):
@@ -103,8 +100,8 @@ class OptimizerConfig:
     from the model) or ``"empirical"`` (the data's targets). ``ema_mode``: ``"factors"`` (EMA
     of each refresh's Kronecker factors, as KFAC; the default), ``"window"`` (approximate a
     truncated EMA of the Fisher) or ``"fisher"`` (the EMA of the Fisher in rearranged low-rank
-    form, for the KPSVD family; kfac, shampoo and ekfac keep their factor EMA there); see the
-    module docstring. ``exact`` uses the window in every mode.
+    form, for the KPSVD family; kfac, shampoo and ekfac keep their factor EMA there); see
+    :mod:`core.training.averages`. ``exact`` uses the window in every mode.
     """
 
     name: str
@@ -214,13 +211,20 @@ class TrainingOptimizer:
             )
         else:
             self.base = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
-            self.preconditioner = Preconditioner(
-                model,
-                c,
-                loss=loss,
-                generator=self.generator,
+            average = curvature_average(
+                c.name,
+                c.ema_mode,
+                ema=c.ema,
                 window_captures=window_captures,
                 window_samples=window_samples,
+            )
+            self.preconditioner = Preconditioner(
+                model,
+                average,
+                loss=loss,
+                fisher=c.fisher,
+                damping=c.damping,
+                generator=self.generator,
             )
         self.layers = _linear_modules(model)
 
@@ -254,48 +258,15 @@ class TrainingOptimizer:
             self.base.step()
             self.steps += 1
             return
-        c = self.config
-        if self.steps % c.t_cov == 0:
-            try:
-                pre.update_curvature(*self._fisher_minibatch(x, y))
-            except NonFiniteValueError as err:  # the engine's finiteness checks
-                raise NonFiniteError(
-                    f"the Fisher capture became non-finite at step {self.steps}: {err}"
-                ) from err
-        if self.steps % c.t_inv == 0 or not pre.inverses:
-            pre.update_inverses()
+        self._refresh(pre, x, y)
         self._check_grads()
         with torch.no_grad():
+            c = self.config
             if c.weight_decay:
                 for p in self.base.param_groups[0]["params"]:
                     if p.grad is not None:
                         p.grad.add_(p, alpha=c.weight_decay)
-            vg = 0.0
-            handled: set[int] = set()
-            for name, layer in self.layers.items():
-                if name not in pre.inverses or layer.weight.grad is None:
-                    continue
-                w = layer.weight
-                b = layer.bias
-                v = w.grad
-                if b is not None:
-                    v = torch.cat([v, b.grad[:, None]], dim=1)
-                v64 = v.to(torch.float64)
-                p64 = pre.precondition(name, v64)
-                vg += float((v64 * p64).sum())
-                p32 = p64.to(w.dtype)
-                if b is not None:
-                    w.grad.copy_(p32[:, :-1])
-                    b.grad.copy_(p32[:, -1])
-                    handled.add(id(b))
-                else:
-                    w.grad.copy_(p32)
-                handled.add(id(w))
-            # Parameters outside the Linear layers (none in the autoencoders) keep their
-            # gradient and count in the KL sum with the identity metric.
-            for p in self.base.param_groups[0]["params"]:
-                if id(p) not in handled and p.grad is not None:
-                    vg += float((p.grad.to(torch.float64) ** 2).sum())
+            vg = self._precondition_grads(pre)
             if not math.isfinite(vg):
                 raise NonFiniteError(
                     f"the preconditioned gradient became non-finite at step {self.steps}"
@@ -310,6 +281,50 @@ class TrainingOptimizer:
                         p.grad.mul_(nu)
         self.base.step()
         self.steps += 1
+
+    def _refresh(self, pre: Preconditioner, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """The curvature every ``t_cov`` steps, the inverses every ``t_inv`` (and the first)."""
+        c = self.config
+        if self.steps % c.t_cov == 0:
+            try:
+                pre.update_curvature(*self._fisher_minibatch(x, y))
+            except NonFiniteValueError as err:  # the engine's finiteness checks
+                raise NonFiniteError(
+                    f"the Fisher capture became non-finite at step {self.steps}: {err}"
+                ) from err
+        if self.steps % c.t_inv == 0 or not pre.inverses:
+            pre.update_inverses()
+
+    def _precondition_grads(self, pre: Preconditioner) -> float:
+        """Replace each Linear layer's gradient ``V`` by ``P = (F̃ + damping)⁻¹ V`` (in place,
+        under ``no_grad``); return the KL sum ``Σ ⟨V, P⟩``, in which the parameters outside the
+        Linear layers (none in the autoencoders) keep their gradient and count with the
+        identity metric."""
+        vg = 0.0
+        handled: set[int] = set()
+        for name, layer in self.layers.items():
+            if name not in pre.inverses or layer.weight.grad is None:
+                continue
+            w = layer.weight
+            b = layer.bias
+            v = w.grad
+            if b is not None:
+                v = torch.cat([v, b.grad[:, None]], dim=1)
+            v64 = v.to(torch.float64)
+            p64 = pre.precondition(name, v64)
+            vg += float((v64 * p64).sum())
+            p32 = p64.to(w.dtype)
+            if b is not None:
+                w.grad.copy_(p32[:, :-1])
+                b.grad.copy_(p32[:, -1])
+                handled.add(id(b))
+            else:
+                w.grad.copy_(p32)
+            handled.add(id(w))
+        for p in self.base.param_groups[0]["params"]:
+            if id(p) not in handled and p.grad is not None:
+                vg += float((p.grad.to(torch.float64) ** 2).sum())
+        return vg
 
     def _check_grads(self) -> None:
         for p in self.base.param_groups[0]["params"]:

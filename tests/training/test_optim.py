@@ -25,11 +25,11 @@ import pytest
 import torch
 from torch import nn
 
-import core.training.curvature as curvature_module
+import core.training.averages as averages_module
 from core.engine.approx import approximate
 from core.engine.fisher import exact_fisher
 from core.engine.kron import rearrange
-from core.training.curvature import APPROX_TOL
+from core.training.averages import APPROX_TOL
 from core.training.models import per_sample_nll
 from core.training.optim import (
     EMA_MODES,
@@ -204,7 +204,7 @@ def test_update_equals_dense_solve_after_reestimation(method, mode):
             captures[n].append((lc.a, lc.g))
     pre = opt.preconditioner
     assert pre.curvature_updates == 3 and pre.inverse_updates == 3
-    assert pre.windowed == (mode == "window")
+    assert (pre.ema_mode == "window") == (mode == "window")
     for name, layer, v, w0 in zip(names, layers, grads, before, strict=True):
         f_ema = _ema_fisher(captures[name], RHO)
         approx = pre.inverses[name].approx
@@ -221,7 +221,7 @@ def test_update_equals_dense_solve_after_reestimation(method, mode):
                 assert torch.allclose(approx.terms[0][0], want_r.double(), atol=1e-6)
         elif method in ("kfac", "shampoo"):
             # window mode: the method of the window's weighted rows (KFAC: A⊗G of those rows)
-            a_w, g_w = pre.windows[name].weighted()
+            a_w, g_w = pre.average.layers[name].weighted()
             assert torch.allclose(approx.to_dense(), approximate(method, a_w, g_w).to_dense())
         elif method != "exact":
             # the approximation is the engine's method applied to the EMA'd Fisher
@@ -235,7 +235,7 @@ def test_update_equals_dense_solve_after_reestimation(method, mode):
                 assert float(err) == pytest.approx(float(sv[1:].norm()), rel=1e-6, abs=1e-12)
             if method == "kfac_corrected":  # A⊗G + the best product of F − A⊗G
                 assert len(approx.terms) == 2
-                a_w, g_w = pre.windows[name].weighted()
+                a_w, g_w = pre.average.layers[name].weighted()
                 m = a_w.shape[0]
                 a_f, g_f = a_w.T @ a_w / m, g_w.T @ g_w / m
                 assert torch.allclose(approx.terms[0][0], a_f) and torch.allclose(
@@ -258,7 +258,7 @@ def test_factor_ema_aligns_the_sign_of_a_flipped_second_term(monkeypatch):
     """A second term that arrives with the opposite sign (R⊗S = (−R)⊗(−S)) is flipped back
     before averaging; without alignment, ρ = 0.5 would cancel it exactly."""
     calls = {"n": 0}
-    real = curvature_module.approximate
+    real = averages_module.approximate
 
     def flipping(method, a, g, **kw):
         approx = real(method, a, g, **kw)
@@ -269,17 +269,17 @@ def test_factor_ema_aligns_the_sign_of_a_flipped_second_term(monkeypatch):
                 approx.terms = [(r1, s1), (-r2, -s2)]
         return approx
 
-    monkeypatch.setattr(curvature_module, "approximate", flipping)
+    monkeypatch.setattr(averages_module, "approximate", flipping)
     model = _Logits(seed=0)
     x = _data()
     cfg = OptimizerConfig("deflation", lr=0.1, ema=0.5, fisher="empirical", t_cov=1, t_inv=1)
     opt = build_optimizer(model, cfg, loss="bce", seed=0)
     pre = opt.preconditioner
     pre.update_curvature(x, x)  # the model does not move: both captures are identical
-    first = {n: [t.clone() for t in s.terms[1]] for n, s in pre.factors.items()}
+    first = {n: [t.clone() for t in s.terms[1]] for n, s in pre.average.layers.items()}
     pre.update_curvature(x, x)  # … but the second arrives with its second term flipped
     assert calls["n"] == 2 * len(first)
-    for name, state in pre.factors.items():
+    for name, state in pre.average.layers.items():
         r2, s2 = state.terms[1]
         assert float(torch.linalg.norm(first[name][0])) > 0
         assert torch.allclose(r2, first[name][0], atol=1e-12)  # not 0 (cancelled)
@@ -291,7 +291,8 @@ def test_factor_ema_aligns_the_sign_of_a_flipped_second_term(monkeypatch):
     v = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     approx = pre.inverses["body.2"].approx
     dense = sum(torch.kron(r, s) for r, s in approx.terms)
-    want_dense = sum(torch.kron(r, s) for r, s in [pre.factors["body.2"].terms[0], first["body.2"]])
+    kept = [pre.average.layers["body.2"].terms[0], first["body.2"]]
+    want_dense = sum(torch.kron(r, s) for r, s in kept)
     assert torch.allclose(dense, want_dense, atol=1e-12)
     assert pre.precondition("body.2", v).shape == v.shape
 
@@ -316,7 +317,7 @@ def test_factor_ema_handles_a_dead_layer():
                 p.data.copy_(q)  # keep the layer dead for the second refresh
         g = opt.preconditioner.last_capture.layers["body.0"].g
         assert not bool((g != 0).any())
-        state = opt.preconditioner.factors["body.0"]
+        state = opt.preconditioner.average.layers["body.0"]
         if method != "ekfac":
             assert len(state.terms) == (1 if method == "kpsvd" else 2)
 
@@ -330,7 +331,7 @@ def test_window_weights_reproduce_the_ema_fisher():
     for step in range(6):
         _train_step(model, opt, x[8 * step : 8 * step + 8 + step])  # unequal batch sizes
         caps.append(opt.preconditioner.last_capture.layers["body.0"])
-    a, g = opt.preconditioner.windows["body.0"].weighted()
+    a, g = opt.preconditioner.average.layers["body.0"].weighted()
     kept = caps[-4:]  # WINDOW_CAPTURES
     want = _ema_fisher([(c.a, c.g) for c in kept], RHO)
     assert torch.allclose(exact_fisher(a, g), want, atol=1e-10)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-import core.training.curvature as curvature_module
+import core.training.averages as averages_module
 from core.engine.fisher import exact_fisher
 from core.engine.fisher_ema import FisherEMA
 from core.engine.kron import rearrange
@@ -150,7 +150,7 @@ class _Net(nn.Module):
 def test_optimizer_fisher_mode_preconditions_with_the_averaged_fisher(method, monkeypatch):
     # K = terms used + 10 > 10 covers every ℛ-rank here: the approximation is the method
     # applied to the exact averaged Fisher.
-    monkeypatch.setattr(curvature_module, "EXTRA_TERMS", 10)
+    monkeypatch.setattr(averages_module, "EXTRA_TERMS", 10)
     model = _Net()
     gen = torch.Generator().manual_seed(5)
     x = (torch.rand(48, 6, generator=gen) > 0.5).float() * 0.8 + 0.1
@@ -160,7 +160,7 @@ def test_optimizer_fisher_mode_preconditions_with_the_averaged_fisher(method, mo
     )  # fmt: skip
     opt = build_optimizer(model, cfg, loss="bce", seed=1)
     pre = opt.preconditioner
-    assert pre.ema_mode == "fisher" and not pre.windowed
+    assert pre.ema_mode == "fisher"
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     f_ema = dict.fromkeys(names)
     ag_ema = dict.fromkeys(names)

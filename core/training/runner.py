@@ -60,6 +60,7 @@ from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_
 from .optim import (
     NonFiniteError,
     OptimizerConfig,
+    TrainingOptimizer,
     build_optimizer,
     default_damping,
     default_lr,
@@ -308,6 +309,68 @@ class _Clock:
             self._since = None
 
 
+def _run_model(config: RunConfig, dataset: Dataset, model: nn.Module | None) -> nn.Module:
+    """A copy of ``model``, or the config's architecture built for ``dataset`` (seeded);
+    checked to start with an ``nn.Linear`` as wide as the dataset's images."""
+    if model is None:
+        arch = config.widths if config.widths is not None else config.model_preset
+        model = build_model(arch, input_dim=dataset.input_dim, loss=dataset.loss, seed=config.seed)
+    else:
+        model = copy.deepcopy(model)
+    first = next((m for _, m in linear_layers(model)), None)
+    if first is None:
+        raise ValueError("the model has no nn.Linear layer")
+    if first.in_features != dataset.input_dim:
+        raise ValueError(
+            f"the model's input width {first.in_features} does not match the dataset "
+            f"{dataset.name!r} ({dataset.input_dim} pixels)"
+        )
+    return model
+
+
+class _Batches:
+    """The training minibatches: one seeded permutation of ``x`` per epoch of
+    ``steps_per_epoch`` steps, cut into ``size`` rows per step."""
+
+    def __init__(self, x: torch.Tensor, size: int, steps_per_epoch: int, *, seed: int) -> None:
+        self.x = x
+        self.size = size
+        self.steps_per_epoch = steps_per_epoch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def batch(self, step: int) -> torch.Tensor:
+        k = step % self.steps_per_epoch
+        if k == 0:
+            self.order = torch.randperm(self.x.shape[0], generator=self.generator)
+        idx = self.order[k * self.size : (k + 1) * self.size].to(self.x.device)
+        return self.x[idx]
+
+
+class _LastFinite:
+    """A copy of the parameters of the last step whose loss was finite (``step``; ``None``:
+    the initial ones), put back when the run diverges."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        self.copies = [p.detach().clone() for p in params]
+        self.step: int | None = None
+
+    @torch.no_grad()
+    def save(self, step: int) -> None:
+        for keep, p in zip(self.copies, self.params, strict=True):
+            keep.copy_(p)
+        self.step = step
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for keep, p in zip(self.copies, self.params, strict=True):
+            p.copy_(keep)
+
+    def params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+
 class TrainingRun:
     """One training run (see the module docstring). ``dataset``/``model`` may be passed in
     (e.g. cached by the app); the model is deep-copied, so the caller's stays untouched.
@@ -344,22 +407,7 @@ class TrainingRun:
         if dataset is None:
             dataset = load_dataset(config.dataset, path=config.data_path, seed=0)
         self.dataset = dataset
-        if model is None:
-            arch = config.widths if config.widths is not None else config.model_preset
-            model = build_model(
-                arch, input_dim=dataset.input_dim, loss=dataset.loss, seed=config.seed
-            )
-        else:
-            model = copy.deepcopy(model)
-        first = next((m for _, m in linear_layers(model)), None)
-        if first is None:
-            raise ValueError("the model has no nn.Linear layer")
-        if first.in_features != dataset.input_dim:
-            raise ValueError(
-                f"the model's input width {first.in_features} does not match the dataset "
-                f"{dataset.name!r} ({dataset.input_dim} pixels)"
-            )
-        self.model: nn.Module = model.to(self.device)
+        self.model: nn.Module = _run_model(config, dataset, model).to(self.device)
         self.loss_kind = dataset.loss
         names = [n for n, _ in linear_layers(self.model)]
         if config.quality_layer is not None and config.quality_layer not in names:
@@ -437,100 +485,109 @@ class TrainingRun:
     def _train(self) -> None:
         began = time.monotonic()
         cfg = self.config
-        model, device = self.model, self.device
-        x_train = self.dataset.x_train.to(device)
-        x_test = self.dataset.x_test.to(device)
-        batch_gen = torch.Generator().manual_seed(cfg.seed)
+        x_train = self.dataset.x_train.to(self.device)
+        x_test = self.dataset.x_test.to(self.device)
+        batches = _Batches(x_train, self.batch_size, self.steps_per_epoch, seed=cfg.seed)
         quality_gen = torch.Generator().manual_seed(cfg.seed + 2_000_003)
         opt = build_optimizer(
-            model,
+            self.model,
             cfg.optimizer,
             loss=self.loss_kind,
             seed=cfg.seed + 1_000_003,
             fisher_data=(x_train, x_train),
         )
-        params = [p for p in model.parameters()]
-        last_finite = [p.detach().clone() for p in params]
+        kept = _LastFinite(list(self.model.parameters()))
         clock = _Clock()
-        order = torch.empty(0, dtype=torch.long)
-        model.train()
-        name = cfg.optimizer.name
-        finite_step: int | None = None
-        wall_s = cfg.limits.wall_s
+        self.model.train()
         for step in range(self.total_steps):
-            if self._stop.is_set():
-                self.status = "stopped"
-                self.message = f"stopped by the user after {step} step(s)"
+            if self._halted(step, began):
                 return
-            if wall_s is not None and step > 0 and time.monotonic() - began >= wall_s:
-                self.status = "timed_out"
-                self.message = (
-                    f"stopped at this server's time limit per run ({_duration(wall_s)}) "
-                    f"after {step:,} of {self.total_steps:,} step(s); the records so far are "
-                    "kept and the model holds the parameters of its last step"
-                )
-                return
-            k = step % self.steps_per_epoch
-            if k == 0:
-                order = torch.randperm(x_train.shape[0], generator=batch_gen)
-            idx = order[k * self.batch_size : (k + 1) * self.batch_size].to(device)
-            xb = x_train[idx]
-            last = step == self.total_steps - 1
-            record = {
-                "optimizer": name,
-                "step": step,
-                "epoch": (step + 1) / self.steps_per_epoch,
-                "wall_time_s": 0.0,
-                "train_loss": None,
-                "test_loss": None,
-            }
-            if step % cfg.eval_every == 0 or last:
-                record["test_loss"] = self._evaluate(x_test)
-            if cfg.quality_layer is not None and (step % cfg.quality_every == 0 or last):
-                record.update(self._quality(x_train, quality_gen))
-
+            xb = batches.batch(step)
+            record = self._record(step, x_test, x_train, quality_gen)
             clock.resume()
-            opt.zero_grad()
-            loss = batch_loss(model(xb), xb, self.loss_kind)
-            value = float(loss.detach())
-            record["train_loss"] = value
-            diverged = None
-            if not math.isfinite(value):
-                diverged = f"the training loss became {value} at step {step}"
-            else:
-                with torch.no_grad():
-                    for keep, p in zip(last_finite, params, strict=True):
-                        keep.copy_(p)
-                finite_step = step
-                loss.backward()
-                try:
-                    opt.step(xb, xb)
-                except NonFiniteError as err:
-                    diverged = f"{err} (training loss {value:.6g})"
-                else:
-                    if not all(bool(torch.isfinite(p).all()) for p in params):
-                        diverged = f"the parameters became non-finite at step {step}"
+            record["train_loss"], diverged = self._step(opt, xb, kept, step)
             clock.pause()
             record["wall_time_s"] = clock.total
             self._append(record, step)
             if diverged is not None:
-                with torch.no_grad():
-                    for keep, p in zip(last_finite, params, strict=True):
-                        p.copy_(keep)
-                held = (
-                    "the initial parameters"
-                    if finite_step is None
-                    else f"the parameters of step {finite_step} (the last with a finite loss)"
-                )
-                self.status = "diverged"
-                self.message = (
-                    f"{diverged}. The run stopped; the records so far are kept and the "
-                    f"model holds {held}. Lower the learning rate or raise the damping."
-                )
-                self.diverged_step = step
+                self._diverge(diverged, kept, step)
                 return
         self.status = "finished"
         self.message = f"finished {self.total_steps} step(s)"
+
+    def _halted(self, step: int, began: float) -> bool:
+        """Whether the run ends before ``step``: stopped by the user, or at the server's wall
+        time (after at least one step); sets the status and message."""
+        wall_s = self.config.limits.wall_s
+        if self._stop.is_set():
+            self.status = "stopped"
+            self.message = f"stopped by the user after {step} step(s)"
+            return True
+        if wall_s is not None and step > 0 and time.monotonic() - began >= wall_s:
+            self.status = "timed_out"
+            self.message = (
+                f"stopped at this server's time limit per run ({_duration(wall_s)}) "
+                f"after {step:,} of {self.total_steps:,} step(s); the records so far are "
+                "kept and the model holds the parameters of its last step"
+            )
+            return True
+        return False
+
+    def _record(
+        self, step: int, x_test: torch.Tensor, x_train: torch.Tensor, gen: torch.Generator
+    ) -> dict:
+        """Step ``step``'s record before its update: test loss and quality where due (with the
+        parameters before the update), the training columns still empty."""
+        cfg = self.config
+        last = step == self.total_steps - 1
+        record = {
+            "optimizer": cfg.optimizer.name,
+            "step": step,
+            "epoch": (step + 1) / self.steps_per_epoch,
+            "wall_time_s": 0.0,
+            "train_loss": None,
+            "test_loss": None,
+        }
+        if step % cfg.eval_every == 0 or last:
+            record["test_loss"] = self._evaluate(x_test)
+        if cfg.quality_layer is not None and (step % cfg.quality_every == 0 or last):
+            record.update(self._quality(x_train, gen))
+        return record
+
+    def _step(
+        self, opt: TrainingOptimizer, xb: torch.Tensor, kept: _LastFinite, step: int
+    ) -> tuple[float, str | None]:
+        """One update on the minibatch ``xb``: its loss before the update, and why the run
+        diverged (``None`` if it did not). A finite loss first keeps the parameters."""
+        opt.zero_grad()
+        loss = batch_loss(self.model(xb), xb, self.loss_kind)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return value, f"the training loss became {value} at step {step}"
+        kept.save(step)
+        loss.backward()
+        try:
+            opt.step(xb, xb)
+        except NonFiniteError as err:
+            return value, f"{err} (training loss {value:.6g})"
+        if not kept.params_finite():
+            return value, f"the parameters became non-finite at step {step}"
+        return value, None
+
+    def _diverge(self, why: str, kept: _LastFinite, step: int) -> None:
+        """End the run as diverged at ``step``, the model back at the last finite parameters."""
+        kept.restore()
+        held = (
+            "the initial parameters"
+            if kept.step is None
+            else f"the parameters of step {kept.step} (the last with a finite loss)"
+        )
+        self.status = "diverged"
+        self.message = (
+            f"{why}. The run stopped; the records so far are kept and the "
+            f"model holds {held}. Lower the learning rate or raise the damping."
+        )
+        self.diverged_step = step
 
     def _append(self, record: dict, step: int) -> None:
         with self._lock:
@@ -590,6 +647,17 @@ class TrainingRun:
         return out
 
 
+def _run_label(cfg: RunConfig, configs: list[RunConfig]) -> str:
+    """The run's optimizer, plus its lr and damping when the optimizer appears more than once
+    in ``configs``, plus its seed when those settings do too."""
+    label = cfg.optimizer.name
+    if sum(1 for c in configs if c.optimizer.name == label) > 1:
+        label = f"{label} (lr={cfg.optimizer.lr:g}, λ={cfg.optimizer.damping:g})"
+        if sum(1 for c in configs if c.optimizer == cfg.optimizer) > 1:
+            label += f" seed {cfg.seed}"
+    return label
+
+
 def run_comparison(
     configs: list[RunConfig],
     *,
@@ -611,7 +679,6 @@ def run_comparison(
         raise ValueError("run_comparison needs at least one RunConfig")
     datasets = {} if datasets is None else datasets
     models: dict = {}
-    names = [c.optimizer.name for c in configs]
     frames, summary = [], []
     n = len(configs)
     for i, cfg in enumerate(configs):
@@ -628,12 +695,7 @@ def run_comparison(
                 loss=ds.loss,
                 seed=cfg.seed,
             )
-        label = cfg.optimizer.name
-        if names.count(label) > 1:
-            label = f"{label} (lr={cfg.optimizer.lr:g}, λ={cfg.optimizer.damping:g})"
-            if sum(1 for c in configs if c.optimizer == cfg.optimizer) > 1:
-                label += f" seed {cfg.seed}"
-
+        label = _run_label(cfg, configs)
         run = TrainingRun(cfg, dataset=ds, model=models[mkey])
         if progress_callback is not None:
 

@@ -296,7 +296,7 @@ def main() -> None:
         'the training minibatch, EMA 0.95 with `ema_mode="factors"` (every method keeps an EMA '
         "of the Kronecker factors of each refresh's approximation, as KFAC does for A and G and "
         "as the seed paper does for all methods; `exact` uses the window, see "
-        "core/training/optim.py), "
+        "core/training/averages.py), "
         "KL-clip 1e-2, momentum 0.9. This is the small preset, not the paper's "
         "784-400-200-100-50-25-6 network on 20,000 CURVES images.",
         "",

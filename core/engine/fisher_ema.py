@@ -1,7 +1,7 @@
 """An exponential average of a layer's Fisher block, kept as a few Kronecker terms.
 
-The optimizers' ``ema_mode="fisher"`` (see :mod:`core.training.curvature`). With ρ the decay
-and F_t the Fisher block of the t-th Fisher minibatch, the averaged Fisher is
+The optimizers' ``ema_mode="fisher"`` (:class:`core.training.averages.FisherAverage`). With ρ
+the decay and F_t the Fisher block of the t-th Fisher minibatch, the averaged Fisher is
 
     F_ema,1 = F_1,   F_ema,t = ρ F_ema,t−1 + (1 − ρ) F_t,
 

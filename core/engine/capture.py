@@ -227,8 +227,9 @@ class _Recorder:
         return record
 
 
-def _check_output(output: Any, m: int, recorder: _Recorder, selected: list[str]) -> None:
+def _check_output(output: Any, recorder: _Recorder, selected: list[str]) -> None:
     """The model's output is a finite (m, d_out) tensor and every selected layer ran."""
+    m = recorder.m
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
         raise ValueError(f"model output must be a 2-D tensor (m, d_out), got {shape}")
@@ -300,7 +301,7 @@ def capture(
                 )
             with torch.enable_grad():
                 output = model(x)
-                _check_output(output, m, recorder, selected)
+                _check_output(output, recorder, selected)
                 if fisher == "true":
                     assert generator is not None
                     y = lik.sample(output, generator)

@@ -42,7 +42,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -332,7 +332,7 @@ class _Batches:
     """The training minibatches: one seeded permutation of ``x`` per epoch of
     ``steps_per_epoch`` steps, cut into ``size`` rows per step."""
 
-    def __init__(self, x: torch.Tensor, size: int, steps_per_epoch: int, *, seed: int) -> None:
+    def __init__(self, x: torch.Tensor, *, size: int, steps_per_epoch: int, seed: int) -> None:
         self.x = x
         self.size = size
         self.steps_per_epoch = steps_per_epoch
@@ -487,7 +487,9 @@ class TrainingRun:
         cfg = self.config
         x_train = self.dataset.x_train.to(self.device)
         x_test = self.dataset.x_test.to(self.device)
-        batches = _Batches(x_train, self.batch_size, self.steps_per_epoch, seed=cfg.seed)
+        batches = _Batches(
+            x_train, size=self.batch_size, steps_per_epoch=self.steps_per_epoch, seed=cfg.seed
+        )
         quality_gen = torch.Generator().manual_seed(cfg.seed + 2_000_003)
         opt = build_optimizer(
             self.model,
@@ -503,9 +505,9 @@ class TrainingRun:
             if self._halted(step, began):
                 return
             xb = batches.batch(step)
-            record = self._record(step, x_test, x_train, quality_gen)
+            record = self._record(step, x_test=x_test, x_train=x_train, gen=quality_gen)
             clock.resume()
-            record["train_loss"], diverged = self._step(opt, xb, kept, step)
+            record["train_loss"], diverged = self._step(opt, xb, kept=kept, step=step)
             clock.pause()
             record["wall_time_s"] = clock.total
             self._append(record, step)
@@ -534,7 +536,7 @@ class TrainingRun:
         return False
 
     def _record(
-        self, step: int, x_test: torch.Tensor, x_train: torch.Tensor, gen: torch.Generator
+        self, step: int, *, x_test: torch.Tensor, x_train: torch.Tensor, gen: torch.Generator
     ) -> dict:
         """Step ``step``'s record before its update: test loss and quality where due (with the
         parameters before the update), the training columns still empty."""
@@ -555,7 +557,7 @@ class TrainingRun:
         return record
 
     def _step(
-        self, opt: TrainingOptimizer, xb: torch.Tensor, kept: _LastFinite, step: int
+        self, opt: TrainingOptimizer, xb: torch.Tensor, *, kept: _LastFinite, step: int
     ) -> tuple[float, str | None]:
         """One update on the minibatch ``xb``: its loss before the update, and why the run
         diverged (``None`` if it did not). A finite loss first keeps the parameters."""
@@ -629,21 +631,30 @@ class TrainingRun:
             for name in layers
         }
 
-    def _measure(self, fisher: LayerFisher, prefix: str = "", skip: bool = False) -> dict:
+    def _measure(
+        self,
+        fisher: LayerFisher,
+        prefix: str = "",
+        skip: Container[str] = (),
+        seconds: dict[str, float] | None = None,
+    ) -> dict:
         """``{prefix}rel_error_<method>`` and ``{prefix}spectrum_error_<method>`` of every
-        quality method against ``fisher``; NaN when ``skip`` (not measured) or when F = 0 on
-        this minibatch (every unit after the layer dead, or its inputs all 0: a relative error
-        is undefined, so NaN, not a crash that ends the run)."""
+        quality method against ``fisher``; NaN for the methods in ``skip`` (not measured) or
+        when F = 0 on this minibatch (every unit after the layer dead, or its inputs all 0: a
+        relative error is undefined, so NaN, not a crash that ends the run). ``seconds``, when
+        given, receives each measured method's time (approximation and both errors)."""
         out: dict = {}
-        empty = skip or not fisher.frobenius_sq() > 0.0
+        empty = not fisher.frobenius_sq() > 0.0
         for method in self.quality_methods:
-            approx = None if empty else approximate(method, fisher.a, fisher.g)
-            out[f"{prefix}rel_error_{method}"] = (
-                math.nan if empty else fisher.relative_error(approx)
-            )
-            out[f"{prefix}spectrum_error_{method}"] = (
-                math.nan if empty else fisher.spectrum_error(approx)[0]
-            )
+            rel = spectrum = math.nan
+            if not empty and method not in skip:
+                started = time.perf_counter()
+                approx = approximate(method, fisher.a, fisher.g)
+                rel, spectrum = fisher.relative_error(approx), fisher.spectrum_error(approx)[0]
+                if seconds is not None:
+                    seconds[method] = time.perf_counter() - started
+            out[f"{prefix}rel_error_{method}"] = rel
+            out[f"{prefix}spectrum_error_{method}"] = spectrum
         return out
 
 

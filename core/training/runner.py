@@ -42,7 +42,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -631,30 +631,21 @@ class TrainingRun:
             for name in layers
         }
 
-    def _measure(
-        self,
-        fisher: LayerFisher,
-        prefix: str = "",
-        skip: Container[str] = (),
-        seconds: dict[str, float] | None = None,
-    ) -> dict:
+    def _measure(self, fisher: LayerFisher, prefix: str = "", skip: bool = False) -> dict:
         """``{prefix}rel_error_<method>`` and ``{prefix}spectrum_error_<method>`` of every
-        quality method against ``fisher``; NaN for the methods in ``skip`` (not measured) or
-        when F = 0 on this minibatch (every unit after the layer dead, or its inputs all 0: a
-        relative error is undefined, so NaN, not a crash that ends the run). ``seconds``, when
-        given, receives each measured method's time (approximation and both errors)."""
+        quality method against ``fisher``; NaN when ``skip`` (not measured) or when F = 0 on
+        this minibatch (every unit after the layer dead, or its inputs all 0: a relative error
+        is undefined, so NaN, not a crash that ends the run)."""
         out: dict = {}
-        empty = not fisher.frobenius_sq() > 0.0
+        empty = skip or not fisher.frobenius_sq() > 0.0
         for method in self.quality_methods:
-            rel = spectrum = math.nan
-            if not empty and method not in skip:
-                started = time.perf_counter()
-                approx = approximate(method, fisher.a, fisher.g)
-                rel, spectrum = fisher.relative_error(approx), fisher.spectrum_error(approx)[0]
-                if seconds is not None:
-                    seconds[method] = time.perf_counter() - started
-            out[f"{prefix}rel_error_{method}"] = rel
-            out[f"{prefix}spectrum_error_{method}"] = spectrum
+            approx = None if empty else approximate(method, fisher.a, fisher.g)
+            out[f"{prefix}rel_error_{method}"] = (
+                math.nan if empty else fisher.relative_error(approx)
+            )
+            out[f"{prefix}spectrum_error_{method}"] = (
+                math.nan if empty else fisher.spectrum_error(approx)[0]
+            )
         return out
 
 

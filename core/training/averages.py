@@ -347,10 +347,10 @@ def curvature_average(
     """The average ``ema_mode`` names for ``method``, where the method has one: ``exact`` uses
     the window in every mode (its block is not a factored object), and the methods outside
     ``FISHER_EMA_METHODS`` keep their factor average in ``"fisher"`` mode."""
+    if ema_mode not in EMA_MODES:
+        raise ValueError(f"ema_mode must be one of {EMA_MODES}, got {ema_mode!r}")
     if method_spec(method).kind == "exact" or ema_mode == WindowAverage.name:
         return WindowAverage(method, ema, max_captures=window_captures, max_samples=window_samples)
     if ema_mode == FisherAverage.name and method in FISHER_EMA_METHODS:
         return FisherAverage(method, ema)
-    if ema_mode not in EMA_MODES:
-        raise ValueError(f"ema_mode must be one of {EMA_MODES}, got {ema_mode!r}")
     return FactorAverage(method, ema)

@@ -1,7 +1,8 @@
 """Curvature state of the natural-gradient optimizers: per-layer Fisher averages, the
 engine's approximations of them and their damped inverses (:class:`Preconditioner`; the
 optimizer step that uses them is :mod:`core.training.optim`, the averages, one object per
-``ema_mode``, are :mod:`core.training.averages`).
+``ema_mode``, are :mod:`core.training.averages`). How the optimizers compare in training, and
+the measurements behind their defaults: bench/RESULTS-training.md.
 
 Damping convention (what "(F̃ + damping)⁻¹" means, per method; the engine's
 ``solve(V, λ, mode="factored")``, whose eigendecompositions the engine caches per damping until

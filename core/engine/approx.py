@@ -492,12 +492,10 @@ Terms = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _terms_from_gram(op: RearrangedFisher, trip: Triplets) -> Terms:
-    """σ U ⊗ V with U = Āᵀ diag(c) Ā, V = Γᵀ diag(d) Γ, split as (√σ U, √σ V)."""
-    terms = []
-    for sigma, c, d in zip(trip.sigma.tolist(), trip.left, trip.right, strict=True):
-        root = sigma**0.5
-        terms.append(_fix_sign(root * op.factor_a(c), root * op.factor_g(d)))
-    return terms
+    """σ U ⊗ V with U = Āᵀ diag(c) Ā, V = Γᵀ diag(d) Γ, split as (√σ U, √σ V): the
+    coefficients are scaled by √σ, and all terms' factors formed by one product per side."""
+    root = trip.sigma.sqrt()[:, None]
+    return [_fix_sign(r, s) for r, s in op.factors(root * trip.left, root * trip.right)]
 
 
 def _terms_from_factors(trip: Triplets, dtype: torch.dtype) -> Terms:

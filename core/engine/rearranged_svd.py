@@ -24,29 +24,21 @@ starts from the same vectors and CPU and CUDA results agree to round-off.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from .kron import sym
 
 SOLVERS = ("gram", "matrix_free")
-
-
-@dataclass
-class Space:
-    """An inner-product space ⟨x, y⟩ = vec(x)ᵀ K vec(y), with K applied by ``metric``.
-
-    The Gram route uses coefficient vectors with K = K_a or K_g; the matrix-free route uses
-    matrices with the Frobenius product (K = I, ``metric=None``). Iterations carry each
-    vector's image K y along with it, so every step applies K once per space.
-    """
-
-    metric: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def image(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.metric is None else self.metric(y)
+# Block size of the Gram route's Krylov iteration: rank + BLOCK_EXTRA. Larger blocks take fewer
+# steps (block Krylov converges with the gap to σ_{b+1}) but each step and each Rayleigh–Ritz
+# costs more; on the engine bench's layers (flat singular value tails: σ₃/σ₂ ≈ 0.97) 4 was
+# fastest overall among 2, 4, 6 and 10 (bench/RESULTS-engine.md).
+BLOCK_EXTRA = 4
 
 
 @dataclass
@@ -61,47 +53,40 @@ class Triplets:
     info: dict = field(default_factory=dict)
 
 
-def _dot(x: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
-    """⟨x_k, y⟩ for a stack x (k, …) given the image K y."""
-    return x.reshape(x.shape[0], -1) @ ky.reshape(-1)
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Frobenius products ⟨x_k, y⟩ for a stack x (k, …)."""
+    return x.reshape(x.shape[0], -1) @ y.reshape(-1)
 
 
-def _norm(y: torch.Tensor, ky: torch.Tensor) -> float:
-    return float((y.reshape(-1) @ ky.reshape(-1)).clamp_min(0.0).sqrt())
+def _norm(y: torch.Tensor) -> float:
+    return float(torch.linalg.norm(y))
 
 
 class _Basis:
-    """An orthonormal basis of one space, with the images of its vectors."""
+    """An orthonormal basis (Frobenius product) of matrices."""
 
-    def __init__(self, space: Space) -> None:
-        self.space = space
+    def __init__(self) -> None:
         self.vectors: list[torch.Tensor] = []
-        self.images: list[torch.Tensor] = []
 
-    def orthogonalize(self, y: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two passes of classical Gram–Schmidt; the image is updated, not recomputed."""
+    def orthogonalize(self, y: torch.Tensor) -> torch.Tensor:
+        """Two passes of classical Gram–Schmidt."""
         if not self.vectors:
-            return y, ky
-        stack, images = torch.stack(self.vectors), torch.stack(self.images)
+            return y
+        stack = torch.stack(self.vectors)
         for _ in range(2):
-            coeffs = _dot(stack, ky)
-            y = y - torch.tensordot(coeffs, stack, dims=1)
-            ky = ky - torch.tensordot(coeffs, images, dims=1)
-        return y, ky
+            y = y - torch.tensordot(_dot(stack, y), stack, dims=1)
+        return y
 
-    def append(self, y: torch.Tensor, ky: torch.Tensor) -> None:
+    def append(self, y: torch.Tensor) -> None:
         self.vectors.append(y)
-        self.images.append(ky)
 
 
-Operator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Operator = Callable[[torch.Tensor], torch.Tensor]
 
 
 def golub_kahan_lanczos(
     op: Operator,
     op_t: Operator,
-    left: Space,
-    right: Space,
     start: torch.Tensor,
     rank: int,
     *,
@@ -111,8 +96,8 @@ def golub_kahan_lanczos(
 ) -> Triplets:
     """Top-``rank`` singular triplets of an operator M by Golub–Kahan–Lanczos bidiagonalisation.
 
-    ``op(v, Kv) = M v`` and ``op_t(u, Ku) = Mᵀ u`` (each may use the image of its argument).
-    With full reorthogonalisation, M V_k = U_k B_k and Mᵀ U_k = V_k B_kᵀ + β_k v_{k+1} e_kᵀ
+    ``op(v) = M v`` and ``op_t(u) = Mᵀ u``. With full reorthogonalisation,
+    M V_k = U_k B_k and Mᵀ U_k = V_k B_kᵀ + β_k v_{k+1} e_kᵀ
     (B_k upper bidiagonal), so the SVD B_k = X Σ Yᵀ gives Ritz triplets (Σ, U_k X, V_k Y)
     whose residual ‖Mᵀu − σv‖ equals β_k |X_{k,i}| (Golub & Van Loan, §10.4). On breakdown
     (an invariant subspace), the recurrence restarts from a fresh vector orthogonal to the
@@ -120,45 +105,41 @@ def golub_kahan_lanczos(
     is left the whole space has been spanned and the result is exact. ``max_steps`` bounds the
     Krylov dimension.
     """
-    us, vs = _Basis(left), _Basis(right)
+    us, vs = _Basis(), _Basis()
     alphas: list[float] = []
     betas: list[float] = []
-    kv = right.image(start)
-    nv = _norm(start, kv)
-    v, kv = start / nv, kv / nv
+    v = start / _norm(start)
     u_prev: torch.Tensor | None = None
     restarts = 0
     while len(alphas) < max_steps:
-        vs.append(v, kv)
-        u = op(v, kv)
+        vs.append(v)
+        u = op(v)
         if u_prev is not None:
             u = u - betas[-1] * u_prev
-        u, ku = us.orthogonalize(u, left.image(u))
-        alpha = _norm(u, ku)
+        u = us.orthogonalize(u)
+        alpha = _norm(u)
         scale = max(alphas[0] if alphas else alpha, 1e-300)
         if alpha <= 1e-12 * scale:  # M v lies in the span already: a zero pivot
-            alpha, u, ku = 0.0, torch.zeros_like(u), torch.zeros_like(ku)
+            alpha, u = 0.0, torch.zeros_like(u)
         else:
-            u, ku = u / alpha, ku / alpha
-        us.append(u, ku)
+            u = u / alpha
+        us.append(u)
         alphas.append(alpha)
-        w = op_t(u, ku) - alpha * v
-        w, kw = vs.orthogonalize(w, right.image(w))
-        beta = _norm(w, kw)
+        w = vs.orthogonalize(op_t(u) - alpha * v)
+        beta = _norm(w)
         if beta <= 1e-12 * scale:
             # Invariant subspace: continue from a fresh direction orthogonal to the basis.
             restarts += 1
             fresh = fresh_start()
-            k_fresh = right.image(fresh)
-            w, kw = vs.orthogonalize(fresh, k_fresh)
-            fresh_norm = _norm(w, kw)
+            w = vs.orthogonalize(fresh)
+            fresh_norm = _norm(w)
             betas.append(0.0)
-            if fresh_norm <= 1e-9 * _norm(fresh, k_fresh):
+            if fresh_norm <= 1e-9 * _norm(fresh):
                 break
-            v, kv = w / fresh_norm, kw / fresh_norm
+            v = w / fresh_norm
         else:
             betas.append(beta)
-            v, kv = w / beta, kw / beta
+            v = w / beta
         u_prev = u
         k = len(alphas)
         if k >= rank and k % 4 == 0 and _ritz(us, vs, alphas, betas, rank, tol).converged:
@@ -205,8 +186,6 @@ def _ritz(
 def power_svd(
     op: Operator,
     op_t: Operator,
-    left: Space,
-    right: Space,
     start: torch.Tensor,
     rank: int,
     *,
@@ -226,38 +205,36 @@ def power_svd(
     converged_all = True
 
     def deflated_op(v: torch.Tensor) -> torch.Tensor:
-        kv = right.image(v)
-        out = op(v, kv)
+        out = op(v)
         for s_j, u_j, v_j in zip(sigmas, lefts, rights, strict=True):
-            out = out - s_j * float(_dot(v_j.unsqueeze(0), kv)[0]) * u_j
+            out = out - s_j * float(_dot(v_j.unsqueeze(0), v)[0]) * u_j
         return out
 
     def deflated_op_t(u: torch.Tensor) -> torch.Tensor:
-        ku = left.image(u)
-        out = op_t(u, ku)
+        out = op_t(u)
         for s_j, u_j, v_j in zip(sigmas, lefts, rights, strict=True):
-            out = out - s_j * float(_dot(u_j.unsqueeze(0), ku)[0]) * v_j
+            out = out - s_j * float(_dot(u_j.unsqueeze(0), u)[0]) * v_j
         return out
 
-    def normalized(space: Space, y: torch.Tensor) -> tuple[torch.Tensor, float]:
-        size = max(_norm(y, space.image(y)), 1e-300)
+    def normalized(y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        size = max(_norm(y), 1e-300)
         return y / size, size
 
     for _ in range(rank):
-        v, _ = normalized(right, start)
-        u, sigma = normalized(left, deflated_op(v))
+        v, _ = normalized(start)
+        u, sigma = normalized(deflated_op(v))
         converged = False
         for _ in range(max_iter):
             total += 1
             w = deflated_op_t(u)
             gap = w - sigma * v
-            residual = _norm(gap, right.image(gap))
+            residual = _norm(gap)
             scale = sigmas[0] if sigmas else sigma
             if residual <= tol * max(scale, 1e-300):
                 converged = True
                 break
-            v, _ = normalized(right, w)
-            u, sigma = normalized(left, deflated_op(v))
+            v, _ = normalized(w)
+            u, sigma = normalized(deflated_op(v))
         converged_all &= converged
         sigmas.append(sigma)
         lefts.append(u)
@@ -271,72 +248,138 @@ def power_svd(
     )
 
 
-def _orthonormal_block(
-    x: torch.Tensor,
-    metric: Callable[[torch.Tensor], torch.Tensor],
-    z: torch.Tensor,
-    kz: torch.Tensor,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """K-orthonormalise a block against a basis Z (with images K Z) and within itself.
+def _k_orthonormal(xk: torch.Tensor, m: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-orthonormalise a block within itself; ``xk`` stacks [X; K X] (2m × b).
 
-    Returns (Z_new, K Z_new, B) with x_⊥ = Z_new B, where x_⊥ is x minus its K-projection on
-    the basis (two passes of block classical Gram–Schmidt). The within-block step uses the
-    eigendecomposition of x_⊥ᵀ K x_⊥ (twice). K-norms computed as xᵀKx carry round-off of
-    order √ε relative to the vectors' scale, so directions of x_⊥ whose K-norm is below
-    1e-7 · ``scale`` are dropped as round-off; a block that leaves nothing means span(Z) is
-    invariant. The second within-block pass acts on vectors that the first made K-orthonormal,
+    Returns ([Z; K Z], B) with X = Z B. Both halves are updated by one product (or triangular
+    solve) with the stacked block, so images are carried along, never recomputed.
+
+    Cholesky QR twice (CholeskyQR2; Yamamoto et al. 2015): XᵀKX = L Lᵀ, Z = X L⁻ᵀ, then again
+    on Z to restore the orthogonality the first pass loses (ε · cond(X)²). That is three small
+    kernels per pass. K-norms computed as xᵀKx carry round-off of order √ε relative to the
+    vectors' scale, so when a pivot of L falls below 1e-7 · ``scale`` (a direction that is only
+    round-off, or a factorisation that failed) the block goes through :func:`_k_eigh_orthonormal`
+    instead, which drops such directions.
+    """
+    coeff = None
+    thresholds = (1e-7 * scale, 1e-7)  # the second pass sees K-unit vectors
+    out = xk
+    for threshold in thresholds:
+        chol, info = torch.linalg.cholesky_ex(out[:m].T @ out[m:])
+        if int(info) != 0 or float(chol.diagonal().min()) <= threshold:
+            return _k_eigh_orthonormal(xk, m, scale)
+        out = torch.linalg.solve_triangular(chol.T, out, upper=True, left=False)
+        coeff = chol.T if coeff is None else chol.T @ coeff
+    return out, coeff
+
+
+def _k_eigh_orthonormal(
+    xk: torch.Tensor, m: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_k_orthonormal` through the eigendecomposition of XᵀKX, twice, dropping the
+    directions whose K-norm is below 1e-7 · ``scale`` (an empty result means the block adds
+    nothing to the span). The second pass acts on vectors that the first made K-orthonormal,
     so its threshold is 1e-7 relative to 1, not to ``scale``: an absolute threshold of
     1e-7 · ``scale`` there drops every unit vector as soon as ``scale`` (θ₁ = σ₁², the data's
     units to the fourth power) exceeds 1e7, and the iteration would stop after one step with
     wrong triplets reported as converged.
     """
-    if z.shape[1]:
-        for _ in range(2):
-            x = x - z @ (kz.T @ x)  # ⟨z_i, x_j⟩_K = (K z_i)ᵀ x_j
-    kx = metric(x)
-    coeff = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    coeff = torch.eye(xk.shape[1], dtype=xk.dtype, device=xk.device)
     for size in (scale, 1.0):
-        lam, vecs = torch.linalg.eigh(sym(x.T @ kx))
+        lam, vecs = torch.linalg.eigh(sym(xk[:m].T @ xk[m:]))
         keep = lam > (1e-7 * size) ** 2
         lam, vecs = lam[keep], vecs[:, keep]
-        rescale = vecs / lam.sqrt()
-        x, kx = x @ rescale, kx @ rescale
-        coeff = (lam.sqrt()[:, None] * vecs.T) @ coeff
-    return x, kx, coeff
+        root = lam.sqrt()
+        xk = xk @ (vecs / root)
+        coeff = (root[:, None] * vecs.T) @ coeff
+    return xk, coeff
+
+
+def _squared_gram(x: torch.Tensor) -> torch.Tensor:
+    """(x xᵀ)∘² in float64, the products in x's dtype. The Gram matrix is symmetric, so only
+    its lower block triangle is computed, by column panels x[lo:] x[lo:hi]ᵀ and mirrored:
+    p panels cost (p + 1)/(2p) of the full product (what BLAS's syrk saves; torch has none).
+    p grows with m (one panel per 256 rows, at most 4), where the products outweigh the extra
+    kernel calls."""
+    m = x.shape[0]
+    parts = max(1, min(4, m // 256))
+    out = torch.empty(m, m, dtype=torch.float64, device=x.device)
+    edges = [m * j // parts for j in range(parts + 1)]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        panel = (x[lo:] @ x[lo:hi].T).square_()
+        out[lo:, lo:hi] = panel
+        out[lo:hi, hi:] = panel[hi - lo :].T
+    return out
+
+
+def _weighted_grams(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """xᵀ diag(w_k) x for every row w_k of ``coeffs``, stacked (r, d, d), from one product
+    [diag(w_1) x | …]ᵀ x whose row blocks are the results."""
+    (m, d), r = x.shape, coeffs.shape[0]
+    scaled = (x[:, None, :] * coeffs.T.to(x.dtype)[:, :, None]).reshape(m, r * d)
+    return (scaled.T @ x).reshape(r, d, d)
 
 
 class _KrylovBasis:
-    """Growing column buffers for Z, K_g Z, C = M Z and K_a C, and H = Cᵀ K_a C (no re-copying
-    of the whole basis at every block step)."""
+    """The block Krylov basis as two stacked column buffers, ZK = [Z; K_g Z] and
+    CK = [C; K_a C] (2m × capacity, so one product updates a block and its image together),
+    and the upper triangle of H = Cᵀ K_a C, extended by its new columns at every block step."""
 
-    def __init__(self, m: int, like: torch.Tensor) -> None:
-        self.m, self.k, self.like = m, 0, like
-        self._alloc(min(m, 16 * like.shape[1]))  # room for 16 block steps before regrowing
+    def __init__(self, m: int, width: int, like: torch.Tensor) -> None:
+        self.m, self.k = m, 0
+        cols = min(m, 16 * width)  # room for 16 block steps before regrowing
+        self.zk = like.new_empty(2 * m, cols)
+        self.ck = like.new_empty(2 * m, cols)
+        self.h = like.new_zeros(cols, cols)
 
-    def _alloc(self, cols: int) -> None:
-        old = None if not hasattr(self, "buf") else (self.buf, self.h)
-        self.buf = self.like.new_zeros(4, self.m, cols)
-        self.h = self.like.new_zeros(cols, cols)
-        if old is not None:
-            self.buf[:, :, : self.k] = old[0][:, :, : self.k]
-            self.h[: self.k, : self.k] = old[1][: self.k, : self.k]
+    def _grow(self, cols: int) -> None:
+        zk, ck, h, k = self.zk, self.ck, self.h, self.k
+        self.zk, self.ck = zk.new_empty(2 * self.m, cols), ck.new_empty(2 * self.m, cols)
+        self.h = h.new_zeros(cols, cols)
+        self.zk[:, :k], self.ck[:, :k], self.h[:k, :k] = zk[:, :k], ck[:, :k], h[:k, :k]
 
-    def view(self, i: int) -> torch.Tensor:
-        return self.buf[i, :, : self.k]
-
-    def append(self, z: torch.Tensor, kz: torch.Tensor, c: torch.Tensor, kac: torch.Tensor) -> None:
-        """Add a block and extend H by its new rows and columns."""
-        b = z.shape[1]
-        if self.k + b > self.buf.shape[2]:
-            self._alloc(max(2 * self.buf.shape[2], self.k + b))
+    def append(self, zk: torch.Tensor, ck: torch.Tensor) -> torch.Tensor:
+        """Add a block ([Z_j; K_g Z_j], [C_j; K_a C_j]); return H's new columns Cᵀ K_a C_j."""
+        b = zk.shape[1]
+        if self.k + b > self.zk.shape[1]:
+            self._grow(max(2 * self.zk.shape[1], self.k + b))
         new = slice(self.k, self.k + b)
-        for i, block in enumerate((z, kz, c, kac)):
-            self.buf[i, :, new] = block
+        self.zk[:, new], self.ck[:, new] = zk, ck
         self.k += b
-        cross = self.view(2).T @ kac  # Cᵀ K_a C_new over the whole basis
+        cross = self.ck[: self.m, : self.k].T @ ck[self.m :]
         self.h[: self.k, new] = cross
-        self.h[new, : self.k] = cross.T
+        return cross
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ritz values (descending) and vectors of H, from its upper triangle."""
+        theta, y = torch.linalg.eigh(self.h[: self.k, : self.k], UPLO="U")
+        return theta.flip(0), y.flip(1)
+
+
+class _CheckSchedule:
+    """When to run Rayleigh–Ritz (an eigendecomposition of the k × k matrix H, the largest
+    cost of a block step when m is small, and cubic in k): at the first two block steps, then
+    where the residuals' geometric decrease between the last two checks predicts convergence,
+    but at most twice as many steps as done so far. Krylov convergence accelerates, so a rate
+    measured early overestimates the steps left; the cap keeps the overshoot small while the
+    number of checks grows only logarithmically in the number of steps."""
+
+    def __init__(self) -> None:
+        self.next, self.last = 1, None
+
+    def due(self, step: int) -> bool:
+        return step >= self.next
+
+    def record(self, step: int, excess: float) -> None:
+        """``excess``: the largest residual over its tolerance (converged when ≤ 1)."""
+        ahead = 1
+        if self.last is not None:
+            last_step, last_excess = self.last
+            rate = (excess / last_excess) ** (1.0 / (step - last_step)) if last_excess > 0 else 1.0
+            if 0.0 < rate < 1.0:
+                needed = math.ceil(math.log(excess) / -math.log(rate))
+                ahead = max(1, min(needed, step))
+        self.last, self.next = (step, excess), step + ahead
 
 
 @dataclass
@@ -349,95 +392,126 @@ class RearrangedFisher:
 
     def __post_init__(self) -> None:
         self.m = self.a.shape[0]
-        self.a64 = self.a.to(torch.float64)
-        self.g64 = self.g.to(torch.float64)
 
     # -- Gram route ---------------------------------------------------------------------
-    def gram_spaces(self) -> tuple[Space, Space]:
-        """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘²: formed in the input dtype, then every product with
-        them in float64 (float32 products with K lose up to 1e-5 of the second term's
-        accuracy, through sums with cancellation over m samples)."""
-        ka = (self.a @ self.a.T).square_().to(torch.float64)
-        kg = (self.g @ self.g.T).square_().to(torch.float64)
-        return Space(lambda y: ka @ y), Space(lambda y: kg @ y)
+    def grams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K_a = (ĀĀᵀ)∘², K_g = (ΓΓᵀ)∘²: formed in the input dtype, then returned in float64
+        for every product with them (float32 products with K lose up to 1e-5 of the second
+        term's accuracy, through sums with cancellation over m samples)."""
+        return _squared_gram(self.a), _squared_gram(self.g)
 
     def _center(self, c: torch.Tensor) -> torch.Tensor:
         """W c for W = C = I − 11ᵀ/m (centered) or I; columns of a block independently."""
         return c - c.mean(dim=0, keepdim=True) if self.centered else c
+
+    def _gram_start(self, width: int, device: torch.device) -> torch.Tensor:
+        """KFAC's G as the first start vector (d = 𝟙: V = Γᵀ diag(d) Γ ∝ G; the top right
+        singular vector of the uncentered problem is nonnegative, by Perron–Frobenius as K_a
+        and K_g have nonnegative entries, and close to it when ā and g are near-independent),
+        then seeded uniform random columns, drawn on the CPU so every device starts alike."""
+        gen = torch.Generator().manual_seed(0)
+        start = torch.rand(self.m, width, generator=gen, dtype=torch.float64) - 0.5
+        start[:, 0] = 1.0
+        return start.to(device)
 
     def triplets_gram(self, rank: int, tol: float) -> Triplets:
         """Top-``rank`` triplets by block Krylov iteration on the m × m Gram matrices.
 
         In coefficient space M maps d ↦ W K_g d / m and Mᵀ maps c ↦ W K_a c / m, and
         T = MᵀM is self-adjoint in the K_g inner product. A block Krylov basis Z of T
-        (K_g-orthonormal, block size rank + 10) is grown block by block; Rayleigh–Ritz on
-        H = Zᵀ K_g T Z = Cᵀ K_a C with C = M Z gives θ = σ², right vectors d = Z y and left
-        vectors c = C y / σ. Since T Z_j ∈ span(Z_0 … Z_{j+1}), the residual of a Ritz pair
-        is ‖B y_last‖ where B is the new block's coefficient (block Lanczos; Golub & Van Loan
-        §10.3), and ‖Mᵀu − σv‖ = ‖T v − θ v‖ / σ. Each block step costs two m × m × b
-        products (K_a C_j and K_g T Z_j), so the solve reads the Grams a few dozen times.
+        (K_g-orthonormal, block size rank + ``BLOCK_EXTRA``) is grown block by block;
+        Rayleigh–Ritz on H = Zᵀ K_g T Z = Cᵀ K_a C with C = M Z gives θ = σ², right vectors
+        d = Z y and left vectors c = C y / σ. Since T Z_j ∈ span(Z_0 … Z_{j+1}), the residual of
+        a Ritz pair is ‖B y_last‖ where B is the new block's coefficient (block Lanczos; Golub &
+        Van Loan §10.3), and ‖Mᵀu − σv‖ = ‖T v − θ v‖ / σ. The start block's first column is
+        d = 𝟙, KFAC's G (:meth:`_gram_start`).
+
+        A block step is two m × m × b products (K_a C_j, then K_g of the new block) and a few
+        thin ones: the first Gram–Schmidt pass of T Z_j against Z needs no product of its own,
+        its coefficients Zᵀ K_g T Z_j = Cᵀ K_a C_j being H's new columns; the second pass
+        (reorthogonalisation) and every update act on the stacked [X; K X]; the new block is
+        orthonormalised by Cholesky QR (:func:`_k_orthonormal`). Rayleigh–Ritz, cubic in the
+        basis size, runs only where :class:`_CheckSchedule` expects convergence.
         """
-        left, right = self.gram_spaces()
-        ka, kg = left.metric, right.metric
+        ka, kg = self.grams()
         m = self.m
-        width = min(m, rank + 10)
-        gen = torch.Generator().manual_seed(0)
-        # A positive first column: the top singular vectors of the uncentered problem are
-        # nonnegative (Perron–Frobenius: K_a and K_g have nonnegative entries).
-        start = torch.rand(m, width, generator=gen, dtype=torch.float64) - 0.5
-        start[:, 0] += 1.0
-        start = start.to(self.a.device)
-        basis = _KrylovBasis(m, start)
-        start_scale = float((start * kg(start)).sum(0).clamp_min(0.0).max().sqrt())
-        block, kblock, _ = _orthonormal_block(start, kg, basis.view(0), basis.view(1), start_scale)
-        steps = 0
+        ka /= m * m  # T = W K_a W K_g / m² with C = W K_g Z (the 1/m of M folded into K_a)
+        width = min(m, rank + BLOCK_EXTRA)
+        start = self._gram_start(width, ka.device)
+        zk = torch.cat([start, kg @ start])
+        start_scale = float((start * zk[m:]).sum(0).clamp_min(0.0).max().sqrt())
+        zk, _ = _k_orthonormal(zk, m, start_scale)
+        basis = _KrylovBasis(m, width, start)
+        schedule = _CheckSchedule()
+        theta1, steps = start_scale, 0
         while True:
             steps += 1
-            c_block = self._center(kblock) / m  # C_j = M Z_j
-            kac_block = ka(c_block)
-            basis.append(block, kblock, c_block, kac_block)
-            theta, y = torch.linalg.eigh(sym(basis.h[: basis.k, : basis.k]))
-            theta, y = theta.flip(0), y.flip(1)
-            t_block = self._center(kac_block) / m  # T Z_j = Mᵀ C_j
-            # ‖T z‖_K ≤ θ₁ for a K-unit z: θ₁ sets the scale of the new block.
-            last = y[-block.shape[1] :]
-            block, kblock, coeff = _orthonormal_block(
-                t_block, kg, basis.view(0), basis.view(1), float(theta[0])
-            )
-            r = min(rank, int((theta > 0).sum()))
-            sigma = theta[:r].clamp_min(0.0).sqrt()
-            residual = torch.linalg.norm(coeff @ last[:, :r], dim=0) / sigma.clamp_min(1e-300)
-            scale = float(sigma[0]) if r else 1.0
-            done = bool((residual <= tol * scale).all())
+            c_block = self._center(zk[m:])  # m C_j = m M Z_j
+            kac_block = ka @ c_block
+            h_new = basis.append(zk, torch.cat([c_block, kac_block]))
+            k = basis.k
+            # T Z_j minus its K_g-projection on Z, whose coefficients are H's new columns
+            x = torch.addmm(self._center(kac_block), basis.zk[:m, :k], h_new, alpha=-1.0)
+            xk = torch.cat([x, kg @ x])
+            xk = torch.addmm(xk, basis.zk[:, :k], basis.zk[m:, :k].T @ x, alpha=-1.0)  # again
+            ritz = basis.ritz() if schedule.due(steps) else None
+            if ritz is not None:
+                theta1 = max(float(ritz[0][0]), 1e-300)
+            # ‖T z‖_K ≤ θ₁ for a K-unit z: θ₁ (the latest Ritz estimate) sets the new block's scale.
+            new_zk, coeff = _k_orthonormal(xk, m, theta1)
             # An empty new block means span(Z) is invariant under T: the Ritz pairs are exact.
-            exhausted = block.shape[1] == 0 or steps >= m
-            if done or exhausted:
-                break
+            exhausted = new_zk.shape[1] == 0 or k >= m
+            if exhausted and ritz is None:
+                ritz = basis.ritz()
+            if ritz is not None:
+                theta, y = ritz
+                r = min(rank, int((theta > 0).sum()))
+                sigma = theta[:r].clamp_min(0.0).sqrt()
+                last = y[k - zk.shape[1] : k, :r]
+                residual = torch.linalg.norm(coeff @ last, dim=0) / sigma.clamp_min(1e-300)
+                scale = float(sigma[0]) if r else 1.0
+                excess = float(residual.max()) / (tol * scale) if r else 0.0
+                if excess <= 1.0 or exhausted:
+                    break
+                schedule.record(steps, excess)
+            zk = new_zk
         keep = sigma > 1e-14 * scale
         sigma, y_r = sigma[keep], y[:, :r][:, keep]
         return Triplets(
             sigma=sigma,
-            left=(basis.view(2) @ y_r / sigma).T,
-            right=(basis.view(0) @ y_r).T,
+            left=(basis.ck[:m, :k] @ y_r / (m * sigma)).T,
+            right=(basis.zk[:m, :k] @ y_r).T,
             iterations=steps,
-            converged=done or exhausted,
-            info={"max_residual": float(residual.max()) / scale if r else 0.0},
+            converged=True,
+            info={"max_residual": excess * tol},
         )
 
-    def factor_a(self, c: torch.Tensor) -> torch.Tensor:
-        """Āᵀ diag(c) Ā: the da × da matrix of the coefficient vector c (in the input dtype)."""
-        return self.a.T @ (c.to(self.a.dtype)[:, None] * self.a)
-
-    def factor_g(self, d: torch.Tensor) -> torch.Tensor:
-        return self.g.T @ (d.to(self.g.dtype)[:, None] * self.g)
+    def factors(self, left: torch.Tensor, right: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """(Āᵀ diag(c_k) Ā, Γᵀ diag(d_k) Γ) for the rows c_k of ``left`` and d_k of ``right``,
+        in the input dtype: one product per side for all k (KFAC's A is c = 𝟙/m). Each pair's
+        sign is chosen so that tr(Āᵀ diag(c) Ā) = Σ_i c_i ‖ā_i‖² ≥ 0, in coefficient space
+        (the product U ⊗ V does not change; no pass over the matrices)."""
+        trace = left @ self.a.square().sum(1).to(left.dtype)
+        sign = torch.where(trace < 0, -1.0, 1.0).to(left.dtype)[:, None]
+        us = _weighted_grams(self.a, sign * left)
+        vs = _weighted_grams(self.g, sign * right)
+        return list(zip(us.unbind(0), vs.unbind(0), strict=True))
 
     # -- matrix-free route (the seed paper's) --------------------------------------------
-    def apply(self, s: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+    @cached_property
+    def a64(self) -> torch.Tensor:
+        return self.a.to(torch.float64)
+
+    @cached_property
+    def g64(self) -> torch.Tensor:
+        return self.g.to(torch.float64)
+
+    def apply(self, s: torch.Tensor) -> torch.Tensor:
         """ℛ(F) vec(S) as a da × da matrix: (1/m) Āᵀ diag(g_iᵀ S g_i) Ā (minus centering)."""
         w = ((self.g64 @ s) * self.g64).sum(1)
         return self.a64.T @ (self._center(w)[:, None] * self.a64) / self.m
 
-    def apply_t(self, r: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+    def apply_t(self, r: torch.Tensor) -> torch.Tensor:
         """ℛ(F)ᵀ vec(R) as a dg × dg matrix: (1/m) Γᵀ diag(ā_iᵀ R ā_i) Γ (minus centering)."""
         w = ((self.a64 @ r) * self.a64).sum(1)
         return self.g64.T @ (self._center(w)[:, None] * self.g64) / self.m
@@ -450,13 +524,9 @@ class RearrangedFisher:
         return (x @ x.T / dg + torch.eye(dg, dtype=torch.float64)).to(self.a.device)
 
     def triplets_power(self, rank: int, tol: float, max_iter: int) -> Triplets:
-        space = Space()
-        return power_svd(
-            self.apply, self.apply_t, space, space, self._start(), rank, tol=tol, max_iter=max_iter
-        )
+        return power_svd(self.apply, self.apply_t, self._start(), rank, tol=tol, max_iter=max_iter)
 
     def triplets_lanczos(self, rank: int, tol: float) -> Triplets:
-        space = Space()
         dg = self.g.shape[1]
         gen = torch.Generator().manual_seed(1)
 
@@ -468,8 +538,6 @@ class RearrangedFisher:
         return golub_kahan_lanczos(
             self.apply,
             self.apply_t,
-            space,
-            space,
             self._start(),
             rank,
             tol=tol,

@@ -4,8 +4,8 @@ on the paper's networks, with the paper's settings?
     .venv/bin/python bench/defaults_check.py [--steps curves=250,mnist=110,faces=15] [--quick]
 
 Why: ``python -m core reproduce`` (and the app) start every optimizer from
-:func:`core.training.optim.default_lr` / :func:`core.training.optim.default_damping` of the model
-preset (``preset_lr`` / ``preset_damping`` in :mod:`core.engine.methods`); a default that diverges
+:func:`core.training.defaults.default_lr` / :func:`core.training.defaults.default_damping` of
+the model preset (``preset_lr`` / ``preset_damping`` there); a default that diverges
 makes a reproduction report nothing. This check runs each optimizer exactly as the reproduction does
 — :func:`core.views.reproduce.run_reproduction` with its settings (batch 128, Fisher batch 32,
 T_cov = T_inv = 100, EMA 0.95 of the factors, KL-clip 1e-2, momentum 0.9, weight decay 1e-3,
@@ -45,9 +45,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.engine.methods import OPTIMIZERS  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402
 from core.training.datasets import DATASET_SPECS, Dataset  # noqa: E402
+from core.training.defaults import OPTIMIZERS  # noqa: E402
 from core.views.reproduce import PAPER_DEFAULTS, ReproduceSpec, run_reproduction  # noqa: E402
 
 PRESETS = ("curves", "mnist", "faces")

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/engine_bench.py`
 
-from core.engine.approx import approximate  # noqa: E402
 from core.engine.fisher import eigvals  # noqa: E402
+from core.engine.methods import approximate  # noqa: E402
 
 METHODS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
 SHAPES = ((51, 25), (251, 100), (501, 250), (1001, 500))

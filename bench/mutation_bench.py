@@ -163,16 +163,16 @@ MUTANTS = (
     # -- core/engine/approx.py ------------------------------------------------------------------
     Mutant(
         "approx-floor-not-applied",
-        "core/engine/approx.py",
-        "            denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)\n",
+        "core/engine/inverses.py",
+        "        denom = torch.where(low, torch.full_like(denom, psd_floor), denom)\n",
         "",
         "issue 11 (a): the indefiniteness floor is counted but never applied",
     ),
     Mutant(
         "approx-floor-sign",
-        "core/engine/approx.py",
-        "            denom = 1.0 + torch.outer(nu, mu)\n",
-        "            denom = 1.0 - torch.outer(nu, mu)\n",
+        "core/engine/inverses.py",
+        "        denom = 1.0 + torch.outer(nu, mu)\n",
+        "        denom = 1.0 - torch.outer(nu, mu)\n",
         "factored two-term solve with 1 − μν",
     ),
     Mutant(
@@ -184,7 +184,7 @@ MUTANTS = (
     ),
     Mutant(
         "approx-exact-sum-no-projection",
-        "core/engine/approx.py",
+        "core/engine/inverses.py",
         "(lam.clamp_min(0.0) + damping)",
         "(lam + damping)",
         "exact dense solve without the PSD projection",
@@ -219,9 +219,9 @@ MUTANTS = (
     ),
     Mutant(
         "approx-ekfac-solve-sqrt",
-        "core/engine/approx.py",
-        "/ (self.scale + damping)",
-        "/ (self.scale + damping**0.5)",
+        "core/engine/inverses.py",
+        "/ (scale + self.damping)",
+        "/ (scale + self.damping**0.5)",
         "EKFAC solve adds √λ",
     ),
     Mutant(
@@ -240,8 +240,8 @@ MUTANTS = (
     ),
     Mutant(
         "approx-minres-preconditioner-raw",
-        "core/engine/approx.py",
-        '        first64 = _psd_part(KronEig.of(r1.to("cpu", torch.float64), '
+        "core/engine/inverses.py",
+        '        first64 = psd_part(KronEig.of(r1.to("cpu", torch.float64), '
         's1.to("cpu", torch.float64)))\n',
         '        first64 = KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64))\n',
         "MINRES preconditioner without the PSD part (round-off negatives kept)",
@@ -277,9 +277,9 @@ MUTANTS = (
     ),
     Mutant(
         "fisher-woodbury-no-m",
-        "core/engine/fisher.py",
-        "torch.linalg.solve(self.gram + self.m * damping * eye, jv)",
-        "torch.linalg.solve(self.gram + damping * eye, jv)",
+        "core/engine/inverses.py",
+        "self.system = gram + m * damping * torch.eye(",
+        "self.system = gram + damping * torch.eye(",
         "Woodbury system mλI + JJᵀ without m",
     ),
     Mutant(
@@ -422,9 +422,9 @@ MUTANTS = (
     ),
     Mutant(
         "i22-ekfac-default-lr",
-        "core/engine/methods.py",
-        '        ema_terms_from="kfac",\n        lr=0.03,\n',
-        '        ema_terms_from="kfac",\n        lr=0.3,\n',
+        "core/training/defaults.py",
+        '    "ekfac": Defaults(lr=0.03),\n',
+        '    "ekfac": Defaults(lr=0.3),\n',
         "EKFAC's default lr 0.3 (the tuned one is 0.03)",
         "lists",
     ),

@@ -74,8 +74,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.engine.methods import FIRST_ORDER, KPSVD_FAMILY  # noqa: E402
+from core.engine.methods import KPSVD_FAMILY  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402
+from core.training.defaults import FIRST_ORDER  # noqa: E402
 from core.views.reproduce import (  # noqa: E402
     PAPER_DEFAULTS,
     RESULTS_FILE,

@@ -33,13 +33,10 @@ import importlib
 _EXPORTS: dict[str, str] = {
     # engine
     "Approximation": "core.engine.approx",
-    "approximate": "core.engine.approx",
+    "approximate": "core.engine.methods",
     "LayerFisher": "core.engine.fisher",
     "capture": "core.engine.capture",
     "METHODS": "core.engine.methods",
-    "OPTIMIZERS": "core.engine.methods",
-    "FIRST_ORDER": "core.engine.methods",
-    "OPTIMIZER_LABELS": "core.engine.methods",
     "method_spec": "core.engine.methods",
     "DenseTooLargeError": "core.engine.validation",
     # training
@@ -58,12 +55,16 @@ _EXPORTS: dict[str, str] = {
     "PRESETS": "core.training.models",
     "build_model": "core.training.models",
     "describe_layers": "core.training.models",
+    "FIRST_ORDER": "core.training.defaults",
+    "OPTIMIZERS": "core.training.defaults",
+    "default_damping": "core.training.defaults",
+    "default_lr": "core.training.defaults",
     "OptimizerConfig": "core.training.optim",
-    "default_damping": "core.training.optim",
-    "default_lr": "core.training.optim",
     "RunConfig": "core.training.runner",
     "TrainingRun": "core.training.runner",
     "resolve_device": "core.training.runner",
+    # views
+    "OPTIMIZER_LABELS": "core.views.labels",
     # server
     "LimitError": "core.server.limits",
     "RunGroup": "core.server.limits",

@@ -44,9 +44,10 @@ from pathlib import Path
 
 import torch
 
-from .engine.methods import METHODS, OPTIMIZERS
+from .engine.methods import METHODS, canonical_name
 from .training.data import load_dataset
 from .training.datasets import DATASET_SPECS
+from .training.defaults import OPTIMIZERS
 from .training.download import SOURCES, DownloadError, cached_dataset, download_dataset
 from .training.models import PRESETS, build_model, describe_layers, parse_widths
 from .training.optim import EMA_MODES
@@ -122,7 +123,7 @@ def _parse_lrs(text: str | None) -> dict[str, float]:
             continue
         if "=" in part:
             key, value = part.split("=", 1)
-            out[key.strip().lower().replace("-", "_")] = float(value)
+            out[canonical_name(key)] = float(value)
         else:
             out["*"] = float(part)
     return out
@@ -225,7 +226,7 @@ def cmd_compare(args) -> int:
     lrs, dampings = _parse_lrs(args.lrs), _parse_lrs(args.dampings)
     configs = []
     for name in names:
-        key = name.lower().replace("-", "_")
+        key = canonical_name(name)
         lr = lrs.get(key, lrs.get("*"))
         damping = dampings.get(key, dampings.get("*", args.damping))
         configs.append(_run_config(args, name, lr, damping))
@@ -327,7 +328,7 @@ def cmd_quality(args) -> int:
 def _parse_names(text: str | None) -> tuple[str, ...]:
     if not text:
         return ()
-    return tuple(n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip())
+    return tuple(canonical_name(n) for n in text.split(",") if n.strip())
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:

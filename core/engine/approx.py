@@ -4,8 +4,8 @@ Every approximation F̃ of ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)`` of
 ``to_dense()``, ``matvec(V)``, ``solve(V, damping)``, ``eigvals()``, and the two scalars the
 matrix-free metrics need, ``frobenius_sq()`` = ‖F̃‖²_F and ``inner_fisher(a, g)`` = ⟨F, F̃⟩.
 
-Methods (``approximate(method, a, g, **options)``; each is one entry in the registry,
-:mod:`core.engine.methods`, that names its builder below — add a method there and here):
+Methods (built by name with :func:`core.engine.methods.approximate`; each is one entry in the
+registry, :mod:`core.engine.methods`, that names its builder below):
 
 * ``kfac`` — A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m (Martens & Grosse 2015).
 * ``kpsvd`` — the best sum of ``rank`` Kronecker products: the rank-r truncated SVD of ℛ(F)
@@ -22,7 +22,9 @@ Methods (``approximate(method, a, g, **options)``; each is one entry in the regi
 The KPSVD family (kpsvd, deflation, lanczos, kfac_corrected) takes ``solver="gram"`` (default,
 see :mod:`core.engine.rearranged_svd`) or ``solver="matrix_free"`` (the seed paper's algorithms).
 
-Damping. ``solve(V, λ, mode=...)`` applies a damped inverse:
+Damping. ``inverse(λ, mode=...)`` is the damped inverse, an object formed once per damping and
+mode and kept with the approximation (:mod:`core.engine.inverses`); ``solve(V, λ, mode=...)``
+applies it:
 
 * ``mode="exact"`` — ``(F̃ + λI)⁻¹ vec(V)``: closed form for one Kronecker product and for
   EKFAC; for sums of several products, a dense eigendecomposition for small blocks and
@@ -33,10 +35,8 @@ Damping. ``solve(V, λ, mode=...)`` applies a damped inverse:
   ``(·)⁻¹ vec(V) = vec(E_S [(E_Sᵀ V E_R) ⊘ (1 + ν μᵀ)] E_Rᵀ)``.
 
 A solve runs in V's dtype: the decompositions behind it are computed once in the factors'
-dtype and cached, then rounded once to V's dtype when that differs (the optimizers' float32
-route, :mod:`core.engine.precision`: float64 factors and decompositions, float32 per-step
-products; rounding the decomposition costs ~1e-7 relative, while rounding the factors before
-decomposing them would cost cond · 1e-7). The exact block answers in float64.
+dtype and rounded once to V's dtype when that differs (the optimizers' float32 route,
+:mod:`core.engine.precision`). The exact block answers in float64.
 
 Indefiniteness safeguard. The second term of a two-term sum is indefinite, and so can be the
 sum (seen here: min/max eigenvalue down to −0.45). In the factored solve the sum is congruent
@@ -48,22 +48,28 @@ cone) before adding λ. Every engagement is counted in ``approx.safeguard``.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from .kron import KronEig, factored_damping, generalized_eigh, kron_matvec, sym, vec
-from .rearranged_svd import SOLVERS, RearrangedFisher, Triplets
-from .validation import (
-    check_damping,
-    check_dense_size,
-    check_gradient_matrix,
-    check_layer_batch,
+from .inverses import (
+    DampedInverse,
+    DenseEigInverse,
+    EigenbasisInverse,
+    InverseKey,
+    KronEigInverse,
+    MinresInverse,
+    PerDtype,
+    SafeguardStats,
+    TwoTermFactoredInverse,
 )
+from .kron import KronEig, kron_matvec, sym, vec
+from .rearranged_svd import RearrangedFisher, Triplets
+from .validation import check_damping, check_dense_size, check_gradient_matrix
 
 SOLVE_MODES = ("exact", "factored")
 # Sums of ≥ 2 products: up to DENSE_EIG_LIMIT the dense eigendecomposition (vectors too) serves
@@ -71,25 +77,6 @@ SOLVE_MODES = ("exact", "factored")
 # gives the whole spectrum (much faster than Lanczos there); above, Lanczos gives the top k.
 DENSE_EIG_LIMIT = 2048
 DENSE_SPECTRUM_LIMIT = 4096
-
-
-@dataclass
-class SafeguardStats:
-    """How often the indefiniteness safeguard engaged in this approximation's damped inverses.
-
-    Counted once per inverse formed (per damping value), not per solve: the inverse is cached.
-    """
-
-    inverses: int = 0
-    engaged: int = 0  # inverses in which at least one entry was raised
-    entries_raised: int = 0  # total entries raised, over all inverses
-    entries_total: int = 0
-
-    def record(self, raised: int, total: int) -> None:
-        self.inverses += 1
-        self.engaged += int(raised > 0)
-        self.entries_raised += raised
-        self.entries_total += total
 
 
 class Approximation(ABC):
@@ -104,6 +91,7 @@ class Approximation(ABC):
     dg: int
     info: dict
     safeguard: SafeguardStats
+    _inverses: dict[InverseKey, DampedInverse]  # every subclass starts it empty
 
     @property
     def n(self) -> int:
@@ -149,9 +137,26 @@ class Approximation(ABC):
     def eigvals(self, k: int | None = None) -> torch.Tensor:
         """Eigenvalues of F̃, descending (all of them, or the top ``k``)."""
 
+    def inverse(self, damping: float, *, mode: str = "exact") -> DampedInverse:
+        """The damped inverse at ``damping`` (see the module docstring for ``mode``): formed on
+        first use, then kept, so the solves at one damping share its decompositions."""
+        if mode not in SOLVE_MODES:
+            raise ValueError(f"unknown damping mode {mode!r}; choose one of {SOLVE_MODES}")
+        key = InverseKey(mode, check_damping(damping))
+        inverse = self._inverses.get(key)
+        if inverse is None:
+            inverse = self._form_inverse(key.damping, mode)
+            self._inverses[key] = inverse
+        return inverse
+
     @abstractmethod
+    def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
+        """A new damped inverse (``mode`` and ``damping`` checked by :meth:`inverse`)."""
+
     def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
-        """The damped inverse applied to V (see the module docstring for ``mode``)."""
+        """The damped inverse applied to V: ``inverse(damping, mode=mode).apply(V)``."""
+        v, damping = self._check(v, damping, mode)
+        return self.inverse(damping, mode=mode).apply(v)
 
     @abstractmethod
     def to_dense(self) -> torch.Tensor:
@@ -186,7 +191,9 @@ class KroneckerSum(Approximation):
     def __post_init__(self) -> None:
         self.da = self.terms[0][0].shape[0]
         self.dg = self.terms[0][1].shape[0]
-        self._eig_cache: dict = {}
+        self._inverses = {}
+        self._spectrum: torch.Tensor | None = None  # all eigenvalues, descending, when cheap
+        self._top: dict[int, torch.Tensor] = {}  # k → the top k eigenvalues (Lanczos)
 
     @property
     def n_terms(self) -> int:
@@ -233,13 +240,13 @@ class KroneckerSum(Approximation):
     def factor_matrices(self) -> list[tuple[str, torch.Tensor]]:
         return [(side, m) for r, s in self.terms for side, m in (("input", r), ("output", s))]
 
+    @cached_property
     def _dense_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ascending eigenvalues and eigenvectors of the (symmetrised) dense sum, cached."""
-        if ("dense",) not in self._eig_cache:
-            lam, u = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
-            self.safeguard.record(int((lam < 0).sum()), lam.numel())
-            self._eig_cache[("dense",)] = (lam, u)
-        return self._eig_cache[("dense",)]
+        """Ascending eigenvalues and eigenvectors of the (symmetrised) dense sum, in float64:
+        the whole spectrum and every exact damped inverse of a small sum."""
+        lam, u = torch.linalg.eigh(sym(self.to_dense().to(torch.float64)))
+        self.safeguard.record(int((lam < 0).sum()), lam.numel())
+        return lam, u
 
     def frobenius_sq(self) -> float:
         """‖Σ R_k⊗S_k‖² = Σ_kl ⟨R_k, R_l⟩⟨S_k, S_l⟩."""
@@ -257,37 +264,35 @@ class KroneckerSum(Approximation):
             total += float((qa * qg).mean())
         return total
 
-    def _kron_eig(self, index: int = 0) -> KronEig:
-        key = ("eig", index)
-        if key not in self._eig_cache:
-            self._eig_cache[key] = KronEig.of(*self.terms[index])
-        return self._eig_cache[key]
+    @cached_property
+    def _first_eig(self) -> PerDtype[KronEig]:
+        """The eigendecomposition of the first product R₁ ⊗ S₁ (the spectrum and every exact
+        damped inverse of a single product)."""
+        return PerDtype(KronEig.of(*self.terms[0]))
 
     def eigvals(self, k: int | None = None) -> torch.Tensor:
         """All eigenvalues, descending, when they are cheap: one product (all products
         λ_R,i λ_S,p) or a sum with n ≤ DENSE_SPECTRUM_LIMIT (dense). Above, the top ``k``
         (default 64) by Lanczos. Cached."""
-        if ("all",) not in self._eig_cache:
+        if self._spectrum is None:
             if len(self.terms) == 1:
-                lam = self._kron_eig().eigvals_grid().reshape(-1)
+                lam = self._first_eig.value.eigvals_grid().reshape(-1)
             elif self.n <= DENSE_EIG_LIMIT:
-                lam = self._dense_eigh()[0]
+                lam = self._dense_eigh[0]
             elif self.n <= DENSE_SPECTRUM_LIMIT:
                 lam = torch.linalg.eigvalsh(sym(self.to_dense().to(torch.float64)))
             else:
                 lam = None
             if lam is not None:
-                self._eig_cache[("all",)] = torch.sort(lam, descending=True).values
-        if ("all",) in self._eig_cache:
-            lam = self._eig_cache[("all",)]
-            return lam if k is None else lam[:k]
+                self._spectrum = torch.sort(lam, descending=True).values
+        if self._spectrum is not None:
+            return self._spectrum if k is None else self._spectrum[:k]
         k = min(k or 64, self.n - 1)
-        if ("top", k) not in self._eig_cache:
+        if k not in self._top:
             op = self._scipy_operator(0.0)
             vals = sla.eigsh(op, k=k, which="LA", return_eigenvectors=False)
-            top = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self.device)
-            self._eig_cache[("top", k)] = top
-        return self._eig_cache[("top", k)]
+            self._top[k] = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self.device)
+        return self._top[k]
 
     def _scipy_operator(self, shift: float) -> sla.LinearOperator:
         # SciPy works on CPU float64 arrays.
@@ -301,88 +306,27 @@ class KroneckerSum(Approximation):
 
         return sla.LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
 
-    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
-        v, damping = self._check(v, damping, mode)
+    def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
         if len(self.terms) == 1:
             if mode == "exact":
-                self._kron_eig()
-                return self._rounded(("eig", 0), v.dtype).solve(v, damping)
-            key = ("factored", damping)
-            if key not in self._eig_cache:
-                self._eig_cache[key] = KronEig.of(*factored_damping(*self.terms[0], damping))
-            return self._rounded(key, v.dtype).solve(v, 0.0)
+                return KronEigInverse(self._first_eig, damping)
+            return KronEigInverse.of_factored(*self.terms[0], damping)
         if mode == "factored":
             if len(self.terms) != 2:
                 raise ValueError(
                     f"factored damping is defined for one or two Kronecker terms; this "
                     f"approximation has {len(self.terms)} — use mode='exact'"
                 )
-            return self._solve_two_factored(v, damping)
-        return self._solve_exact_sum(v, damping)
-
-    def _solve_two_factored(self, v: torch.Tensor, damping: float) -> torch.Tensor:
-        key = ("gen", damping)
-        if key not in self._eig_cache:
-            (r1, s1), (r2, s2) = self.terms
-            r1d, s1d = factored_damping(r1, s1, damping)
-            mu, e_r = generalized_eigh(r2, r1d)
-            nu, e_s = generalized_eigh(s2, s1d)
-            denom = 1.0 + torch.outer(nu, mu)
-            low = denom < self.psd_floor
-            self.safeguard.record(int(low.sum()), denom.numel())
-            denom = torch.where(low, torch.full_like(denom, self.psd_floor), denom)
-            self._eig_cache = {k: val for k, val in self._eig_cache.items() if k[0] != "gen"}
-            self._eig_cache[key] = (e_r, e_s, denom)
-        e_r, e_s, denom = self._rounded(key, v.dtype)
-        return e_s @ ((e_s.T @ v @ e_r) / denom) @ e_r.T
-
-    def _rounded(self, key: tuple, dtype: torch.dtype) -> KronEig | tuple[torch.Tensor, ...]:
-        """The cached decomposition ``key`` in ``dtype``: itself, or rounded once and cached
-        (dropped with it: the rounded key extends ``key``)."""
-        if dtype == self.dtype:
-            return self._eig_cache[key]
-        rounded = (*key, dtype)
-        if rounded not in self._eig_cache:
-            self._eig_cache[rounded] = _cast(self._eig_cache[key], dtype)
-        return self._eig_cache[rounded]
-
-    def _solve_exact_sum(self, v: torch.Tensor, damping: float) -> torch.Tensor:
+            # Keep one two-term factored inverse at a time: each holds two dense eigenbases.
+            self._inverses = {k: inv for k, inv in self._inverses.items() if k.mode != mode}
+            return TwoTermFactoredInverse(
+                self.terms, damping, psd_floor=self.psd_floor, safeguard=self.safeguard
+            )
         if self.n <= DENSE_EIG_LIMIT:
-            lam, u = self._dense_eigh()
-            x = u @ ((u.T @ vec(v).to(torch.float64)) / (lam.clamp_min(0.0) + damping))
-            return x.reshape(self.da, self.dg).T.to(v.dtype)
-        # Large: MINRES (valid for indefinite systems), preconditioned by the first term's
-        # exact damped inverse. MINRES needs that preconditioner positive definite, which it is
-        # in exact arithmetic: the first term is KFAC's A ⊗ G or the nearest Kronecker product
-        # of the PSD F, whose factors are PSD. Their computed eigenvalues can dip below zero by
-        # round-off; clamping them at 0 keeps every λ_R λ_S + λ ≥ λ > 0.
-        r1, s1 = self.terms[0]
-        first64 = _psd_part(KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64)))
-        da, dg = self.da, self.dg
-
-        def precondition(x: np.ndarray) -> np.ndarray:
-            xm = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
-            return vec(first64.solve(xm, damping)).numpy()
-
-        op = self._scipy_operator(damping)
-        pre = sla.LinearOperator((self.n, self.n), matvec=precondition, dtype=np.float64)
-        rhs = vec(v.to("cpu", torch.float64)).numpy()
-        x, status = sla.minres(op, rhs, M=pre, rtol=1e-10, maxiter=500)
-        self.info["minres_status"] = int(status)
-        return torch.from_numpy(x).reshape(da, dg).T.to(v.device, v.dtype)
-
-
-def _cast(cached: KronEig | tuple, dtype: torch.dtype) -> KronEig | tuple[torch.Tensor, ...]:
-    """A cached decomposition (a :class:`KronEig` or a tuple of tensors) in ``dtype``."""
-    if isinstance(cached, KronEig):
-        return KronEig(*_cast((cached.u_r, cached.lam_r, cached.u_s, cached.lam_s), dtype))
-    return tuple(t.to(dtype) for t in cached)
-
-
-def _psd_part(eig: KronEig) -> KronEig:
-    """R ⊗ S with both factors' eigenvalues clamped at 0 (for factors that are PSD in exact
-    arithmetic, this removes only round-off)."""
-    return KronEig(eig.u_r, eig.lam_r.clamp_min(0.0), eig.u_s, eig.lam_s.clamp_min(0.0))
+            return DenseEigInverse(*self._dense_eigh, damping)
+        return MinresInverse(
+            self._scipy_operator(damping), first=self.terms[0], damping=damping, info=self.info
+        )
 
 
 @dataclass(eq=False)
@@ -399,7 +343,8 @@ class EigenbasisDiagonal(Approximation):
     def __post_init__(self) -> None:
         self.da = self.u_a.shape[0]
         self.dg = self.u_g.shape[0]
-        self._rounded: dict[torch.dtype, EigenbasisDiagonal] = {}  # solves in another dtype
+        self._inverses = {}
+        self._basis = PerDtype((self.u_a, self.u_g, self.scale))  # shared by every inverse
 
     @property
     def n_terms(self) -> None:
@@ -463,16 +408,9 @@ class EigenbasisDiagonal(Approximation):
         lam = torch.sort(self.scale.reshape(-1), descending=True).values
         return lam if k is None else lam[:k]
 
-    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
-        """``(F̃ + λI)⁻¹``; the eigenbasis is orthonormal, so both modes are the exact inverse.
-        In V's dtype (basis and diagonal rounded to it when they differ)."""
-        v, damping = self._check(v, damping, mode)
-        if v.dtype != self.dtype:  # rounded once per dtype, not at every step's solve
-            if v.dtype not in self._rounded:
-                u_a, u_g, scale = _cast((self.u_a, self.u_g, self.scale), v.dtype)
-                self._rounded[v.dtype] = EigenbasisDiagonal(self.method, u_a, u_g, scale)
-            return self._rounded[v.dtype].solve(v, damping)
-        return self.u_g @ ((self.u_g.T @ v @ self.u_a) / (self.scale + damping)) @ self.u_a.T
+    def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
+        """``(F̃ + λI)⁻¹`` in both modes (the eigenbasis is orthonormal)."""
+        return EigenbasisInverse(self._basis, damping)
 
 
 # -- constructors --------------------------------------------------------------------------
@@ -532,7 +470,6 @@ def _svd_terms(
 
 
 # -- builders: one per kind of construction; core/engine/methods.py names which one each method uses
-# --
 
 
 def build_kfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
@@ -591,61 +528,3 @@ def build_kronecker_svd(
     approx = KroneckerSum(method, terms, psd_floor=psd_floor)
     approx.info.update(info)
     return approx
-
-
-def approximate(
-    method: str,
-    a: torch.Tensor,
-    g: torch.Tensor,
-    *,
-    rank: int = 1,
-    solver: str = "gram",
-    tol: float | None = None,
-    max_iter: int = 5000,
-    psd_floor: float = 0.1,
-) -> Approximation:
-    """Approximate the Fisher block of one layer from its per-sample inputs and gradients
-    (``method="exact"``: the exact block itself, :class:`core.engine.fisher.LayerFisher`).
-
-    ``a`` is (m, da) — inputs with the bias column — and ``g`` is (m, dg). ``rank`` applies to
-    ``kpsvd``; ``solver`` ("gram" or "matrix_free") to the KPSVD family; ``tol`` is the relative
-    residual at which the singular-vector iterations stop (default 1e-6 for float32 inputs,
-    1e-10 for float64); ``max_iter`` caps the matrix-free power iterations.
-    """
-    from .methods import SHOWN, method_spec  # the registry imports this module's builders
-
-    if method not in SHOWN:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SHOWN)}")
-    spec = method_spec(method)
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be an integer ≥ 1, got {rank!r}")
-    if not 0.0 < psd_floor <= 1.0:
-        raise ValueError(f"psd_floor must lie in (0, 1], got {psd_floor}")
-    a, g = check_layer_batch(a, g)
-    if tol is None:
-        tol = 1e-10 if a.dtype == torch.float64 else 1e-6
-    start = time.perf_counter()
-    approx = spec.build(
-        method,
-        a,
-        g,
-        rank=rank,
-        solver=solver,
-        tol=tol,
-        max_iter=max_iter,
-        psd_floor=psd_floor,
-        centered=spec.centered,
-    )
-    approx.info["seconds"] = time.perf_counter() - start
-    return approx
-
-
-def __getattr__(name: str):
-    # METHODS and KPSVD_FAMILY are views over the registry, which imports this module.
-    if name in ("METHODS", "KPSVD_FAMILY"):
-        from . import methods
-
-        return getattr(methods, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

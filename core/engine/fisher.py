@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .approx import Approximation, SafeguardStats
+from .approx import Approximation
+from .inverses import DampedInverse, SafeguardStats, WoodburyInverse
 from .validation import check_dense_size, check_gradient_matrix, check_layer_batch
 
 
@@ -61,6 +62,7 @@ class LayerFisher(Approximation):
         self.info: dict = {}
         self.safeguard = SafeguardStats()  # F is PSD: the safeguard never engages
         self._cache: dict[str, object] = {}
+        self._inverses = {}
 
     @property
     def n_terms(self) -> None:
@@ -119,14 +121,9 @@ class LayerFisher(Approximation):
         lam = self._cache["eig"]
         return lam if k is None else lam[:k]
 
-    def solve(self, v: torch.Tensor, damping: float, *, mode: str = "exact") -> torch.Tensor:
-        """(F + λI)⁻¹ vec(V) by Woodbury on the m × m Gram matrix (both modes: F is exact)."""
-        v, damping = self._check(v, damping, mode)
-        v = v.to(torch.float64)
-        jv = ((self.g @ v) * self.a).sum(1)
-        eye = torch.eye(self.m, dtype=torch.float64, device=self.a.device)
-        y = torch.linalg.solve(self.gram + self.m * damping * eye, jv)
-        return (v - self.g.T @ (y[:, None] * self.a)) / damping
+    def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
+        """(F + λI)⁻¹ by Woodbury on the m × m Gram matrix (both modes: F is exact)."""
+        return WoodburyInverse(self.a, self.g, gram=self.gram, damping=damping)
 
     def to_dense(self) -> torch.Tensor:
         return exact_fisher(self.a, self.g)

@@ -35,16 +35,10 @@ from typing import ClassVar
 
 import torch
 
-from ..engine.approx import (
-    Approximation,
-    EigenbasisDiagonal,
-    KroneckerSum,
-    approximate,
-    eigenbasis_scale,
-)
+from ..engine.approx import Approximation, EigenbasisDiagonal, KroneckerSum, eigenbasis_scale
 from ..engine.fisher_ema import EXTRA_TERMS, FisherEMA
 from ..engine.kron import sym
-from ..engine.methods import FISHER_EMA_METHODS, METHODS, method_spec
+from ..engine.methods import FISHER_EMA_METHODS, METHODS, approximate, method_spec
 
 __all__ = [
     "CurvatureAverage",

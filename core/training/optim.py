@@ -30,11 +30,11 @@ from torch import nn
 
 from ..engine.capture import FISHER_KINDS
 from ..engine.layers import linear_layers
-from ..engine.methods import FIRST_ORDER, FISHER_EMA_METHODS, OPTIMIZERS, method_spec
+from ..engine.methods import FISHER_EMA_METHODS, canonical_name
 from ..engine.validation import NonFiniteValueError
 from .averages import EMA_MODES, WINDOW_CAPTURES, WINDOW_SAMPLES, curvature_average
 from .curvature import Preconditioner
-from .models import PRESETS
+from .defaults import NATURAL_OPTIMIZERS, OPTIMIZERS, check_optimizer, default_damping, default_lr
 
 __all__ = [
     "OPTIMIZERS",
@@ -49,38 +49,9 @@ __all__ = [
     "NonFiniteError",
 ]
 
-# Which optimizers exist, their kind and defaults: views over the registry (core/engine/methods.py).
-NATURAL_OPTIMIZERS: tuple[str, ...] = tuple(n for n in OPTIMIZERS if n not in FIRST_ORDER)
-
 
 class NonFiniteError(FloatingPointError):
     """A gradient or update became NaN/inf (the run has diverged)."""
-
-
-def _check_name(name: str) -> str:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return name
-
-
-def _check_preset(preset: str | None) -> str | None:
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return preset
-
-
-def default_lr(name: str, preset: str | None = None) -> float:
-    """A sensible learning rate per optimizer (tuned on curves-small, see the benchmark), and
-    per model preset where that one diverges (``None``: curves-small's); from the registry
-    (core/engine/methods.py: ``lr``, ``preset_lr``)."""
-    return method_spec(_check_name(name)).default_lr(_check_preset(preset))
-
-
-def default_damping(name: str, preset: str | None = None) -> float:
-    """The default damping λ per optimizer (tuned on curves-small; 0 for sgd and adam, which
-    do not use it), and per model preset where needed; from the registry (core/engine/methods.py:
-    ``damping``, ``preset_damping``)."""
-    return method_spec(_check_name(name)).default_damping(_check_preset(preset))
 
 
 def _finite(x: float) -> bool:
@@ -120,8 +91,7 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise ValueError(f"optimizer name must be a string, got {self.name!r}")
-        self.name = self.name.strip().lower().replace("-", "_")
-        _check_name(self.name)
+        self.name = check_optimizer(canonical_name(self.name))
         if self.damping is None:
             self.damping = default_damping(self.name)
         if not _finite(self.lr) or self.lr <= 0:

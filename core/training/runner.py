@@ -50,10 +50,9 @@ import torch
 from torch import nn
 
 from .. import settings as host_settings
-from ..engine.approx import approximate
 from ..engine.capture import capture
 from ..engine.fisher import LayerFisher
-from ..engine.methods import METHODS
+from ..engine.methods import METHODS, approximate, canonical_name
 from .data import load_dataset
 from .datasets import DATASET_SPECS, Dataset
 from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
@@ -284,7 +283,7 @@ def _optimizer(name: str, preset: str | None, options: dict) -> OptimizerConfig:
     are ``preset``'s defaults. The only place those defaults are applied to a run."""
     if not isinstance(name, str):
         raise ValueError(f"optimizer must be an OptimizerConfig or a name, got {name!r}")
-    name = name.strip().lower().replace("-", "_")  # default_lr rejects an unknown name
+    name = canonical_name(name)  # default_lr rejects an unknown name
     options = dict(options)
     if options.get("lr") is None:
         options["lr"] = default_lr(name, preset)

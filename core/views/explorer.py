@@ -37,21 +37,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..engine.approx import Approximation, KroneckerSum, approximate
+from ..engine.approx import Approximation, KroneckerSum
 from ..engine.capture import LayerCapture, capture
 from ..engine.fisher import LayerFisher
-from ..engine.methods import METHOD_LABELS, METHODS, method_spec
+from ..engine.methods import METHODS, approximate
+from .labels import FACTOR_NAMES, method_label
 
 DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
 DEFAULT_DAMPING = 1e-3
 SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
 SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
-
-
-def method_label(method: str) -> str:
-    """Display name of a method (``kfac_corrected`` → ``KFAC-corrected``; the registry's
-    ``METHOD_LABELS``, core/engine/methods.py)."""
-    return METHOD_LABELS.get(method, method)
 
 
 # -- capture ---------------------------------------------------------------------------------
@@ -420,8 +415,8 @@ def factor_views(approx: Approximation, max_side: int = DEFAULT_MAX_SIDE) -> lis
 
 
 def _factor_names(method: str, n_terms: int) -> list[tuple[str, str]]:
-    """The registry's factor names of the method's terms, or the generic R_k, S_k."""
-    named = method_spec(method).factor_names if method in METHODS else ()
+    """The method's factor names (core/views/labels.py), or the generic R_k, S_k."""
+    named = FACTOR_NAMES.get(method, ())
     if named:
         return list(named[:n_terms])
     return [

@@ -12,7 +12,7 @@ Conventions shared by every figure here:
   ones (an indefinite second Kronecker term can produce them), which cannot appear there, are
   counted in the legend instead.
 * Methods are named by their labels (``kfac_corrected`` → "KFAC-corrected",
-  :func:`core.views.explorer.method_label`) in legends, axes and annotations; a caller's ``labels``
+  :func:`core.views.labels.method_label`) in legends, axes and annotations; a caller's ``labels``
   mapping overrides them. Colours stay keyed by the method id.
 
 Training curves (loss against step or wall time, errors over training) live in
@@ -29,7 +29,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..engine.methods import SHOWN
-from .explorer import method_label
+from .labels import method_label
 
 __all__ = [
     "METHOD_COLORS",
@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 DIVERGING = "RdBu_r"
-# One colour per method in the registry's order (core/engine/methods.py): the exact block black.
+# One colour per method in the engine registry's order (core/engine/methods.py): the exact block
+# black.
 METHOD_COLORS = {
     name: color for name, color in zip(SHOWN, ["#222222", *qualitative.Plotly], strict=False)
 }

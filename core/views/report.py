@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from .explorer import method_label
+from .labels import method_label
 
 __all__ = [
     "loss_figure",

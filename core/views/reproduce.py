@@ -73,8 +73,9 @@ import numpy as np
 import pandas as pd
 
 from .. import settings
-from ..engine.methods import KPSVD_FAMILY, METHODS, OPTIMIZERS
+from ..engine.methods import KPSVD_FAMILY, METHODS
 from ..training.datasets import DATASET_SPECS, Dataset
+from ..training.defaults import OPTIMIZERS
 from ..training.models import PRESETS, build_model, describe_layers
 from ..training.optim import EMA_MODES
 from ..training.runner import RunConfig, TrainingRun

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from core import (
-    OPTIMIZER_LABELS,  # re-exported: the registry's optimizer labels
+    OPTIMIZER_LABELS,  # re-exported: the optimizer labels (core/views/labels.py)
     Dataset,
     OptimizerConfig,
     RunConfig,

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from core.engine.approx import Approximation, approximate
+from core.engine.approx import Approximation
 from core.engine.fisher import LayerFisher, exact_fisher
 from core.engine.kron import vec
-from core.engine.methods import SHOWN, method_spec
+from core.engine.methods import SHOWN, approximate, method_spec
 from core.engine.validation import NonFiniteValueError
 from core.views.explorer import Pooling
 

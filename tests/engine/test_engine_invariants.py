@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.engine.approx import METHODS, approximate
 from core.engine.fisher import LayerFisher, eigvals, exact_fisher, relative_error
 from core.engine.kron import rearrange
+from core.engine.methods import METHODS, approximate
 from core.engine.validation import DenseTooLargeError
 
 

@@ -10,9 +10,9 @@ import scipy.linalg
 import torch
 
 import core.engine.approx as approx_module
-from core.engine.approx import KPSVD_FAMILY, METHODS, approximate
 from core.engine.fisher import LayerFisher, exact_fisher
 from core.engine.kron import KronEig, rearrange, unvec, vec
+from core.engine.methods import KPSVD_FAMILY, METHODS, approximate
 
 
 @pytest.fixture(autouse=True)

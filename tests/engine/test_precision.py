@@ -25,11 +25,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.engine.approx import approximate
 from core.engine.capture import capture
 from core.engine.fisher import LayerFisher
 from core.engine.fisher_ema import FisherEMA
-from core.engine.methods import SHOWN
+from core.engine.methods import SHOWN, approximate
 from core.engine.precision import ENV_VAR, choose_precision, engine_precision
 from core.training.models import build_model, per_sample_nll
 from core.training.optim import EMA_MODES, NATURAL_OPTIMIZERS, OptimizerConfig, build_optimizer

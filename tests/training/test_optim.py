@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 import core.training.averages as averages_module
-from core.engine.approx import approximate
 from core.engine.fisher import exact_fisher
 from core.engine.kron import rearrange
+from core.engine.methods import approximate
 from core.training.averages import APPROX_TOL
 from core.training.models import per_sample_nll
 from core.training.optim import (

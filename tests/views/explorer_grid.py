@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from core.engine.approx import METHODS
+from core.engine.methods import METHODS
 from core.training.datasets import DATASET_SPECS
 from core.training.models import PRESETS
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.engine.approx import METHODS, KroneckerSum, approximate
+from core.engine.approx import KroneckerSum
 from core.engine.capture import capture
 from core.engine.fisher import LayerFisher, exact_fisher
 from core.engine.kron import rearrange
+from core.engine.methods import METHODS, approximate
 from core.views import explorer
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from core.__main__ import main
-from core.engine.approx import METHODS
+from core.engine.methods import METHODS
 from core.views import reproduce
 from core.views.report import mean_sd_figure
 from core.views.report_files import (
@@ -715,8 +715,8 @@ def test_kfac_error_above_one_is_genuine_and_reported():
     large ā with another sample's large g, so it overshoots F; a dense float64 block agrees."""
     import torch
 
-    from core.engine.approx import approximate
     from core.engine.fisher import LayerFisher
+    from core.engine.methods import approximate
 
     rng = np.random.default_rng(3)
     scale = np.array([10.0, 0.1, 10.0, 0.1])[:, None]

@@ -1,0 +1,97 @@
+"""Which optimizers exist, and each one's default learning rate and damping per model preset.
+
+Optimizers: the first-order ``sgd`` and ``adam``, then one natural-gradient optimizer per block
+the engine builds (:mod:`core.engine.methods`: every approximation, then the exact block), keyed
+by the engine's method names. The order is the order of every list of optimizers shown.
+
+Defaults: a learning rate and a damping λ per optimizer, tuned on the curves-small preset, and
+per-preset overrides where a preset's network needs other ones, chosen so that no optimizer
+diverges with its defaults on any preset (first-order steps shrink with the paper's wider and
+deeper networks; KL-clipping bounds the natural-gradient steps, but a small damping stalls KFAC
+and the KPSVD family on the paper's CURVES network). Why each value, with the grids and runs
+behind it: bench/RESULTS-training.md (curves-small), bench/RESULTS-paper-training.md and
+bench/RESULTS-paper-training-1epoch-tuning.md (the paper's CURVES network), and the defaults
+check's section of bench/RESULTS-training.md (every preset, ``bench/defaults_check.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..engine.methods import EXACT, METHODS
+from .models import PRESETS
+
+__all__ = [
+    "FIRST_ORDER",
+    "OPTIMIZERS",
+    "NATURAL_OPTIMIZERS",
+    "Defaults",
+    "DEFAULTS",
+    "check_optimizer",
+    "default_lr",
+    "default_damping",
+]
+
+FIRST_ORDER: tuple[str, ...] = ("sgd", "adam")
+NATURAL_OPTIMIZERS: tuple[str, ...] = METHODS + EXACT
+OPTIMIZERS: tuple[str, ...] = FIRST_ORDER + NATURAL_OPTIMIZERS
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """One optimizer's default ``lr`` and ``damping`` (curves-small's), and the per-preset
+    overrides ``preset_lr`` and ``preset_damping`` (preset name → value)."""
+
+    lr: float = 0.3
+    damping: float = 0.1
+    preset_lr: Mapping[str, float] = field(default_factory=dict)
+    preset_damping: Mapping[str, float] = field(default_factory=dict)
+
+
+# The paper's CURVES network: lr 0.03 and damping 1 for KFAC and the KPSVD family (with damping
+# 0.1 or below they sit on a plateau there; bench/RESULTS-paper-training.md).
+_PAPER_CURVES = {"preset_lr": {"curves": 0.03}, "preset_damping": {"curves": 1.0}}
+
+DEFAULTS: dict[str, Defaults] = {
+    # first-order: the damping is unused
+    "sgd": Defaults(lr=0.01, damping=0.0, preset_lr={"curves": 1e-3, "mnist": 1e-3, "faces": 1e-4}),
+    "adam": Defaults(
+        lr=0.01, damping=0.0, preset_lr={"curves": 3e-3, "mnist": 1e-3, "faces": 3e-4}
+    ),
+    "kfac": Defaults(**_PAPER_CURVES),
+    "kpsvd": Defaults(**_PAPER_CURVES),
+    "deflation": Defaults(**_PAPER_CURVES),
+    "lanczos": Defaults(**_PAPER_CURVES),
+    "kfac_corrected": Defaults(**_PAPER_CURVES),
+    "ekfac": Defaults(lr=0.03),
+    "shampoo": Defaults(lr=0.1),
+    "exact": Defaults(lr=0.1),
+}
+
+
+def check_optimizer(name: str) -> str:
+    """``name`` if it is an optimizer (``ValueError`` naming the choices if not)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def _check_preset(preset: str | None) -> str | None:
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return preset
+
+
+def default_lr(name: str, preset: str | None = None) -> float:
+    """The default learning rate of optimizer ``name`` on model ``preset`` (``None``:
+    curves-small's)."""
+    defaults = DEFAULTS[check_optimizer(name)]
+    return defaults.preset_lr.get(_check_preset(preset), defaults.lr)
+
+
+def default_damping(name: str, preset: str | None = None) -> float:
+    """The default damping λ of optimizer ``name`` on model ``preset`` (``None``: curves-small's;
+    0 for sgd and adam, which do not use it)."""
+    defaults = DEFAULTS[check_optimizer(name)]
+    return defaults.preset_damping.get(_check_preset(preset), defaults.damping)

@@ -43,6 +43,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .engine.methods import METHODS, canonical_name
 from .training.data import load_dataset
@@ -160,8 +161,6 @@ def _run_config(args, name: str, lr: float | None, damping: float | None, **extr
 
 
 def _progress(total: int, desc: str, disable: bool):
-    from tqdm import tqdm
-
     bar = tqdm(total=total, desc=desc, unit="step", disable=disable, file=sys.stderr)
 
     def on_step(record: dict) -> None:
@@ -231,8 +230,6 @@ def cmd_compare(args) -> int:
         damping = dampings.get(key, dampings.get("*", args.damping))
         configs.append(_run_config(args, name, lr, damping))
     args.out.mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
-
     bar = tqdm(total=1000, desc="compare", disable=args.no_progress, file=sys.stderr)
 
     def progress(frac: float, message: str) -> None:
@@ -382,8 +379,6 @@ def cmd_reproduce(args) -> int:
     dataset = load_dataset(
         args.dataset, path=args.data_path, seed=0, n_train=args.n_train, n_test=args.n_test
     )
-    from tqdm import tqdm
-
     bars = []
 
     def progress(desc: str, total: int):
@@ -577,8 +572,6 @@ def _prepare_data(parser: argparse.ArgumentParser, args) -> None:
 
 
 def _download(args) -> Path:
-    from tqdm import tqdm
-
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, done: int, total: int | None) -> None:

@@ -41,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import scipy.io
+
 from .. import settings
 from .datasets import DatasetError, default_cache_dir
 from .readers import file_format, load_idx_images
@@ -198,8 +200,6 @@ def _record(cache: Path, manifest: dict, remote: RemoteFile, digest: str, size: 
 def _check_format(path: Path, remote: RemoteFile) -> None:
     """The downloaded bytes are the kind of file expected (cheap: MATLAB headers only; the
     IDX file is decompressed, it is small)."""
-    import scipy.io
-
     if remote.kind == "mat":
         if file_format(path) != "mat5":
             raise DownloadError(

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 import torch
 
 from .. import settings
@@ -430,8 +431,6 @@ def _read_mat(path: Path, names: tuple[str, ...], help_text: str, limit: int) ->
     """Arrays ``names`` of a MATLAB v5 file. Their headers are read first
     (:func:`scipy.io.whosmat`, which decompresses only the headers): each must be a 2-D numeric
     matrix and together they must fit in ``limit`` bytes; then only they are loaded."""
-    import scipy.io
-
     kind = file_format(path)
     if kind == "mat73":
         raise DatasetError(

@@ -57,6 +57,7 @@ sentence that names the file and what is wrong in it, and no server path.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -71,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import settings
 from ..engine.methods import KPSVD_FAMILY, METHODS
@@ -510,8 +512,6 @@ def run_reproduction(
 def data_files(path: str | os.PathLike[str]) -> list[dict]:
     """Name, size and SHA-256 of the data file at ``path``, or of each file directly inside
     the folder ``path``: what identifies the data of a run without naming a server path."""
-    import hashlib
-
     root = Path(path).expanduser()
     files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
     out = []
@@ -525,8 +525,6 @@ def data_files(path: str | os.PathLike[str]) -> list[dict]:
 
 
 def _settings(spec, dataset, sched, layers, runs, started) -> dict:
-    import torch
-
     configs = {
         name: spec.run_config(name, sched, spec.seeds[0]).optimizer for name in spec.optimizers
     }

@@ -39,7 +39,7 @@ dtype and rounded once to V's dtype when that differs (the optimizers' float32 r
 :mod:`core.engine.precision`). The exact block answers in float64.
 
 Indefiniteness safeguard. The second term of a two-term sum is indefinite, and so can be the
-sum (seen here: min/max eigenvalue down to −0.45). In the factored solve the sum is congruent
+sum (the engine tests build such a batch). In the factored solve the sum is congruent
 to ``diag(1 + μ_i ν_p)``; entries below ``psd_floor`` (default 0.1) are raised to it, i.e. the
 correction may cancel at most 90% of the damped first term along any generalized eigendirection.
 In the exact dense solve, eigenvalues of F̃ below 0 are raised to 0 (projection onto the PSD

@@ -49,7 +49,7 @@ cone) before adding λ. Every engagement is counted in ``approx.safeguard``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -334,6 +334,7 @@ class EigenbasisDiagonal(Approximation):
     """EKFAC: F̃ = (U_A ⊗ U_G) diag(vec(s)) (U_A ⊗ U_G)ᵀ with s of shape (dg, da)."""
 
     method: str
+    _: KW_ONLY
     u_a: torch.Tensor
     u_g: torch.Tensor
     scale: torch.Tensor
@@ -367,9 +368,9 @@ class EigenbasisDiagonal(Approximation):
             return self
         return EigenbasisDiagonal(
             self.method,
-            self.u_a.to(device),
-            self.u_g.to(device),
-            self.scale.to(device),
+            u_a=self.u_a.to(device),
+            u_g=self.u_g.to(device),
+            scale=self.scale.to(device),
             info=self.info,
             safeguard=self.safeguard,
         )
@@ -445,7 +446,7 @@ def _terms_from_factors(trip: Triplets, dtype: torch.dtype) -> Terms:
 
 
 def _svd_terms(
-    op: RearrangedFisher, rank: int, solver: str, algorithm: str, tol: float, max_iter: int
+    op: RearrangedFisher, rank: int, *, solver: str, algorithm: str, tol: float, max_iter: int
 ) -> tuple[Terms, dict]:
     """Top-``rank`` Kronecker terms of ℛ(F) (or of ℛ(F − A⊗G) when the operator is centered)."""
     if solver == "gram":
@@ -488,7 +489,7 @@ def build_shampoo(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approxi
 
 
 def eigenbasis_scale(
-    a: torch.Tensor, g: torch.Tensor, u_a: torch.Tensor, u_g: torch.Tensor
+    a: torch.Tensor, g: torch.Tensor, *, u_a: torch.Tensor, u_g: torch.Tensor
 ) -> torch.Tensor:
     """The best diagonal of F in the basis U_A ⊗ U_G (George et al. 2018, eq. 9):
     s_pi = (1/m) Σ_j (u_Gpᵀ g_j)² (u_Aiᵀ ā_j)², shape (dg, da)."""
@@ -500,7 +501,8 @@ def build_ekfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approxima
     fa, fg = _kfac_factors(a, g)
     u_a = torch.linalg.eigh(sym(fa)).eigenvectors
     u_g = torch.linalg.eigh(sym(fg)).eigenvectors
-    return EigenbasisDiagonal(method, u_a, u_g, eigenbasis_scale(a, g, u_a, u_g))
+    scale = eigenbasis_scale(a, g, u_a=u_a, u_g=u_g)
+    return EigenbasisDiagonal(method, u_a=u_a, u_g=u_g, scale=scale)
 
 
 def build_kronecker_svd(
@@ -522,7 +524,7 @@ def build_kronecker_svd(
     ``psd_floor`` for the two-term solve's safeguard."""
     op = RearrangedFisher(a, g, centered=centered)
     r = rank if svd_terms is None else svd_terms
-    terms, info = _svd_terms(op, r, solver, algorithm, tol, max_iter)
+    terms, info = _svd_terms(op, r, solver=solver, algorithm=algorithm, tol=tol, max_iter=max_iter)
     if centered:
         terms = [_kfac_factors(a, g), *terms]
     approx = KroneckerSum(method, terms, psd_floor=psd_floor)

@@ -139,7 +139,7 @@ class _FactorEMA:
         fa, fg = self.terms[0]
         self.u_a = torch.linalg.eigh(sym(fa)).eigenvectors
         self.u_g = torch.linalg.eigh(sym(fg)).eigenvectors
-        s_t = eigenbasis_scale(a, g, self.u_a, self.u_g)
+        s_t = eigenbasis_scale(a, g, u_a=self.u_a, u_g=self.u_g)
         self.scale = s_t if self.scale is None else rho * self.scale + (1.0 - rho) * s_t
 
 
@@ -196,7 +196,7 @@ class FactorAverage(CurvatureAverage):
     def approximation(self, name: str) -> Approximation:
         state = self.layers[name]
         if self.spec.eigenbasis:
-            return EigenbasisDiagonal(self.method, state.u_a, state.u_g, state.scale)
+            return EigenbasisDiagonal(self.method, u_a=state.u_a, u_g=state.u_g, scale=state.scale)
         return KroneckerSum(self.method, list(state.terms), info={"ema_mode": "factors"})
 
 

@@ -13,6 +13,19 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   A block Krylov iteration then runs on m × b blocks of coefficients (two m × m × b
   products per step; :meth:`RearrangedFisher.triplets_gram`), and each factor is
   U = Āᵀ diag(c) Ā — as cheap to form as KFAC's A.
+
+  Cost against KFAC (A = ĀᵀĀ/m, G = ΓᵀΓ/m: m(da² + dg²) multiply-adds) on the same batch:
+  the Grams, m²(da + dg) — computed as symmetric panels, (p + 1)/(2p) of that; every term's
+  factors, one KFAC each, formed for all terms by one product per side; and the iteration,
+  2 m² b per block step plus small dense algebra. The first two are a floor: on a (1001, 500)
+  layer a rank-1 KPSVD needs 1.8× KFAC's multiply-adds and a two-term method 2.8× at
+  m = 1024 (1.5× and 2.5× at m = 512) before the first Krylov step. The iteration is made
+  cheap by doing little per step (Cholesky QR, stacked updates, no product for the first
+  Gram–Schmidt pass) and checking convergence rarely (:class:`_CheckSchedule`). Its step
+  count is set by the spectrum: σ₂/σ₁ ≈ 0.05–0.13 on the bench's layers, so the top term
+  converges in 3–5 steps from KFAC's G as start vector, but the next singular values form a
+  flat tail (σ₃/σ₂ ≈ 0.97; the top two of F − A⊗G are as close), so the two-term methods
+  and KFAC-corrected need 14–30 steps (bench/RESULTS-engine.md).
 * ``"matrix_free"`` (the seed paper's algorithms): iterations on da × da and dg × dg factor
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.

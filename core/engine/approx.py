@@ -66,6 +66,7 @@ from .inverses import (
     PerDtype,
     SafeguardStats,
     TwoTermFactoredInverse,
+    kron_sum_operator,
 )
 from .kron import KronEig, kron_matvec, sym, vec
 from .rearranged_svd import RearrangedFisher, Triplets
@@ -289,22 +290,10 @@ class KroneckerSum(Approximation):
             return self._spectrum if k is None else self._spectrum[:k]
         k = min(k or 64, self.n - 1)
         if k not in self._top:
-            op = self._scipy_operator(0.0)
+            op = kron_sum_operator(self.terms, 0.0)
             vals = sla.eigsh(op, k=k, which="LA", return_eigenvectors=False)
             self._top[k] = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self.device)
         return self._top[k]
-
-    def _scipy_operator(self, shift: float) -> sla.LinearOperator:
-        # SciPy works on CPU float64 arrays.
-        terms64 = [(r.to("cpu", torch.float64), s.to("cpu", torch.float64)) for r, s in self.terms]
-        da, dg = self.da, self.dg
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
-            out = sum(kron_matvec(r, s, v) for r, s in terms64) + shift * v
-            return vec(out).numpy()
-
-        return sla.LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
 
     def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
         if len(self.terms) == 1:
@@ -324,9 +313,7 @@ class KroneckerSum(Approximation):
             )
         if self.n <= DENSE_EIG_LIMIT:
             return DenseEigInverse(*self._dense_eigh, damping)
-        return MinresInverse(
-            self._scipy_operator(damping), first=self.terms[0], damping=damping, info=self.info
-        )
+        return MinresInverse(self.terms, damping=damping, info=self.info)
 
 
 @dataclass(eq=False)

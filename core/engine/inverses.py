@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from .kron import KronEig, factored_damping, generalized_eigh, vec
+from .kron import KronEig, factored_damping, generalized_eigh, kron_matvec, vec
 
 __all__ = [
     "SafeguardStats",
@@ -47,6 +47,7 @@ __all__ = [
     "TwoTermFactoredInverse",
     "DenseEigInverse",
     "MinresInverse",
+    "kron_sum_operator",
     "EigenbasisInverse",
     "WoodburyInverse",
     "psd_part",
@@ -180,43 +181,56 @@ class DenseEigInverse(DampedInverse):
         return x.reshape(v.shape[1], v.shape[0]).T.to(v.dtype)
 
 
+def kron_sum_operator(
+    terms: list[tuple[torch.Tensor, torch.Tensor]], shift: float
+) -> sla.LinearOperator:
+    """``Σ_k R_k ⊗ S_k + shift · I`` as a SciPy operator on CPU float64 vectors (SciPy's Krylov
+    solvers work there), vec(W) order."""
+    terms64 = [(r.to("cpu", torch.float64), s.to("cpu", torch.float64)) for r, s in terms]
+    da, dg = terms64[0][0].shape[0], terms64[0][1].shape[0]
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        v = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
+        out = sum(kron_matvec(r, s, v) for r, s in terms64) + shift * v
+        return vec(out).numpy()
+
+    return sla.LinearOperator((da * dg, da * dg), matvec=mv, dtype=np.float64)
+
+
 class MinresInverse(DampedInverse):
-    """``(F̃ + λI)⁻¹`` by MINRES (valid for indefinite systems) on ``operator`` = F̃ + λI, in
-    float64 on the CPU, preconditioned by the first term's exact damped inverse.
+    """``(F̃ + λI)⁻¹`` for F̃ = Σ_k R_k ⊗ S_k by MINRES (valid for indefinite systems), in float64
+    on the CPU, preconditioned by the first term's exact damped inverse.
 
     MINRES needs that preconditioner positive definite, which it is in exact arithmetic: the
     first term is KFAC's A ⊗ G or the nearest Kronecker product of the PSD F, whose factors are
     PSD. Their computed eigenvalues can dip below zero by round-off; clamping them at 0 keeps
     every λ_R λ_S + λ ≥ λ > 0. Each solve's MINRES status goes to ``info["minres_status"]``.
+    The SciPy operators are made per solve: an approximation and its inverses stay picklable
+    (a worker process sends them back).
     """
 
     def __init__(
-        self,
-        operator: sla.LinearOperator,
-        *,
-        first: tuple[torch.Tensor, torch.Tensor],
-        damping: float,
-        info: dict,
+        self, terms: list[tuple[torch.Tensor, torch.Tensor]], *, damping: float, info: dict
     ) -> None:
-        r1, s1 = first
-        da, dg = r1.shape[0], s1.shape[0]
+        r1, s1 = terms[0]
         first64 = psd_part(KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64)))
-
-        def precondition(x: np.ndarray) -> np.ndarray:
-            xm = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
-            return vec(first64.solve(xm, damping)).numpy()
-
-        self.operator = operator
-        self.preconditioner = sla.LinearOperator(
-            operator.shape, matvec=precondition, dtype=np.float64
-        )
+        self.terms = terms
+        self.first64 = first64
         self.damping = damping
         self.info = info
 
+    def _preconditioner(self, da: int, dg: int) -> sla.LinearOperator:
+        def precondition(x: np.ndarray) -> np.ndarray:
+            xm = torch.from_numpy(np.ascontiguousarray(x).reshape(da, dg).T)
+            return vec(self.first64.solve(xm, self.damping)).numpy()
+
+        return sla.LinearOperator((da * dg, da * dg), matvec=precondition, dtype=np.float64)
+
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         dg, da = v.shape
+        op = kron_sum_operator(self.terms, self.damping)
         rhs = vec(v.to("cpu", torch.float64)).numpy()
-        x, status = sla.minres(self.operator, rhs, M=self.preconditioner, rtol=1e-10, maxiter=500)
+        x, status = sla.minres(op, rhs, M=self._preconditioner(da, dg), rtol=1e-10, maxiter=500)
         self.info["minres_status"] = int(status)
         return torch.from_numpy(x).reshape(da, dg).T.to(v.device, v.dtype)
 

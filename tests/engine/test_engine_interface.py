@@ -5,10 +5,12 @@ block's own ``to_dense()`` and from F itself."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
 
+import core.engine.approx as approx_module
 from core.engine.approx import Approximation
 from core.engine.fisher import LayerFisher, exact_fisher
 from core.engine.kron import vec
@@ -123,6 +125,18 @@ def test_built_on_cuda_it_answers_like_the_cpu_block(block, dtype):
         got = gpu.solve(v.cuda(), 0.05, mode=mode)
         assert got.device.type == "cuda"
         assert rel(got.cpu().double(), cpu.solve(v, 0.05, mode=mode).double()) < tol
+
+
+def test_a_block_with_its_inverses_formed_pickles_and_solves_the_same(block, monkeypatch):
+    """A worker process sends blocks back pickled, damped inverses and all: every kind of
+    inverse (the MINRES one too: a sum above the dense limit) survives the round trip."""
+    monkeypatch.setattr(approx_module, "DENSE_EIG_LIMIT", 10)  # n = 24: sums take MINRES
+    v = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    modes = ("exact", "factored") if (block.n_terms or 1) <= 2 else ("exact",)
+    before = {mode: block.solve(v, 0.05, mode=mode) for mode in modes}
+    copy = pickle.loads(pickle.dumps(block))
+    for mode in modes:
+        assert torch.equal(copy.solve(v, 0.05, mode=mode), before[mode])
 
 
 def test_factor_matrices_rebuild_the_block():

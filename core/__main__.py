@@ -12,8 +12,9 @@
   ``--max-steps`` (a cap per run) make quick checks; both are written into the settings.
   ``--experiment quality --layers 4,5`` trains once and measures every layer at each
   checkpoint (progress per checkpoint and layer on stderr); ``--metric-budget-s`` skips, with
-  a notice, measures estimated to take longer; ``--time-budget-s`` gives every optimizer the
-  same wall time. DIR/rerun.json keeps the command exactly as given (never served).
+  a notice, measures estimated to take longer; ``--time-budget-s`` (default ``auto``) gives
+  every optimizer the same wall time. DIR/rerun.json keeps the command exactly as given (never
+  served).
 
 Learning rates and dampings default to each optimizer's default for the model preset
 (:func:`core.training.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the
@@ -58,6 +59,7 @@ from .views.report import comparison_report, quality_report
 from .views.reproduce import (
     EXPERIMENTS,
     REPRO_DATASETS,
+    TIME_BUDGETS,
     ReproduceSpec,
     run_reproduction,
     write_reproduction,
@@ -355,6 +357,19 @@ def _shown_command(argv: list[str]) -> str:
     return "python -m core " + " ".join(shown)
 
 
+def _time_budget(text: str) -> float | str:
+    """``--time-budget-s``: a number of seconds, ``auto`` or ``off``."""
+    word = text.strip().lower()
+    if word in TIME_BUDGETS:
+        return word
+    try:
+        return float(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, {' or '.join(TIME_BUDGETS)}; got {text!r}"
+        ) from None
+
+
 def cmd_reproduce(args) -> int:
     lrs, dampings = _parse_lrs(args.lrs), _parse_lrs(args.dampings)
     spec = ReproduceSpec(
@@ -487,9 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="cap each run at N steps (checks)")
     p.add_argument(
         "--time-budget-s",
-        type=float,
-        help="training: stop every optimizer's run at this wall time (s) and give the "
-        "wall-time verdict at it (equal time for all; default: the shortest run's time)",
+        type=_time_budget,
+        help="training: every optimizer trains its epochs and then on to this wall time (s), "
+        "and the wall-time verdict compares them at it; 'auto' (default): the longest time "
+        "an optimizer needs for the epochs on the first seed; 'off': runs stop at their "
+        "epochs and the wall-time verdict uses the shortest run's time",
     )
     p.add_argument(
         "--metric-budget-s",

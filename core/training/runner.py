@@ -42,7 +42,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -630,21 +630,30 @@ class TrainingRun:
             for name in layers
         }
 
-    def _measure(self, fisher: LayerFisher, prefix: str = "", skip: bool = False) -> dict:
+    def _measure(
+        self,
+        fisher: LayerFisher,
+        prefix: str = "",
+        skip: Container[str] = (),
+        seconds: dict[str, float] | None = None,
+    ) -> dict:
         """``{prefix}rel_error_<method>`` and ``{prefix}spectrum_error_<method>`` of every
-        quality method against ``fisher``; NaN when ``skip`` (not measured) or when F = 0 on
-        this minibatch (every unit after the layer dead, or its inputs all 0: a relative error
-        is undefined, so NaN, not a crash that ends the run)."""
+        quality method against ``fisher``; NaN for the methods in ``skip`` (not measured) or
+        when F = 0 on this minibatch (every unit after the layer dead, or its inputs all 0: a
+        relative error is undefined, so NaN, not a crash that ends the run). ``seconds``, when
+        given, receives each measured method's time (approximation and both errors)."""
         out: dict = {}
-        empty = skip or not fisher.frobenius_sq() > 0.0
+        empty = not fisher.frobenius_sq() > 0.0
         for method in self.quality_methods:
-            approx = None if empty else approximate(method, fisher.a, fisher.g)
-            out[f"{prefix}rel_error_{method}"] = (
-                math.nan if empty else fisher.relative_error(approx)
-            )
-            out[f"{prefix}spectrum_error_{method}"] = (
-                math.nan if empty else fisher.spectrum_error(approx)[0]
-            )
+            rel = spectrum = math.nan
+            if not empty and method not in skip:
+                started = time.perf_counter()
+                approx = approximate(method, fisher.a, fisher.g)
+                rel, spectrum = fisher.relative_error(approx), fisher.spectrum_error(approx)[0]
+                if seconds is not None:
+                    seconds[method] = time.perf_counter() - started
+            out[f"{prefix}rel_error_{method}"] = rel
+            out[f"{prefix}spectrum_error_{method}"] = spectrum
         return out
 
 

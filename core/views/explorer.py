@@ -116,7 +116,14 @@ class MethodResult:
 
     @property
     def note(self) -> str:
-        """Why a metric is missing or approximate, in words for the page ("" when none)."""
+        """Why a metric is missing, approximate or surprising, in words for the page ("" when
+        none). A relative error above 1 is genuine, not a bug: ``‖F − F̃‖ > ‖F‖`` exactly when
+        ``‖F̃‖² > 2⟨F, F̃⟩``; for KFAC's ``A ⊗ G`` that happens when the sizes of inputs and
+        output gradients anti-correlate across samples (``A ⊗ G`` pairs one sample's large
+        input with another's large gradient, products ``F`` never contains)."""
+        return " ".join(part for part in (self._missing(), self._overshoot()) if part)
+
+    def _missing(self) -> str:
         label, n = method_label(self.method), self.approx.n
         if self.deferred:
             return (
@@ -134,6 +141,15 @@ class MethodResult:
         if not self.spectrum_exact:
             return f"{label}: spectrum error over the top min(m, 64) eigenvalues of both spectra."
         return ""
+
+    def _overshoot(self) -> str:
+        if not self.relative_error > 1:
+            return ""
+        return (
+            f"{method_label(self.method)}: error above 1 — its scale overshoots F, so it is "
+            "farther from F than the zero matrix (genuine: inputs and output gradients whose "
+            "sizes anti-correlate across samples)."
+        )
 
 
 @dataclass

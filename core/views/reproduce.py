@@ -36,11 +36,15 @@ numbers that decide it):
   ``mean_X + sd_X < mean_B − sd_B`` (one-sd intervals apart): **reproduced**; otherwise **not
   reproduced** (the detail says whether B was lower or the two are within the seed spread).
   **Not testable here** when X or B was not run, or with fewer than two seeds (no spread).
-* training, "at equal wall time": the same rule on the training loss at time T: the time budget
-  every run was given (``--time-budget-s``: equal time for all), else the shortest total
-  training time among the finished runs of X and B (so every run has reached T): per run
-  the mean minibatch loss over the last epoch of steps that ended by T; a run that diverged
-  before T scores +inf.
+* training, "at equal wall time": the same rule on the training loss at the time budget T
+  every run was given: each run trains its epochs and then on until its training time reaches
+  T (:func:`_budgeted`), so every optimizer, fast or slow, has had T seconds. T is given
+  (``--time-budget-s S``) or, by default (``auto``), the longest time any optimizer needed for
+  the epochs on the first seed (the faster runs of that seed are rerun to T). Per run: the mean
+  minibatch loss over the last epoch of steps that ended by T; a run that diverged before T
+  scores +inf. With ``--time-budget-s off`` the runs stop at their epochs and T is the
+  shortest total training time among the finished runs of X and B. The equal-epochs verdict
+  reads only the steps of the epochs asked for, however long a run went on.
 * quality: at every tracked (step, seed) point of a layer, X's error is compared with KFAC's on
   the same Fisher minibatch; **reproduced** when X is lower at ≥ 90 % of the points
   (:data:`QUALITY_SHARE`), **not reproduced** otherwise (the detail gives the share and the
@@ -68,6 +72,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +91,7 @@ from .report_files import ReportCache, ReportError, read_capped, real_file, real
 
 __all__ = [
     "BASELINES",
+    "BUDGET_STEP_FACTOR",
     "EXPERIMENTS",
     "PAPER_DEFAULTS",
     "QUALITY_FISHER_BATCH",
@@ -103,6 +109,7 @@ __all__ = [
     "results_dir",
     "run_reproduction",
     "summary_table",
+    "TIME_BUDGETS",
     "training_verdicts",
     "verdicts",
     "write_reproduction",
@@ -168,6 +175,14 @@ QUALITY_RULE = (
 # -- what to run ----------------------------------------------------------------------------
 
 
+#: The named time budgets of the training experiment (besides a number of seconds).
+TIME_BUDGETS = ("auto", "off")
+
+#: With a time budget, a run that finished its epochs goes on at most this many times its
+#: epoch steps (a bound on the records of a very fast optimizer under a long budget).
+BUDGET_STEP_FACTOR = 100
+
+
 def _check_seconds(value, name: str) -> None:
     """A budget in seconds must be a finite number > 0 (``name`` as the CLI spells it)."""
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -181,11 +196,14 @@ class ReproduceSpec:
     ``max_steps``: a cap on each run's steps (both for quick checks, recorded in the settings).
     ``lrs``/``dampings``: per-optimizer overrides of the per-preset defaults. ``ema_mode``: the
     natural-gradient methods' curvature average (the authors' factor EMA by default).
-    ``time_budget_s``: training only, every optimizer's run stops at this wall time (steps
-    still capped by the epochs), and the wall-time verdict compares them at it — equal time
-    for all, not the shortest run's time. ``metric_budget_s``: quality only, a measure (one
-    method on one layer) whose estimated time (:func:`metric_cost_s`) exceeds it is skipped,
-    with a notice in the settings and the report."""
+    ``time_budget_s``: training only, seconds every optimizer's run trains for at least (after
+    its epochs it goes on to this wall time, at most :data:`BUDGET_STEP_FACTOR` × its epoch
+    steps), and the wall-time verdict compares them at it; ``"auto"`` (the training default):
+    the longest time an optimizer needed for the epochs on the first seed; ``"off"``: runs stop
+    at their epochs and the wall-time verdict uses the shortest run's time.
+    ``metric_budget_s``: quality only, a measure (one method on one layer) whose estimated
+    time (:func:`metric_cost_s`) exceeds it is skipped, with a notice in the settings and the
+    report."""
 
     experiment: str
     dataset: str
@@ -203,7 +221,7 @@ class ReproduceSpec:
     lrs: dict[str, float] = field(default_factory=dict)
     dampings: dict[str, float] = field(default_factory=dict)
     ema_mode: str = PAPER_DEFAULTS["ema_mode"]
-    time_budget_s: float | None = None
+    time_budget_s: float | str | None = None
     metric_budget_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -255,9 +273,12 @@ class ReproduceSpec:
                 f"unknown ema_mode {self.ema_mode!r}; choose from {', '.join(EMA_MODES)}"
             )
         _check_seconds(self.metric_budget_s, "metric-budget-s")
-        if self.time_budget_s is not None:
-            if self.experiment != "training":
+        if self.experiment != "training":
+            if self.time_budget_s is not None:
                 raise ValueError("--time-budget-s applies to the training experiment only")
+        elif self.time_budget_s is None:
+            self.time_budget_s = "auto"
+        elif self.time_budget_s not in TIME_BUDGETS:
             _check_seconds(self.time_budget_s, "time-budget-s")
         if self.experiment == "training" and (self.layers or self.quality_every is not None):
             raise ValueError("--layers and --quality-every apply to the quality experiment only")
@@ -362,9 +383,11 @@ class _LayersRun(TrainingRun):
     """A :class:`TrainingRun` that measures EVERY layer of ``layers`` at each quality checkpoint
     (one training for all layers, not one per layer): the minibatch is captured once for all
     of them. Its quality columns are ``"<layer>\t<column>"``; :func:`run_reproduction` splits
-    them into one row per layer. ``log(text)`` receives, per checkpoint and layer, what was
-    measured and how long it took. A measure whose :func:`metric_cost_s` exceeds
-    ``budget_s`` is skipped (NaN), with a notice in ``notices`` and to ``log``."""
+    them into one row per layer. ``log(text)`` receives, per checkpoint and layer, each
+    method's measured time. A measure (one method on one layer) is skipped (NaN), with a
+    notice in ``notices`` and to ``log``, when its :func:`metric_cost_s` estimate exceeds
+    ``budget_s`` or, from the next checkpoint on, once it took longer than ``budget_s`` (the
+    estimate is only a floor for the iterative second terms)."""
 
     def __init__(self, cfg, *, dataset, model, layers, budget_s, log=None) -> None:
         super().__init__(cfg, dataset=dataset, model=model)
@@ -372,31 +395,41 @@ class _LayersRun(TrainingRun):
         self.budget_s = budget_s
         self.log = log
         self.notices: list[str] = []
+        self.too_slow: dict[str, set[str]] = {name: set() for _, name in layers}
+
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        if self.log is not None:
+            self.log(text)
 
     def _quality(self, x_train, gen) -> dict:
         fishers = self._quality_fishers(x_train, gen, [name for _, name in self.layers])
         step = len(self._records)
         out: dict = {}
         for number, name in self.layers:
-            started = time.perf_counter()
             fisher = fishers[name]
+            where = f"layer {number} ({name}, m={fisher.m}, da={fisher.da}, dg={fisher.dg})"
             cost = metric_cost_s(fisher.m, fisher.da, fisher.dg)
-            over = cost > self.budget_s
-            if over and not any(f"layer {number} " in n for n in self.notices):
-                self.notices.append(
-                    f"layer {number} ({name}): each measure is estimated at {cost:.3g} s, over "
-                    f"the budget of {self.budget_s:g} s (--metric-budget-s); not measured"
+            slow = self.too_slow[name]
+            if cost > self.budget_s and not slow:
+                slow.update(self.quality_methods)
+                self._notice(
+                    f"{where}: each measure is estimated at {cost:.3g} s, over the budget of "
+                    f"{self.budget_s:g} s (--metric-budget-s); not measured"
                 )
-                if self.log is not None:
-                    self.log(self.notices[-1])
-            out.update(self._measure(fisher, prefix=f"{name}\t", skip=over))
+            seconds: dict[str, float] = {}
+            out.update(self._measure(fisher, prefix=f"{name}\t", skip=slow, seconds=seconds))
+            for method, took in seconds.items():
+                if took > self.budget_s:
+                    slow.add(method)
+                    self._notice(
+                        f"{where}: {method} took {took:.3g} s at step {step}, over the budget "
+                        f"of {self.budget_s:g} s (--metric-budget-s); not measured from the "
+                        "next checkpoint on"
+                    )
             if self.log is not None:
-                self.log(
-                    f"step {step}: layer {number} ({name}, m={fisher.m}, da={fisher.da}, "
-                    f"dg={fisher.dg}): {0 if over else len(self.quality_methods)} methods "
-                    f"measured in {time.perf_counter() - started:.2f} s (estimated "
-                    f"{cost:.3g} s each)"
-                )
+                timed = ", ".join(f"{m} {t:.2f} s" for m, t in seconds.items()) or "nothing"
+                self.log(f"step {step}: {where}: {timed} (estimated {cost:.3g} s each)")
         return out
 
 
@@ -414,19 +447,99 @@ def _split_layers(df: pd.DataFrame, layers: list[tuple[int, str]]) -> list[pd.Da
     return parts
 
 
-def _budgeted(run: TrainingRun, budget_s: float | None, on_step):
-    """``run``'s ``on_step``: calls ``on_step`` and, with a time budget, stops the run once its
-    training wall time reaches ``budget_s``."""
+def _budgeted(run: TrainingRun, budget_s: float | None, epoch_steps: int, on_step):
+    """``run``'s ``on_step``: calls ``on_step`` and, with a time budget, stops the run once it
+    has done its ``epoch_steps`` and its training wall time has reached ``budget_s``."""
     if budget_s is None:
         return on_step
 
     def step(record: dict) -> None:
         if on_step is not None:
             on_step(record)
-        if record["wall_time_s"] >= budget_s:
+        if record["step"] + 1 >= epoch_steps and record["wall_time_s"] >= budget_s:
             run.stop()
 
     return step
+
+
+def _train_optimizer(spec, dataset, model, sched, name, *, seed, budget_s, progress) -> TrainingRun:
+    """One training run of optimizer ``name`` for ``seed``: its epochs (``sched["steps"]``) and,
+    with ``budget_s``, on until its training time reaches ``budget_s`` (:func:`_budgeted`);
+    ``run.message`` says how it ended."""
+    steps = sched["steps"]
+    extended = steps if budget_s is None else _step_cap(spec, steps)
+    run = TrainingRun(
+        spec.run_config(name, {**sched, "steps": extended}, seed), dataset=dataset, model=model
+    )
+    on_step = None if progress is None else progress(f"{name} (seed {seed})", run.total_steps)
+    run.on_step = _budgeted(run, budget_s, steps, on_step)
+    run.run()
+    if budget_s is not None and run.status in ("stopped", "finished"):
+        wall = _last_wall_time(run)
+        if run.status == "stopped":
+            run.status = "finished"  # stopped by the budget, as asked: a complete run
+        if wall is not None and wall < budget_s:
+            run.message = f"reached its step cap ({extended:,} steps) before the time budget"
+        elif run.records()[-1]["step"] + 1 > steps:
+            run.message = f"trained its epochs, then on to the time budget of {budget_s:.3g} s"
+        else:
+            run.message = f"its epochs took {wall:.3g} s, past the time budget of {budget_s:.3g} s"
+    return run
+
+
+def _step_cap(spec: ReproduceSpec, steps: int) -> int:
+    """The most steps a run with a time budget may take: ``--max-steps`` when given (a quick
+    check stays quick), else :data:`BUDGET_STEP_FACTOR` × its epochs' ``steps``."""
+    return max(steps, spec.max_steps) if spec.max_steps else steps * BUDGET_STEP_FACTOR
+
+
+def _auto_budget(done: dict, train, *, can_extend: bool, progress, log) -> float | None:
+    """The "auto" time budget from the first seed's runs ``done`` (optimizer → finished
+    :class:`TrainingRun`): the longest training time among them. Runs that took less are
+    trained again with ``train(name, budget_s=..., progress=...)`` to that time, in place in
+    ``done`` (the same seed: the same steps as before, then on to the budget), unless their
+    step cap leaves no room to go on (``can_extend`` false)."""
+    times = [_last_wall_time(r) for r in done.values() if r.status == "finished"]
+    budget_s = max((t for t in times if t is not None), default=None)
+    if budget_s is None:
+        return None
+    for name, run in done.items():
+        wall = _last_wall_time(run)
+        if can_extend and run.status == "finished" and wall is not None and wall < budget_s:
+            if log is not None:
+                log(f"{name}: trained again, on to the time budget of {budget_s:.3g} s")
+            done[name] = train(name, budget_s=budget_s, progress=progress)
+        elif run.status == "finished" and wall == budget_s:
+            run.message = f"its epochs took {wall:.3g} s and set the time budget"
+    return budget_s
+
+
+def _run_frames(run: TrainingRun, seed: int, tracked) -> list[pd.DataFrame]:
+    """``run``'s records as result tables (one per tracked layer) with ``seed`` and status."""
+    df = run.dataframe()
+    parts = [df] if tracked is None else _split_layers(df, tracked)
+    for part in parts:
+        part.insert(1, "seed", seed)
+        part.insert(2, "status", run.status)
+    return parts
+
+
+def _run_row(name: str, seed: int, run: TrainingRun, tracked) -> dict:
+    """How one run ended, for ``settings.json``'s ``runs``."""
+    return {
+        "optimizer": name,
+        "seed": seed,
+        **({"layers": [n for _, n in tracked]} if tracked else {}),
+        "status": run.status,
+        "message": run.message,
+        "device": str(run.device),
+        **({"notices": run.notices} if tracked else {}),
+    }
+
+
+def _last_wall_time(run: TrainingRun) -> float | None:
+    records = run.records()
+    return float(records[-1]["wall_time_s"]) if records else None
 
 
 def run_reproduction(
@@ -448,6 +561,8 @@ def run_reproduction(
     sched = _schedule(spec, dataset)
     layers = resolve_layers(spec) if spec.experiment == "quality" else []
     ds_spec = DATASET_SPECS[spec.dataset]
+    budget = spec.time_budget_s
+    budget_s = budget if isinstance(budget, int | float) else None  # "auto": set by seed 1
     frames, runs = [], []
     started = time.time()
     for seed in spec.seeds:
@@ -458,54 +573,37 @@ def run_reproduction(
             seed=seed,
             init=PAPER_DEFAULTS["init"],
         )
-        if spec.experiment == "training":
-            jobs = [(name, None) for name in spec.optimizers]
-        else:
-            jobs = [(spec.optimizers[0], layers)]
-        for name, tracked in jobs:
-            if tracked is None:
-                cfg = spec.run_config(name, sched, seed)
-                run = TrainingRun(cfg, dataset=dataset, model=model)
-                where = ""
-            else:
-                cfg = spec.run_config(name, sched, seed, tracked[0][1])
-                run = _LayersRun(
-                    cfg,
-                    dataset=dataset,
-                    model=model,
-                    layers=tracked,
-                    budget_s=spec.metric_budget_s,
-                    log=log,
-                )
-                where = f"layers {','.join(str(n) for n, _ in tracked)}, "
-            on_step = (
-                None
-                if progress is None
-                else progress(f"{name} ({where}seed {seed})", run.total_steps)
+        if spec.experiment == "quality":
+            name = spec.optimizers[0]
+            run = _LayersRun(
+                spec.run_config(name, sched, seed, layers[0][1]),
+                dataset=dataset,
+                model=model,
+                layers=layers,
+                budget_s=spec.metric_budget_s,
+                log=log,
             )
-            run.on_step = _budgeted(run, spec.time_budget_s, on_step)
+            where = ",".join(str(n) for n, _ in layers)
+            if progress is not None:
+                run.on_step = progress(f"{name} (layers {where}, seed {seed})", run.total_steps)
             run.run()
-            if spec.time_budget_s is not None and run.status == "stopped":
-                run.status = "finished"  # stopped by the budget, as asked: a complete run
-                run.message = f"reached the time budget of {spec.time_budget_s:g} s"
-            df = run.dataframe()
-            for part in [df] if tracked is None else _split_layers(df, tracked):
-                part.insert(1, "seed", seed)
-                part.insert(2, "status", run.status)
-                frames.append(part)
-            runs.append(
-                {
-                    "optimizer": name,
-                    "seed": seed,
-                    **({"layers": [n for _, n in tracked]} if tracked else {}),
-                    "status": run.status,
-                    "message": run.message,
-                    "device": str(run.device),
-                    **({"notices": run.notices} if tracked else {}),
-                }
-            )
+            done = {name: run}
+        else:
+            train = partial(_train_optimizer, spec, dataset, model, sched, seed=seed)
+            done = {
+                name: train(name, budget_s=budget_s, progress=progress) for name in spec.optimizers
+            }
+            if budget == "auto" and budget_s is None:
+                can_extend = _step_cap(spec, sched["steps"]) > sched["steps"]
+                budget_s = _auto_budget(
+                    done, train, can_extend=can_extend, progress=progress, log=log
+                )
+        for name, run in done.items():
+            tracked = layers or None
+            frames += _run_frames(run, seed, tracked)
+            runs.append(_run_row(name, seed, run, tracked))
     results = pd.concat(frames, ignore_index=True)
-    settings = _settings(spec, dataset, sched, layers, runs, started)
+    settings = _settings(spec, dataset, sched, layers, runs, started, budget_s)
     return settings, results
 
 
@@ -524,7 +622,7 @@ def data_files(path: str | os.PathLike[str]) -> list[dict]:
     return out
 
 
-def _settings(spec, dataset, sched, layers, runs, started) -> dict:
+def _settings(spec, dataset, sched, layers, runs, started, budget_s) -> dict:
     configs = {
         name: spec.run_config(name, sched, spec.seeds[0]).optimizer for name in spec.optimizers
     }
@@ -555,7 +653,17 @@ def _settings(spec, dataset, sched, layers, runs, started) -> dict:
         "zero biases (as the authors' code)",
         "epochs_requested": spec.epochs,
         "max_steps": spec.max_steps,
-        "time_budget_s": spec.time_budget_s,
+        "time_budget_s": budget_s,
+        "time_budget": (
+            None
+            if spec.experiment != "training"
+            else "off (runs stop at their epochs)"
+            if spec.time_budget_s == "off"
+            else "auto: the longest time an optimizer needed for the epochs on seed "
+            f"{spec.seeds[0]}"
+            if spec.time_budget_s == "auto"
+            else "given (--time-budget-s)"
+        ),
         **sched,
         "seeds": list(spec.seeds),
         "optimizers": optimizers,
@@ -627,16 +735,21 @@ def _runs(df: pd.DataFrame, name: str) -> dict[int, pd.DataFrame]:
     return {int(s): p.sort_values("step") for s, p in part.groupby("seed", sort=True)}
 
 
-def final_losses(df: pd.DataFrame, name: str, until: float | None = None) -> dict[int, float]:
-    """Per seed: the final training loss of ``name``'s run, or (``until`` = T) its training
-    loss at wall time T. Record k holds the loss BEFORE step k's update and the time AFTER it,
-    so after the j records that ended by T the parameters' loss is record j's: the window is
-    the epoch of records ending at record j (record 0 alone: the initial loss)."""
+def final_losses(
+    df: pd.DataFrame, name: str, until: float | None = None, steps: int | None = None
+) -> dict[int, float]:
+    """Per seed: the final training loss of ``name``'s run — of its first ``steps`` records
+    when given (the epochs asked for, though a time budget took it further) — or (``until`` =
+    T) its training loss at wall time T. Record k holds the loss BEFORE step k's update and the
+    time AFTER it, so after the j records that ended by T the parameters' loss is record j's:
+    the window is the epoch of records ending at record j (record 0 alone: the initial loss)."""
     out = {}
     for seed, part in _runs(df, name).items():
         per_epoch = _steps_per_epoch(part)
         diverged = bool((part["status"] == "diverged").any())
         if until is None:
+            if steps is not None:
+                part = part[pd.to_numeric(part["step"]) < steps]
             out[seed] = math.inf if diverged else _window_mean(part, per_epoch)
             continue
         done = int((part["wall_time_s"] <= until + 1e-12).sum())
@@ -692,10 +805,13 @@ def _common_time(df: pd.DataFrame, names: Sequence[str]) -> float | None:
     return min(ends) if ends else None
 
 
-def training_verdicts(df: pd.DataFrame, time_budget_s: float | None = None) -> pd.DataFrame:
+def training_verdicts(
+    df: pd.DataFrame, time_budget_s: float | None = None, steps: int | None = None
+) -> pd.DataFrame:
     """Claim 2 per (KPSVD-family method, baseline, criterion) for the optimizers in ``df``
     (rows: ``optimizer``, ``seed``, ``status``, ``step``, ``epoch``, ``wall_time_s``,
-    ``train_loss``); the rule is :data:`TRAINING_RULE`. The wall-time criterion compares at
+    ``train_loss``); the rule is :data:`TRAINING_RULE`. The equal-epochs criterion reads each
+    run's first ``steps`` records (all when ``None``). The wall-time criterion compares at
     ``time_budget_s`` when every optimizer had that budget, else at the shortest finished
     run's time; its detail says which."""
     present = list(dict.fromkeys(df["optimizer"]))
@@ -722,8 +838,8 @@ def training_verdicts(df: pd.DataFrame, time_budget_s: float | None = None) -> p
                             )
                         )
                         continue
-                x = final_losses(df, method, until) if method in present else {}
-                b = final_losses(df, base, until) if base in present else {}
+                x = final_losses(df, method, until, steps) if method in present else {}
+                b = final_losses(df, base, until, steps) if base in present else {}
                 verdict, detail = _compare(x, b, method, base)
                 if until is not None:
                     which = "the time budget" if time_budget_s else "the shortest run's time"
@@ -836,7 +952,7 @@ def verdicts(settings: dict, df: pd.DataFrame) -> pd.DataFrame:
     """The verdict table of a reproduction (by its experiment)."""
     if settings.get("experiment") == "quality":
         return quality_verdicts(df)
-    return training_verdicts(df, settings.get("time_budget_s"))
+    return training_verdicts(df, settings.get("time_budget_s"), settings.get("steps"))
 
 
 def summary_table(settings: dict, df: pd.DataFrame) -> pd.DataFrame:
@@ -859,10 +975,16 @@ def summary_table(settings: dict, df: pd.DataFrame) -> pd.DataFrame:
                     }
                 )
         return pd.DataFrame(rows)
+    steps = settings.get("steps")
+    budget_s = settings.get("time_budget_s")
     for name in dict.fromkeys(df["optimizer"]):
         runs = _runs(df, name)
-        loss = final_losses(df, name)
-        times = [float(p["wall_time_s"].max()) for p in runs.values()]
+        loss = final_losses(df, name, steps=steps)
+        at_budget = final_losses(df, name, until=budget_s) if budget_s else {}
+        times = [
+            float(p["wall_time_s"][pd.to_numeric(p["step"]) < (steps or len(p))].max())
+            for p in runs.values()
+        ]
         tests = [
             float(pd.to_numeric(p["test_loss"], errors="coerce").dropna().iloc[-1])
             for p in runs.values()
@@ -873,8 +995,17 @@ def summary_table(settings: dict, df: pd.DataFrame) -> pd.DataFrame:
             {
                 "optimizer": name,
                 "final train loss": _shown(*_mean_sd(loss.values()), len(loss)),
+                **(
+                    {
+                        f"train loss at {budget_s:.3g} s": _shown(
+                            *_mean_sd(at_budget.values()), len(at_budget)
+                        )
+                    }
+                    if budget_s
+                    else {}
+                ),
                 "last test loss": _shown(*_mean_sd(tests), len(tests)) if tests else "",
-                "training time (s)": _shown(*_mean_sd(times), len(times)),
+                "time for the epochs (s)": _shown(*_mean_sd(times), len(times)),
                 "status": ", ".join(statuses),
             }
         )

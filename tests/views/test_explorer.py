@@ -315,3 +315,19 @@ def test_a_paper_sized_layer_stays_matrix_free(one_thread):
     curve = explorer.rank_curve(analysis.fisher, 4)
     assert np.all(np.diff(curve.errors) <= 1e-9)
     assert time.perf_counter() - start < 60  # generous: a hang, not a benchmark
+
+
+def test_an_error_above_one_is_explained_where_it_happens():
+    """Anti-correlated input and gradient sizes: KFAC's A ⊗ G overshoots F (error > 1, checked
+    against a dense float64 block) and its note says so; a method below 1 gets no such note."""
+    rng = np.random.default_rng(3)
+    scale = np.array([10.0, 0.1, 10.0, 0.1])[:, None]
+    a = torch.tensor(rng.standard_normal((4, 3)) * scale)
+    g = torch.tensor(rng.standard_normal((4, 2)) / scale)
+    an, gn = a.numpy(), g.numpy()
+    dense = sum(np.kron(np.outer(x, x), np.outer(y, y)) for x, y in zip(an, gn)) / 4
+    kfac = np.kron(an.T @ an / 4, gn.T @ gn / 4)
+    assert np.linalg.norm(dense - kfac) / np.linalg.norm(dense) > 1
+    results = explorer.analyse(a, g, ("kfac", "kpsvd")).results
+    assert results["kfac"].relative_error > 1 and "overshoots F" in results["kfac"].note
+    assert results["kpsvd"].relative_error < 1 and "overshoots" not in results["kpsvd"].note

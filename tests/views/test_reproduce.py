@@ -28,6 +28,7 @@ from core.views.report_files import (
     report_max_bytes,
 )
 from core.views.reproduce import (
+    BUDGET_STEP_FACTOR,
     TRAINING_RULE,
     ReproduceSpec,
     final_losses,
@@ -645,10 +646,16 @@ def test_quality_on_several_layers_trains_once_and_reruns_as_written(
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(TrainingRun, "__init__", counted)
+    # the estimate puts layer 1 (785 × 1000) over a 1 s budget and layers 4, 5 under it; the
+    # test raises the budget to 60 s and scales the estimate with it, so that a slow machine's
+    # measured times (the other skip rule, tested below) cannot skip layers 4 and 5
+    estimate = reproduce.metric_cost_s
+    assert estimate(64, 785, 1000) > 1 > estimate(64, 251, 30)
+    monkeypatch.setattr(reproduce, "metric_cost_s", lambda *shape: 60 * estimate(*shape))
     out = tmp_path / "results" / "mnist-quality"
     argv = ["reproduce", "--experiment", "quality", "--dataset", "mnist"]
     argv += ["--data-path", str(mnist_dir), "--max-steps", "2", "--seeds", "1"]
-    argv += ["--layers", "1,4,5", "--quality-every", "1", "--metric-budget-s", "1"]
+    argv += ["--layers", "1,4,5", "--quality-every", "1", "--metric-budget-s", "60"]
     argv += ["--out", str(out)]
     assert main(argv) == 0
     assert len(made) == 1  # one training for all three layers
@@ -660,13 +667,15 @@ def test_quality_on_several_layers_trains_once_and_reruns_as_written(
             assert rows[f"rel_error_{m}"].notna().all()
     err = capsys.readouterr().err
     assert "step 1: layer 5 (decoder.linear1" in err  # progress per checkpoint and layer
-    # layer 1 (785 × 1000) is estimated over the 1 s budget: skipped, with a notice
-    assert reproduce.metric_cost_s(64, 785, 1000) > 1 > reproduce.metric_cost_s(64, 251, 30)
+    # layer 1 is estimated over the budget: skipped, with a notice
     assert df[df.layer == "encoder.linear1"].filter(like="rel_error").isna().all().all()
     settings = json.loads((out / "settings.json").read_text())
     rerun = json.loads((out / "rerun.json").read_text())
     (notice,) = settings["quality"]["skipped"]
-    assert notice.startswith("layer 1 (encoder.linear1)") and "--metric-budget-s" in notice
+    assert (
+        notice.startswith("layer 1 (encoder.linear1, m=64, da=785, dg=1000)")
+        and "--metric-budget-s" in notice
+    )
     assert "Skipped — layer 1" in (out / "report.html").read_text()
     assert rerun["data_path"] == str(mnist_dir)  # as given, not "mnist"
     assert rerun["data_files"] == settings["data_files"]
@@ -690,24 +699,112 @@ def test_quality_on_several_layers_trains_once_and_reruns_as_written(
     assert "To rerun: python -m core reproduce --experiment quality" in html
 
 
+def test_a_measure_that_took_longer_than_the_budget_is_skipped_from_then_on(
+    mnist_dir, tmp_path, monkeypatch, capsys
+):
+    """The cost estimate is only a floor for the iterative methods: a measure that TOOK longer
+    than --metric-budget-s is measured once, then skipped at later checkpoints, with a notice
+    that names the layer, the method and its time."""
+    monkeypatch.setattr(reproduce, "metric_cost_s", lambda m, da, dg: 0.0)  # never estimated over
+    out = tmp_path / "slow"
+    argv = ["reproduce", "--experiment", "quality", "--dataset", "mnist"]
+    argv += ["--data-path", str(mnist_dir), "--max-steps", "3", "--seeds", "1"]
+    argv += ["--layers", "4", "--quality-every", "1", "--metric-budget-s", "1e-9"]
+    assert main([*argv, "--out", str(out)]) == 0
+    df = pd.read_csv(out / "results.csv").sort_values("step")
+    for m in METHODS:  # measured at the first checkpoint only
+        assert df[f"rel_error_{m}"].notna().tolist() == [True, False, False]
+    skipped = json.loads((out / "settings.json").read_text())["quality"]["skipped"]
+    assert len(skipped) == len(METHODS)
+    for m in METHODS:
+        (notice,) = [n for n in skipped if f": {m} took " in n]
+        assert notice.startswith("layer 4 (encoder.linear4, m=") and "at step 0" in notice
+    err = capsys.readouterr().err
+    assert "step 0: layer 4 (encoder.linear4" in err and "step 1: layer 4" in err
+
+
+def _check_budgeted_runs(settings: dict, df: pd.DataFrame, budget_s: float) -> None:
+    """Every run trained its epochs and then stopped at the first record at or past the
+    budget (or at its step cap, and then says so)."""
+    steps = settings["steps"]
+    cap = steps * BUDGET_STEP_FACTOR
+    for run in settings["runs"]:
+        part = df[(df.optimizer == run["optimizer"]) & (df.seed == run["seed"])]
+        assert run["status"] == "finished" and len(part) >= steps
+        after_epochs = part[part.step + 1 >= steps]
+        assert (after_epochs.wall_time_s.iloc[:-1] < budget_s).all()
+        if part.wall_time_s.iloc[-1] >= budget_s:
+            assert "time budget" in run["message"]
+        else:
+            assert len(part) == cap and "step cap" in run["message"]
+
+
 def test_time_budget_gives_every_optimizer_the_same_time(tmp_path, monkeypatch):
     monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "budget"
-    argv = ["reproduce", "--experiment", "training", *TINY, "--epochs", "100"]
-    argv += ["--seeds", "1", "--optimizers", "sgd,kpsvd", "--time-budget-s", "0.05"]
+    argv = ["reproduce", "--experiment", "training", *TINY, "--epochs", "1"]
+    argv += ["--seeds", "1", "--optimizers", "sgd,kpsvd", "--time-budget-s", "0.4"]
     assert main([*argv, "--out", str(out)]) == 0
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["time_budget_s"] == 0.05
+    assert settings["time_budget_s"] == 0.4 and settings["time_budget"].startswith("given")
     df = pd.read_csv(out / "results.csv")
-    for run in settings["runs"]:
-        assert run["status"] == "finished" and "time budget" in run["message"]
-        part = df[df.optimizer == run["optimizer"]]
-        assert len(part) < settings["steps"]  # the budget, not the epochs, ended it
-        assert (part.wall_time_s.iloc[:-1] < 0.05).all() and part.wall_time_s.iloc[-1] >= 0.05
+    _check_budgeted_runs(settings, df, 0.4)  # going on past the epochs: the "auto" test
     wall = pd.read_csv(out / "verdicts.csv").query("criterion == 'equal wall time'")
-    assert len(wall) and wall.detail.str.contains(r"T = 0\.05 s \(the time budget\)").all()
+    assert len(wall) and wall.detail.str.contains(r"T = 0\.4 s \(the time budget\)").all()
     with pytest.raises(ValueError, match="training experiment only"):
         ReproduceSpec("quality", "curves", time_budget_s=1.0)
+    with pytest.raises(ValueError, match="time-budget-s must be a finite number"):
+        ReproduceSpec("training", "curves", time_budget_s=-1.0)
+    assert ReproduceSpec("training", "curves").time_budget_s == "auto"
+    assert ReproduceSpec("quality", "curves").time_budget_s is None
+
+
+def test_auto_time_budget_is_the_slowest_first_seed_run(tmp_path, monkeypatch):
+    """Default ``auto``: T is the longest time an optimizer needed for the epochs on seed 1;
+    seed 1's faster runs are trained again to T, later seeds' runs all reach T; the
+    equal-epochs verdict still reads only the epochs' steps."""
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "auto"
+    argv = ["reproduce", "--experiment", "training", *TINY, "--epochs", "2"]
+    argv += ["--seeds", "1,2", "--optimizers", "sgd,kpsvd"]
+    assert main([*argv, "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    budget = settings["time_budget_s"]
+    assert settings["time_budget"].startswith("auto") and budget > 0
+    df = pd.read_csv(out / "results.csv")
+    steps = settings["steps"]
+    first = df[df.seed == 1]
+    ends = first.groupby("optimizer").wall_time_s.max()
+    assert ends.min() >= budget  # the faster run went on to T
+    # the slowest run kept its own records: its epochs alone took T
+    slowest = first[first.wall_time_s == budget]
+    assert len(slowest) == 1 and int(slowest.step.iloc[0]) == steps - 1
+    _check_budgeted_runs(settings, df, budget)
+    # equal epochs: the last epoch of the first `steps` records, whatever came after
+    sgd = df[(df.optimizer == "sgd")].sort_values(["seed", "step"])
+    per_epoch = settings["steps_per_epoch"]
+    want = {
+        seed: part[part.step < steps].train_loss.tail(per_epoch).mean()
+        for seed, part in sgd.groupby("seed")
+    }
+    assert final_losses(df, "sgd", steps=steps) == pytest.approx(want, rel=1e-12)
+    assert final_losses(df, "sgd") != pytest.approx(want, rel=1e-12)  # it went on
+
+
+def test_time_budget_off_stops_at_the_epochs(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "off"
+    argv = ["reproduce", "--experiment", "training", *TINY, "--epochs", "1"]
+    argv += ["--seeds", "1", "--optimizers", "sgd,kpsvd", "--time-budget-s", "off"]
+    assert main([*argv, "--out", str(out)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["time_budget_s"] is None and settings["time_budget"].startswith("off")
+    df = pd.read_csv(out / "results.csv")
+    assert (df.groupby("optimizer").size() == settings["steps"]).all()
+    wall = pd.read_csv(out / "verdicts.csv").query("criterion == 'equal wall time'")
+    assert wall.detail.str.contains("the shortest run's time").all()
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "soon", "--out", str(tmp_path / "bad")])
 
 
 def test_kfac_error_above_one_is_genuine_and_reported():

@@ -65,15 +65,16 @@ _EXPORTS: dict[str, str] = {
     "resolve_device": "core.training.runner",
     # views
     "OPTIMIZER_LABELS": "core.views.labels",
+    # host settings
+    "max_concurrent_runs": "core.settings",
+    "torch_threads": "core.settings",
+    "view_budget_s": "core.settings",
+    "worker_count": "core.settings",
     # server
     "LimitError": "core.server.limits",
-    "RunGroup": "core.server.limits",
-    "RunRegistry": "core.server.limits",
     "check_layer_size": "core.server.limits",
-    "max_concurrent_runs": "core.server.limits",
-    "torch_threads": "core.server.limits",
-    "view_budget_s": "core.server.limits",
-    "worker_count": "core.server.limits",
+    "RunGroup": "core.server.run_queue",
+    "RunRegistry": "core.server.run_queue",
     "BudgetExceeded": "core.server.workers",
     "JobCancelled": "core.server.workers",
     "WorkerDied": "core.server.workers",

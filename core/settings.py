@@ -2,8 +2,12 @@
 and nowhere else.
 
 Each setting is one :class:`Setting` row of :data:`SETTINGS` (name, type, default, bounds,
-meaning). Code asks for a value with :func:`get` (``get("KRONOSCOPE_WORKERS")``), which reads
-the environment at the call, so a test may change a variable between calls. A bad value raises
+meaning). Code asks for a value with :func:`get` (``get("KRONOSCOPE_WORKERS")``), or with the
+typed accessor of a setting the server asks for often (:func:`view_budget_s`,
+:func:`worker_count`, :func:`max_concurrent_runs`, :func:`runs_per_session`,
+:func:`max_layer_params`, :func:`torch_threads`); both read the environment at the call, so a
+test may change a variable between calls. :class:`HostSettings` is every setting at once, one
+typed field per row, read and validated together (:meth:`HostSettings.read`). A bad value raises
 :class:`SettingError`, whose message is one line naming the variable, what it must be and the
 value given; :func:`check_all` is what a server runs at start (``python serve.py``), so that
 a bad value stops it there, not when a visitor reaches the code that reads it. DOCKER.md's
@@ -20,11 +24,26 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "Setting", "SettingError", "check_all", "get", "markdown_table"]
+__all__ = [
+    "SETTINGS",
+    "HostSettings",
+    "Setting",
+    "SettingError",
+    "check_all",
+    "field_name",
+    "get",
+    "markdown_table",
+    "max_concurrent_runs",
+    "max_layer_params",
+    "runs_per_session",
+    "torch_threads",
+    "view_budget_s",
+    "worker_count",
+]
 
 
 class SettingError(ValueError):
@@ -261,6 +280,90 @@ SETTINGS: dict[str, Setting] = {
 def get(name: str) -> Any:
     """The typed value of setting ``name`` now; raises :class:`SettingError` on a bad value."""
     return SETTINGS[name].read(os.environ.get(name))
+
+
+def field_name(name: str) -> str:
+    """The :class:`HostSettings` field of variable ``name``: ``KRONOSCOPE_VIEW_BUDGET_S`` →
+    ``view_budget_s``."""
+    return name.removeprefix("KRONOSCOPE_").lower()
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Every host setting at one moment, typed: one field per row of :data:`SETTINGS`, named
+    by :func:`field_name` (a test keeps the two one-to-one). Hashable and immutable, so a
+    snapshot can be handed around and compared; code that must see a variable changed while
+    the process runs (the tests do) asks :func:`get` or an accessor instead."""
+
+    cache_dir: Path
+    data_dir: Path | None
+    results_dir: Path | None
+    report_max_mb: int
+    allow_downloads: bool
+    download_base_url: str | None
+    max_concurrent_runs: int
+    runs_per_session: int
+    run_max_steps: int
+    run_budget_s: float
+    max_layer_params: int
+    workers: int
+    worker_recycle_jobs: int
+    worker_max_rss_mb: int
+    view_budget_s: float
+    torch_threads: int
+    upload_session_mb: int
+    upload_total_mb: int
+    upload_max_array_mb: int
+    max_data_bytes: int
+    max_dense_bytes: int
+    engine_dtype: str | None
+    trusted_proxy: bool
+    prewarm: bool
+
+    @classmethod
+    def read(cls) -> HostSettings:
+        """Every setting from the environment now. Raises :class:`SettingError` with the first
+        bad value's line (:func:`check_all` lists them all)."""
+        problems = check_all()
+        if problems:
+            raise SettingError(problems[0])
+        return cls(**{f.name: get(_VARIABLES[f.name]) for f in fields(cls)})
+
+
+_VARIABLES = {field_name(name): name for name in SETTINGS}  # field → variable
+
+
+def view_budget_s() -> float:
+    """Compute seconds one explorer view may take (``KRONOSCOPE_VIEW_BUDGET_S``)."""
+    return get("KRONOSCOPE_VIEW_BUDGET_S")
+
+
+def worker_count() -> int:
+    """Worker processes for the numerics (``KRONOSCOPE_WORKERS``; 0 computes in the server's
+    threads, with no budget enforcement: tests only)."""
+    return get("KRONOSCOPE_WORKERS")
+
+
+def max_concurrent_runs() -> int:
+    """Training runs at once, server-wide (``KRONOSCOPE_MAX_CONCURRENT_RUNS``; 0: none)."""
+    return get("KRONOSCOPE_MAX_CONCURRENT_RUNS")
+
+
+def runs_per_session() -> int:
+    """Runs one visitor may hold at once (``KRONOSCOPE_RUNS_PER_SESSION``)."""
+    return get("KRONOSCOPE_RUNS_PER_SESSION")
+
+
+def max_layer_params() -> int:
+    """The largest layer a visitor may analyse (``KRONOSCOPE_MAX_LAYER_PARAMS``)."""
+    return get("KRONOSCOPE_MAX_LAYER_PARAMS")
+
+
+def torch_threads() -> int:
+    """Intra-op threads of each task (``KRONOSCOPE_TORCH_THREADS``). The server runs many
+    tasks at once (sessions, background training runs); intra-op parallelism on top of that
+    oversubscribes the cores (measured in bench/RESULTS-app.md)."""
+    return get("KRONOSCOPE_TORCH_THREADS")
 
 
 def check_all() -> list[str]:

@@ -4,6 +4,7 @@ value stops the server at start with one line naming the variable (issue 17)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import subprocess
 import sys
@@ -116,3 +117,27 @@ def test_the_app_uses_no_streamlit_cache():
     for path in _app_sources():
         used = re.search(r"st\.cache_(resource|data)\b\s*[(.]|@st\.cache", path.read_text())
         assert not used, path
+
+
+def test_host_settings_has_one_typed_field_per_setting(monkeypatch):
+    """HostSettings and SETTINGS list the same variables; read() is every get() at once, and a
+    snapshot is frozen and hashable."""
+    names = [f.name for f in dataclasses.fields(settings.HostSettings)]
+    assert names == [settings.field_name(n) for n in settings.SETTINGS]
+    monkeypatch.setenv("KRONOSCOPE_VIEW_BUDGET_S", "2.5")
+    monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "6")
+    monkeypatch.delenv("KRONOSCOPE_RUNS_PER_SESSION", raising=False)
+    host = settings.HostSettings.read()
+    for name in settings.SETTINGS:
+        assert getattr(host, settings.field_name(name)) == settings.get(name), name
+    assert host.view_budget_s == 2.5 and host.runs_per_session == 3
+    assert hash(host) == hash(settings.HostSettings.read())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        host.workers = 9  # type: ignore[misc]
+
+
+def test_host_settings_refuse_a_bad_value_with_its_line(monkeypatch):
+    monkeypatch.setenv("KRONOSCOPE_WORKERS", "many")
+    with pytest.raises(settings.SettingError) as err:
+        settings.HostSettings.read()
+    assert str(err.value) == "KRONOSCOPE_WORKERS must be an integer, got 'many'"

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..training.runner import TrainingRun
-from .limits import RunGroup, RunRegistry
+from .run_queue import RunGroup, RunRegistry
 
 __all__ = ["SHARED_SESSION", "STORE_VERSION", "ModelStore", "StoredRun"]
 

@@ -29,8 +29,8 @@ from typing import Any, Generic, TypeVar
 
 from .. import settings
 from ..training.datasets import default_cache_dir
-from .limits import RunRegistry, torch_threads, worker_count
 from .model_store import ModelStore
+from .run_queue import RunRegistry
 from .uploads import UploadStore
 from .workers import WorkerPool
 
@@ -167,8 +167,8 @@ def shared_services(session_alive: Callable[[str], bool] | None = None) -> Servi
             cache = default_cache_dir()
             _services = Services(
                 pool=WorkerPool(
-                    worker_count(),
-                    torch_threads=torch_threads(),
+                    settings.worker_count(),
+                    torch_threads=settings.torch_threads(),
                     recycle_after=settings.get("KRONOSCOPE_WORKER_RECYCLE_JOBS"),
                     max_worker_rss_mb=settings.get("KRONOSCOPE_WORKER_MAX_RSS_MB"),
                 ),

@@ -49,7 +49,7 @@ def run_app() -> None:
 def _run() -> None:
     torch.set_num_threads(
         torch_threads()
-    )  # one intra-op thread per task: see core/server/limits.py
+    )  # one intra-op thread per task: see core.settings.torch_threads
     st.set_page_config(page_title="Kronoscope", page_icon=page_icon(), layout="wide")
     st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
 

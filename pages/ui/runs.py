@@ -1,12 +1,12 @@
 """Background training runs of the sessions: the server's registry, and one run panel.
 
-Every start goes through the server-wide :class:`core.server.limits.RunRegistry`: a group that does
-not fit waits in its queue, and the panel shows the student's place and starts drawing when
-the run begins. The sidebar's count and what a session is told come from the same registry.
-Quotas count per visitor (every tab of one browser, :func:`.session.visitor_id`). Runs made
-here carry this server's limits per run (``RunConfig.from_settings(..., server_limits=True)``):
-steps above the limit are cut with a notice, and a run that reaches the time limit stops and
-says so, its results kept.
+Every start goes through the server-wide :class:`core.server.run_queue.RunRegistry`: a group
+that does not fit waits in its queue, and the panel shows the student's place and starts drawing
+when the run begins. The sidebar's count and what a session is told come from the same registry.
+Quotas count per visitor (every tab of one browser, :func:`.session.visitor_id`). Runs made here
+carry this server's limits per run (``RunConfig.from_settings(..., server_limits=True)``): steps
+above the limit are cut with a notice, and a run that reaches the time limit stops and says so,
+its results kept.
 """
 
 from __future__ import annotations

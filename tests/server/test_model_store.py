@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from core.server.limits import RunRegistry
 from core.server.model_store import ModelStore, StoredRun
+from core.server.run_queue import RunRegistry
 from core.training.data import load_dataset
 from core.training.models import build_model
 from core.training.optim import OptimizerConfig

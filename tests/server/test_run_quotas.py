@@ -1,8 +1,8 @@
-"""Quotas per visitor and the fair queue of core.server.limits.RunRegistry, and the web app's
+"""Quotas per visitor and the fair queue of core.server.run_queue.RunRegistry, and the web app's
 limits per run (steps cut with a notice, the wall-time limit) as a page shows them.
 
 A *visitor* is one person (every tab of one browser); a *session* is one tab. The registry's
-slots and queue are tested with fake runs (tests/server/test_limits.py's); the limits per run
+slots and queue are tested with fake runs (tests/server/test_run_queue.py's); the limits per run
 with real tiny runs (tests/training/test_runner.py has the runner's side).
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.server.limits import SHARED_VISITOR, LimitError, RunGroup, RunRegistry
-from tests.server.test_limits import FakeRun, _wait
+from core.server.limits import LimitError
+from core.server.run_queue import SHARED_VISITOR, RunGroup, RunRegistry
+from tests.server.test_run_queue import FakeRun, _wait
 
 
 def _cleanup(registry: RunRegistry) -> None:

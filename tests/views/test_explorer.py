@@ -286,7 +286,7 @@ def test_view_arrays_names():
 
 @pytest.fixture
 def one_thread():
-    """As in the app (core.server.limits.torch_threads): on a shared 2-core machine, two intra-op
+    """As in the app (core.settings.torch_threads): on a shared 2-core machine, two intra-op
     threads make sorts and eigensolvers of this size 10–50× slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""AppTest tests of every page (the run registry itself: tests/server/test_limits.py).
+"""AppTest tests of every page (the run registry itself: tests/server/test_run_queue.py).
 
 Pages run through app.py's ``st.navigation`` exactly as in the server. Runs use tiny settings
 (a few steps of the DIGITS preset) passed through the URL, as a shared link would.
@@ -301,7 +301,7 @@ class _HeldRun:
 
 
 def test_race_waits_in_the_queue_when_the_server_is_full(monkeypatch):
-    from core.server.limits import RunGroup
+    from core.server.run_queue import RunGroup
     from pages.ui import run_registry
 
     monkeypatch.setenv("KRONOSCOPE_MAX_CONCURRENT_RUNS", "1")

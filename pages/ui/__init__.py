@@ -10,6 +10,8 @@
 * :mod:`.runs`: background training runs (server registry, queue, one run panel);
 * :mod:`.errors`: failures as messages, visitor text as plain text;
 * :mod:`.session`: which session this is, and whether another one still exists;
+* :mod:`.streamlit_runtime`: the one module that reaches into Streamlit's internals (each named
+  there, with why; a test fails when Streamlit changes one);
 * :mod:`.navigation`: every page through app.py's ``st.navigation``.
 
 * :mod:`.services`: the server's shared services (:mod:`core.server.services`: never a

@@ -27,6 +27,13 @@ import threading
 from core import Services, settings, shared_services
 
 from .session import session_alive, visitor_of
+from .streamlit_runtime import (
+    drop_session_uploads,
+    guard_upload_store,
+    refuse_upload,
+    session_active,
+    stored_upload_sizes,
+)
 
 __all__ = ["guard_uploads", "services"]
 
@@ -40,50 +47,28 @@ def services() -> Services:
 
 
 def guard_uploads() -> None:
-    """Wrap the running server's in-memory upload store once (a no-op outside a server)."""
-    from streamlit import runtime
-
-    if not runtime.exists():
-        return
-    store = runtime.get_instance().uploaded_file_mgr
-    if getattr(store, "kronoscope_guarded", False):
-        return
-    with _guard_lock:
-        if getattr(store, "kronoscope_guarded", False):
-            return
-        add_file = store.add_file
-
-        def guarded_add_file(session_id: str, file) -> None:
-            with _guard_lock:
-                _check_room(store, session_id, file)
-                add_file(session_id=session_id, file=file)
-
-        store.add_file = guarded_add_file
-        store.kronoscope_guarded = True
+    """Put the quota on the running server's in-memory upload store, once (a no-op outside a
+    server)."""
+    guard_upload_store(_check_room, _guard_lock)
 
 
-def _check_room(store, sid: str, file) -> None:
-    """Drop the files of disconnected sessions, then raise HTTP 413 when ``file`` would take
-    its visitor or the server past the quota."""
-    from starlette.exceptions import HTTPException
-    from streamlit import runtime
-
-    server = runtime.get_instance()
+def _check_room(sid: str, file_id: str, size: int) -> None:
+    """Drop the files of disconnected sessions, then refuse (HTTP 413) a file of ``size``
+    bytes that would take its visitor or the server past the quota."""
     mib = 2**20
     per_visitor = settings.get("KRONOSCOPE_UPLOAD_SESSION_MB") * mib
     total = settings.get("KRONOSCOPE_UPLOAD_TOTAL_MB") * mib
     visitor = visitor_of(sid)
     used_total = used_visitor = 0
-    for other in list(store.file_storage):
-        if other != sid and not server.is_active_session(other):
-            store.remove_session_files(other)
+    for other, files in stored_upload_sizes().items():
+        if other != sid and not session_active(other):
+            drop_session_uploads(other)
             continue
-        files = store.file_storage.get(other, {})
-        size = sum(len(f.data) for fid, f in files.items() if (other, fid) != (sid, file.file_id))
-        used_total += size
+        kept = sum(n for fid, n in files.items() if (other, fid) != (sid, file_id))
+        used_total += kept
         if visitor_of(other) == visitor:
-            used_visitor += size
-    if used_visitor + len(file.data) > per_visitor:
-        raise HTTPException(413, "Upload refused: your uploads are above this server's quota.")
-    if used_total + len(file.data) > total:
-        raise HTTPException(413, "Upload refused: this server's upload space is full.")
+            used_visitor += kept
+    if used_visitor + size > per_visitor:
+        refuse_upload("Upload refused: your uploads are above this server's quota.")
+    if used_total + size > total:
+        refuse_upload("Upload refused: this server's upload space is full.")

@@ -10,7 +10,7 @@ its address: the proxy's ``X-Forwarded-For`` entry when the host runs a trusted 
 (``KRONOSCOPE_TRUSTED_PROXY``), else the connection's own address, so cookie-less clients
 from one address share one quota; a loopback address names nobody (a proxy on the same host,
 a test client), and such a client is one visitor per tab. Visitor names are hashed: nothing
-of the cookie is kept.
+of the cookie is kept. Streamlit's internals are reached through :mod:`.streamlit_runtime`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import hashlib
 
 from core import SHARED_SESSION, settings
 
+from .streamlit_runtime import client_request, script_session_id, session_active
+
 __all__ = ["SHARED_SESSION", "session_alive", "session_id", "visitor_id", "visitor_of"]
 
 
@@ -27,19 +29,13 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def session_id() -> str:
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "no-session"
+    """This script run's session (``"no-session"`` outside a script run)."""
+    return script_session_id() or "no-session"
 
 
 def session_alive(sid: str) -> bool:
     """True while session ``sid`` is connected (always True outside a server: AppTest)."""
-    from streamlit import runtime
-
-    if sid == SHARED_SESSION or not runtime.exists():
-        return True
-    return runtime.get_instance().is_active_session(sid)
+    return sid == SHARED_SESSION or session_active(sid)
 
 
 def xsrf_token(cookie: str) -> str | None:
@@ -67,16 +63,13 @@ def visitor_of(sid: str) -> str:
     that opened its websocket (so it is known before the session's script has run, e.g. for
     a raw upload request); a session unknown to the server (ended, or AppTest) is its own
     visitor."""
-    from streamlit import runtime
-
-    client = runtime.get_instance().get_client(sid) if runtime.exists() else None
-    context = getattr(client, "client_context", None)
-    cookies = dict(context.cookies) if context is not None else {}
+    request = client_request(sid)
+    cookies = request.cookies if request is not None else {}
     token = xsrf_token(str(cookies.get("_streamlit_xsrf", "")))
     if token is None:
-        address = context.remote_ip if context is not None else None
-        if context is not None and settings.get("KRONOSCOPE_TRUSTED_PROXY"):
-            forwarded = dict(context.headers).get("x-forwarded-for", "")
+        address = request.remote_ip if request is not None else None
+        if request is not None and settings.get("KRONOSCOPE_TRUSTED_PROXY"):
+            forwarded = request.headers.get("x-forwarded-for", "")
             address = forwarded.split(",")[-1].strip() or address
         if address in LOOPBACK:  # a local proxy or test client: the address names nobody
             address = None

@@ -1,0 +1,137 @@
+"""The one door to Streamlit's internals (``streamlit.runtime`` and the upload route's HTTP
+error): every other module of pages/ and core/ uses Streamlit's public API only, and
+tests/webapp/test_streamlit_runtime.py fails, naming the missing piece, when a Streamlit
+upgrade changes one of the internals below.
+
+What is used, and why no public API does it:
+
+* ``streamlit.runtime.scriptrunner.get_script_run_ctx().session_id``: the id of the session
+  whose script is running, the key of the server's run registry and upload store
+  (:func:`script_session_id`);
+* ``streamlit.runtime.exists()`` and ``streamlit.runtime.get_instance()``: the running server,
+  absent under AppTest (:func:`server_running`);
+* ``Runtime.is_active_session(session_id)``: whether a tab is still connected, so that the run
+  registry stops the runs of closed tabs and the upload guard drops their files
+  (:func:`session_active`);
+* ``Runtime.get_client(session_id).client_context`` with ``cookies``, ``headers`` and
+  ``remote_ip``: the request that opened a session's websocket, read for *another* session
+  than the running script's (``st.context`` only knows the running one), which is how an
+  upload request is charged to its browser (:func:`client_request`);
+* ``Runtime.uploaded_file_mgr`` (a ``MemoryUploadedFileManager``) with ``add_file(session_id=,
+  file=)``, ``file_storage`` (session → file id → record with ``file_id`` and ``data``) and
+  ``remove_session_files(session_id)``: Streamlit keeps raw upload requests in memory with no
+  bound of its own (:func:`guard_upload_store`, :func:`stored_upload_sizes`,
+  :func:`drop_session_uploads`);
+* ``starlette.exceptions.HTTPException``: what the upload route turns into an HTTP status
+  (:func:`refuse_upload`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from starlette.exceptions import HTTPException
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+__all__ = [
+    "ClientRequest",
+    "client_request",
+    "drop_session_uploads",
+    "guard_upload_store",
+    "refuse_upload",
+    "script_session_id",
+    "server_running",
+    "session_active",
+    "stored_upload_sizes",
+]
+
+_GUARDED = "kronoscope_guarded"  # marks an upload store already wrapped
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """What a session's websocket request carried: its cookies, its headers (as the server
+    names them) and the connection's address."""
+
+    cookies: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    remote_ip: str | None = None
+
+
+def script_session_id() -> str | None:
+    """The session of the running script, or None outside a script run."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
+
+
+def server_running() -> bool:
+    """Whether a Streamlit server runs in this process (False under AppTest)."""
+    return runtime.exists()
+
+
+def session_active(session_id: str) -> bool:
+    """Whether session ``session_id`` is connected to the running server (True when no server
+    runs: nothing can be known to have ended)."""
+    return not runtime.exists() or runtime.get_instance().is_active_session(session_id)
+
+
+def client_request(session_id: str) -> ClientRequest | None:
+    """The request that opened session ``session_id``'s websocket, or None when the server
+    does not know the session (ended, or no server: AppTest)."""
+    client = runtime.get_instance().get_client(session_id) if runtime.exists() else None
+    context = getattr(client, "client_context", None)
+    if context is None:
+        return None
+    return ClientRequest(dict(context.cookies), dict(context.headers), context.remote_ip)
+
+
+def _upload_store() -> Any | None:
+    return runtime.get_instance().uploaded_file_mgr if runtime.exists() else None
+
+
+def guard_upload_store(check: Callable[[str, str, int], None], lock: threading.Lock) -> None:
+    """Make the running server's upload store call ``check(session_id, file_id, size)`` under
+    ``lock`` before it keeps a file (``check`` refuses with :func:`refuse_upload`); once per
+    store, a no-op when no server runs."""
+    store = _upload_store()
+    if store is None or getattr(store, _GUARDED, False):
+        return
+    with lock:
+        if getattr(store, _GUARDED, False):
+            return
+        add_file = store.add_file
+
+        def guarded_add_file(session_id: str, file) -> None:
+            with lock:
+                check(session_id, file.file_id, len(file.data))
+                add_file(session_id=session_id, file=file)
+
+        store.add_file = guarded_add_file
+        setattr(store, _GUARDED, True)
+
+
+def stored_upload_sizes() -> dict[str, dict[str, int]]:
+    """Session → file id → bytes of every raw upload the server keeps in memory."""
+    store = _upload_store()
+    if store is None:
+        return {}
+    return {
+        sid: {fid: len(rec.data) for fid, rec in dict(store.file_storage.get(sid, {})).items()}
+        for sid in list(store.file_storage)
+    }
+
+
+def drop_session_uploads(session_id: str) -> None:
+    """Forget the raw uploads the server keeps for session ``session_id``."""
+    store = _upload_store()
+    if store is not None:
+        store.remove_session_files(session_id)
+
+
+def refuse_upload(message: str) -> NoReturn:
+    """Refuse the upload request being handled with HTTP 413 and ``message``."""
+    raise HTTPException(413, message)

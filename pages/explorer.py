@@ -83,10 +83,10 @@ with sh.friendly_errors("Layer size"):
 
 batch = sh.fisher_batch(ds, int(m), int(seed))
 m_used = batch.shape[0]
-fisher_key = f"{choice.key}|{layer}|{fisher_kind}|m={m_used}"
+fisher_key = sh.compute.FisherKey(choice.key, layer, fisher_kind, m_used)
 with sh.friendly_errors("Capturing the layer's gradients"):
     fisher = sh.compute.layer_fisher(
-        fisher_key, choice.model, batch, layer, ds.loss, fisher_kind, int(seed)
+        fisher_key, model=choice.model, x=batch, loss=ds.loss, seed=int(seed)
     )
     explorer.check_fisher(fisher, layer)
 m_note = "" if m_used == m else f" (the dataset has {ds.n_train:,} training images)"
@@ -103,7 +103,7 @@ slow = settings.toggle(
 )
 results: dict[str, explorer.MethodResult] = {}
 for method, outcome in sh.compute.method_results(
-    fisher_key, methods, float(damping), slow, fisher
+    fisher_key, methods, damping=float(damping), slow=slow, fisher=fisher
 ).items():
     if isinstance(outcome, Exception):  # one failed method is a message, not a blank page
         st.error(f"**Approximating ({explorer.method_label(method)}):** {sh.plain(outcome)}")
@@ -195,12 +195,12 @@ tabs = settings.tabs(
 # Only the open tab runs: each view computes and sends its own figures alone.
 with tabs["block"]:
     if tabs["block"].open is not False and show is not None:
-        view_key = f"{fisher_key}|{show}|damping={damping!r}|slow={slow}"
+        view_key = sh.compute.BlockKey(sh.compute.MethodKey(fisher_key, show, damping, slow))
         with sh.friendly_errors("Block view"):
-            view = sh.compute.block_view(view_key, show, fisher, results[show].approx)
+            view = sh.compute.block_view(view_key, fisher, results[show].approx)
         st.plotly_chart(
             sh.compute.figure(
-                f"{view_key}|block figure|contrast={contrast!r}",
+                sh.compute.FigureKey(view_key, contrast),
                 lambda: figures.block_heatmaps(
                     view.exact,
                     view.approx,
@@ -213,7 +213,7 @@ with tabs["block"]:
             ),
             key="block",
         )
-        arrays.update(explorer.view_arrays(view, [], {}, None, show))
+        arrays.update(explorer.view_arrays(method=show, view=view))
     elif show is None:
         st.info("Choose an approximation to compare with F.")
 
@@ -230,27 +230,28 @@ with tabs["factors"]:
             ),
             key="factors",
         )
-        arrays.update(explorer.view_arrays(None, factors, {}, None, show))
+        arrays.update(explorer.view_arrays(method=show, factors=factors))
 
 with tabs["spectra"]:
     if tabs["spectra"].open is not False:
+        spectra_key = sh.compute.SpectraKey(fisher_key, damping, slow, tuple(sorted(results)))
         with sh.friendly_errors("Spectra"):
-            spec = sh.compute.spectra(f"{fisher_key}|damping={damping!r}|slow={slow}", analysis)
+            spec = sh.compute.spectra(spectra_key, analysis)
         n = fisher.da * fisher.dg
         note = (
             f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
             f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
         )
-        spectra_key = f"{fisher_key}|damping={damping!r}|slow={slow}|{','.join(sorted(results))}"
         st.plotly_chart(
             sh.compute.figure(
-                f"{spectra_key}|spectra figure", lambda: figures.spectra_figure(spec, note=note)
+                sh.compute.FigureKey(spectra_key),
+                lambda: figures.spectra_figure(spec.curves, notes=spec.notes, note=note),
             ),
             key="spectra",
         )
-        for method, why in getattr(spec, "notes", {}).items():
+        for method, why in spec.notes.items():
             st.caption(f"{explorer.method_label(method)}: {sh.plain(why)}")
-        arrays.update(explorer.view_arrays(None, [], spec, None, show or "none"))
+        arrays.update(explorer.view_arrays(method=show or "none", spectra=spec))
 
 with tabs["rank"]:
     if tabs["rank"].open is not False:
@@ -275,11 +276,12 @@ with tabs["rank"]:
             key="rank_curve",
         )
         ranked = curve.approximation(rank)
+        rank_key = sh.compute.BlockKey(sh.compute.RankKey(fisher_key, rank))
         with sh.friendly_errors("Block view"):
-            rview = sh.compute.block_view(fisher_key, f"rank{rank}", fisher, ranked)
+            rview = sh.compute.block_view(rank_key, fisher, ranked)
         st.plotly_chart(
             sh.compute.figure(
-                f"{fisher_key}|rank{rank}|block figure|contrast={contrast!r}",
+                sh.compute.FigureKey(rank_key, contrast),
                 lambda: figures.block_heatmaps(
                     rview.exact,
                     rview.approx,
@@ -292,7 +294,7 @@ with tabs["rank"]:
             ),
             key="rank_block",
         )
-        arrays.update(explorer.view_arrays(None, [], {}, curve, show or "none"))
+        arrays.update(explorer.view_arrays(method=show or "none", curve=curve))
     else:  # a link's rank waits in the URL for the tab to open (if it can be a rank at all)
         settings.hidden_slider("rank", DEFAULT_RANK, min_value=1, max_value=MAX_RANK)
 

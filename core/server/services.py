@@ -23,7 +23,7 @@ import ctypes
 import ctypes.util
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -50,10 +50,10 @@ class BoundedCache(Generic[V]):
     ) -> None:
         self.max_entries, self.max_bytes, self._size = max_entries, max_bytes, size
         self._lock = threading.Lock()
-        self._values: OrderedDict[str, tuple[V, int]] = OrderedDict()
-        self._making: dict[str, threading.Lock] = {}
+        self._values: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self._making: dict[Hashable, threading.Lock] = {}
 
-    def get(self, key: str, make: Callable[[], V]) -> V:
+    def get(self, key: Hashable, make: Callable[[], V]) -> V:
         while True:
             with self._lock:
                 if key in self._values:

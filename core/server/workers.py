@@ -73,7 +73,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,7 @@ class Job:
     ``owner`` and ``lane`` are those of the caller who queued it (see :meth:`WorkerPool.acquire`).
     """
 
-    key: str
+    key: Hashable
     fn: Callable[..., Any]
     args: tuple
     budget_s: float
@@ -323,7 +323,7 @@ class WorkerPool:
         self.max_worker_rss_mb = max_worker_rss_mb  # read after every job
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a job queued, a job settled, closing
-        self._jobs: OrderedDict[str, Job] = OrderedDict()  # in flight, and finished results
+        self._jobs: OrderedDict[Hashable, Job] = OrderedDict()  # in flight, and finished results
         # the queue: lane → owner → that owner's queued jobs, oldest first
         self._queues: dict[str, dict[str, deque[Job]]] = {lane: {} for lane in LANES}
         self._queued = 0  # jobs in self._queues
@@ -348,7 +348,7 @@ class WorkerPool:
     # -- callers ----------------------------------------------------------------------------
     def acquire(
         self,
-        key: str,
+        key: Hashable,
         fn: Callable[..., Any],
         *args: Any,
         budget_s: float,

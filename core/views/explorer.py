@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -443,13 +444,14 @@ def _factor_names(method: str, n_terms: int) -> list[tuple[str, str]]:
 # -- spectra ---------------------------------------------------------------------------------
 
 
-class Spectra(dict):
-    """Method → eigenvalues (descending), plus ``notes``: method → why its curve is missing or
-    truncated, in words for the page (a dict, so callers that only draw keep working)."""
+@dataclass(frozen=True)
+class Spectra:
+    """The curves of the spectra figure: ``curves``, name (``"exact"`` or a method) →
+    eigenvalues (descending), and ``notes``, method → why its curve is missing or truncated,
+    in words for the page."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.notes: dict[str, str] = {}
+    curves: dict[str, np.ndarray]
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> Spectra:
@@ -463,7 +465,7 @@ def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> Spect
     holds only the top eigenvalues.
     """
     n = analysis.fisher.da * analysis.fisher.dg
-    out = Spectra(exact=analysis.fisher.eigvals(max_points).numpy())
+    out = Spectra({"exact": analysis.fisher.eigvals(max_points).numpy()})
     for method, result in analysis.results.items():
         label = method_label(method)
         if result.deferred:
@@ -476,7 +478,7 @@ def spectra(analysis: LayerAnalysis, max_points: int = SPECTRUM_POINTS) -> Spect
         approx = result.approx
         lanczos = not approx.full_spectrum
         k = min(analysis.fisher.m, 64) if lanczos else min(max_points, n)
-        out[method] = approx.eigvals(k).to(torch.float64).numpy()[:max_points]
+        out.curves[method] = approx.eigvals(k).to(torch.float64).numpy()[:max_points]
         if lanczos:
             out.notes[method] = f"{label}: the top {k} eigenvalues only (Lanczos)."
     return out
@@ -531,13 +533,15 @@ def rank_curve(fisher: LayerFisher, max_rank: int = 10) -> RankCurve:
 
 
 def view_arrays(
-    view: BlockView | None,
-    factors: list[FactorView],
-    spectra_: dict[str, np.ndarray],
-    curve: RankCurve | None,
+    *,
     method: str,
+    view: BlockView | None = None,
+    factors: Sequence[FactorView] = (),
+    spectra: Spectra | None = None,
+    curve: RankCurve | None = None,
 ) -> dict[str, np.ndarray]:
-    """The arrays behind the explorer's figures, named for an ``.npz`` download."""
+    """The arrays behind the explorer's figures, named for an ``.npz`` download (``method``:
+    the approximation the block and factor views show)."""
     arrays: dict[str, np.ndarray] = {}
     if view is not None:
         arrays["exact_block"] = view.exact
@@ -546,7 +550,7 @@ def view_arrays(
         arrays["pool_blocks"] = np.array([view.pooling.block_a, view.pooling.block_g])
     for k, fv in enumerate(factors):
         arrays[f"{method}_factor{k}_{fv.side}"] = fv.matrix
-    for name, lam in spectra_.items():
+    for name, lam in (spectra.curves if spectra is not None else {}).items():
         arrays[f"eigvals_{name}"] = lam
     if curve is not None:
         arrays["rank_curve_ranks"] = curve.ranks

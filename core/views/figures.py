@@ -186,6 +186,7 @@ def factor_heatmaps(
 def spectra_figure(
     spectra: Mapping[str, np.ndarray],
     *,
+    notes: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     note: str = "",
     zero_ratio: float = 1e-12,
@@ -194,8 +195,9 @@ def spectra_figure(
 
     Eigenvalues with ``|λ| ≤ zero_ratio · λ_max`` (λ_max over all spectra) are numerically zero
     and not drawn; significantly negative ones cannot appear on a log axis and are counted in
-    the legend ("j < 0"). When ``spectra`` carries ``notes`` (:class:`core.views.explorer.Spectra`),
-    a method without a curve gets a legend entry that says why, so none is left out silently.
+    the legend ("j < 0"). A method named in ``notes`` (method → why, as
+    :class:`core.views.explorer.Spectra` holds them) without a curve gets a legend entry that
+    says so, so none is left out silently.
     """
     label_of = _labeller(labels)
     arrays = {name: np.asarray(lam, dtype=float) for name, lam in spectra.items()}
@@ -224,7 +226,7 @@ def spectra_figure(
                 hovertemplate="λ_%{x}: %{y:.4g}<extra>" + label + "</extra>",
             )
         )
-    for name in getattr(spectra, "notes", {}):
+    for name in notes or {}:
         if name not in arrays:
             fig.add_trace(
                 go.Scatter(

@@ -9,13 +9,19 @@ the job, which cancels it when no other session waits for it.
 
 A view has a compute budget (:func:`view_budget_s`, a host setting): work past it stops with
 a message saying what was skipped and how to get it.
+
+The explorer's results and figures are named by frozen dataclasses, one field per input and
+the Fisher block's :class:`FisherKey` a field of every other key: equal inputs give equal keys
+(the cached result), any input changed gives another key (never a stale result), and keys of
+different kinds of result never meet, since a dataclass only equals one of its own class.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -36,6 +42,13 @@ from .services import services
 from .session import visitor_id
 
 __all__ = [
+    "BlockKey",
+    "FigureKey",
+    "FisherKey",
+    "MethodKey",
+    "RankCurveKey",
+    "RankKey",
+    "SpectraKey",
     "block_view",
     "compute",
     "layer_fisher",
@@ -70,7 +83,7 @@ def _budget_message(what: str, seconds: float, how: str) -> str:
 
 
 def compute(
-    key: str,
+    key: Hashable,
     fn: Callable[..., Any],
     *args: Any,
     what: str,
@@ -90,8 +103,8 @@ def compute(
 
 
 def compute_all(
-    work: list[tuple[str, Callable[..., Any], tuple, str, str]], *, lane: str = "view"
-) -> dict[str, Any]:
+    work: list[tuple[Hashable, Callable[..., Any], tuple, str, str]], *, lane: str = "view"
+) -> dict[Hashable, Any]:
     """Several ``(key, fn, args, what, how)`` at once: every job is queued before any is
     waited for, so the pool's workers share one view's work. The jobs are the visitor's
     (:func:`pages.ui.session.visitor_id`: the pool serves visitors in turn) in ``lane``.
@@ -101,7 +114,7 @@ def compute_all(
     deadline = getattr(_view, "deadline", None)
     seconds = getattr(_view, "seconds", view_budget_s())
     left = seconds if deadline is None else deadline - time.monotonic()
-    out: dict[str, Any] = {}
+    out: dict[Hashable, Any] = {}
     if left <= 0:
         return {
             k: BudgetError(_budget_message(what, seconds, how)) for k, _f, _a, what, how in work
@@ -169,19 +182,93 @@ def lane_of(fisher, slow: bool) -> str:
     return "heavy" if heavy else "view"
 
 
-def layer_fisher(key: str, model, x, layer: str, loss: str, kind: str, seed: int):
+# -- what names each result -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FisherKey:
+    """One layer's Fisher block: the model (its :class:`~pages.ui.models.ModelChoice` key, which
+    names every setting it comes from), the layer, the Fisher's kind (``"true"`` or
+    ``"empirical"``) and the batch size used."""
+
+    model: str
+    layer: str
+    kind: str
+    m: int
+
+
+@dataclass(frozen=True)
+class MethodKey:
+    """One method's result on a Fisher block, with the damping and slow-metrics switch its
+    metrics were computed with."""
+
+    fisher: FisherKey
+    method: str
+    damping: float
+    slow: bool
+
+
+@dataclass(frozen=True)
+class RankKey:
+    """The best rank-``rank`` Kronecker sum of a Fisher block."""
+
+    fisher: FisherKey
+    rank: int
+
+
+@dataclass(frozen=True)
+class RankCurveKey:
+    """The error of the best rank-r sums, r = 1 … ``max_rank``."""
+
+    fisher: FisherKey
+    max_rank: int
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    """The block heatmap view of an approximation: a method's result or a best rank-r sum."""
+
+    source: MethodKey | RankKey
+
+
+@dataclass(frozen=True)
+class SpectraKey:
+    """The spectra of F and of the methods shown (sorted), computed with ``damping``/``slow``."""
+
+    fisher: FisherKey
+    damping: float
+    slow: bool
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FigureKey:
+    """A figure drawn from one view (``contrast``: the heatmaps' colour range, None where the
+    figure has none)."""
+
+    view: BlockKey | SpectraKey
+    contrast: float | None = None
+
+
+# -- the explorer's results ------------------------------------------------------------------
+
+
+def layer_fisher(key: FisherKey, *, model, x, loss: str, seed: int):
+    """The Fisher block named ``key`` of ``model`` on batch ``x``."""
     return compute(
-        key, jobs.layer_fisher, model, x, layer, loss, kind, seed,
+        key, jobs.layer_fisher, model, x, key.layer, loss, key.kind, seed,
         what="Capturing the layer's gradients", how="choose a smaller m or layer",
     )  # fmt: skip
 
 
-def method_results(fisher_key: str, methods: list[str], damping: float, slow: bool, fisher):
+def method_results(
+    key: FisherKey, methods: list[str], *, damping: float, slow: bool, fisher
+) -> dict[str, Any]:
     """Each method's :class:`core.views.explorer.MethodResult`, or the exception it raised."""
     how = "switch off the slow metrics, or run `python -m core quality` on your own machine"
     work = [
         (
-            f"{fisher_key}|method={method}|damping={damping!r}|slow={slow}",
+            MethodKey(key, method, damping, slow),
             partial(explorer.analyse_method, damping=damping, compute_slow=slow),
             (fisher, method),
             explorer.method_label(method),
@@ -193,29 +280,24 @@ def method_results(fisher_key: str, methods: list[str], damping: float, slow: bo
     return {method: outcomes[item[0]] for method, item in zip(methods, work, strict=True)}
 
 
-def rank_curve(fisher_key: str, max_rank: int, fisher):
+def rank_curve(key: FisherKey, max_rank: int, fisher):
     return compute(
-        f"{fisher_key}|rank_curve={max_rank}", explorer.rank_curve, fisher, max_rank,
+        RankCurveKey(key, max_rank), explorer.rank_curve, fisher, max_rank,
         what="The Kronecker-rank curve", lane=lane_of(fisher, False),
     )  # fmt: skip
 
 
-def block_view(fisher_key: str, view_key: str, fisher, approx):
-    return compute(
-        f"{fisher_key}|block={view_key}", explorer.block_view, fisher, approx,
-        what="The block heatmap view",
-    )  # fmt: skip
+def block_view(key: BlockKey, fisher, approx):
+    return compute(key, explorer.block_view, fisher, approx, what="The block heatmap view")
 
 
-def figure(key: str, build: Callable[[], Any]) -> Any:
+def figure(key: FigureKey, build: Callable[[], Any]) -> Any:
     """The plotly figure named ``key`` (every setting it is drawn from), built once by
     ``build()`` for every session and never mutated (``st.plotly_chart`` copies it)."""
     return services().figures.get(key, build)
 
 
-def spectra(fisher_key: str, analysis):
-    methods = ",".join(sorted(analysis.results))
+def spectra(key: SpectraKey, analysis):
     return compute(
-        f"{fisher_key}|spectra={methods}", explorer.spectra, analysis,
-        what="The spectra", how="show fewer methods",
+        key, explorer.spectra, analysis, what="The spectra", how="show fewer methods"
     )  # fmt: skip

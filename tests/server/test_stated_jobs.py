@@ -8,6 +8,7 @@ keys are checked through pages/ui/compute.py with an in-process pool (``WorkerPo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -164,23 +165,70 @@ def fisher():
     return jobs.layer_fisher(model, x, list(dict(linear_layers(model)))[-1], "bce", "true", 0)
 
 
+def _results(compute, fisher, methods, damping):
+    key = compute.FisherKey("model", "layer", "true", fisher.m)
+    return compute.method_results(key, methods, damping=damping, slow=False, fisher=fisher)
+
+
 def test_method_results_change_with_damping(compute, fisher):
-    first = compute.method_results("F", ["kfac"], 1e-3, False, fisher)["kfac"]
-    second = compute.method_results("F", ["kfac"], 1.0, False, fisher)["kfac"]
+    first = _results(compute, fisher, ["kfac"], 1e-3)["kfac"]
+    second = _results(compute, fisher, ["kfac"], 1.0)["kfac"]
     assert math.isfinite(first.ng_cosine) and math.isfinite(second.ng_cosine)
     assert first.ng_cosine != second.ng_cosine  # not the cached result of the other damping
-    again = compute.method_results("F", ["kfac"], 1e-3, False, fisher)["kfac"]
+    again = _results(compute, fisher, ["kfac"], 1e-3)["kfac"]
     assert again is first  # the same settings: the cached result
 
 
 def test_method_results_are_per_method(compute, fisher):
-    both = compute.method_results("F", ["kfac", "kpsvd"], 1e-3, False, fisher)
+    both = _results(compute, fisher, ["kfac", "kpsvd"], 1e-3)
     assert both["kfac"].method == "kfac" and both["kpsvd"].method == "kpsvd"
     assert both["kfac"].relative_error != both["kpsvd"].relative_error
 
 
 def test_rank_curve_changes_with_the_rank(compute, fisher):
-    two = compute.rank_curve("F", 2, fisher)
-    three = compute.rank_curve("F", 3, fisher)
+    key = compute.FisherKey("model", "layer", "true", fisher.m)
+    two = compute.rank_curve(key, 2, fisher)
+    three = compute.rank_curve(key, 3, fisher)
     assert list(two.ranks) == [1, 2] and list(three.ranks) == [1, 2, 3]
-    assert compute.rank_curve("F", 2, fisher) is two  # the same settings: the cached result
+    assert compute.rank_curve(key, 2, fisher) is two  # the same settings: the cached result
+
+
+def test_result_keys_are_equal_for_equal_inputs_and_differ_for_any_other():
+    """Every key of pages/ui/compute.py, built twice from the same inputs, is equal and hashes
+    equal; changing any one field, or asking for another kind of result from the same inputs,
+    gives a key no other input shares."""
+    from pages.ui.compute import (
+        BlockKey,
+        FigureKey,
+        FisherKey,
+        MethodKey,
+        RankCurveKey,
+        RankKey,
+        SpectraKey,
+    )
+
+    def build(model="m", layer="fc1", kind="true", m=256, method="kfac", damping=1e-3, slow=False,
+              rank=2, max_rank=10, methods=("kfac", "kpsvd"), contrast=0.99):  # fmt: skip
+        f = FisherKey(model, layer, kind, m)
+        result = MethodKey(f, method, damping, slow)
+        block = BlockKey(result)
+        ranked = BlockKey(RankKey(f, rank))
+        spec = SpectraKey(f, damping, slow, methods)
+        figs = [FigureKey(block, contrast), FigureKey(ranked, contrast), FigureKey(spec)]
+        return [f, result, block, ranked, RankCurveKey(f, max_rank), spec, *figs]
+
+    base = build()
+    assert build() == base and [hash(k) for k in build()] == [hash(k) for k in base]
+    assert len(set(base)) == len(base)  # one input, several results: never one key
+    changes = dict(model="m2", layer="fc2", kind="empirical", m=128, method="kpsvd",
+                   damping=1e-2, slow=True, rank=3, max_rank=9, methods=("kfac",),
+                   contrast=1.0)  # fmt: skip
+    seen = set(base)
+    for name, value in changes.items():
+        changed = build(**{name: value})
+        moved = {k for k in changed if k not in set(base)}
+        assert moved, f"changing {name} changed no key"
+        assert not moved & (seen - set(base)), f"changing {name} gave another change's key"
+        seen |= moved
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base[0].m = 1  # type: ignore[misc]

@@ -137,14 +137,14 @@ def test_slow_metrics_are_deferred_then_computed_on_request():
     assert not full.deferred and full.spectrum_error >= 0 and -1 <= full.ng_cosine <= 1
     analysis = explorer.LayerAnalysis(fisher, {"deflation": lazy, "kfac": single})
     spec = explorer.spectra(analysis)
-    assert set(spec) == {"exact", "kfac"}
+    assert set(spec.curves) == {"exact", "kfac"}
     # the missing curve and the NaN cells are explained, never silent
     assert set(spec.notes) == {"deflation"} and "slow metrics" in spec.notes["deflation"]
     assert "Deflation" in spec.notes["deflation"]
     table = analysis.table().set_index("method")
     assert "slow metrics" in table.loc["deflation", "note"] and table.loc["kfac", "note"] == ""
     computed = explorer.LayerAnalysis(fisher, {"deflation": full})
-    assert set(explorer.spectra(computed)) == {"exact", "deflation"}
+    assert set(explorer.spectra(computed).curves) == {"exact", "deflation"}
 
 
 def test_every_nan_metric_has_a_note():
@@ -202,10 +202,10 @@ def test_spectra_are_descending_and_bounded():
     a, g = batch(30, 8, 5)
     analysis = explorer.analyse(a, g)
     spec = explorer.spectra(analysis, max_points=25)
-    assert set(spec) == {"exact", *METHODS}
-    for lam in spec.values():
+    assert set(spec.curves) == {"exact", *METHODS}
+    for lam in spec.curves.values():
         assert lam.size <= 25 and np.all(np.diff(lam) <= 1e-12)
-    np.testing.assert_allclose(spec["exact"], analysis.fisher.eigvals()[:25].numpy())
+    np.testing.assert_allclose(spec.curves["exact"], analysis.fisher.eigvals()[:25].numpy())
 
 
 # -- factors -------------------------------------------------------------------------------
@@ -276,7 +276,10 @@ def test_view_arrays_names():
     view = explorer.block_view(analysis.fisher, analysis.results["kfac"].approx)
     factors = explorer.factor_views(analysis.results["kfac"].approx)
     curve = explorer.rank_curve(analysis.fisher, 3)
-    arrays = explorer.view_arrays(view, factors, explorer.spectra(analysis), curve, "kfac")
+    spectra = explorer.spectra(analysis)
+    arrays = explorer.view_arrays(
+        method="kfac", view=view, factors=factors, spectra=spectra, curve=curve
+    )
     assert {"exact_block", "kfac_block", "kfac_difference", "eigvals_exact", "eigvals_kfac",
             "rank_curve_errors", "kfac_factor0_input"} <= set(arrays)  # fmt: skip
 
@@ -311,7 +314,7 @@ def test_a_paper_sized_layer_stays_matrix_free(one_thread):
     factors = explorer.factor_views(analysis.results["kfac_corrected"].approx)
     assert all(f.matrix.shape[0] <= explorer.DEFAULT_MAX_SIDE for f in factors)
     spec = explorer.spectra(analysis)
-    assert spec["exact"].size == m and spec["kfac"].size == explorer.SPECTRUM_POINTS
+    assert spec.curves["exact"].size == m and spec.curves["kfac"].size == explorer.SPECTRUM_POINTS
     curve = explorer.rank_curve(analysis.fisher, 4)
     assert np.all(np.diff(curve.errors) <= 1e-9)
     assert time.perf_counter() - start < 60  # generous: a hang, not a benchmark

@@ -124,8 +124,7 @@ def test_every_figure_names_methods_by_label_not_id():
 def test_spectra_figure_says_why_a_method_has_no_curve():
     from core.views.explorer import Spectra
 
-    spec = Spectra(exact=np.array([3.0, 1.0]))
-    spec.notes["deflation"] = "Deflation: no curve: slow"
-    fig = figures.spectra_figure(spec)
+    spec = Spectra({"exact": np.array([3.0, 1.0])}, {"deflation": "Deflation: no curve: slow"})
+    fig = figures.spectra_figure(spec.curves, notes=spec.notes)
     names = [t.name for t in fig.data]
     assert names == ["Exact F", "Deflation: not computed (slow metrics off)"]

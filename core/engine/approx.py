@@ -52,7 +52,6 @@ from abc import ABC, abstractmethod
 from dataclasses import KW_ONLY, dataclass, field
 from functools import cached_property
 
-import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
@@ -68,14 +67,16 @@ from .inverses import (
     TwoTermFactoredInverse,
     kron_sum_operator,
 )
-from .kron import KronEig, kron_matvec, sym, vec
+from .kron import KronEig, kron_matvec, sum_frobenius_sq, sym, vec
 from .rearranged_svd import RearrangedFisher, Triplets
+from .sum_spectrum import RESIDUAL_TOLERANCE, ProjectedSum, project_sum
 from .validation import check_damping, check_dense_size, check_gradient_matrix
 
 SOLVE_MODES = ("exact", "factored")
 # Sums of ≥ 2 products: up to DENSE_EIG_LIMIT the dense eigendecomposition (vectors too) serves
-# both the spectrum and the exact damped solve; up to DENSE_SPECTRUM_LIMIT one dense eigvalsh
-# gives the whole spectrum (much faster than Lanczos there); above, Lanczos gives the top k.
+# both the spectrum and the exact damped solve; above, one dense eigvalsh of order up to
+# DENSE_SPECTRUM_LIMIT (of the sum compressed onto its factors' ranges, or of the sum) gives
+# the whole spectrum (much faster than Lanczos there); beyond, Lanczos gives the top k.
 DENSE_EIG_LIMIT = 2048
 DENSE_SPECTRUM_LIMIT = 4096
 
@@ -202,7 +203,9 @@ class KroneckerSum(Approximation):
 
     @property
     def full_spectrum(self) -> bool:
-        return len(self.terms) == 1 or self.n <= DENSE_SPECTRUM_LIMIT
+        if len(self.terms) == 1 or self.n <= DENSE_SPECTRUM_LIMIT:
+            return True
+        return self._projected is not None and self._projected.size <= DENSE_SPECTRUM_LIMIT
 
     @property
     def dtype(self) -> torch.dtype:
@@ -251,9 +254,7 @@ class KroneckerSum(Approximation):
 
     def frobenius_sq(self) -> float:
         """‖Σ R_k⊗S_k‖² = Σ_kl ⟨R_k, R_l⟩⟨S_k, S_l⟩."""
-        rs = torch.stack([r.reshape(-1) for r, _ in self.terms]).to(torch.float64)
-        ss = torch.stack([s.reshape(-1) for _, s in self.terms]).to(torch.float64)
-        return float(((rs @ rs.T) * (ss @ ss.T)).sum())
+        return sum_frobenius_sq(self.terms)
 
     def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
         """⟨F, R⊗S⟩ = (1/m) Σ_i (ā_iᵀ R ā_i)(g_iᵀ S g_i)."""
@@ -271,29 +272,55 @@ class KroneckerSum(Approximation):
         damped inverse of a single product)."""
         return PerDtype(KronEig.of(*self.terms[0]))
 
+    @cached_property
+    def _projected(self) -> ProjectedSum | None:
+        """The sum compressed onto its factors' joint ranges (:mod:`core.engine.sum_spectrum`),
+        or None when that projection would move an eigenvalue by more than its tolerance."""
+        projected = project_sum(self.terms)
+        return projected if projected.residual <= RESIDUAL_TOLERANCE else None
+
     def eigvals(self, k: int | None = None) -> torch.Tensor:
         """All eigenvalues, descending, when they are cheap: one product (all products
-        λ_R,i λ_S,p) or a sum with n ≤ DENSE_SPECTRUM_LIMIT (dense). Above, the top ``k``
-        (default 64) by Lanczos. Cached."""
+        λ_R,i λ_S,p); a sum with n ≤ DENSE_EIG_LIMIT (dense); a sum whose compression M onto
+        its factors' joint ranges has order ≤ DENSE_SPECTRUM_LIMIT (M's eigenvalues and zeros);
+        a sum with n ≤ DENSE_SPECTRUM_LIMIT (dense). Otherwise the top ``k`` (default 64) by
+        Lanczos, on M when the projection holds. Cached."""
         if self._spectrum is None:
-            if len(self.terms) == 1:
-                lam = self._first_eig.value.eigvals_grid().reshape(-1)
-            elif self.n <= DENSE_EIG_LIMIT:
-                lam = self._dense_eigh[0]
-            elif self.n <= DENSE_SPECTRUM_LIMIT:
-                lam = torch.linalg.eigvalsh(sym(self.to_dense().to(torch.float64)))
-            else:
-                lam = None
-            if lam is not None:
-                self._spectrum = torch.sort(lam, descending=True).values
+            self._spectrum = self._whole_spectrum()
         if self._spectrum is not None:
             return self._spectrum if k is None else self._spectrum[:k]
         k = min(k or 64, self.n - 1)
         if k not in self._top:
-            op = kron_sum_operator(self.terms, 0.0)
-            vals = sla.eigsh(op, k=k, which="LA", return_eigenvectors=False)
-            self._top[k] = torch.from_numpy(np.sort(vals)[::-1].copy()).to(self.device)
+            projected = self._projected
+            if projected is None:
+                vals = sla.eigsh(
+                    kron_sum_operator(self.terms, 0.0), k=k, which="LA", return_eigenvectors=False
+                )
+                lam = torch.sort(torch.from_numpy(vals), descending=True).values
+            else:
+                vals = sla.eigsh(
+                    kron_sum_operator(projected.terms, 0.0),
+                    k=k,
+                    which="LA",
+                    return_eigenvectors=False,
+                )
+                lam = projected.with_zeros(torch.from_numpy(vals), k)
+            self._top[k] = lam.to(self.device)
         return self._top[k]
+
+    def _whole_spectrum(self) -> torch.Tensor | None:
+        """Every eigenvalue, descending, where that is cheap (see :meth:`eigvals`); else None."""
+        if len(self.terms) == 1:
+            lam = self._first_eig.value.eigvals_grid().reshape(-1)
+        elif self.n <= DENSE_EIG_LIMIT:
+            lam = self._dense_eigh[0]
+        elif self._projected is not None and self._projected.size <= DENSE_SPECTRUM_LIMIT:
+            lam = self._projected.with_zeros(torch.linalg.eigvalsh(self._projected.dense()))
+        elif self.n <= DENSE_SPECTRUM_LIMIT:
+            lam = torch.linalg.eigvalsh(sym(self.to_dense().to(torch.float64)))
+        else:
+            return None
+        return torch.sort(lam, descending=True).values.to(self.device)
 
     def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
         if len(self.terms) == 1:

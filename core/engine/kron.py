@@ -47,6 +47,14 @@ def sym(m: torch.Tensor) -> torch.Tensor:
     return 0.5 * (m + m.T)
 
 
+def sum_frobenius_sq(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """‖Σ_k R_k ⊗ S_k‖²_F = Σ_kl ⟨R_k, R_l⟩⟨S_k, S_l⟩ in float64, without forming the sum
+    (⟨R ⊗ S, R' ⊗ S'⟩ = ⟨R, R'⟩⟨S, S'⟩)."""
+    rs = torch.stack([r.reshape(-1) for r, _ in terms]).to(torch.float64)
+    ss = torch.stack([s.reshape(-1) for _, s in terms]).to(torch.float64)
+    return float(((rs @ rs.T) * (ss @ ss.T)).sum())
+
+
 def pi_factor(r: torch.Tensor, s: torch.Tensor) -> float:
     """Martens & Grosse (2015, §6.3) factored-damping ratio π = sqrt((tr R / da) / (tr S / dg))."""
     tr_r = float(torch.trace(r)) / r.shape[0]

@@ -264,9 +264,10 @@ def test_exact_solve_projects_an_indefinite_sum_onto_the_psd_cone():
 
 
 def test_large_sums_use_lanczos_eigenvalues_and_minres(monkeypatch):
-    monkeypatch.setattr(approx_module, "DENSE_SPECTRUM_LIMIT", 2000)
+    monkeypatch.setattr(approx_module, "DENSE_SPECTRUM_LIMIT", 500)
     a, g = batch(30, 60, 40, seed=4)  # n = 2400 > both dense limits for sums
     ap = approximate("kfac_corrected", a, g)
+    assert ap._projected.size == 900 > 500  # Lanczos on the sum compressed to 30² dimensions
     dense = ap.to_dense()
     lam = torch.linalg.eigvalsh(dense).flip(0)
     top = ap.eigvals(10)

@@ -67,9 +67,11 @@ def model_choice(settings: sh.UrlSettings) -> tuple[Any, Any, str, int, sh.Model
             steps = settings.number("Training steps", "steps", 200, min_value=1, max_value=20_000)
             hyper = sh.optimizer_controls(settings, opt_name, preset)
     if state == "trained":
-        choice = sh.trained_model(data, ds, preset, int(seed), opt_name, hyper, int(steps))
+        choice = sh.trained_model(
+            data, ds, preset, int(seed), optimizer=opt_name, settings=hyper, steps=int(steps)
+        )
     else:
-        init = sh.initial_model(data.key, preset, int(seed), ds)
+        init = sh.initial_model(data.key, preset=preset, seed=int(seed), ds=ds)
         choice = sh.ModelChoice(f"{data.key}|{preset}|seed={seed}|init", init, "at initialization")
     return data, ds, preset, seed, choice
 
@@ -109,7 +111,7 @@ def block_controls(settings: sh.UrlSettings, model) -> BlockChoice:
     return BlockChoice(layer, methods, m, kind, damping)
 
 
-def fisher_block(data, ds, preset: str, seed: int, choice, block: BlockChoice) -> Block:
+def fisher_block(*, data, ds, preset: str, seed: int, choice, block: BlockChoice) -> Block:
     """The layer's Fisher block from the worker pool, after the layer-size check, with the
     caption that says what it is."""
     info = next(i for i in describe_layers(choice.model) if i.name == block.layer)
@@ -133,7 +135,7 @@ def fisher_block(data, ds, preset: str, seed: int, choice, block: BlockChoice) -
 
 
 def method_results(
-    block: Block, methods: list[str], damping: float, slow: bool
+    block: Block, methods: list[str], *, damping: float, slow: bool
 ) -> dict[str, explorer.MethodResult]:
     """Each method's result; a method that failed is a message, not a blank page."""
     results: dict[str, explorer.MethodResult] = {}
@@ -237,7 +239,7 @@ def block_figure(view, method: str, contrast: float) -> Callable[[], Any]:
     )
 
 
-def block_tab(block: Block, results, show: str, damping: float, slow: bool, contrast) -> Arrays:
+def block_tab(block: Block, results, *, show: str, damping: float, slow: bool, contrast) -> Arrays:
     """The Fisher block, the shown approximation and their difference."""
     key = sh.compute.BlockKey(sh.compute.MethodKey(block.key, show, damping, slow))
     with sh.friendly_errors("Block view"):
@@ -266,7 +268,7 @@ def factors_tab(results, show: str) -> Arrays:
     return explorer.view_arrays(method=show, factors=factors)
 
 
-def spectra_tab(block: Block, analysis, damping: float, slow: bool, show: str | None) -> Arrays:
+def spectra_tab(block: Block, analysis, *, damping: float, slow: bool, show: str | None) -> Arrays:
     """The spectra of F and of every approximation, with why a curve is missing."""
     fisher = block.fisher
     key = sh.compute.SpectraKey(block.key, damping, slow, tuple(sorted(analysis.results)))
@@ -289,7 +291,7 @@ def spectra_tab(block: Block, analysis, damping: float, slow: bool, show: str | 
     return explorer.view_arrays(method=show or "none", spectra=spec)
 
 
-def rank_tab(settings: sh.UrlSettings, block: Block, results, show, contrast) -> Arrays:
+def rank_tab(settings: sh.UrlSettings, block: Block, *, results, show, contrast) -> Arrays:
     """The error of the best rank-r sums, the rank slider, and that sum's block view."""
     fisher = block.fisher
     with sh.friendly_errors("Kronecker rank"):
@@ -322,7 +324,7 @@ def rank_tab(settings: sh.UrlSettings, block: Block, results, show, contrast) ->
     return explorer.view_arrays(method=show or "none", curve=curve)
 
 
-def pictures(settings, block: Block, analysis, choice: BlockChoice, slow: bool) -> Arrays:
+def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: bool) -> Arrays:
     """The four tabs; only the open one runs, computing and sending its own figures alone.
     Returns the arrays behind what was drawn."""
     results, methods = analysis.results, list(analysis.results)
@@ -340,7 +342,9 @@ def pictures(settings, block: Block, analysis, choice: BlockChoice, slow: bool) 
     arrays: Arrays = {}
     with tabs["block"]:
         if tabs["block"].open is not False and show is not None:
-            arrays |= block_tab(block, results, show, choice.damping, slow, contrast)
+            arrays |= block_tab(
+                block, results, show=show, damping=choice.damping, slow=slow, contrast=contrast
+            )
         elif show is None:
             st.info("Choose an approximation to compare with F.")
     with tabs["factors"]:
@@ -348,10 +352,10 @@ def pictures(settings, block: Block, analysis, choice: BlockChoice, slow: bool) 
             arrays |= factors_tab(results, show)
     with tabs["spectra"]:
         if tabs["spectra"].open is not False:
-            arrays |= spectra_tab(block, analysis, choice.damping, slow, show)
+            arrays |= spectra_tab(block, analysis, damping=choice.damping, slow=slow, show=show)
     with tabs["rank"]:
         if tabs["rank"].open is not False:
-            arrays |= rank_tab(settings, block, results, show, contrast)
+            arrays |= rank_tab(settings, block, results=results, show=show, contrast=contrast)
         else:  # a link's rank waits in the URL for the tab to open (if it can be a rank at all)
             settings.hidden_slider("rank", DEFAULT_RANK, min_value=1, max_value=MAX_RANK)
     return arrays
@@ -380,16 +384,16 @@ def main() -> None:
     data, ds, preset, seed, model = model_choice(settings)
     choice = block_controls(settings, model.model)
     settings.show_notices()
-    block = fisher_block(data, ds, preset, seed, model, choice)
+    block = fisher_block(data=data, ds=ds, preset=preset, seed=seed, choice=model, block=choice)
     slow = settings.toggle(
         "Compute slow metrics (spectrum and natural gradient of 2-term sums on large layers)",
         "slow",
         False,
     )
-    results = method_results(block, choice.methods, choice.damping, slow)
+    results = method_results(block, choice.methods, damping=choice.damping, slow=slow)
     analysis = explorer.LayerAnalysis(block.fisher, results)
     metrics_table(analysis, choice.damping, block)
-    arrays = pictures(settings, block, analysis, choice, slow)
+    arrays = pictures(settings, block, analysis=analysis, choice=choice, slow=slow)
     figure_data_button(arrays, choice.layer)
     settings.sync()
     st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")

@@ -32,7 +32,7 @@ with st.sidebar:
     hyper = sh.optimizer_controls(settings, opt_name, preset)
     steps, batch = sh.run_length_controls(settings, 300)
 
-init = sh.initial_model(data.key, preset, seed, ds)
+init = sh.initial_model(data.key, preset=preset, seed=seed, ds=ds)
 layers = sh.layer_options(init)
 col_layer, col_every, col_m = st.columns([3, 1, 1])
 with col_layer:

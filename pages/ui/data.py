@@ -195,7 +195,7 @@ def presets_for(name: str) -> list[str]:
     return sorted(fits, key=lambda p: p != name)
 
 
-def initial_model(data_key: str, preset: str, seed: int, ds: Dataset) -> torch.nn.Module:
+def initial_model(data_key: str, *, preset: str, seed: int, ds: Dataset) -> torch.nn.Module:
     """The preset's model at its (seeded) initialization, shared; never mutated by the app."""
     return services().initial_models.get(
         f"{data_key}|{preset}|{seed}",

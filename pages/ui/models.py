@@ -55,6 +55,7 @@ def trained_model(
     ds: Dataset,
     preset: str,
     seed: int,
+    *,
     optimizer: str,
     settings: dict,
     steps: int,
@@ -75,7 +76,7 @@ def trained_model(
     steps = config.steps  # what is trained: the server may have cut the request
     options = ",".join(f"{k}={v}" for k, v in sorted(config.optimizer.to_dict().items()))
     key = f"{data.key}|{preset}|seed={seed}|{options}|steps={steps}|batch={batch_size}"
-    init = initial_model(data.key, preset, seed, ds)
+    init = initial_model(data.key, preset=preset, seed=seed, ds=ds)
 
     def make_run() -> TrainingRun:
         return TrainingRun(config, dataset=ds, model=init)

@@ -64,7 +64,7 @@ def training_runs(
     The settings become configurations in :meth:`core.RunConfig.from_settings`, as the
     CLI's do (one place applies the defaults), with this server's limits per run (the CLI has
     none); a bad value raises ``ValueError``."""
-    init = initial_model(data.key, preset, seed, ds)
+    init = initial_model(data.key, preset=preset, seed=seed, ds=ds)
     return [
         TrainingRun(
             RunConfig.from_settings(

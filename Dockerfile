@@ -92,7 +92,8 @@ WORKDIR /app
 USER ${APP_UID}:${APP_UID}
 EXPOSE 8501
 # Python's urllib instead of curl, which the slim bases lack; follows STREAMLIT_SERVER_PORT and
-# STREAMLIT_SERVER_BASE_URL_PATH when they are changed at run time.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+# STREAMLIT_SERVER_BASE_URL_PATH when they are changed at run time. serve.py answers 503 until it
+# has warmed up the first pages (seconds; the start period leaves room on a slow host).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request as u; p = os.environ.get('STREAMLIT_SERVER_BASE_URL_PATH', '').strip('/'); u.urlopen('http://127.0.0.1:%s/%s_stcore/health' % (os.environ.get('STREAMLIT_SERVER_PORT', '8501'), p + '/' if p else ''), timeout=4)"]
 CMD ["python", "serve.py"]

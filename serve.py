@@ -4,14 +4,18 @@
    the server here, with one line naming the variable, before any visitor arrives.
 2. Streamlit then serves ``app.py`` in this process (``streamlit run app.py`` with the same
    flags), so the shared services of :mod:`core.server.services` are this process's.
-3. A thread waits for the health endpoint; then it puts the quota on raw upload requests
-   (:func:`pages.ui.services.guard_uploads`, before any visitor can have a session) and,
-   with ``KRONOSCOPE_PREWARM`` on (the default), opens the pages a class opens first (Home
-   and the Fisher explorer's default view) as a browserless visitor over Streamlit's own
-   websocket protocol, on loopback. The worker processes start, the numerical stack is
+3. A thread waits for the HTTP server to answer; then it puts the quota on raw upload
+   requests (:func:`pages.ui.services.guard_uploads`, before any visitor can have a session)
+   and, with ``KRONOSCOPE_PREWARM`` on (the default), opens the pages a class opens first
+   (Home and the Fisher explorer's default view) as a browserless visitor over Streamlit's
+   own websocket protocol, on loopback. The worker processes start, the numerical stack is
    imported and the default view's results and figures are cached before the first
    student's request, and they are exactly what that request asks for, since the page itself
    computed them.
+4. Until then ``/_stcore/health`` answers 503 "warming up"
+   (:func:`pages.ui.streamlit_runtime.hold_health_until`), so a proxy or a Docker health
+   check sends no visitor to a cold server; it answers 200 once the warm-up finished (or
+   failed: a failed warm-up costs the first visitor time, it does not keep the server out).
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import asyncio
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from core import settings
 
 PREWARM_PAGES = (("", ""), ("explorer", ""))  # (url path, query): Home, the default view
 PREWARM_TIMEOUT_S = 300.0
+WARMING_UP = "warming up: the server opens its first pages itself before it takes visitors"
 
 
 def _port(argv: list[str]) -> int:
@@ -58,17 +64,22 @@ async def _open(port: int, page: str, query: str) -> None:
                 return
 
 
-def _after_start(port: int, prewarm: bool, guard_uploads) -> None:
+def _after_start(port: int, prewarm: bool, guard_uploads, ready: threading.Event) -> None:
     deadline = time.monotonic() + PREWARM_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
             break
+        except urllib.error.HTTPError:  # answering, with 503 while held: the server is up
+            break
         except OSError:
             time.sleep(0.2)
     guard_uploads()
-    if prewarm:
-        _prewarm(port)
+    try:
+        if prewarm:
+            _prewarm(port)
+    finally:
+        ready.set()
 
 
 def _prewarm(port: int) -> None:
@@ -91,9 +102,12 @@ def main(argv: list[str]) -> int:
     # The app's package is imported here, before Streamlit serves: imported by a thread and a
     # first script run at the same time, its modules were seen half initialised (ImportError).
     from pages.ui.services import guard_uploads
+    from pages.ui.streamlit_runtime import hold_health_until
 
+    ready = threading.Event()
+    hold_health_until(ready, WARMING_UP)
     threading.Thread(
-        target=_after_start, args=(_port(argv), prewarm, guard_uploads), daemon=True
+        target=_after_start, args=(_port(argv), prewarm, guard_uploads, ready), daemon=True
     ).start()
     from streamlit.web import cli
 

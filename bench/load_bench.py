@@ -114,6 +114,11 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
+        self.start()
+        return self.wait_healthy()
+
+    def start(self) -> None:
+        """Start ``python serve.py`` (returns at once; :meth:`wait_healthy` waits for it)."""
         cmd = [
             str(ROOT / ".venv/bin/python"), "serve.py",
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
@@ -125,6 +130,11 @@ class Server:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def wait_healthy(self) -> Server:
+        """Wait until the health endpoint answers ``ok`` (after the warm-up); stop the server
+        and raise, with its log's tail, when it exits or the startup timeout passes."""
+        assert self.proc is not None, "start() first"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

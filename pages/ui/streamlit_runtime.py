@@ -23,7 +23,11 @@ What is used, and why no public API does it:
   bound of its own (:func:`guard_upload_store`, :func:`stored_upload_sizes`,
   :func:`drop_session_uploads`);
 * ``starlette.exceptions.HTTPException``: what the upload route turns into an HTTP status
-  (:func:`refuse_upload`).
+  (:func:`refuse_upload`);
+* ``Runtime.is_ready_for_browser_connection`` (an awaitable property answering ``(ok,
+  message)``): what ``/_stcore/health`` reports; wrapped so that it answers 503 until the
+  server has warmed up, and a proxy or Docker health check sends no visitor before
+  (:func:`hold_health_until`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "client_request",
     "drop_session_uploads",
     "guard_upload_store",
+    "hold_health_until",
     "refuse_upload",
     "script_session_id",
     "server_running",
@@ -49,7 +54,7 @@ __all__ = [
     "stored_upload_sizes",
 ]
 
-_GUARDED = "kronoscope_guarded"  # marks an upload store already wrapped
+_GUARDED = "kronoscope_guarded"  # marks an upload store, or the health answer, already wrapped
 
 
 @dataclass(frozen=True)
@@ -135,3 +140,19 @@ def drop_session_uploads(session_id: str) -> None:
 def refuse_upload(message: str) -> NoReturn:
     """Refuse the upload request being handled with HTTP 413 and ``message``."""
     raise HTTPException(413, message)
+
+
+def hold_health_until(ready: threading.Event, message: str) -> None:
+    """Until ``ready`` is set, ``/_stcore/health`` answers 503 with ``message`` (Streamlit's
+    own answer afterwards). Called before Streamlit starts; wraps the class's property once."""
+    cls = runtime.Runtime
+    original = cls.is_ready_for_browser_connection
+    if getattr(original.fget, _GUARDED, False):
+        raise RuntimeError("the health endpoint is already held")
+
+    async def answer(self: Any) -> tuple[bool, str]:
+        ok, text = await original.fget(self)
+        return (ok, text) if not ok or ready.is_set() else (False, message)
+
+    setattr(answer, _GUARDED, True)
+    cls.is_ready_for_browser_connection = property(answer)

@@ -70,6 +70,15 @@ def test_the_runtime_answers_for_sessions_and_holds_the_upload_store():
     assert isinstance(store, property), "Runtime.uploaded_file_mgr is gone"
 
 
+def test_the_health_answer_is_an_awaitable_property_of_the_runtime():
+    """What :func:`hold_health_until` wraps (the server's 503-until-warm health check)."""
+    from streamlit.runtime import Runtime
+
+    answer = inspect.getattr_static(Runtime, "is_ready_for_browser_connection", None)
+    assert isinstance(answer, property), "Runtime.is_ready_for_browser_connection is gone"
+    assert inspect.iscoroutinefunction(answer.fget), "the health answer is no longer awaited"
+
+
 def test_a_client_context_carries_cookies_headers_and_address():
     from streamlit.runtime.session_manager import ClientContext, SessionClient
 

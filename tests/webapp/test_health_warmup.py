@@ -1,0 +1,50 @@
+"""A fresh server answers its health endpoint 503 "warming up" until it has opened Home and
+the explorer's default view itself (serve.py, issue 20), so a proxy or Docker health check
+sends no visitor to a cold server; then 200 "ok". One real ``python serve.py`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from load_bench import Server, free_port  # noqa: E402
+
+from serve import WARMING_UP  # noqa: E402
+
+
+def _health(port: int) -> tuple[int, str] | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/_stcore/health")
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def test_health_answers_503_until_the_warm_up_finished(tmp_path):
+    server = Server(free_port(), tmp_path)
+    server.start()
+    answers: list[tuple[int, str]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.proc.poll() is None:
+            answer = _health(server.port)
+            if answer is not None:
+                if answer[0] == 200:
+                    log = server.log_path.read_text(errors="replace")
+                    break
+                answers.append(answer)
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"no 200 from the health endpoint; {server.log_tail()}")
+    finally:
+        server.stop()
+    assert answer == (200, "ok")
+    assert answers and set(answers) == {(503, WARMING_UP)}  # held, and only by the warm-up
+    assert "kronoscope: prewarmed in" in log  # the 200 came after the warm-up finished

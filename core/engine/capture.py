@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,8 +201,10 @@ class _Recorder:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}  # in forward order
 
-    def hook(self, name: str):
-        def record(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor):
+    def hook(self, name: str) -> Callable[..., torch.Tensor | None]:
+        def record(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor
+        ) -> torch.Tensor | None:
             if threading.get_ident() != self.owner:
                 return None  # another thread's forward pass on the same model
             if name in self.outputs:
@@ -246,7 +248,7 @@ def _check_output(output: Any, recorder: _Recorder, selected: list[str]) -> None
 
 
 def _layer_captures(
-    modules: dict[str, nn.Module], recorder: _Recorder, grads: tuple
+    modules: dict[str, nn.Module], recorder: _Recorder, grads: tuple[torch.Tensor, ...]
 ) -> dict[str, LayerCapture]:
     """One :class:`LayerCapture` per recorded layer, in forward order: ``ā`` with the bias
     column of ones, ``g`` zero where the loss does not reach the layer."""

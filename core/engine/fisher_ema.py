@@ -186,7 +186,7 @@ class FisherEMA:
         if self.centered:
             m = a.shape[0]
             a_t, g_t = a.T @ a / m, g.T @ g / m
-            if first:
+            if self.kfac is None:  # the first fold
                 self.kfac = (a_t, g_t)
             else:
                 fa, fg = self.kfac

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import scipy.sparse.linalg as sla
@@ -83,7 +83,13 @@ class InverseKey:
     damping: float
 
 
-def _cast(value: KronEig | tuple[torch.Tensor, ...], dtype: torch.dtype):
+@overload
+def _cast(value: KronEig, dtype: torch.dtype) -> KronEig: ...
+@overload
+def _cast(value: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]: ...
+def _cast(
+    value: KronEig | tuple[torch.Tensor, ...], dtype: torch.dtype
+) -> KronEig | tuple[torch.Tensor, ...]:
     if isinstance(value, KronEig):
         return KronEig(*_cast((value.u_r, value.lam_r, value.u_s, value.lam_s), dtype))
     return tuple(t.to(dtype) for t in value)
@@ -94,8 +100,8 @@ class PerDtype(Generic[Decomposition]):
     solve asks for, made once."""
 
     def __init__(self, value: Decomposition) -> None:
-        self.value = value
-        self.dtype = (value.u_r if isinstance(value, KronEig) else value[0]).dtype
+        self.value: Decomposition = value
+        self.dtype: torch.dtype = (value.u_r if isinstance(value, KronEig) else value[0]).dtype
         self._rounded: dict[torch.dtype, Decomposition] = {}
 
     def __call__(self, dtype: torch.dtype) -> Decomposition:
@@ -210,7 +216,11 @@ class MinresInverse(DampedInverse):
     """
 
     def __init__(
-        self, terms: list[tuple[torch.Tensor, torch.Tensor]], *, damping: float, info: dict
+        self,
+        terms: list[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        damping: float,
+        info: dict[str, Any],
     ) -> None:
         r1, s1 = terms[0]
         first64 = psd_part(KronEig.of(r1.to("cpu", torch.float64), s1.to("cpu", torch.float64)))
@@ -270,5 +280,5 @@ class WoodburyInverse(DampedInverse):
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(torch.float64)
         jv = ((self.g @ v) * self.a).sum(1)
-        y = torch.linalg.solve(self.system, jv)
+        y: torch.Tensor = torch.linalg.solve(self.system, jv)
         return (v - self.g.T @ (y[:, None] * self.a)) / self.damping

@@ -61,7 +61,7 @@ def pi_factor(r: torch.Tensor, s: torch.Tensor) -> float:
     tr_s = float(torch.trace(s)) / s.shape[0]
     if tr_r <= 0.0 or tr_s <= 0.0:
         return 1.0
-    return (tr_r / tr_s) ** 0.5
+    return float((tr_r / tr_s) ** 0.5)  # float ** float is typed Any (a negative base)
 
 
 def factored_damping(

@@ -43,6 +43,7 @@ Fisher approximation for natural gradient descent*).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -130,7 +131,11 @@ def _check_dense_targets(targets: Any, output: torch.Tensor, name: str) -> torch
     return t
 
 
-def _summed_over_units(output: torch.Tensor, target: torch.Tensor, elementwise_nll) -> torch.Tensor:
+def _summed_over_units(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    elementwise_nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     if output.shape != target.shape:
         raise ValueError(
             f"output and target shapes differ: {tuple(output.shape)} vs {tuple(target.shape)}"

@@ -93,9 +93,9 @@ def choose_precision(
         return where, _DTYPES[key], f"{device_type}: {ENV_VAR}={key}"
     if device_type == "cpu":
         return where, torch.float64, "cpu: float64"
-    if device_type == "cuda":
+    if device_type == "cuda" and capability is not None:  # None was refused above
         cc = f"{capability[0]}.{capability[1]}"
-        if tuple(capability) in FAST_FLOAT64:
+        if (capability[0], capability[1]) in FAST_FLOAT64:
             return where, torch.float64, f"cuda, compute capability {cc}: fast float64"
         return where, torch.float32, f"cuda, compute capability {cc}: float32 per-step solves"
     return where, torch.float64, f"{device_type}: no float64 there, engine on the cpu"

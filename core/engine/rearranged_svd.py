@@ -41,6 +41,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ class Triplets:
     right: torch.Tensor  # (r, …) unit vectors of the right space
     iterations: int
     converged: bool
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -274,7 +275,7 @@ def _k_orthonormal(xk: torch.Tensor, m: int, scale: float) -> tuple[torch.Tensor
     round-off, or a factorisation that failed) the block goes through :func:`_k_eigh_orthonormal`
     instead, which drops such directions.
     """
-    coeff = None
+    coeff: torch.Tensor | None = None
     thresholds = (1e-7 * scale, 1e-7)  # the second pass sees K-unit vectors
     out = xk
     for threshold in thresholds:
@@ -283,6 +284,7 @@ def _k_orthonormal(xk: torch.Tensor, m: int, scale: float) -> tuple[torch.Tensor
             return _k_eigh_orthonormal(xk, m, scale)
         out = torch.linalg.solve_triangular(chol.T, out, upper=True, left=False)
         coeff = chol.T if coeff is None else chol.T @ coeff
+    assert coeff is not None  # set by the first of the two passes
     return out, coeff
 
 
@@ -378,7 +380,8 @@ class _CheckSchedule:
     number of checks grows only logarithmically in the number of steps."""
 
     def __init__(self) -> None:
-        self.next, self.last = 1, None
+        self.next = 1
+        self.last: tuple[int, float] | None = None  # (step, excess) of the last check
 
     def due(self, step: int) -> bool:
         return step >= self.next

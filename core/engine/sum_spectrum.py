@@ -21,7 +21,9 @@ projection is used only when the residual is below :data:`RESIDUAL_TOLERANCE` �
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import torch
 
@@ -53,7 +55,7 @@ class ProjectedSum:
 
     def dense(self) -> torch.Tensor:
         """M as a dense (size × size) float64 matrix."""
-        return sym(sum(torch.kron(r, s) for r, s in self.terms))
+        return sym(reduce(operator.add, (torch.kron(r, s) for r, s in self.terms)))
 
     def with_zeros(self, lam: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """F̃'s eigenvalues (the top ``k``, or all n), descending, from M's eigenvalues ``lam``:
@@ -81,6 +83,7 @@ def joint_range(mats: list[torch.Tensor]) -> torch.Tensor:
     s = min(d, SKETCH_COLUMNS)
     while True:
         omega = torch.randn(d, s, dtype=torch.float64, device=m64[0].device, generator=generator)
+        u: torch.Tensor
         u, sigma, _ = torch.linalg.svd(torch.cat([m @ omega for m in m64], 1), full_matrices=False)
         rank = int((sigma > tol * sigma[0]).sum())
         if rank < s or s == d:

@@ -86,7 +86,7 @@ def check_damping(damping: float) -> float:
 
 def max_dense_bytes() -> int:
     """Largest dense matrix the engine forms: KRONOSCOPE_MAX_DENSE_BYTES (default 1 GiB)."""
-    return settings.get("KRONOSCOPE_MAX_DENSE_BYTES")
+    return int(settings.get("KRONOSCOPE_MAX_DENSE_BYTES"))
 
 
 def check_dense_size(n: int, dtype: torch.dtype, what: str, alternative: str) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -82,7 +82,7 @@ class CurvatureAverage(ABC):
         self.method = method
         self.spec = method_spec(method)
         self.ema = ema
-        self.layers: dict = {}
+        self.layers: dict[str, Any] = {}  # each average's per-layer state
         self.alignment = {"updates": 0, "flipped": 0, "low_overlap": 0}
 
     @abstractmethod
@@ -95,8 +95,17 @@ class CurvatureAverage(ABC):
 
 
 def _zero_term(da: int, dg: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    where = {"device": device, "dtype": torch.float64}
-    return torch.zeros(da, da, **where), torch.zeros(dg, dg, **where)
+    return (
+        torch.zeros(da, da, device=device, dtype=torch.float64),
+        torch.zeros(dg, dg, device=device, dtype=torch.float64),
+    )
+
+
+def _kronecker_terms(approx: Approximation) -> Terms:
+    """The terms of a Kronecker-sum approximation (what every factor-averaged method gives)."""
+    if not isinstance(approx, KroneckerSum):
+        raise TypeError(f"{type(approx).__name__} is not a sum of Kronecker products")
+    return list(approx.terms)
 
 
 def _dead(a: torch.Tensor, g: torch.Tensor) -> bool:
@@ -184,13 +193,13 @@ class FactorAverage(CurvatureAverage):
         ``ema_terms_from``)."""
         method, spec = self.method, self.spec
         if not spec.kpsvd_family:  # closed-form factors (kfac, shampoo; ekfac's A, G)
-            return list(approximate(spec.ema_terms_from or method, a, g).terms)
+            return _kronecker_terms(approximate(spec.ema_terms_from or method, a, g))
         zero = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
         if _dead(a, g):
             # zero terms (kfac_corrected: A, G as KFAC computes them, and a zero correction)
-            terms = list(approximate("kfac", a, g).terms if spec.centered else [zero])
+            terms = _kronecker_terms(approximate("kfac", a, g)) if spec.centered else [zero]
         else:
-            terms = list(approximate(method, a, g, tol=APPROX_TOL).terms)
+            terms = _kronecker_terms(approximate(method, a, g, tol=APPROX_TOL))
         return terms + [zero] * (FACTOR_TERMS[method] - len(terms))
 
     def approximation(self, name: str) -> Approximation:
@@ -316,9 +325,11 @@ class FisherAverage(CurvatureAverage):
     def approximation(self, name: str) -> KroneckerSum:
         """The leading terms of the layer's averaged Fisher (kfac_corrected: A_ema ⊗ G_ema + the
         best product of the averaged residual), padded with zero terms."""
-        state = self.layers[name]
+        state: FisherEMA = self.layers[name]
         n_terms = FACTOR_TERMS[self.method]
-        if self.spec.centered:
+        if state.dims is None or (self.spec.centered and state.kfac is None):
+            raise ValueError(f"layer {name!r} has no update yet")
+        if state.kfac is not None and self.spec.centered:
             terms = [state.kfac, *state.correction]
         else:
             terms = list(state.terms[:n_terms])

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..engine.approx import Approximation, SafeguardStats
-from ..engine.capture import capture
+from ..engine.capture import CaptureResult, capture
 from ..engine.precision import EnginePrecision, engine_precision
 from .averages import CurvatureAverage
 
@@ -93,7 +93,7 @@ class Preconditioner:
         self.fisher = fisher
         self.damping = damping
         self.generator = generator
-        self.last_capture = None  # the latest CaptureResult (diagnostics, tests)
+        self.last_capture: CaptureResult | None = None  # the latest (diagnostics, tests)
         # the engine's device and per-step dtype, fixed by the first capture (model's device)
         self.precision: EnginePrecision | None = None
         self.inverses: dict[str, _LayerInverse] = {}
@@ -148,6 +148,8 @@ class Preconditioner:
         per-step dtype (the exact block answers in float64), returned on ``V``'s device and in
         its dtype (float64 from the optimizer)."""
         where = self.precision
+        if where is None:
+            raise RuntimeError("precondition() before any update_curvature()")
         x = self.inverses[name].solve(v.to(where.device, where.solve_dtype))
         return x.to(v.device, v.dtype)
 

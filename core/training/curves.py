@@ -52,7 +52,7 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, allow_pickle=False, **arrays)  # numeric arrays only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -110,7 +110,10 @@ def _bezier_distance(
     t_hi = np.where(one_root, t_one, 2.0 * cos_phi * z - kx)
     t_lo = np.where(one_root, t_one, (-sin_phi - cos_phi) * z - kx)
     near = {"ax": ax, "ay": ay, "bx": bx, "by": by, "dx": dx, "dy": dy}
-    return np.sqrt(np.minimum(_squared_distance(t_hi, **near), _squared_distance(t_lo, **near)))
+    dist: np.ndarray = np.sqrt(
+        np.minimum(_squared_distance(t_hi, **near), _squared_distance(t_lo, **near))
+    )
+    return dist
 
 
 def _squared_distance(
@@ -136,7 +139,8 @@ def _squared_distance(
     qy += dy
     qx *= qx
     qy *= qy
-    return qx + qy
+    total: np.ndarray = qx + qy
+    return total
 
 
 def _fit_into_box(ctrl: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -157,7 +161,10 @@ def _fit_into_box(ctrl: np.ndarray, lo: float, hi: float) -> np.ndarray:
     new_min = centre - scale * (cmax - cmin) / 2
     new_max = centre + scale * (cmax - cmin) / 2
     shift = np.maximum(lo - new_min, 0.0) - np.maximum(new_max - hi, 0.0)
-    return centre[:, None] + scale[:, None] * (ctrl - centre[:, None]) + shift[:, None]
+    fitted: np.ndarray = (
+        centre[:, None] + scale[:, None] * (ctrl - centre[:, None]) + shift[:, None]
+    )
+    return fitted
 
 
 def generate_curves(
@@ -221,7 +228,7 @@ def _cached_curves(n: int, size: int, seed: int, split: str, cache_dir: Path | N
     if path.is_file():
         try:
             with np.load(path) as f:
-                images = f["images"]
+                images: np.ndarray = f["images"]
             if images.shape == (n, size, size) and images.dtype == np.uint8:
                 return images
         except Exception:  # any unreadable cache file (bad zip, truncated, wrong keys): redo it

@@ -51,7 +51,8 @@ _log = logging.getLogger(__name__)
 def data_dir() -> Path | None:
     """The host's data directory, ``$KRONOSCOPE_DATA_DIR``, or ``None`` when unset or empty
     (then visitors can only upload files)."""
-    return settings.get(DATA_DIR_ENV)
+    directory: Path | None = settings.get(DATA_DIR_ENV)
+    return directory
 
 
 def _inside(real: str, root: str) -> bool:

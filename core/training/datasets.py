@@ -175,7 +175,8 @@ DATASETS: dict[str, str] = {name: spec.description for name, spec in DATASET_SPE
 
 def default_cache_dir() -> Path:
     """``$KRONOSCOPE_CACHE_DIR`` if set, else ``~/.cache/kronoscope``."""
-    return settings.get(CACHE_ENV_VAR)
+    cache_dir: Path = settings.get(CACHE_ENV_VAR)
+    return cache_dir
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ class Defaults:
 
 # The paper's CURVES network: lr 0.03 and damping 1 for KFAC and the KPSVD family (with damping
 # 0.1 or below they sit on a plateau there; bench/RESULTS-paper-training.md).
-_PAPER_CURVES = {"preset_lr": {"curves": 0.03}, "preset_damping": {"curves": 1.0}}
+def _paper_curves() -> Defaults:
+    return Defaults(preset_lr={"curves": 0.03}, preset_damping={"curves": 1.0})
+
 
 DEFAULTS: dict[str, Defaults] = {
     # first-order: the damping is unused
@@ -59,11 +61,11 @@ DEFAULTS: dict[str, Defaults] = {
     "adam": Defaults(
         lr=0.01, damping=0.0, preset_lr={"curves": 3e-3, "mnist": 1e-3, "faces": 3e-4}
     ),
-    "kfac": Defaults(**_PAPER_CURVES),
-    "kpsvd": Defaults(**_PAPER_CURVES),
-    "deflation": Defaults(**_PAPER_CURVES),
-    "lanczos": Defaults(**_PAPER_CURVES),
-    "kfac_corrected": Defaults(**_PAPER_CURVES),
+    "kfac": _paper_curves(),
+    "kpsvd": _paper_curves(),
+    "deflation": _paper_curves(),
+    "lanczos": _paper_curves(),
+    "kfac_corrected": _paper_curves(),
     "ekfac": Defaults(lr=0.03),
     "shampoo": Defaults(lr=0.1),
     "exact": Defaults(lr=0.1),
@@ -87,11 +89,13 @@ def default_lr(name: str, preset: str | None = None) -> float:
     """The default learning rate of optimizer ``name`` on model ``preset`` (``None``:
     curves-small's)."""
     defaults = DEFAULTS[check_optimizer(name)]
-    return defaults.preset_lr.get(_check_preset(preset), defaults.lr)
+    key = _check_preset(preset)
+    return defaults.lr if key is None else defaults.preset_lr.get(key, defaults.lr)
 
 
 def default_damping(name: str, preset: str | None = None) -> float:
     """The default damping λ of optimizer ``name`` on model ``preset`` (``None``: curves-small's;
     0 for sgd and adam, which do not use it)."""
     defaults = DEFAULTS[check_optimizer(name)]
-    return defaults.preset_damping.get(_check_preset(preset), defaults.damping)
+    key = _check_preset(preset)
+    return defaults.damping if key is None else defaults.preset_damping.get(key, defaults.damping)

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import scipy.io
 
@@ -114,7 +114,8 @@ _lock = threading.Lock()  # one download at a time in this process (the app's se
 def downloads_allowed() -> bool:
     """Whether the host lets web visitors start downloads (``$KRONOSCOPE_ALLOW_DOWNLOADS``
     is ``1``, ``true`` or ``yes``). The command line's ``--download`` does not ask."""
-    return settings.get(ALLOW_DOWNLOADS_ENV)
+    allowed: bool = settings.get(ALLOW_DOWNLOADS_ENV)
+    return allowed
 
 
 def _sources(name: str) -> tuple[RemoteFile, ...]:
@@ -140,7 +141,7 @@ def _url(remote: RemoteFile, base_url: str | None) -> str:
 # -- manifest -------------------------------------------------------------------------------
 
 
-def _read_manifest(cache: Path) -> dict:
+def _read_manifest(cache: Path) -> dict[str, Any]:
     path = cache / MANIFEST_NAME
     if not path.is_file():
         return {}
@@ -154,7 +155,7 @@ def _read_manifest(cache: Path) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _write_manifest(cache: Path, manifest: dict) -> None:
+def _write_manifest(cache: Path, manifest: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=MANIFEST_NAME + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -173,7 +174,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_recorded(path: Path, remote: RemoteFile, manifest: dict, digest: str) -> None:
+def _check_recorded(path: Path, remote: RemoteFile, manifest: dict[str, Any], digest: str) -> None:
     recorded = manifest.get(remote.relative, {}).get("sha256")
     if recorded is not None and recorded != digest:
         raise DownloadError(
@@ -183,7 +184,9 @@ def _check_recorded(path: Path, remote: RemoteFile, manifest: dict, digest: str)
         )
 
 
-def _record(cache: Path, manifest: dict, remote: RemoteFile, digest: str, size: int, url: str):
+def _record(
+    cache: Path, manifest: dict[str, Any], remote: RemoteFile, digest: str, size: int, url: str
+) -> None:
     if remote.relative not in manifest:
         manifest[remote.relative] = {
             "sha256": digest,
@@ -226,7 +229,9 @@ def _check_format(path: Path, remote: RemoteFile) -> None:
         raise DownloadError(f"{remote.name}: images are {images.shape[1:]}, MNIST's are 28×28.")
 
 
-def _fetch(url: str, part: Path, remote: RemoteFile, progress, timeout: float) -> None:
+def _fetch(
+    url: str, part: Path, remote: RemoteFile, progress: Progress | None, timeout: float
+) -> None:
     """Stream ``url`` into ``part``, resuming from its current size with a ``Range`` request.
     A server that ignores the range (200) restarts the file; one that refuses it (416) makes
     the partial file be discarded and the download start over."""
@@ -250,7 +255,7 @@ def _fetch(url: str, part: Path, remote: RemoteFile, progress, timeout: float) -
         resumed = bool(start) and response.status == 206
         if resumed:
             match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-            resumed = bool(match) and int(match.group(1)) == start
+            resumed = match is not None and int(match.group(1)) == start
         if not resumed:
             start = 0
         length = response.headers.get("Content-Length")
@@ -288,7 +293,13 @@ def _fetch(url: str, part: Path, remote: RemoteFile, progress, timeout: float) -
     return None
 
 
-def _download_file(remote: RemoteFile, cache: Path, base_url, progress, timeout) -> Path:
+def _download_file(
+    remote: RemoteFile,
+    cache: Path,
+    base_url: str | None,
+    progress: Progress | None,
+    timeout: float,
+) -> Path:
     target = cache / remote.relative
     target.parent.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(cache)

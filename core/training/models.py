@@ -27,6 +27,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -67,10 +68,15 @@ def _check_init(init: str) -> None:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
-def _check_loss(loss: str) -> None:
+def _is_autoencoder_loss(loss: str) -> TypeGuard[Loss]:
+    return loss in AUTOENCODER_LOSSES
+
+
+def _check_loss(loss: str) -> Loss:
     """An autoencoder's loss: a likelihood whose targets are the inputs."""
-    if loss not in AUTOENCODER_LOSSES:
+    if not _is_autoencoder_loss(loss):
         raise ValueError(f"loss must be one of {AUTOENCODER_LOSSES}, got {loss!r}")
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,10 +163,10 @@ class Autoencoder(nn.Module):
         init: str = "he_normal",
     ) -> None:
         super().__init__()
-        _check_loss(loss)
+        checked_loss = _check_loss(loss)
         _check_init(init)
         self.widths: list[int] = validate_widths(widths)
-        self.loss: Loss = loss  # type: ignore[assignment]
+        self.loss: Loss = checked_loss
         self.init = init
         self.seed = seed
         enc_dims = self.widths
@@ -213,11 +219,13 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code (bottleneck activations, linear), ``(batch, widths[-1])``."""
-        return self.encoder(x.reshape(x.shape[0], -1))
+        code: torch.Tensor = self.encoder(x.reshape(x.shape[0], -1))
+        return code
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """Logits (bce) or means (mse) from a code."""
-        return self.decoder(code)
+        out: torch.Tensor = self.decoder(code)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (``loss == "bce"``) or Gaussian means (``"mse"``), ``(batch, input_dim)``.
@@ -309,8 +317,8 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
         if relu:
             activation = "relu"
         elif i == len(layers) - 1:
-            known = loss in LOSS_KINDS
-            activation = likelihood(loss).output_activation if known else "linear output"
+            known = isinstance(loss, str) and loss in LOSS_KINDS
+            activation = likelihood(str(loss)).output_activation if known else "linear output"
         else:
             activation = "linear"
         infos.append(

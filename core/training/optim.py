@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,10 +127,17 @@ class OptimizerConfig:
             raise ValueError(f"ema_mode must be one of {EMA_MODES}, got {self.ema_mode!r}")
 
     @property
+    def resolved_damping(self) -> float:
+        """``damping`` as a number: ``__post_init__`` replaces ``None`` by the default."""
+        if self.damping is None:
+            raise ValueError("damping is unset")
+        return self.damping
+
+    @property
     def natural(self) -> bool:
         return self.name in NATURAL_OPTIMIZERS
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -193,7 +201,7 @@ class TrainingOptimizer:
                 average,
                 loss=loss,
                 fisher=c.fisher,
-                damping=c.damping,
+                damping=c.resolved_damping,
                 generator=self.generator,
             )
         self.layers = _linear_modules(model)
@@ -273,23 +281,25 @@ class TrainingOptimizer:
         vg = 0.0
         handled: set[int] = set()
         for name, layer in self.layers.items():
-            if name not in pre.inverses or layer.weight.grad is None:
-                continue
             w = layer.weight
-            b = layer.bias
-            v = w.grad
-            if b is not None:
-                v = torch.cat([v, b.grad[:, None]], dim=1)
+            b: torch.Tensor | None = layer.bias  # None for Linear(bias=False)
+            w_grad = w.grad
+            if name not in pre.inverses or w_grad is None:
+                continue
+            b_grad = None if b is None else b.grad
+            if b is not None and b_grad is None:
+                raise ValueError(f"layer {name!r}: its weight has a gradient but not its bias")
+            v = w_grad if b_grad is None else torch.cat([w_grad, b_grad[:, None]], dim=1)
             v64 = v.to(torch.float64)
             p64 = pre.precondition(name, v64)
             vg += float((v64 * p64).sum())
             p32 = p64.to(w.dtype)
-            if b is not None:
-                w.grad.copy_(p32[:, :-1])
-                b.grad.copy_(p32[:, -1])
+            if b_grad is not None:
+                w_grad.copy_(p32[:, :-1])
+                b_grad.copy_(p32[:, -1])
                 handled.add(id(b))
             else:
-                w.grad.copy_(p32)
+                w_grad.copy_(p32)
             handled.add(id(w))
         for p in self.base.param_groups[0]["params"]:
             if id(p) not in handled and p.grad is not None:
@@ -301,7 +311,7 @@ class TrainingOptimizer:
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 raise NonFiniteError(f"the gradient became non-finite at step {self.steps}")
 
-    def diagnostics(self) -> dict:
+    def diagnostics(self) -> dict[str, Any]:
         """Counters for logs: steps, refreshes, last KL scale, safeguard engagements."""
         out = {"steps": self.steps, "kl_scale": self.last_kl_scale}
         if self.preconditioner is not None:

@@ -15,6 +15,7 @@ to do about it.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 import struct
@@ -22,6 +23,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 import scipy.io
@@ -88,7 +90,8 @@ def max_data_bytes() -> int:
     """The cap on a dataset file's decompressed size (``KRONOSCOPE_MAX_DATA_BYTES``, 1 GiB by
     default: FACES, the paper's largest file, is 625 × 165,600 float32 values ≈ 414 MB)."""
     try:
-        return settings.get(MAX_DATA_BYTES_ENV)
+        limit: int = settings.get(MAX_DATA_BYTES_ENV)
+        return limit
     except settings.SettingError as err:
         raise DatasetError(str(err)) from None
 
@@ -134,7 +137,7 @@ _MNIST_HELP = (
 )
 
 
-def _read_up_to(stream, n: int) -> bytearray:
+def _read_up_to(stream: io.BufferedIOBase, n: int) -> bytearray:
     """Up to ``n`` bytes from a (possibly decompressing) stream, fewer only at its end."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
@@ -176,7 +179,7 @@ def load_idx_images(path: str | os.PathLike[str], *, max_bytes: int | None = Non
             ) from exc
 
 
-def _read_idx(stream, path: Path, limit: int) -> np.ndarray:
+def _read_idx(stream: io.BufferedIOBase, path: Path, limit: int) -> np.ndarray:
     header = bytes(_read_up_to(stream, 16))
     magic = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
     if magic is not None and magic != IDX_IMAGES_MAGIC:
@@ -281,7 +284,7 @@ def _check_images(
     return flat
 
 
-def _zip_directory_size(f, path: Path, help_text: str) -> None:
+def _zip_directory_size(f: IO[bytes], path: Path, help_text: str) -> None:
     """Check the zip's end-of-central-directory record (the last 22–65,557 bytes) before the
     directory is parsed: at most :data:`MAX_NPZ_MEMBERS` members and a small directory, so
     that an archive of 10,000 members is refused without reading them."""
@@ -327,7 +330,8 @@ def _read_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
                 f"{path}: array {info.filename} declares {n_bytes:,} bytes of data in a "
                 f"{info.file_size:,}-byte member (corrupt or crafted)."
             )
-        data = _read_up_to(fp, n_bytes)
+        # ZipFile.open gives a ZipExtFile, a BufferedIOBase; typeshed declares IO[bytes].
+        data = _read_up_to(cast(io.BufferedIOBase, fp), n_bytes)
     if len(data) != n_bytes:
         raise DatasetError(f"{path}: array {info.filename} is truncated.")
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
@@ -368,7 +372,9 @@ def _read_npz(path: Path, image_shape: tuple[int, int], limit: int) -> dict[str,
         ) from exc
 
 
-def _npz_layout(members: Mapping[str, object], path: Path, image_shape: tuple[int, int]) -> tuple:
+def _npz_layout(
+    members: Mapping[str, object], path: Path, image_shape: tuple[int, int]
+) -> tuple[str, ...]:
     """The keys to read: ``(train, test)`` or ``(single,)`` (see :func:`_npz_help`)."""
     train_key = next((k for k in _TRAIN_KEYS if k in members), None)
     test_key = next((k for k in _TEST_KEYS if k in members), None)
@@ -427,7 +433,9 @@ _FACES_MAT_HELP = (
 )
 
 
-def _read_mat(path: Path, names: tuple[str, ...], help_text: str, limit: int) -> dict:
+def _read_mat(
+    path: Path, names: tuple[str, ...], help_text: str, limit: int
+) -> dict[str, np.ndarray]:
     """Arrays ``names`` of a MATLAB v5 file. Their headers are read first
     (:func:`scipy.io.whosmat`, which decompresses only the headers): each must be a 2-D numeric
     matrix and together they must fit in ``limit`` bytes; then only they are loaded."""

@@ -44,7 +44,7 @@ import time
 import traceback
 from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, field, fields
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ from ..engine.fisher import LayerFisher
 from ..engine.methods import METHODS, approximate, canonical_name
 from .data import load_dataset
 from .datasets import DATASET_SPECS, Dataset
-from .models import PRESETS, batch_loss, build_model, linear_layers, per_sample_nll
+from .models import PRESETS, Autoencoder, batch_loss, build_model, linear_layers, per_sample_nll
 from .optim import (
     NonFiniteError,
     OptimizerConfig,
@@ -64,6 +64,9 @@ from .optim import (
     default_damping,
     default_lr,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "RunConfig",
@@ -94,7 +97,7 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def _positive_int(value, name: str) -> None:
+def _positive_int(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
 
@@ -144,9 +147,6 @@ class RunConfig:
     :meth:`to_dict` or of equality (and :func:`dataclasses.replace` drops them).
     """
 
-    limits: ClassVar[RunLimits] = RunLimits()
-    notice: ClassVar[str] = ""
-
     dataset: str
     optimizer: OptimizerConfig
     preset: str | None = None
@@ -163,6 +163,8 @@ class RunConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
+        self.limits: RunLimits = RunLimits()  # attributes, not fields (see above)
+        self.notice: str = ""
         if self.dataset not in DATASET_SPECS:
             raise ValueError(
                 f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASET_SPECS)}"
@@ -205,7 +207,7 @@ class RunConfig:
 
     @classmethod
     def from_settings(
-        cls, dataset: str, optimizer: str, *, server_limits: bool = False, **settings
+        cls, dataset: str, optimizer: str, *, server_limits: bool = False, **settings: Any
     ) -> RunConfig:
         """The run configuration for ``settings``: the one place where settings (the CLI's
         options, the app's widgets, a reproduction's paper settings) become a run, so that
@@ -258,7 +260,7 @@ class RunConfig:
     def _defaults_preset(self) -> str | None:
         return _defaults_preset(self.dataset, self.preset, self.widths)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["quality_methods"] = list(self.quality_methods)
         return out
@@ -268,7 +270,7 @@ _RUN_SETTINGS = {f.name for f in fields(RunConfig)} - {"dataset", "optimizer"}
 _OPTIMIZER_SETTINGS = {f.name for f in fields(OptimizerConfig)} - {"name"}
 
 
-def _defaults_preset(dataset: str, preset: str | None, widths) -> str | None:
+def _defaults_preset(dataset: str, preset: str | None, widths: object) -> str | None:
     """The preset whose default lr and damping apply: ``preset``, else the dataset's own;
     ``None`` (the methods' general defaults) for a custom width list or an unknown name
     (which :class:`RunConfig` then rejects with its own message)."""
@@ -278,7 +280,7 @@ def _defaults_preset(dataset: str, preset: str | None, widths) -> str | None:
     return name if name in PRESETS else None
 
 
-def _optimizer(name: str, preset: str | None, options: dict) -> OptimizerConfig:
+def _optimizer(name: str, preset: str | None, options: dict[str, Any]) -> OptimizerConfig:
     """``name``'s configuration with ``options``; ``lr`` and ``damping`` missing or ``None``
     are ``preset``'s defaults. The only place those defaults are applied to a run."""
     if not isinstance(name, str):
@@ -386,7 +388,7 @@ class TrainingRun:
         *,
         dataset: Dataset | None = None,
         model: nn.Module | None = None,
-        on_step: Callable[[dict], None] | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if not isinstance(config, RunConfig):
             raise ValueError(f"config must be a RunConfig, got {type(config).__name__}")
@@ -399,7 +401,7 @@ class TrainingRun:
         self.progress = 0.0
         self.diverged_step: int | None = None
         self._lock = threading.Lock()
-        self._records: list[dict] = []
+        self._records: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -421,7 +423,8 @@ class TrainingRun:
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         if config.steps is not None:
             self.total_steps = int(config.steps)
-        else:
+        else:  # RunConfig has exactly one of steps and epochs
+            assert config.epochs is not None
             self.total_steps = max(1, round(config.epochs * self.steps_per_epoch))
         self.notice = config.notice
         max_steps = config.limits.max_steps
@@ -433,12 +436,12 @@ class TrainingRun:
             self.total_steps = max_steps
 
     # -- public API --------------------------------------------------------------------
-    def records(self) -> list[dict]:
+    def records(self) -> list[dict[str, Any]]:
         """A snapshot (copies) of the records so far; safe to call from any thread."""
         with self._lock:
             return [dict(r) for r in self._records]
 
-    def dataframe(self):
+    def dataframe(self) -> pd.DataFrame:
         import pandas as pd
 
         records = self.records()
@@ -536,7 +539,7 @@ class TrainingRun:
 
     def _record(
         self, step: int, *, x_test: torch.Tensor, x_train: torch.Tensor, gen: torch.Generator
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Step ``step``'s record before its update: test loss and quality where due (with the
         parameters before the update), the training columns still empty."""
         cfg = self.config
@@ -590,7 +593,7 @@ class TrainingRun:
         )
         self.diverged_step = step
 
-    def _append(self, record: dict, step: int) -> None:
+    def _append(self, record: dict[str, Any], step: int) -> None:
         with self._lock:
             self._records.append(record)
             self.progress = (step + 1) / self.total_steps
@@ -605,8 +608,9 @@ class TrainingRun:
             total += float(per_sample_nll(self.model(xb), xb, self.loss_kind).sum())
         return total / x.shape[0]
 
-    def _quality(self, x_train: torch.Tensor, gen: torch.Generator) -> dict:
+    def _quality(self, x_train: torch.Tensor, gen: torch.Generator) -> dict[str, Any]:
         layer = self.config.quality_layer
+        assert layer is not None  # called only for a run with a quality layer
         return self._measure(self._quality_fishers(x_train, gen, [layer])[layer])
 
     def _quality_fishers(
@@ -636,13 +640,13 @@ class TrainingRun:
         prefix: str = "",
         skip: Container[str] = (),
         seconds: dict[str, float] | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """``{prefix}rel_error_<method>`` and ``{prefix}spectrum_error_<method>`` of every
         quality method against ``fisher``; NaN for the methods in ``skip`` (not measured) or
         when F = 0 on this minibatch (every unit after the layer dead, or its inputs all 0: a
         relative error is undefined, so NaN, not a crash that ends the run). ``seconds``, when
         given, receives each measured method's time (approximation and both errors)."""
-        out: dict = {}
+        out: dict[str, Any] = {}
         empty = not fisher.frobenius_sq() > 0.0
         for method in self.quality_methods:
             rel = spectrum = math.nan
@@ -672,8 +676,8 @@ def run_comparison(
     configs: list[RunConfig],
     *,
     progress_callback: Callable[[float, str], None] | None = None,
-    datasets: dict | None = None,
-):
+    datasets: dict[tuple[str, str | None], Dataset] | None = None,
+) -> pd.DataFrame:
     """Run several configurations one after another and return all records in one DataFrame.
 
     Runs with the same dataset share one loaded copy; runs with the same architecture and seed
@@ -688,7 +692,7 @@ def run_comparison(
     if not configs:
         raise ValueError("run_comparison needs at least one RunConfig")
     datasets = {} if datasets is None else datasets
-    models: dict = {}
+    models: dict[tuple[object, ...], Autoencoder] = {}
     frames, summary = [], []
     n = len(configs)
     for i, cfg in enumerate(configs):
@@ -709,7 +713,9 @@ def run_comparison(
         run = TrainingRun(cfg, dataset=ds, model=models[mkey])
         if progress_callback is not None:
 
-            def report(record: dict, i: int = i, label: str = label, total=run.total_steps):
+            def report(
+                record: dict[str, Any], i: int = i, label: str = label, total: int = run.total_steps
+            ) -> None:
                 frac = (i + (record["step"] + 1) / total) / n
                 progress_callback(frac, f"{label}: step {record['step'] + 1}/{total}")
 

@@ -144,7 +144,7 @@ class Autoencoder(nn.Module):
       weights ``N(0, gain²/fan_in)`` with ``gain = √2`` for layers followed by a ReLU and
       ``gain = 1`` for the linear code and output layers;
     * ``"xavier_uniform"`` (Glorot & Bengio 2010; what the seed paper's authors' public code
-      uses, so :mod:`core.reproduce` uses it): weights ``U(−b, b)``,
+      uses, so :mod:`core.paper` uses it): weights ``U(−b, b)``,
       ``b = gain·√(6/(fan_in + fan_out))`` with ``gain = 1`` for every layer (variance b²/3).
 
     Drawn from a local ``torch.Generator`` seeded with ``seed``, layer by layer in forward

@@ -43,8 +43,9 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
-from ..engine.approx import Approximation, SafeguardStats
+from ..engine.approx import Approximation
 from ..engine.capture import CaptureResult, capture
+from ..engine.inverses import SafeguardStats
 from ..engine.precision import EnginePrecision, engine_precision
 from .averages import CurvatureAverage
 

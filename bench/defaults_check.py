@@ -7,7 +7,7 @@ Why: ``python -m core reproduce`` (and the app) start every optimizer from
 :func:`core.training.defaults.default_lr` / :func:`core.training.defaults.default_damping` of
 the model preset (``preset_lr`` / ``preset_damping`` there); a default that diverges
 makes a reproduction report nothing. This check runs each optimizer exactly as the reproduction does
-— :func:`core.views.reproduce.run_reproduction` with its settings (batch 128, Fisher batch 32,
+— :func:`core.paper.runner.run_reproduction` with its settings (batch 128, Fisher batch 32,
 T_cov = T_inv = 100, EMA 0.95 of the factors, KL-clip 1e-2, momentum 0.9, weight decay 1e-3,
 Xavier-uniform initialisation), seed 0, CPU, one thread — for a fixed number of steps per preset.
 
@@ -45,10 +45,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.paper.runner import run_reproduction  # noqa: E402
+from core.paper.spec import PAPER_DEFAULTS, ReproduceSpec  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402
 from core.training.datasets import DATASET_SPECS, Dataset  # noqa: E402
 from core.training.defaults import OPTIMIZERS  # noqa: E402
-from core.views.reproduce import PAPER_DEFAULTS, ReproduceSpec, run_reproduction  # noqa: E402
 
 PRESETS = ("curves", "mnist", "faces")
 N_TRAIN, N_TEST = 4096, 256

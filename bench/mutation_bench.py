@@ -50,6 +50,7 @@ GROUPS = {
     "io": ("tests/training/test_stated_io.py",),
     "jobs": ("tests/server/test_stated_jobs.py",),
     "views": ("tests/views/test_stated_views.py",),
+    "paper": ("tests/paper/test_stated_verdicts.py",),
 }
 IGNORED = (".venv", ".git", "__pycache__", ".hypothesis", ".pytest_cache", ".ruff_cache", "docs")
 IGNORED += ("data_cache", "runs", "artifacts")
@@ -518,7 +519,7 @@ MUTANTS = (
         "rank curve cached without its rank",
         "jobs",
     ),
-    # -- issue 22: heatmap scales, verdict ties (group "views") -----------------------------------
+    # -- issue 22: heatmap scales (group "views"), verdict ties ("paper") ----------------------
     Mutant(
         "i22-heatmap-signed-max",
         "core/views/figures.py",
@@ -553,35 +554,35 @@ MUTANTS = (
     ),
     Mutant(
         "i22-training-tie-reproduced",
-        "core/views/reproduce.py",
+        "core/paper/verdicts.py",
         "    if mx + sx < mb - sb:\n",
         "    if mx + sx <= mb - sb:\n",
         "a training tie at the one-sd boundary counted as reproduced",
-        "views",
+        "paper",
     ),
     Mutant(
         "i22-training-tie-baseline-wins",
-        "core/views/reproduce.py",
+        "core/paper/verdicts.py",
         "    if mb + sb < mx - sx:\n",
         "    if mb + sb <= mx - sx:\n",
         "a training tie reported as the baseline winning",
-        "views",
+        "paper",
     ),
     Mutant(
         "i22-quality-tie-lower",
-        "core/views/reproduce.py",
+        "core/paper/verdicts.py",
         "lower = float((both[col] < both[base_col]).mean())",
         "lower = float((both[col] <= both[base_col]).mean())",
         "a quality tie counted as lower",
-        "views",
+        "paper",
     ),
     Mutant(
         "i22-quality-share-strict",
-        "core/views/reproduce.py",
+        "core/paper/verdicts.py",
         'verdict = "reproduced" if lower >= QUALITY_SHARE else "not reproduced"',
         'verdict = "reproduced" if lower > QUALITY_SHARE else "not reproduced"',
         "exactly 90 % lower counted as not reproduced",
-        "views",
+        "paper",
     ),
 )
 

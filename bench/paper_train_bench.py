@@ -6,10 +6,10 @@
 
 Why: the claim (the KPSVD family trains faster than KFAC, Adam and SGD) was tested only on the
 small ``curves-small`` preset (bench/train_bench.py). Here every run is a
-:func:`core.views.reproduce.run_reproduction` with the paper's settings (:data:`PAPER_DEFAULTS`:
+:func:`core.paper.runner.run_reproduction` with the paper's settings (:data:`PAPER_DEFAULTS`:
 batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95 of the factors, KL-clip 1e-2, momentum
 0.9, weight decay 1e-3, Xavier-uniform initialisation), and the verdicts are
-:func:`core.views.reproduce.training_verdicts` / :func:`core.views.reproduce.quality_verdicts`, so
+:func:`core.paper.verdicts.training_verdicts` / :func:`core.paper.verdicts.quality_verdicts`, so
 this script only chooses what to run and writes the tables.
 
 The unit of work is a *cell*: one optimizer, one (lr, damping, ema_mode), one seed, one length.
@@ -75,20 +75,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.engine.methods import KPSVD_FAMILY  # noqa: E402
+from core.paper.contents import summary_table  # noqa: E402
+from core.paper.files import RESULTS_FILE, SETTINGS_FILE, write_reproduction  # noqa: E402
+from core.paper.runner import run_reproduction  # noqa: E402
+from core.paper.spec import PAPER_DEFAULTS, ReproduceSpec  # noqa: E402
+from core.paper.verdicts import final_losses, quality_verdicts, training_verdicts  # noqa: E402
 from core.training.data import load_dataset  # noqa: E402
 from core.training.defaults import FIRST_ORDER  # noqa: E402
-from core.views.reproduce import (  # noqa: E402
-    PAPER_DEFAULTS,
-    RESULTS_FILE,
-    SETTINGS_FILE,
-    ReproduceSpec,
-    final_losses,
-    quality_verdicts,
-    run_reproduction,
-    summary_table,
-    training_verdicts,
-    write_reproduction,
-)
 
 GRID_LR = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3), "adam": (3e-4, 1e-3, 3e-3, 1e-2)}
 NATURAL_LR = (0.03, 0.3)
@@ -557,7 +550,7 @@ class Bench:
             f'(`ema_mode="{PAPER_DEFAULTS["ema_mode"]}"` unless stated), KL-clip '
             f"{PAPER_DEFAULTS['kl_clip']}, momentum {PAPER_DEFAULTS['momentum']}, weight decay "
             f"{PAPER_DEFAULTS['weight_decay']}; CPU. Every run is a "
-            "`core.views.reproduce.run_reproduction`; wall time is training time only "
+            "`core.paper.runner.run_reproduction`; wall time is training time only "
             "(evaluation excluded).",
             "",
         ]
@@ -619,7 +612,7 @@ class Bench:
             "## 2. Training: final loss, loss against epoch and wall time",
             "",
             f"{self.plan.epochs:g} epochs, each optimizer at its tuned settings; seeds per "
-            "optimizer as listed (n). Summary from `core.views.reproduce.summary_table` (final "
+            "optimizer as listed (n). Summary from `core.paper.contents.summary_table` (final "
             "train loss: mean minibatch loss over the last epoch of steps; mean ± sd over "
             "seeds, ddof 1).",
             "",
@@ -628,7 +621,7 @@ class Bench:
         lines += self.speed_table(outcomes)
         lines += self.epoch_table(df)
         lines += self.wall_time_table(df)
-        lines += ["", "### Verdicts (`core.views.reproduce.training_verdicts`)", "",
+        lines += ["", "### Verdicts (`core.paper.verdicts.training_verdicts`)", "",
                   "Rule: " + settings["rules"]["training"], ""]  # fmt: skip
         lines += frame_table(training_verdicts(df))
         return lines + [""]
@@ -680,7 +673,7 @@ class Bench:
             rows.append([name] + [mean_sd(final_losses(df, name, until=t).values())
                                   + (" (ended)" if end < t else "") for t in t_marks])  # fmt: skip
         return ["", "Loss against wall time: per run the mean minibatch loss over the last "
-                "epoch of steps ended by T (`core.views.reproduce.final_losses(until=T)`), "
+                "epoch of steps ended by T (`core.paper.verdicts.final_losses(until=T)`), "
                 "T = 1/8, 1/4, 1/2 and 1 × KFAC's mean training time; '(ended)' where a run's "
                 "training had ended before T:", ""] + md_table(
             ["optimizer", *[f"T = {t} s" for t in t_marks]], rows)  # fmt: skip
@@ -732,7 +725,7 @@ class Bench:
             "",
         ]
         lines += frame_table(summary_table(settings, df))
-        lines += ["", "Verdicts (`core.views.reproduce.quality_verdicts`; rule: "
+        lines += ["", "Verdicts (`core.paper.verdicts.quality_verdicts`; rule: "
                   + settings["rules"]["quality"] + "):", ""]  # fmt: skip
         lines += frame_table(quality_verdicts(df))
         return lines + [""]

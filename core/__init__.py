@@ -9,12 +9,15 @@ Conventions (fixed once, used everywhere; the README's "engine in five lines" re
 * Column-major ``vec``: ``vec(g āᵀ) = ā ⊗ g``, so the layer's Fisher block is
   ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)``, indexed in ``vec(W)`` order.
 
-Sub-packages, by role (each imports only the ones listed before it):
+Sub-packages, by role (each imports only some of the ones listed before it: the table in
+ARCHITECTURE.md, which tests/test_architecture.py enforces):
 
 * :mod:`core.engine` — Kronecker algebra, the rearranged-Fisher SVD, every approximation and the
   exact block behind one interface, capture, likelihoods, the method registry;
 * :mod:`core.training` — datasets, autoencoders, optimizers, training runs;
-* :mod:`core.views` — the explorer's comparison, figures, reports, paper reproductions;
+* :mod:`core.views` — the explorer's comparison, figures, the training reports;
+* :mod:`core.paper` — the seed paper's experiments: spec, runner, verdicts, reports, results
+  folders;
 * :mod:`core.server` — limits, the run queue, the worker-process pool, the stores and the
   services one server process shares (for the web server).
 
@@ -65,6 +68,11 @@ _EXPORTS: dict[str, str] = {
     "resolve_device": "core.training.runner",
     # views
     "OPTIMIZER_LABELS": "core.views.labels",
+    # paper reproductions (the reports page)
+    "ReportError": "core.paper.safe_read",
+    "list_reports": "core.paper.files",
+    "load_report": "core.paper.files",
+    "results_dir": "core.paper.files",
     # host settings
     "max_concurrent_runs": "core.settings",
     "torch_threads": "core.settings",
@@ -90,7 +98,6 @@ _MODULES: dict[str, str] = {
     "explorer": "core.views.explorer",
     "figures": "core.views.figures",
     "report": "core.views.report",
-    "reproduce": "core.views.reproduce",
     "jobs": "core.server.jobs",
     "settings": "core.settings",
 }

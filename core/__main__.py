@@ -7,7 +7,7 @@
   DIR/quality.csv, DIR/metrics.csv, DIR/config.json and DIR/report.html.
 * ``reproduce`` — one of the seed paper's experiments (``--experiment quality`` or
   ``training``) on its network for ``--dataset curves|mnist|faces`` with the authors' settings,
-  over several seeds (:mod:`core.views.reproduce`); DIR/settings.json, DIR/results.csv,
+  over several seeds (:mod:`core.paper`); DIR/settings.json, DIR/results.csv,
   DIR/verdicts.csv and DIR/report.html. ``--n-train``/``--n-test`` (a subset of the data) and
   ``--max-steps`` (a cap per run) make quick checks; both are written into the settings.
   ``--experiment quality --layers 4,5`` trains once and measures every layer at each
@@ -47,6 +47,9 @@ import torch
 from tqdm import tqdm
 
 from .engine.methods import METHODS, canonical_name
+from .paper.files import write_reproduction
+from .paper.runner import run_reproduction
+from .paper.spec import EXPERIMENTS, REPRO_DATASETS, TIME_BUDGETS, ReproduceSpec
 from .training.data import load_dataset
 from .training.datasets import DATASET_SPECS
 from .training.defaults import OPTIMIZERS
@@ -56,14 +59,6 @@ from .training.optim import EMA_MODES
 from .training.readers import file_help
 from .training.runner import RunConfig, TrainingRun, run_comparison
 from .views.report import comparison_report, quality_report
-from .views.reproduce import (
-    EXPERIMENTS,
-    REPRO_DATASETS,
-    TIME_BUDGETS,
-    ReproduceSpec,
-    run_reproduction,
-    write_reproduction,
-)
 
 EXIT = {"finished": 0, "stopped": 0, "diverged": 3, "failed": 1}
 

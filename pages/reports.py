@@ -2,7 +2,7 @@
 host's results folder; nothing is recomputed here.
 
 Visitors pick among the folder names the server lists (never a path they type); everything
-read from the files is shown as plain text or in tables. core/views/reproduce.py reads each
+read from the files is shown as plain text or in tables. core/paper/files.py reads each
 report once per change of its files, never through a link out of the folder, and checks it; a
 report it refuses is one sentence here, and the other reports still show. Visitors are never
 told a setting's name: how to configure the folder is the host's documentation (DOCKER.md).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import reproduce
+from core import ReportError, list_reports, load_report, results_dir
 from pages import ui as sh
 
 sh.ensure_navigation()
@@ -25,7 +25,7 @@ st.markdown(
     "numbers that decide it, and the figures (mean ± sd over seeds)."
 )
 
-root = reproduce.results_dir()
+root = results_dir()
 if root is None:
     st.info(
         "The host of this server has not configured a results folder, so there are no "
@@ -34,7 +34,7 @@ if root is None:
     )
     st.stop()
 
-names = reproduce.list_reports(root)
+names = list_reports(root)
 if not names:
     st.info(
         "The results folder holds no report yet: each report is a sub-folder with "
@@ -49,8 +49,8 @@ settings.show_notices()
 settings.sync()
 
 try:
-    report = reproduce.load_report(root, name)
-except reproduce.ReportError as err:
+    report = load_report(root, name)
+except ReportError as err:
     st.error(sh.plain(err))
     st.stop()
 

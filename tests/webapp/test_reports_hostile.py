@@ -2,7 +2,7 @@
 out of the results folder, malformed and oversized reports, and what a visitor is told.
 
 The reading itself (links, caps, checks, one parse per change) is tested on files in
-tests/views/test_reproduce.py; here the page shows its outcome: one plain sentence per refused
+tests/paper/test_files.py; here the page shows its outcome: one plain sentence per refused
 report, no exception text, no server path, no setting name, and the other reports unharmed.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.views.report_files import report_max_bytes
-from tests.views.test_reproduce import write_report
+from core.paper.safe_read import report_max_bytes
+from tests.paper.test_files import write_report
 from tests.webapp.test_app import app, errors
 from tests.webapp.test_hostile import assert_safe, page_text
 

@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -187,6 +188,104 @@ def apptest_bench(repeat: int) -> list[Row]:
     return rows
 
 
+# -- payload over the websocket --------------------------------------------------------------
+
+CLASSROOM = ("digits", "curves-small")  # the presets the home page calls classroom ones
+TABS = ("block", "factors", "spectra", "rank")
+PAYLOAD_TARGETS = {"default": 150_000, "any": 400_000}  # bytes (issue 20)
+Payload = tuple[str, int, int, str]  # view, bytes of the run, largest chart's bytes, its title
+
+
+async def _payload_of(port: int, query: str) -> tuple[int, int, str]:
+    """Open the explorer at ``query`` as a fresh visitor (a new session) over Streamlit's
+    websocket protocol and sum the bytes of the ForwardMsg frames of its one script run;
+    also the largest plotly chart frame and its figure's title."""
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    url = f"ws://127.0.0.1:{port}/_stcore/stream"
+    total, largest, title = 0, 0, ""
+    async with websockets.connect(
+        url, subprotocols=["streamlit"], max_size=2**28, compression=None
+    ) as ws:
+        msg = BackMsg()
+        msg.rerun_script.query_string, msg.rerun_script.page_name = query, "explorer"
+        await ws.send(msg.SerializeToString())
+        while True:
+            frame = await ws.recv()
+            total += len(frame)
+            reply = ForwardMsg()
+            reply.ParseFromString(frame)
+            kind = reply.WhichOneof("type")
+            if kind == "delta" and reply.delta.WhichOneof("type") == "new_element":
+                element = reply.delta.new_element
+                if element.WhichOneof("type") == "plotly_chart" and len(frame) > largest:
+                    largest, title = len(frame), _figure_title(element.plotly_chart.spec)
+                elif element.WhichOneof("type") == "exception":
+                    raise RuntimeError(f"{query}: {element.exception.message}")
+            early = ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN
+            if kind == "script_finished" and reply.script_finished != early:
+                return total, largest, title
+
+
+def _figure_title(spec: str) -> str:
+    import json
+
+    text = json.loads(spec).get("layout", {}).get("title", {}).get("text", "") or ""
+    return text.split("<br>")[0]
+
+
+def _layers(preset: str) -> list[str]:
+    from core import PRESETS, build_model, describe_layers
+
+    model = build_model(preset, input_dim=PRESETS[preset].widths[0], loss="bce")
+    return [info.name for info in describe_layers(model)]
+
+
+def payload_bench() -> list[Payload]:
+    """Every explorer view of the classroom presets (each layer × each tab) and the default
+    view, each opened by a new visitor of one ``python serve.py`` server."""
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from load_bench import Server, free_port
+
+    views = [("default view (no parameters)", "")]
+    for preset in CLASSROOM:
+        for layer in _layers(preset):
+            for tab in TABS:
+                query = f"dataset={preset}&preset={preset}&layer={layer}&tab={tab}"
+                views.append((f"{preset} · {layer} · {tab}", query))
+    rows: list[Payload] = []
+    log_dir = Path(tempfile.mkdtemp(prefix="kronoscope-payload-"))
+    with Server(free_port(), log_dir, startup_timeout=180) as server:
+        for label, query in views:
+            total, largest, title = asyncio.run(_payload_of(server.port, query))
+            rows.append((label, total, largest, title))
+            print(f"  {label}: {total:,} B", file=sys.stderr)
+    return rows
+
+
+def show_payload(rows: list[Payload]) -> bool:
+    """Print the table; True when every target is met."""
+    print("\nPayload: bytes of the ForwardMsgs of one script run (new visitor, no compression)")
+    print("| view | total (kB) | largest figure (kB) | largest figure |")
+    print("|---|---:|---:|---|")
+    for label, total, largest, title in rows:
+        print(f"| {label} | {total / 1000:.1f} | {largest / 1000:.1f} | {title} |")
+    default = rows[0][1]
+    worst = max(rows, key=lambda r: r[1])
+    ok_default = default <= PAYLOAD_TARGETS["default"]
+    ok_any = worst[1] <= PAYLOAD_TARGETS["any"]
+    print(
+        f"\nTargets: default view {default / 1000:.1f} kB ≤ 150 kB: "
+        f"{'met' if ok_default else 'MISSED'}; largest view {worst[0]} {worst[1] / 1000:.1f} kB "
+        f"≤ 400 kB: {'met' if ok_any else 'MISSED'}"
+    )
+    return ok_default and ok_any
+
+
 def show(title: str, rows: list[Row]) -> None:
     print(f"\n{title}")
     print("| view | ready (s) | server time (s) |")
@@ -199,9 +298,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="AppTest repetitions (warm)")
     parser.add_argument("--no-browser", action="store_true", help="skip the browser part")
+    parser.add_argument(
+        "--payload",
+        action="store_true",
+        help="measure only the bytes each explorer view sends (exit 1 when a target is missed)",
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"CPU cores visible: {os.cpu_count()}, load average (1 min) at start: {load:.2f}")
+    if args.payload:
+        sys.exit(0 if show_payload(payload_bench()) else 1)
     if not args.no_browser:
         if CHROMIUM.exists():
             show("Browser (Chromium, fresh server)", browser_bench())

@@ -53,7 +53,7 @@ def _describe(value) -> str:
     if isinstance(value, float | np.floating) and not math.isfinite(value):
         return json.dumps(float(value))  # NaN, Infinity, -Infinity
     if isinstance(value, int | np.integer):
-        return str(value) if abs(value) < 10**15 else "a very large integer"
+        return str(value) if abs(int(value)) < 10**15 else "a very large integer"
     if isinstance(value, float | np.floating):
         return f"{float(value):.6g}"
     if isinstance(value, str):

@@ -217,7 +217,7 @@ def _run_row(name: str, seed: int, run: TrainingRun, tracked) -> dict:
         "status": run.status,
         "message": run.message,
         "device": str(run.device),
-        **({"notices": run.notices} if tracked else {}),
+        **({"notices": run.notices} if isinstance(run, _LayersRun) else {}),
     }
 
 

@@ -21,7 +21,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from .. import settings
 
@@ -143,7 +143,7 @@ class ReportCache:
         value, error = hit
         if error is not None:
             raise ReportError(error)
-        return value
+        return cast(T, value)
 
     def _lookup(self, key: Hashable, stamps: tuple[Stamp, ...]) -> tuple[object, str | None] | None:
         with self._lock:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engine.methods import METHODS
 from ..training.datasets import DATASET_SPECS
@@ -63,7 +64,7 @@ BASELINES = ("kfac", "adam", "sgd")
 # adds it.
 TRAINING_OPTIMIZERS = ("sgd", "adam", "kfac", "kpsvd", "deflation", "kfac_corrected")
 # The authors' public training script, where the paper itself is silent.
-PAPER_DEFAULTS = {
+PAPER_DEFAULTS: dict[str, Any] = {
     "epochs": 100,
     "batch_size": 128,
     "fisher_batch_fraction": 0.25,

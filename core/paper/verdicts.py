@@ -30,7 +30,8 @@ decide it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ def _steps_per_epoch(part: pd.DataFrame) -> int:
 def runs_by_seed(df: pd.DataFrame, name: str) -> dict[int, pd.DataFrame]:
     """Per seed: the rows of optimizer ``name``'s run, by step."""
     part = df[df["optimizer"] == name]
-    return {int(s): p.sort_values("step") for s, p in part.groupby("seed", sort=True)}
+    return {int(cast(int, s)): p.sort_values("step") for s, p in part.groupby("seed", sort=True)}
 
 
 def final_losses(
@@ -112,7 +113,7 @@ def final_losses(
     return out
 
 
-def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
     """(mean, sd with ddof 1; NaN for one value) of ``values``; (inf, NaN) when one is not
     finite (a diverged run)."""
     arr = np.asarray(list(values), dtype=float)

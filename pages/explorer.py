@@ -227,15 +227,40 @@ def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str 
 
 
 def block_figure(view, method: str, contrast: float) -> Callable[[], Any]:
-    """A builder of the exact/approximate/difference heatmaps of ``view``."""
-    return lambda: figures.block_heatmaps(
-        view.exact,
-        view.approx,
-        view.pooling.labels(),
-        method=method,
-        note=view.pooling.describe(),
-        group=view.pooling.dg_out,
-        saturate=contrast,
+    """A builder of the exact/approximate/difference heatmaps of ``view``, drawn coarsened to
+    at most ``explorer.DISPLAY_MAX_SIDE`` cells per axis (block means) on the colour range of
+    the full view (what is sent stays small: issue 20)."""
+
+    def build():
+        shown = explorer.coarsen(view)
+        return figures.block_heatmaps(
+            shown.exact,
+            shown.approx,
+            shown.pooling.labels(),
+            method=method,
+            note=shown.pooling.describe(),
+            group=shown.pooling.dg_out,
+            saturate=contrast,
+            range_from=(view.exact, view.approx),
+        )
+
+    return build
+
+
+def block_caption(view) -> None:
+    """What the heatmaps show when they are coarser than the view behind them, and where the
+    full one is."""
+    shown = explorer.display_pooling(view.pooling)
+    if shown == view.pooling:
+        return
+    full = view.pooling.side
+    behind = f" (itself {view.pooling.describe()})" if view.pooling.downsampled else ""
+    st.caption(
+        f"The heatmaps are drawn with at most {explorer.DISPLAY_MAX_SIDE} cells per axis, so "
+        f"the page stays quick to load: {shown.side} × {shown.side} cells, each cell (and its "
+        f"hover value) the mean of its block of the {full:,} × {full:,} view{behind}. The "
+        "colour scale is computed from that full view, so a colour means the same value as at "
+        f"full resolution; the {full:,} × {full:,} matrices are in *Figure data (NPZ)* below."
     )
 
 
@@ -249,6 +274,7 @@ def block_tab(block: Block, results, *, show: str, damping: float, slow: bool, c
         sh.compute.FigureKey(key, contrast), block_figure(view, label, contrast)
     )
     st.plotly_chart(figure, key="block")
+    block_caption(view)
     return explorer.view_arrays(method=show, view=view)
 
 
@@ -321,7 +347,10 @@ def rank_tab(settings: sh.UrlSettings, block: Block, *, results, show, contrast)
         block_figure(view, f"best rank-{rank} sum", contrast),
     )
     st.plotly_chart(figure, key="rank_block")
-    return explorer.view_arrays(method=show or "none", curve=curve)
+    block_caption(view)
+    return explorer.view_arrays(method=show or "none", curve=curve) | explorer.view_arrays(
+        method=f"rank{rank}", view=view
+    )
 
 
 def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: bool) -> Arrays:

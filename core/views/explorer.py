@@ -21,6 +21,12 @@ group)² block, still in ``vec(W)`` order ``(i, p) ↦ i·dg + p``. Because
 batch, and a pooled Kronecker product is ``(P_a R P_aᵀ) ⊗ (P_g S P_gᵀ)``: nothing of size
 ``n × n`` is ever formed. With blocks of 1 the view is the exact dense matrix.
 
+What is sent to the browser is smaller still (issue 20: a block heatmap's three panels at
+256 × 256 float32 cells are over 1 MB): :func:`coarsen` merges a view's groups until it has
+at most ``DISPLAY_MAX_SIDE`` cells per axis, each cell still the mean of the original entries
+of its block, while the colour range is taken from the full view (figures.block_heatmaps'
+``range_from``) and the full view is what the figure-data download holds.
+
 The Kronecker-rank view uses Eckart–Young on the rearrangement (Van Loan & Pitsianis 1993): the
 best rank-``r`` sum is the first ``r`` terms of the truncated SVD of ℛ(F), and its error curve
 is evaluated term by term with the matrix-free relative error.
@@ -44,7 +50,8 @@ from ..engine.fisher import LayerFisher
 from ..engine.methods import METHODS, approximate
 from .labels import FACTOR_NAMES, method_label
 
-DEFAULT_MAX_SIDE = 256  # largest side of a dense heatmap (cells per axis)
+DEFAULT_MAX_SIDE = 256  # largest side of a computed dense view (cells per axis): the download
+DISPLAY_MAX_SIDE = 96  # largest side of a block heatmap sent to the browser (see coarsen)
 DEFAULT_DAMPING = 1e-3
 SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
 SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
@@ -390,6 +397,49 @@ def block_view(
 ) -> BlockView:
     pooling = choose_pooling(fisher.da, fisher.dg, max_side)
     return BlockView(pooled(fisher, pooling), pooled(approx, pooling), pooling)
+
+
+def coarsen(view: BlockView, max_side: int = DISPLAY_MAX_SIDE) -> BlockView:
+    """``view`` with its groups merged, consecutive ones on each side, until at most
+    ``max_side`` cells per axis remain (``view`` itself when it already fits).
+
+    Merging ``k`` consecutive groups of ``block`` inputs (or outputs) gives the regular groups of
+    ``k·block``, so the result is the pooled view of that coarser :class:`Pooling`: each cell the
+    mean of the original block's entries over its (input group × output group)² block, computed
+    exactly from ``view`` as the group-size-weighted mean of the merged cells."""
+    fine = view.pooling
+    pooling = display_pooling(fine, max_side)
+    if pooling == fine:
+        return view
+    w_a = _merge_weights(fine.input_ranges(), pooling.input_ranges())
+    w_g = _merge_weights(fine.output_ranges(), pooling.output_ranges())
+
+    def merged(x: np.ndarray) -> np.ndarray:
+        x4 = x.reshape(fine.da_out, fine.dg_out, fine.da_out, fine.dg_out)
+        out = np.einsum("ai,bp,ipjq,cj,dq->abcd", w_a, w_g, x4, w_a, w_g, optimize=True)
+        return out.reshape(pooling.side, pooling.side)
+
+    return BlockView(merged(view.exact), merged(view.approx), pooling)
+
+
+def display_pooling(fine: Pooling, max_side: int = DISPLAY_MAX_SIDE) -> Pooling:
+    """The pooling :func:`coarsen` draws a view pooled by ``fine`` with: ``fine`` when it has
+    at most ``max_side`` cells per axis, else the finest merge of its consecutive groups that
+    does (chosen like :func:`choose_pooling`, in units of ``fine``'s groups)."""
+    if fine.side <= max_side:
+        return fine
+    merge = choose_pooling(fine.da_out, fine.dg_out, max_side)
+    return Pooling(fine.da, fine.dg, fine.block_a * merge.block_a, fine.block_g * merge.block_g)
+
+
+def _merge_weights(fine: list[tuple[int, int]], coarse: list[tuple[int, int]]) -> np.ndarray:
+    """Row j: the weights (group size ÷ merged size) of the fine groups inside coarse group j."""
+    weights = np.zeros((len(coarse), len(fine)))
+    for j, (lo, hi) in enumerate(coarse):
+        for i, (flo, fhi) in enumerate(fine):
+            if lo <= flo and fhi <= hi:
+                weights[j, i] = (fhi + 1 - flo) / (hi + 1 - lo)
+    return weights
 
 
 # -- factors ---------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def block_heatmaps(
     note: str = "",
     group: int = 1,
     saturate: float = 1.0,
+    range_from: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> go.Figure:
     """Exact block F, approximation F̃ and difference F̃ − F side by side, one colour scale.
 
@@ -85,7 +86,9 @@ def block_heatmaps(
     input (the number of outputs per input group), for the axis ticks; ``note``: a line under
     the title, e.g. that the view is downsampled. ``saturate`` < 1 sets the colour range to that
     quantile of the entries' magnitudes (a few large entries otherwise wash out the rest); the
-    scale stays linear, symmetric and shared.
+    scale stays linear, symmetric and shared. ``range_from``: the (exact, approximation)
+    matrices the colour range is computed from, when the ones drawn are a coarser picture of
+    them (core.views.explorer.coarsen): colours then mean the same as on the full view.
     """
     if not 0 < saturate <= 1:
         raise ValueError(f"saturate must lie in (0, 1], got {saturate}")
@@ -96,7 +99,8 @@ def block_heatmaps(
     if len(labels) != exact.shape[0]:
         raise ValueError(f"{len(labels)} labels for a {exact.shape[0]}-row matrix")
     diff = approx - exact
-    magnitudes = np.abs(np.concatenate([exact.ravel(), approx.ravel()]))
+    full = (exact, approx) if range_from is None else range_from
+    magnitudes = np.abs(np.concatenate([np.asarray(m, dtype=float).ravel() for m in full]))
     scale = float(np.quantile(magnitudes, saturate)) if saturate < 1 else float(magnitudes.max())
     scale = max(scale, 1e-300)
     if saturate < 1:

@@ -93,6 +93,38 @@ def test_block_view_shares_one_scale():
     assert view.scale == pytest.approx(max(np.abs(view.exact).max(), np.abs(view.approx).max()))
 
 
+@pytest.mark.parametrize(
+    ("da", "dg", "fine_side", "shown_side"),
+    [(17, 8, 256, 96), (17, 8, 256, 40), (65, 32, 256, 96), (9, 6, 20, 7), (9, 6, 256, 256)],
+)
+def test_coarsen_cells_are_the_means_of_their_blocks_of_the_dense_matrix(
+    da, dg, fine_side, shown_side
+):
+    """What the browser gets (issue 20): each cell of the coarsened view is the mean of its
+    (input group × output group)² block of the dense F (and F̃), whether the view it is
+    coarsened from was exact (blocks of 1) or itself pooled; it fits ``shown_side``."""
+    a, g = batch(30, da, dg)
+    fisher, approx = LayerFisher(a, g), approximate("kpsvd", a, g, rank=2)
+    view = explorer.block_view(fisher, approx, max_side=fine_side)
+    shown = explorer.coarsen(view, shown_side)
+    assert shown.pooling == explorer.display_pooling(view.pooling, shown_side)
+    assert shown.pooling.side <= shown_side
+    if view.pooling.side <= shown_side:
+        assert shown is view
+        return
+    dense_f, dense_a = exact_fisher(a, g).numpy(), approx.to_dense().numpy()
+    tol = 1e-12 * np.abs(dense_f).max()
+    np.testing.assert_allclose(shown.exact, pooled_dense(dense_f, shown.pooling), atol=tol)
+    np.testing.assert_allclose(shown.approx, pooled_dense(dense_a, shown.pooling), atol=tol)
+    # one cell by hand: the plain mean of the dense entries of its block
+    p = shown.pooling
+    (ilo, ihi), (plo, phi) = p.input_ranges()[-1], p.output_ranges()[0]
+    rows = [i * dg + q for i in range(ilo, ihi + 1) for q in range(plo, phi + 1)]
+    cols = [i * dg + q for i in range(min(p.block_a, da)) for q in range(min(p.block_g, dg))]
+    cell = shown.exact[(p.da_out - 1) * p.dg_out, 0]
+    assert cell == pytest.approx(dense_f[np.ix_(rows, cols)].mean(), abs=tol)
+
+
 # -- metrics -------------------------------------------------------------------------------
 
 

@@ -38,6 +38,56 @@ def test_block_heatmaps_share_one_symmetric_scale():
     assert fig.layout.yaxis.autorange == "reversed"
 
 
+def test_block_heatmaps_colour_range_comes_from_the_full_matrices():
+    """Issue 20: the heatmaps drawn may be a coarser picture; the colour range is still the
+    full-precision, full-resolution matrices' max |entry| (and its quantile when saturated)."""
+    exact, approx = sym(6), 3 * sym(6, 1)
+    coarse_e, coarse_a = exact[::2, ::2] / 4, approx[::2, ::2] / 4
+    for saturate in (1.0, 0.9):
+        fig = figures.block_heatmaps(
+            coarse_e, coarse_a, labels(3), method="KFAC", saturate=saturate,
+            range_from=(exact, approx),
+        )  # fmt: skip
+        want = figures.block_heatmaps(exact, approx, labels(6), method="KFAC", saturate=saturate)
+        axis = fig.layout.coloraxis
+        assert (axis.cmin, axis.cmax, axis.cmid) == (
+            want.layout.coloraxis.cmin, want.layout.coloraxis.cmax, 0.0
+        )  # fmt: skip
+    assert fig.layout.coloraxis.cmax < max(np.abs(exact).max(), np.abs(approx).max())
+    full = figures.block_heatmaps(coarse_e, coarse_a, labels(3), method="KFAC",
+                                  range_from=(exact, approx))  # fmt: skip
+    assert full.layout.coloraxis.cmax == max(np.abs(exact).max(), np.abs(approx).max())
+    assert np.asarray(full.data[0].z).shape == (3, 3)
+
+
+def test_shipped_block_heatmap_of_a_layer_is_coarse_with_the_full_views_range():
+    """The explorer's block figure as the page builds it: at most DISPLAY_MAX_SIDE cells per
+    axis, the values those of explorer.coarsen (float32), the colour range that of the full
+    view's float64 matrices."""
+    import torch
+
+    from core.engine.fisher import LayerFisher
+    from core.engine.methods import approximate
+    from core.views import explorer
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 17, generator=gen, dtype=torch.float64)
+    g = torch.randn(64, 8, generator=gen, dtype=torch.float64) * 0.1
+    view = explorer.block_view(LayerFisher(a, g), approximate("kfac", a, g))
+    assert view.pooling.side == 136 and not view.pooling.downsampled
+    shown = explorer.coarsen(view)
+    fig = figures.block_heatmaps(
+        shown.exact, shown.approx, shown.pooling.labels(), method="kfac",
+        range_from=(view.exact, view.approx),
+    )  # fmt: skip
+    z = [np.asarray(t.z) for t in fig.data]
+    assert all(m.shape[0] <= explorer.DISPLAY_MAX_SIDE for m in z)
+    np.testing.assert_array_equal(z[0], shown.exact.astype(np.float32))
+    np.testing.assert_array_equal(z[2], (shown.approx - shown.exact).astype(np.float32))
+    assert fig.layout.coloraxis.cmax == max(np.abs(view.exact).max(), np.abs(view.approx).max())
+    assert fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax
+
+
 def test_block_heatmaps_saturation_keeps_the_scale_symmetric():
     exact = sym(10)
     exact[0, 0] = 1e3  # one outlier

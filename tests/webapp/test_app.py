@@ -97,6 +97,10 @@ def test_explorer_default_view():
     assert kpsvd <= kfac + 1e-9
     assert len(charts(at)) == 1  # tabs are lazy: only the open one (the block) runs
     assert "KPSVD − F" in spec(charts(at)[0])
+    # sent coarsened (issue 20): 17 inputs in pairs × 8 outputs, and the page says so
+    shapes = [t["z"]["shape"] for t in json.loads(charts(at)[0].proto.spec)["data"]]
+    assert shapes == ["72, 72"] * 3, shapes
+    assert any("at most 96 cells per axis" in c.value for c in at.caption)
     assert at.query_params["layer"] == "encoder.linear3"  # the smallest layer
     assert any("Server time for this view" in c.value for c in at.caption)
 

@@ -76,7 +76,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "LANES",
@@ -252,20 +252,24 @@ class _Worker:
             cwd=root,
             env=env,
         )
+        if self.process.stdin is None or self.process.stdout is None:  # never with PIPE
+            raise RuntimeError("the worker process has no pipes")
+        self.stdin: IO[bytes] = self.process.stdin
+        self.stdout: IO[bytes] = self.process.stdout
         self.jobs = 0  # jobs it answered (see WorkerPool.recycle_after)
 
     def send(self, message: bytes) -> None:
         """Write one message made by :func:`_pack`."""
-        self.process.stdin.write(message)
-        self.process.stdin.flush()
+        self.stdin.write(message)
+        self.stdin.flush()
 
     def poll(self, timeout: float) -> bool:
         """True when a reply (or the end of the pipe) can be read."""
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        ready, _, _ = select.select([self.stdout], [], [], timeout)
         return bool(ready)
 
     def receive(self) -> Any:
-        return _receive(self.process.stdout)
+        return _receive(self.stdout)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -273,7 +277,7 @@ class _Worker:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(5)
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self.stdin, self.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
 

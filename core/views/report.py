@@ -265,7 +265,9 @@ def summary_table(df: pd.DataFrame, *, smooth: int = 20) -> pd.DataFrame:
     for run, part in df.groupby(col, sort=False):
         part = part.sort_values("step")
         train = pd.to_numeric(part["train_loss"], errors="coerce")
-        test = pd.to_numeric(part.get("test_loss"), errors="coerce").dropna()
+        test = pd.to_numeric(
+            part.get("test_loss", pd.Series(dtype=float)), errors="coerce"
+        ).dropna()
         rows.append(
             {
                 col: run,

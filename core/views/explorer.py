@@ -567,6 +567,8 @@ def rank_curve(fisher: LayerFisher, max_rank: int = 10) -> RankCurve:
         raise ValueError(f"max_rank must be ≥ 1, got {max_rank}")
     full = min(max_rank, fisher.m, fisher.da**2, fisher.dg**2)
     approx = approximate("kpsvd", fisher.a, fisher.g, rank=full)
+    if not isinstance(approx, KroneckerSum):
+        raise TypeError(f"kpsvd gave a {type(approx).__name__}, not a sum of Kronecker products")
     errors = [
         fisher.relative_error(KroneckerSum("kpsvd", approx.terms[:r]))
         for r in range(1, len(approx.terms) + 1)

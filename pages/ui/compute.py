@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -103,7 +103,9 @@ def compute(
 
 
 def compute_all(
-    work: list[tuple[Hashable, Callable[..., Any], tuple, str, str]], *, lane: str = "view"
+    work: Sequence[tuple[Hashable, Callable[..., Any], tuple[Any, ...], str, str]],
+    *,
+    lane: str = "view",
 ) -> dict[Hashable, Any]:
     """Several ``(key, fn, args, what, how)`` at once: every job is queued before any is
     waited for, so the pool's workers share one view's work. The jobs are the visitor's

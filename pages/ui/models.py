@@ -128,8 +128,8 @@ def trained_model(
         )
         st.stop()
     records = run.dataframe()
-    loss = records["train_loss"].dropna() if len(records) else []
-    last = f", last training loss {loss.iloc[-1]:.4g}" if len(loss) else ""
+    loss = records["train_loss"].dropna() if len(records) else None
+    last = f", last training loss {loss.iloc[-1]:.4g}" if loss is not None and len(loss) else ""
     return ModelChoice(key, run.model, f"trained {steps} steps with {label}{last}")
 
 

@@ -40,6 +40,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from .errors import plain
 
@@ -68,7 +69,8 @@ class UrlSettings:
         self.page = page
         self.values: dict[str, str] = {}
         self.notices: list[str] = []
-        self._notice_area = None  # where show_notices() put the warning, once it has run
+        # where show_notices() put the warning, once it has run
+        self._notice_area: DeltaGenerator | None = None
         # names this page has bound in this session: Streamlit owns those parameters (it
         # removes one itself when its widget stops being drawn), so sync() never touches them
         self._bound: set[str] = st.session_state.setdefault(f"urlstate.bound.{page}", set())
@@ -93,7 +95,7 @@ class UrlSettings:
         self._draw_notices()
 
     def _draw_notices(self) -> None:
-        if self.notices:
+        if self.notices and self._notice_area is not None:
             self._notice_area.warning("  \n".join(self.notices), icon=":material/link_off:")
 
     # -- bound widgets -----------------------------------------------------------------------
@@ -115,7 +117,7 @@ class UrlSettings:
         value = widget(key=name, bind=BIND if usable else None, **kw)
         if not usable:
             st.query_params.pop(name, None)  # unbound now: the parameter is ours to remove
-            if first:
+            if first and raw is not None:  # a refused value is never None
                 self.notice(name, raw, shown(value))
         self._bound.add(name)
         return value
@@ -256,12 +258,15 @@ class UrlSettings:
         Returns URL value → tab container; ``container.open`` tells which one is shown.
         """
         slugs = {label: slug for slug, label in labels.items()}
-        default_label = labels.get(default, next(iter(labels.values())))
+        first_label = next(iter(labels.values()))
+        default_label = first_label if default is None else labels.get(default, first_label)
         key = self._seed(
             name, default_label, labels.get, slugs.__contains__, used=slugs[default_label]
         )
         containers = st.tabs(list(labels.values()), key=key, on_change="rerun")
-        self.values[name] = slugs.get(st.session_state.get(key), default or next(iter(labels)))
+        chosen = st.session_state.get(key)
+        fallback = default or next(iter(labels))
+        self.values[name] = fallback if chosen is None else slugs.get(chosen, fallback)
         return dict(zip(labels, containers, strict=True))
 
     def sync(self, *, final: bool = True) -> None:

@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 _GUARDED = "kronoscope_guarded"  # marks an upload store, or the health answer, already wrapped
+_HEALTH_ANSWER = "is_ready_for_browser_connection"  # Runtime's property /_stcore/health awaits
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,17 @@ def hold_health_until(ready: threading.Event, message: str) -> None:
     """Until ``ready`` is set, ``/_stcore/health`` answers 503 with ``message`` (Streamlit's
     own answer afterwards). Called before Streamlit starts; wraps the class's property once."""
     cls = runtime.Runtime
-    original = cls.is_ready_for_browser_connection
-    if getattr(original.fget, _GUARDED, False):
+    # read and replaced by name: typed as the getter, it is a property on the class
+    original: property = getattr(cls, _HEALTH_ANSWER)
+    getter = original.fget
+    if getter is None:
+        raise RuntimeError(f"Runtime.{_HEALTH_ANSWER} has no getter")
+    if getattr(getter, _GUARDED, False):
         raise RuntimeError("the health endpoint is already held")
 
     async def answer(self: Any) -> tuple[bool, str]:
-        ok, text = await original.fget(self)
+        ok, text = await getter(self)
         return (ok, text) if not ok or ready.is_set() else (False, message)
 
     setattr(answer, _GUARDED, True)
-    cls.is_ready_for_browser_connection = property(answer)
+    setattr(cls, _HEALTH_ANSWER, property(answer))

@@ -396,7 +396,8 @@ def figure_data_button(arrays: Arrays, layer: str) -> None:
 
     def figure_data() -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        # allow_pickle: numpy's default, named so that no array can be taken for it
+        np.savez_compressed(buffer, allow_pickle=True, **arrays)
         return buffer.getvalue()
 
     st.download_button(

@@ -389,7 +389,7 @@ def cmd_reproduce(args) -> int:
     dataset = load_dataset(
         args.dataset, path=args.data_path, seed=0, n_train=args.n_train, n_test=args.n_test
     )
-    bars = []
+    bars: list[tqdm] = []
 
     def progress(desc: str, total: int):
         if bars:

@@ -48,9 +48,11 @@ cone) before adding λ. Every engagement is counted in ``approx.safeguard``.
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import KW_ONLY, dataclass, field
-from functools import cached_property
+from functools import cached_property, reduce
+from typing import Any
 
 import scipy.sparse.linalg as sla
 import torch
@@ -91,7 +93,7 @@ class Approximation(ABC):
     method: str
     da: int
     dg: int
-    info: dict
+    info: dict[str, Any]
     safeguard: SafeguardStats
     _inverses: dict[InverseKey, DampedInverse]  # every subclass starts it empty
 
@@ -186,7 +188,7 @@ class KroneckerSum(Approximation):
 
     method: str
     terms: list[tuple[torch.Tensor, torch.Tensor]]
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     psd_floor: float = 0.1
     safeguard: SafeguardStats = field(default_factory=SafeguardStats)
 
@@ -227,18 +229,21 @@ class KroneckerSum(Approximation):
         )
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return sum(kron_matvec(r, s, v) for r, s in self.terms)
+        return reduce(operator.add, (kron_matvec(r, s, v) for r, s in self.terms))
 
     def to_dense(self) -> torch.Tensor:
         """Σ_k kron(R_k, S_k) (refused above the dense memory limit)."""
         check_dense_size(self.n, self.dtype, f"{self.method} approximation", "matvec/solve")
-        return sum(torch.kron(r, s) for r, s in self.terms)
+        return reduce(operator.add, (torch.kron(r, s) for r, s in self.terms))
 
     def pooled(self, pa: torch.Tensor, pg: torch.Tensor) -> torch.Tensor:
         """Σ_k (P_a R_k P_aᵀ) ⊗ (P_g S_k P_gᵀ)."""
-        return sum(
-            torch.kron(pa @ r.to(torch.float64) @ pa.T, pg @ s.to(torch.float64) @ pg.T)
-            for r, s in self.terms
+        return reduce(
+            operator.add,
+            (
+                torch.kron(pa @ r.to(torch.float64) @ pa.T, pg @ s.to(torch.float64) @ pg.T)
+                for r, s in self.terms
+            ),
         )
 
     def factor_matrices(self) -> list[tuple[str, torch.Tensor]]:
@@ -352,7 +357,7 @@ class EigenbasisDiagonal(Approximation):
     u_a: torch.Tensor
     u_g: torch.Tensor
     scale: torch.Tensor
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     safeguard: SafeguardStats = field(default_factory=SafeguardStats)
 
     def __post_init__(self) -> None:
@@ -461,7 +466,7 @@ def _terms_from_factors(trip: Triplets, dtype: torch.dtype) -> Terms:
 
 def _svd_terms(
     op: RearrangedFisher, rank: int, *, solver: str, algorithm: str, tol: float, max_iter: int
-) -> tuple[Terms, dict]:
+) -> tuple[Terms, dict[str, Any]]:
     """Top-``rank`` Kronecker terms of ℛ(F) (or of ℛ(F − A⊗G) when the operator is centered)."""
     if solver == "gram":
         trip = op.triplets_gram(rank, tol)
@@ -487,12 +492,12 @@ def _svd_terms(
 # -- builders: one per kind of construction; core/engine/methods.py names which one each method uses
 
 
-def build_kfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
+def build_kfac(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
     """A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m."""
     return KroneckerSum(method, [_kfac_factors(a, g)])
 
 
-def build_shampoo(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
+def build_shampoo(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
     """c · L ⊗ R, c the Frobenius-optimal scalar ⟨F, L⊗R⟩ / ‖L⊗R‖²_F."""
     m = a.shape[0]
     left = a.T @ (((g * g).sum(1) / m)[:, None] * a)
@@ -510,7 +515,7 @@ def eigenbasis_scale(
     return ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]
 
 
-def build_ekfac(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> Approximation:
+def build_ekfac(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
     """KFAC's eigenbasis U_A ⊗ U_G with the best diagonal in it."""
     fa, fg = _kfac_factors(a, g)
     u_a = torch.linalg.eigh(sym(fa)).eigenvectors

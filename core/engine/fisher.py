@@ -17,6 +17,7 @@ or a metric treats it like any other block; it is also the reference the metrics
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ def exact_fisher(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return jac.T @ jac / m
 
 
-def build_exact(method: str, a: torch.Tensor, g: torch.Tensor, **_) -> LayerFisher:
+def build_exact(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> LayerFisher:
     """The registry's builder for ``"exact"``: the block itself, held implicitly."""
     return LayerFisher(a, g)
 
@@ -59,9 +60,9 @@ class LayerFisher(Approximation):
         self.g = g.to(torch.float64)
         self.m, self.da = a.shape
         self.dg = g.shape[1]
-        self.info: dict = {}
+        self.info: dict[str, Any] = {}
         self.safeguard = SafeguardStats()  # F is PSD: the safeguard never engages
-        self._cache: dict[str, object] = {}
+        self._cache: dict[str, Any] = {}  # "gram", "fro", "eig"
         self._inverses = {}
 
     @property
@@ -92,13 +93,15 @@ class LayerFisher(Approximation):
         """JJᵀ = (ĀĀᵀ)∘(ΓΓᵀ), m × m."""
         if "gram" not in self._cache:
             self._cache["gram"] = (self.a @ self.a.T) * (self.g @ self.g.T)
-        return self._cache["gram"]
+        gram: torch.Tensor = self._cache["gram"]
+        return gram
 
     def frobenius_sq(self) -> float:
         """‖F‖²_F = (1/m²) Σ_ij (ā_iᵀā_j)² (g_iᵀg_j)²."""
         if "fro" not in self._cache:
             self._cache["fro"] = float((self.gram**2).sum()) / self.m**2
-        return self._cache["fro"]
+        fro: float = self._cache["fro"]
+        return fro
 
     def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
         """⟨F, F'⟩ with F' the Fisher of the batch (a, g):
@@ -118,8 +121,8 @@ class LayerFisher(Approximation):
             lam = torch.linalg.eigvalsh(self.gram / self.m).flip(0)
             cutoff = max(self.m, self.n) * torch.finfo(torch.float64).eps * lam[0]
             self._cache["eig"] = lam[lam > cutoff]
-        lam = self._cache["eig"]
-        return lam if k is None else lam[:k]
+        kept: torch.Tensor = self._cache["eig"]
+        return kept if k is None else kept[:k]
 
     def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
         """(F + λI)⁻¹ by Woodbury on the m × m Gram matrix (both modes: F is exact)."""
@@ -137,7 +140,7 @@ class LayerFisher(Approximation):
         self._check_shape(approx)
         fro = self.frobenius_sq()
         sq = fro - 2.0 * approx.inner_fisher(self.a, self.g) + approx.frobenius_sq()
-        return max(sq, 0.0) ** 0.5 / fro**0.5
+        return float(max(sq, 0.0) ** 0.5 / fro**0.5)
 
     def spectrum_error(self, approx: Approximation) -> tuple[float, bool]:
         """‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂, eigenvalues sorted descending and zero-padded.

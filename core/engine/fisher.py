@@ -166,16 +166,23 @@ class LayerFisher(Approximation):
         return self.g.T @ self.a / self.m
 
     def natural_gradient_agreement(
-        self, approx: Approximation, damping: float, v: torch.Tensor | None = None
+        self,
+        approx: Approximation,
+        damping: float,
+        v: torch.Tensor | None = None,
+        *,
+        mode: str = "exact",
     ) -> NaturalGradientAgreement:
-        """Compare x = (F + λI)⁻¹∇ with x̃ = (F̃ + λI)⁻¹∇ (exact damping on both sides).
+        """Compare x = (F + λI)⁻¹∇ (exact damping) with x̃ = the approximation's damped inverse
+        applied to ∇ in ``mode`` (``"exact"``: (F̃ + λI)⁻¹∇; ``"factored"``: the optimizers'
+        solve, :mod:`core.engine.approx`).
 
         ``v`` defaults to the batch gradient :meth:`mean_gradient`.
         """
         self._check_shape(approx)
         v = self.mean_gradient() if v is None else v
         x = self.solve(v, damping)
-        x_t = approx.solve(v.to(approx.dtype), damping, mode="exact").to(torch.float64)
+        x_t = approx.solve(v.to(approx.dtype), damping, mode=mode).to(torch.float64)
         nx, nt = torch.linalg.norm(x), torch.linalg.norm(x_t)
         cosine = float((x * x_t).sum() / (nx * nt).clamp_min(1e-300))
         return NaturalGradientAgreement(

@@ -1,20 +1,33 @@
-"""Per-sample layer inputs ``ā_i`` and output gradients ``g_i`` of every ``nn.Linear``.
+"""Per-sample, per-position layer inputs ``ā`` and output gradients ``γ`` of every factored layer.
 
-For a linear layer ``s = W ā`` (``W`` of shape ``(dg, da)``, bias as the last column, ``ā``
-with a trailing ``1`` when the layer has a bias) and one minibatch of ``m`` samples,
+The factored layers (:mod:`core.engine.layers`) are plain ``nn.Linear`` and ``nn.Conv2d``
+(``groups = 1``); each applies one weight ``W`` (shape ``(dg, da)``, bias as the last column)
+at ``T`` positions per sample, ``s_t = W ā_t``. For one minibatch of ``m`` samples,
 :func:`capture` returns, per layer,
 
-* ``a``: the ``(m, da)`` matrix with rows ``ā_iᵀ``;
-* ``g``: the ``(m, dg)`` matrix with rows ``g_iᵀ``, ``g_i = ∂ℓ_i/∂s_i``, where ``ℓ_i`` is the
-  negative log-likelihood of ONE sample (summed over output units, never averaged).
+* ``a``: the inputs ``ā`` (a trailing ``1`` when the layer has a bias), detached;
+* ``g``: the output gradients ``γ = ∂ℓ_n/∂s``, where ``ℓ_n`` is the negative log-likelihood of
+  ONE sample (summed over output units, never averaged), detached;
 
-The per-sample weight gradient is then ``∇_W ℓ_i = g_i ā_iᵀ`` (``vec(g āᵀ) = ā ⊗ g``), and the
-layer's Fisher block is ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)``.
+shaped by the layer's input:
 
-Scaling: autograd on a batch mean hands each sample g_i/m; we undo it. Concretely, the backward
-pass is run on the SUM over the batch of per-sample NLLs, ``L = Σ_i ℓ_i``. Samples do not
-interact (each row of the batch only reaches its own row of every layer output), so
-``∂L/∂s_i = ∂ℓ_i/∂s_i = g_i`` exactly, with no ``1/m`` factor.
+* a linear layer on ``(m, d)`` (one position per sample, ``T = 1``): ``a`` is ``(m, da)`` and
+  ``g`` is ``(m, dg)``, as always; the per-sample gradient is ``g_n ā_nᵀ``;
+* a linear layer on a sequence ``(m, t₁, …, d)``: ``a`` is ``(m, T, da)``, ``g`` is
+  ``(m, T, dg)`` with ``T = t₁·…`` (the tokens, row-major);
+* a 2-D convolution: ``a`` is ``(m, T, C_in·kh·kw [+1])``, the unfolded input patches in
+  ``torch.nn.functional.unfold``'s order (:func:`core.engine.layers.conv_patches`), and ``g``
+  is ``(m, T, C_out)``, with ``T = H_out·W_out`` (row-major).
+
+With ``A_n`` (``T × da``) and ``Γ_n`` (``T × dg``) one sample's slices, its weight gradient is
+``D_n = Γ_nᵀ A_n = Σ_t γ_t ā_tᵀ`` (``W = conv.weight.reshape(C_out, -1)`` for a convolution),
+and the layer's Fisher block is ``F = (1/m) Σ_n vec(D_n) vec(D_n)ᵀ`` (Grosse & Martens 2016,
+*A Kronecker-factored approximate Fisher matrix for convolution layers*, §3).
+
+Scaling: autograd on a batch mean hands each sample γ/m; we undo it. Concretely, the backward
+pass is run on the SUM over the batch of per-sample NLLs, ``L = Σ_n ℓ_n``. Samples do not
+interact (each sample only reaches its own slice of every layer output), so
+``∂L/∂s_n = ∂ℓ_n/∂s_n`` exactly, with no ``1/m`` factor.
 
 Likelihoods (``loss=``, looked up by :func:`core.engine.likelihoods.likelihood`, which also holds
 their sampling, target checks and output Fisher), per sample, with model output ``z`` of shape
@@ -30,7 +43,7 @@ Fisher kind (``fisher=``): ``"true"`` (default) draws the targets from the model
 distribution with the caller's ``torch.Generator`` (the global RNG is never touched), giving a
 Monte-Carlo estimate of the true Fisher; ``"empirical"`` uses the data's targets.
 
-Hooks: forward hooks on the captured layers record ``ā`` and keep the output ``s``; the
+Hooks: forward hooks on the captured layers record their input and keep the output ``s``; the
 gradients ``∂L/∂s`` come from ``torch.autograd.grad`` w.r.t. those outputs, so parameters'
 ``.grad`` are never written. Hooks are removed in a ``finally`` block.
 
@@ -53,7 +66,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .layers import is_plain_linear, linear_layers
+from .layers import conv_patches, supported_layers, unsupported_reason
 from .likelihoods import LOSS_KINDS, likelihood
 from .validation import NonFiniteValueError
 
@@ -62,6 +75,7 @@ __all__ = [
     "LayerCapture",
     "UnsupportedLayerError",
     "capture",
+    "layer_names",
     "linear_layer_names",
     "LOSS_KINDS",
     "FISHER_KINDS",
@@ -83,15 +97,17 @@ def _model_lock(model: nn.Module) -> threading.Lock:
 
 
 class UnsupportedLayerError(ValueError):
-    """A module owns parameters the engine cannot factor (anything but ``nn.Linear``)."""
+    """A module owns parameters the engine cannot factor (anything but plain ``nn.Linear`` and
+    ``groups = 1`` ``nn.Conv2d``); the message names it and says why."""
 
 
 @dataclass(frozen=True)
 class LayerCapture:
-    """Captured statistics of one linear layer ``s = W ā`` on a minibatch of ``m`` samples.
+    """Captured statistics of one layer ``s_t = W ā_t`` on a minibatch of ``m`` samples.
 
-    ``a``: ``(m, da)``, rows ``ā_iᵀ`` (last column all ones iff ``has_bias``), detached.
-    ``g``: ``(m, dg)``, rows ``g_iᵀ = (∂ℓ_i/∂s_i)ᵀ`` of ONE sample's NLL, detached.
+    ``a``: ``(m, da)`` rows ``ā_nᵀ`` (one position per sample), or ``(m, T, da)`` for ``T``
+    positions sharing ``W`` (last entry of each ``ā`` a one iff ``has_bias``), detached.
+    ``g``: ``(m, dg)`` or ``(m, T, dg)``, ``γ = ∂ℓ_n/∂s`` of ONE sample's NLL, detached.
     """
 
     name: str
@@ -99,10 +115,15 @@ class LayerCapture:
     g: torch.Tensor
     has_bias: bool
 
+    @property
+    def positions(self) -> int:
+        """``T``: positions per sample sharing the weight (1 for a 2-D batch)."""
+        return 1 if self.a.dim() == 2 else int(self.a.shape[1])
+
 
 @dataclass(frozen=True)
 class CaptureResult:
-    """Captures of the selected linear layers, in the order they ran in the forward pass.
+    """Captures of the selected layers, in the order they ran in the forward pass.
 
     ``unsupported``: ``(qualified name, type name)`` of modules owning parameters that were NOT
     captured (only non-empty with ``strict=False``). ``loss``: mean per-sample NLL
@@ -114,48 +135,55 @@ class CaptureResult:
     loss: float = float("nan")
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the model's factored layers (plain ``nn.Linear`` and supported
+    ``nn.Conv2d``, :func:`core.engine.layers.supported_layers`), in registration order."""
+    return [name for name, _ in supported_layers(model)]
+
+
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of the model's plain linear layers
-    (:func:`core.engine.layers.is_plain_linear`), in registration order."""
-    return [name for name, _ in linear_layers(model)]
+    """Qualified names of the model's plain linear layers only, in registration order."""
+    return [name for name, mod in supported_layers(model) if isinstance(mod, nn.Linear)]
 
 
-def _unsupported_modules(model: nn.Module) -> list[tuple[str, str]]:
-    """Modules other than ``nn.Linear`` that own parameters directly, plus batch norms in
-    training mode (they couple the samples of a batch, so no per-sample gradient exists)."""
-    found: list[tuple[str, str]] = []
+def _unsupported_modules(model: nn.Module) -> list[tuple[str, str, str]]:
+    """``(name, type name, why)`` of modules that own parameters the engine does not factor,
+    plus batch norms in training mode (they couple the samples of a batch, so no per-sample
+    gradient exists)."""
+    found: list[tuple[str, str, str]] = []
     for name, mod in model.named_modules():
-        if is_plain_linear(mod):
-            continue
-        owns_params = any(True for _ in mod.parameters(recurse=False))
-        couples_samples = isinstance(mod, _BatchNorm) and mod.training
-        if owns_params or couples_samples:
-            found.append((name or "<root>", type(mod).__name__))
+        why = unsupported_reason(mod)
+        if why is None and isinstance(mod, _BatchNorm) and mod.training:
+            why = "batch norm in training mode couples the samples of a batch"
+        if why is not None:
+            found.append((name or "<root>", type(mod).__name__, why))
     return found
 
 
 def _select_layers(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
-    """Names of the Linear layers to capture (validated against the model)."""
-    valid = linear_layer_names(model)
+    """Names of the layers to capture (validated against the model)."""
+    valid = layer_names(model)
     if layers is None:
         if not valid:
-            raise ValueError("the model has no nn.Linear layer to capture")
+            raise ValueError("the model has no nn.Linear or nn.Conv2d layer to capture")
         return valid
     requested = [layers] if isinstance(layers, str) else list(layers)
     unknown = [n for n in requested if n not in valid]
     if unknown:
-        raise ValueError(f"unknown layer name(s) {unknown}; valid nn.Linear names: {valid}")
+        raise ValueError(f"unknown layer name(s) {unknown}; valid layer names: {valid}")
     selected = list(dict.fromkeys(requested))
     if not selected:
-        raise ValueError(f"layers= selects no layer; valid nn.Linear names: {valid}")
+        raise ValueError(f"layers= selects no layer; valid layer names: {valid}")
     return selected
 
 
 def _check_x(x: Any) -> None:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D (m, d_in), got shape {tuple(x.shape)}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"x must be at least 2-D (m, d_in) or (m, C, H, W), got shape {tuple(x.shape)}"
+        )
     if not x.dtype.is_floating_point:
         raise ValueError(f"x must be a floating tensor, got dtype {x.dtype}")
     if x.shape[0] == 0:
@@ -183,17 +211,35 @@ def _check_supported(model: nn.Module, strict: bool) -> list[tuple[str, str]]:
     """The modules with parameters the engine cannot capture (an error when ``strict``)."""
     unsupported = _unsupported_modules(model)
     if unsupported and strict:
-        listed = ", ".join(f"{name} ({typ})" for name, typ in unsupported)
+        listed = "; ".join(f"{name} ({typ}): {why}" for name, typ, why in unsupported)
         raise UnsupportedLayerError(
-            f"only nn.Linear layers (and parameter-free modules) are supported; found: {listed}. "
-            "Pass strict=False to capture the Linear layers and list these in `unsupported`."
+            "only nn.Linear and nn.Conv2d (groups=1) layers, and parameter-free modules, are "
+            f"supported; found: {listed}. Pass strict=False to capture the supported layers "
+            "and list these in `unsupported`."
         )
-    return unsupported
+    return [(name, typ) for name, typ, _ in unsupported]
+
+
+def _check_input(name: str, module: nn.Module, inp: Any, m: int) -> torch.Tensor:
+    """``inp`` if it is what the layer takes: ``(m, …, d)`` for a linear layer,
+    ``(m, C, H, W)`` for a convolution; else ``ValueError``."""
+    conv = isinstance(module, nn.Conv2d)
+    if (
+        isinstance(inp, torch.Tensor)
+        and inp.shape[:1] == (m,)
+        and (inp.dim() == 4 if conv else inp.dim() >= 2)
+    ):
+        return inp
+    shape = tuple(inp.shape) if isinstance(inp, torch.Tensor) else None
+    expected = "4-D (m, C, H, W)" if conv else "at least 2-D (m, …, d)"
+    raise ValueError(
+        f"layer {name!r} got input of shape {shape}; expected {expected} with batch {m}"
+    )
 
 
 class _Recorder:
-    """Forward hooks that record each selected layer's input ``ā`` and output ``s`` of one
-    forward pass of ``m`` samples, on the thread that created the recorder only."""
+    """Forward hooks that record each selected layer's input and output ``s`` of one forward
+    pass of ``m`` samples, on the thread that created the recorder only."""
 
     def __init__(self, m: int) -> None:
         self.m = m
@@ -212,12 +258,7 @@ class _Recorder:
                     f"layer {name!r} ran more than once in one forward pass (shared weights); "
                     "per-sample capture needs exactly one call per layer"
                 )
-            inp = args[0] if args else kwargs.get("input")
-            if inp is None or inp.dim() != 2 or inp.shape[0] != self.m:
-                shape = None if inp is None else tuple(inp.shape)
-                raise ValueError(
-                    f"layer {name!r} got input of shape {shape}; expected 2-D with batch {self.m}"
-                )
+            inp = _check_input(name, module, args[0] if args else kwargs.get("input"), self.m)
             if not out.requires_grad:
                 # Nothing upstream needs a gradient (frozen weights, constant input):
                 # make s a leaf so that ∂L/∂s still exists; no graph is cut.
@@ -247,20 +288,34 @@ def _check_output(output: Any, recorder: _Recorder, selected: list[str]) -> None
         )
 
 
+def _positions(
+    layer: nn.Module, inp: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's ``(a, g)`` without the bias column: ``(m, da)``/``(m, dg)`` for a linear
+    layer on ``(m, d)``, else ``(m, T, da)``/``(m, T, dg)`` (patches for a convolution)."""
+    m = inp.shape[0]
+    if isinstance(layer, nn.Conv2d):
+        return conv_patches(layer, inp), grad.reshape(m, grad.shape[1], -1).transpose(1, 2)
+    if inp.dim() == 2:
+        return inp, grad
+    return inp.reshape(m, -1, inp.shape[-1]), grad.reshape(m, -1, grad.shape[-1])
+
+
 def _layer_captures(
     modules: dict[str, nn.Module], recorder: _Recorder, grads: tuple[torch.Tensor, ...]
 ) -> dict[str, LayerCapture]:
     """One :class:`LayerCapture` per recorded layer, in forward order: ``ā`` with the bias
-    column of ones, ``g`` zero where the loss does not reach the layer."""
+    entry of one, ``γ`` zero where the loss does not reach the layer."""
     captured: dict[str, LayerCapture] = {}
     for name, grad in zip(recorder.outputs, grads, strict=True):
         layer = modules[name]
         has_bias = layer.bias is not None
-        a = recorder.inputs[name]
+        out = recorder.outputs[name]
+        full_grad = torch.zeros_like(out) if grad is None else grad
+        a, g = _positions(layer, recorder.inputs[name], full_grad.detach())
         if has_bias:
-            a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], dim=1)
-        g = torch.zeros_like(recorder.outputs[name]) if grad is None else grad
-        captured[name] = LayerCapture(name=name, a=a, g=g.detach(), has_bias=has_bias)
+            a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], dim=-1)
+        captured[name] = LayerCapture(name=name, a=a, g=g, has_bias=has_bias)
     return captured
 
 
@@ -275,16 +330,18 @@ def capture(
     layers: Iterable[str] | None = None,
     strict: bool = True,
 ) -> CaptureResult:
-    """Capture ``ā_i`` and ``g_i = ∂ℓ_i/∂s_i`` of the selected ``nn.Linear`` layers.
+    """Capture ``ā`` and ``γ = ∂ℓ_n/∂s`` of the selected ``nn.Linear`` and ``nn.Conv2d``
+    layers (all of them by default; shapes in the module docstring).
 
-    One forward pass on ``x`` (``(m, d_in)``), targets either sampled from the model
-    (``fisher="true"``, needs ``generator``; given ``targets`` are then ignored) or the data's
-    (``fisher="empirical"``, needs ``targets``: same shape as the output for ``"bce"``/``"mse"``,
-    ``(m,)`` class indices for ``"ce"``), then ``torch.autograd.grad`` of ``Σ_i ℓ_i`` w.r.t. the
-    layer outputs. The model's mode, parameters and ``.grad`` are left untouched.
+    One forward pass on ``x`` (``(m, …)``, whatever the model takes), targets either sampled
+    from the model (``fisher="true"``, needs ``generator``; given ``targets`` are then ignored)
+    or the data's (``fisher="empirical"``, needs ``targets``: same shape as the output for
+    ``"bce"``/``"mse"``, ``(m,)`` class indices for ``"ce"``), then ``torch.autograd.grad`` of
+    ``Σ_n ℓ_n`` w.r.t. the layer outputs. The model's mode, parameters and ``.grad`` are left
+    untouched.
 
-    Raises ``UnsupportedLayerError`` (strict) for modules with parameters other than
-    ``nn.Linear``, and ``ValueError`` for bad inputs, unknown kinds or layer names.
+    Raises ``UnsupportedLayerError`` (strict) for modules with parameters that are not factored
+    (naming each and why), and ``ValueError`` for bad inputs, unknown kinds or layer names.
     """
     lik = likelihood(loss)
     _check_kinds(fisher, targets, generator)
@@ -310,7 +367,7 @@ def capture(
                 else:
                     y = lik.check_targets(targets, output)
                 nll = lik.nll(output, y)
-                # Σ_i ℓ_i, not the mean: each row of ∂L/∂s is one sample's g_i (no 1/m).
+                # Σ_n ℓ_n, not the mean: each sample's slice of ∂L/∂s is its own γ (no 1/m).
                 grads = torch.autograd.grad(
                     nll.sum(), list(recorder.outputs.values()), allow_unused=True
                 )

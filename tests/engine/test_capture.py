@@ -232,10 +232,10 @@ def test_frozen_parameters_and_no_grad_context():
 # 4. Unsupported layers -----------------------------------------------------------------
 
 
-def _conv_model() -> nn.Module:
+def _grouped_conv_model() -> nn.Module:
     return nn.Sequential(
-        nn.Unflatten(1, (1, 4, 4)),
-        nn.Conv2d(1, 2, 3),
+        nn.Unflatten(1, (2, 4, 4)),
+        nn.Conv2d(2, 2, 3, groups=2),
         nn.Flatten(),
         nn.Linear(8, 6),
         nn.LayerNorm(6),
@@ -245,18 +245,18 @@ def _conv_model() -> nn.Module:
 
 
 def test_unsupported_layers_strict_raises_with_names():
-    model = _conv_model()
-    x = torch.randn(4, 16, dtype=torch.float64)
+    model = _grouped_conv_model()
+    x = torch.randn(4, 32, dtype=torch.float64)
     with pytest.raises(UnsupportedLayerError) as info:
         capture(model, x, loss="mse", generator=torch.Generator().manual_seed(0))
     msg = str(info.value)
-    assert "1 (Conv2d)" in msg and "4 (LayerNorm)" in msg
+    assert "1 (Conv2d): groups=2" in msg and "4 (LayerNorm)" in msg
     assert isinstance(info.value, ValueError)
 
 
 def test_unsupported_layers_listed_when_not_strict():
-    model = _conv_model()
-    x = torch.randn(4, 16, dtype=torch.float64)
+    model = _grouped_conv_model()
+    x = torch.randn(4, 32, dtype=torch.float64)
     res = capture(model, x, loss="mse", generator=torch.Generator().manual_seed(0), strict=False)
     assert isinstance(res, CaptureResult)
     assert res.unsupported == [("1", "Conv2d"), ("4", "LayerNorm")]
@@ -291,7 +291,7 @@ def _call(x=None, **kw):
         ({"x": torch.tensor([[0.0, float("nan"), 0, 0, 0], [0.0] * 5])}, "x contains NaN or inf"),
         ({"x": torch.tensor([[0.0, float("inf"), 0, 0, 0], [0.0] * 5])}, "x contains NaN or inf"),
         ({"x": torch.zeros(0, 5, dtype=torch.float64)}, "empty batch"),
-        ({"x": torch.zeros(5, dtype=torch.float64)}, "must be 2-D"),
+        ({"x": torch.zeros(5, dtype=torch.float64)}, "must be at least 2-D"),
         ({"x": torch.zeros(2, 5, dtype=torch.long)}, "floating"),
         ({"loss": "nll"}, "unknown loss kind 'nll'"),
         ({"fisher": "exact"}, "unknown fisher kind 'exact'"),

@@ -95,6 +95,7 @@ _EXPORTS: dict[str, str] = {
 
 # public modules, used as a whole (``explorer.compute_view(...)``, ``jobs.layer_fisher(...)``)
 _MODULES: dict[str, str] = {
+    "direction": "core.views.direction",
     "explorer": "core.views.explorer",
     "figures": "core.views.figures",
     "report": "core.views.report",

@@ -1,11 +1,12 @@
 """Fisher explorer: one layer's Fisher block next to its Kronecker-factored approximations.
 
 The page is :func:`main`, a sequence of named steps: the model, the block's controls, the
-Fisher block, each method's result, the metrics table, then the four tabs (only the open one
-computes) and the figure data. Widgets, their keys and the URL parameters they keep
-(``dataset``, ``preset``, ``seed``, ``model``, ``opt``, ``steps``, ``layer``, ``methods``,
-``m``, ``fisher``, ``damping``, ``slow``, ``show``, ``contrast``, ``tab``, ``rank``, …) are a
-public interface: shared links carry them.
+Fisher block, each method's result, the metrics table, then the five tabs (only the open one
+computes; the fifth, "Damped step", compares each method's damped natural-gradient step with
+the exact one over λ, issue 21) and the figure data. Widgets, their keys and the URL
+parameters they keep (``dataset``, ``preset``, ``seed``, ``model``, ``opt``, ``steps``,
+``layer``, ``methods``, ``m``, ``fisher``, ``damping``, ``slow``, ``show``, ``contrast``,
+``tab``, ``rank``, ``step_damping``, …) are a public interface: shared links carry them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import METHODS, OPTIMIZERS, check_layer_size, describe_layers, explorer, figures
+from core import (
+    METHODS,
+    OPTIMIZERS,
+    check_layer_size,
+    describe_layers,
+    direction,
+    explorer,
+    figures,
+)
 from pages import ui as sh
 
 DEFAULT_RANK, MAX_RANK = 2, 10  # the Kronecker rank slider: its default, its widest range
@@ -199,6 +208,79 @@ def metric_columns(damping: float) -> dict[str, Any]:
     }
 
 
+STEP_DAMPING = "step_damping"  # the URL parameter of the damped-step tab's λ slider
+
+
+def step_tab(settings: sh.UrlSettings, block: Block, results, *, slow: bool) -> Arrays:
+    """What the step sees: each method's damped natural-gradient direction against the exact
+    one at the λ of its slider, next to its Frobenius error, and the "error vs λ" figure."""
+    if not results:
+        st.info("Choose at least one approximation in the sidebar.")
+        settings.hidden_choice(
+            STEP_DAMPING, direction.STEP_DAMPINGS, direction.DEFAULT_STEP_DAMPING
+        )
+        return {}
+    lam = settings.select_slider(
+        "Damping λ of the step", direction.STEP_DAMPINGS, STEP_DAMPING,
+        direction.DEFAULT_STEP_DAMPING, format_func=lambda v: f"{v:g}",
+        help="x = (F + λI)⁻¹∇ (exact block, Woodbury) against x̃, the approximation's damped "
+        "inverse applied to the batch gradient ∇: with the optimizers' factored damping, and "
+        "with exact damping. The table above uses the sidebar's λ.",
+    )  # fmt: skip
+    curves = {}
+    for method, outcome in sh.compute.direction_curves(
+        block.key, results, slow=slow, fisher=block.fisher
+    ).items():
+        if isinstance(outcome, Exception):
+            st.error(f"**Damped step ({explorer.method_label(method)}):** {sh.plain(outcome)}")
+        else:
+            curves[method] = outcome
+    if not curves:
+        return {}
+    frobenius = {method: result.relative_error for method, result in results.items()}
+    table = direction.direction_table(curves, frobenius, lam)
+    st.dataframe(
+        table.assign(method=table["method"].map(explorer.method_label)),
+        hide_index=True,
+        column_config=direction_columns(lam),
+    )
+    key = sh.compute.DirectionFigureKey(block.key, tuple(sorted(curves)), slow, lam)
+    figure = sh.compute.figure(
+        sh.compute.FigureKey(key),
+        lambda: figures.direction_figure(list(curves.values()), selected=lam),
+    )
+    st.plotly_chart(figure, key="direction")
+    st.caption(direction.caption(table, lam))
+    skipped = [explorer.method_label(m) for m, c in curves.items() if c.skipped]
+    if skipped:
+        st.caption(
+            f"{', '.join(skipped)}: exact damping not computed on this layer (MINRES per λ); "
+            "switch on *Compute slow metrics* to draw it."
+        )
+    return direction.direction_arrays(curves)
+
+
+def direction_columns(damping: float) -> dict[str, Any]:
+    """The damped-step table's headings and help."""
+    number = st.column_config.NumberColumn
+    return {
+        "method": "Method",
+        "relative_error": number("Relative Frobenius error", format="%.4f"),
+        "step_error": number(
+            "Step error", format="%.4f",
+            help=f"‖x̃ − x‖/‖x‖ at λ = {damping:g}, x̃ with the optimizers' factored damping",
+        ),
+        "step_cosine": number("Step cosine", format="%.4f", help="cos∠(x̃, x), factored damping"),
+        "step_norm_ratio": number(
+            "Step norm ratio", format="%.3f", help="‖x̃‖/‖x‖, factored damping"
+        ),
+        "exact_step_error": number(
+            "Step error (exact damping)", format="%.4f", help="x̃ = (F̃ + λI)⁻¹∇"
+        ),
+        "exact_step_cosine": number("Step cosine (exact damping)", format="%.4f"),
+    }  # fmt: skip
+
+
 def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str | None, float]:
     """The approximation the block and factor views show (None: none chosen) and the heatmaps'
     colour range."""
@@ -354,7 +436,7 @@ def rank_tab(settings: sh.UrlSettings, block: Block, *, results, show, contrast)
 
 
 def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: bool) -> Arrays:
-    """The four tabs; only the open one runs, computing and sending its own figures alone.
+    """The five tabs; only the open one runs, computing and sending its own figures alone.
     Returns the arrays behind what was drawn."""
     results, methods = analysis.results, list(analysis.results)
     show, contrast = picture_controls(settings, methods)
@@ -365,6 +447,7 @@ def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: boo
             "factors": "Kronecker factors",
             "spectra": "Spectra",
             "rank": "Kronecker rank",
+            "step": "Damped step",
         },
         "tab",
     )
@@ -387,6 +470,13 @@ def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: boo
             arrays |= rank_tab(settings, block, results=results, show=show, contrast=contrast)
         else:  # a link's rank waits in the URL for the tab to open (if it can be a rank at all)
             settings.hidden_slider("rank", DEFAULT_RANK, min_value=1, max_value=MAX_RANK)
+    with tabs["step"]:
+        if tabs["step"].open is not False:
+            arrays |= step_tab(settings, block, results, slow=slow)
+        else:  # a link's λ waits in the URL for the tab to open
+            settings.hidden_choice(
+                STEP_DAMPING, direction.STEP_DAMPINGS, direction.DEFAULT_STEP_DAMPING
+            )
     return arrays
 
 

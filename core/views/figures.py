@@ -29,6 +29,8 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..engine.methods import SHOWN
+from ..engine.direction import DIRECTION_MODES
+from .direction import DirectionCurve, labelled
 from .labels import method_label
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "spectra_figure",
     "rank_curve_figure",
     "metrics_figure",
+    "direction_figure",
 ]
 
 DIVERGING = "RdBu_r"
@@ -325,4 +328,56 @@ def metrics_figure(
         )
     )
     fig.update_layout(title=metric, yaxis_title=metric, template=_TEMPLATE, height=320)
+    return fig
+
+
+_DIRECTION_METRICS = {
+    "error": "‖x̃ − x‖ / ‖x‖",
+    "cosine": "cos∠(x̃, x)",
+    "norm_ratio": "‖x̃‖ / ‖x‖",
+}
+
+
+def direction_figure(
+    curves: Sequence[DirectionCurve], *, selected: float | None = None, metric: str = "error"
+) -> go.Figure:
+    """ "Error vs λ": each method's damped step x̃ against the exact damped natural gradient
+    x = (F + λI)⁻¹∇ over the swept dampings (:mod:`core.views.direction`), solid with the
+    optimizers' factored damping, dashed with exact damping; ``selected`` (a λ) marked by a
+    vertical line. ``metric``: ``"error"`` (log axis), ``"cosine"`` or ``"norm_ratio"``."""
+    if metric not in _DIRECTION_METRICS:
+        raise ValueError(
+            f"unknown metric {metric!r}; choose one of {', '.join(_DIRECTION_METRICS)}"
+        )
+    fig = go.Figure()
+    for curve in curves:
+        for mode in DIRECTION_MODES:
+            if mode in curve.skipped:
+                continue
+            name = labelled(curve.method, mode)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(curve.dampings),
+                    y=np.asarray(getattr(curve, metric)[mode], dtype=float),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=method_label(curve.method),
+                    marker={"size": 4},
+                    line={"color": _color(curve.method), "width": 2 if mode == "factored" else 1.5,
+                          "dash": "solid" if mode == "factored" else "dash"},
+                    hovertemplate="λ = %{x:.3g}: %{y:.4g}<extra>" + name + "</extra>",
+                )
+            )  # fmt: skip
+    if selected is not None:
+        fig.add_vline(x=selected, line={"dash": "dot", "color": "#555555"})
+    label = _DIRECTION_METRICS[metric]
+    fig.update_layout(
+        title={"text": f"Damped step against the exact one: {label} vs λ<br><sup>x = (F + λI)⁻¹∇,"
+               " x̃ the approximation's damped inverse applied to the batch gradient ∇</sup>"},
+        xaxis={"type": "log", "exponentformat": "power", "title": "damping λ"},
+        yaxis={"type": "log" if metric == "error" else "linear", "title": label},
+        template=_TEMPLATE,
+        height=440,
+        margin={"t": 80},
+    )  # fmt: skip
     return fig

@@ -33,6 +33,7 @@ from core import (
     LimitError,
     QueueFull,
     WorkerDied,
+    direction,
     explorer,
     jobs,
     view_budget_s,
@@ -43,6 +44,8 @@ from .session import visitor_id
 
 __all__ = [
     "BlockKey",
+    "DirectionFigureKey",
+    "DirectionKey",
     "FigureKey",
     "FisherKey",
     "MethodKey",
@@ -53,6 +56,7 @@ __all__ = [
     "compute",
     "layer_fisher",
     "compute_all",
+    "direction_curves",
     "figure",
     "method_results",
     "rank_curve",
@@ -244,11 +248,32 @@ class SpectraKey:
 
 
 @dataclass(frozen=True)
+class DirectionKey:
+    """One method's damped-step measures over the swept dampings ``dampings``
+    (:mod:`core.views.direction`); ``slow``: exact damping of large two-term sums included."""
+
+    fisher: FisherKey
+    method: str
+    slow: bool
+    dampings: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DirectionFigureKey:
+    """The "error vs λ" figure of the methods shown (sorted), with ``damping`` marked."""
+
+    fisher: FisherKey
+    methods: tuple[str, ...]
+    slow: bool
+    damping: float
+
+
+@dataclass(frozen=True)
 class FigureKey:
     """A figure drawn from one view (``contrast``: the heatmaps' colour range, None where the
     figure has none)."""
 
-    view: BlockKey | SpectraKey
+    view: BlockKey | SpectraKey | DirectionFigureKey
     contrast: float | None = None
 
 
@@ -280,6 +305,28 @@ def method_results(
     ]
     outcomes = compute_all(work, lane=lane_of(fisher, slow))
     return {method: outcomes[item[0]] for method, item in zip(methods, work, strict=True)}
+
+
+def direction_curves(key: FisherKey, results: dict[str, Any], *, slow: bool, fisher) -> dict:
+    """Each method's :class:`core.views.direction.DirectionCurve`, or the exception it raised
+    (``results``: method → its :class:`core.views.explorer.MethodResult`). Exact damping of a
+    slow sum (:func:`core.views.explorer.is_slow`) waits for ``slow``."""
+    grid = direction.STEP_DAMPINGS
+    how = "switch off the slow metrics, or choose a smaller layer"
+    work = []
+    for method, result in results.items():
+        skip = explorer.is_slow(result.approx) and not slow
+        work.append(
+            (
+                DirectionKey(key, method, slow, grid),
+                partial(direction.direction_curve, skip_exact=skip),
+                (fisher, result.approx, grid),
+                f"{explorer.method_label(method)}: damped step",
+                how,
+            )
+        )
+    outcomes = compute_all(work, lane=lane_of(fisher, slow))
+    return {method: outcomes[item[0]] for method, item in zip(results, work, strict=True)}
 
 
 def rank_curve(key: FisherKey, max_rank: int, fisher):

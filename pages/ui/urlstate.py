@@ -216,6 +216,22 @@ class UrlSettings:
         default = options[0] if default is None or default not in options else default
         return self._choice(st.radio, label, options, name, default, **kw)
 
+    def select_slider(self, label: str, options: Sequence, name: str, default=None, **kw):
+        """A slider over ``options`` kept as the option's ``str`` (hand-made: the binding
+        would write the ``format_func`` label)."""
+        options = list(options)
+        default = options[0] if default is None or default not in options else default
+        return self._choice(st.select_slider, label, options, name, default, **kw)
+
+    def hidden_choice(self, name: str, options: Sequence, default) -> None:
+        """The value of a hand-made choice that this run does not draw (its tab is closed):
+        seeded from the URL as if drawn (an invalid value replaced, with a notice) and kept
+        there for the run that draws it."""
+        options = list(options)
+        lookup = {str(o): o for o in options}
+        key = self._seed(name, default, lookup.get, options.__contains__)
+        self.values[name] = str(st.session_state[key])
+
     def multiselect(self, label: str, options: Sequence[str], name: str, default, **kw):
         """A multiselect kept as one comma-joined URL value (hand-made: the binding repeats
         the parameter instead). Unknown and repeated items are dropped with a notice (each

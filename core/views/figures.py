@@ -28,8 +28,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ..engine.methods import SHOWN
 from ..engine.direction import DIRECTION_MODES
+from ..engine.methods import SHOWN
 from .direction import DirectionCurve, labelled
 from .labels import method_label
 

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..engine.approx import Approximation, EigenbasisDiagonal, KroneckerSum, eigenbasis_scale
+from ..engine.eva import KroneckerVectors, batch_mean_vectors
 from ..engine.fisher_ema import EXTRA_TERMS, FisherEMA
 from ..engine.kron import sym
 from ..engine.methods import FISHER_EMA_METHODS, METHODS, approximate, method_spec
@@ -169,6 +170,8 @@ class FactorAverage(CurvatureAverage):
       smooths such a swap rather than tracking it. ``alignment`` counts these events.
     * ``kfac_corrected``: the EMA of A and G (as KFAC) plus the EMA of the correction (R, S),
       the best Kronecker product of ``F_t − A_t ⊗ G_t`` on the minibatch, sign-aligned as above.
+    * ``eva``: the EMA of its Kronecker vectors, ``ā ← ρ ā + (1 − ρ) ā_t`` and the same for
+      ``ḡ`` (the paper's running average; F̃ = (āāᵀ) ⊗ (ḡḡᵀ) stays rank one).
     * ``ekfac``: the EMA of KFAC's A and G; at every refresh the eigenbasis ``U_A ⊗ U_G`` of
       these running factors, the diagonal ``s_t,pi = (1/m) Σ_j (u_Gpᵀ g_j)² (u_Aiᵀ ā_j)²``
       refitted in it on the minibatch, and its running average ``s ← ρ s + (1 − ρ) s_t``,
@@ -178,6 +181,9 @@ class FactorAverage(CurvatureAverage):
     name = "factors"
 
     def update(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        if self.spec.vectors:
+            self._fold_vectors(name, a, g)
+            return
         new = self.batch_terms(a, g)
         state = self.layers.get(name)
         if state is None:
@@ -194,7 +200,7 @@ class FactorAverage(CurvatureAverage):
         method, spec = self.method, self.spec
         if not spec.kpsvd_family:  # closed-form factors (kfac, shampoo; ekfac's A, G)
             return _kronecker_terms(approximate(spec.ema_terms_from or method, a, g))
-        zero = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
+        zero = (a.new_zeros(a.shape[-1], a.shape[-1]), g.new_zeros(g.shape[-1], g.shape[-1]))
         if _dead(a, g):
             # zero terms (kfac_corrected: A, G as KFAC computes them, and a zero correction)
             terms = _kronecker_terms(approximate("kfac", a, g)) if spec.centered else [zero]
@@ -202,8 +208,22 @@ class FactorAverage(CurvatureAverage):
             terms = _kronecker_terms(approximate(method, a, g, tol=APPROX_TOL))
         return terms + [zero] * (FACTOR_TERMS[method] - len(terms))
 
+    def _fold_vectors(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        """Eva: the running (ā, ḡ), initialised by the first capture."""
+        new = batch_mean_vectors(a, g)
+        old = self.layers.get(name)
+        rho = self.ema
+        self.layers[name] = (
+            new
+            if old is None
+            else tuple(rho * o + (1.0 - rho) * n for o, n in zip(old, new, strict=True))
+        )
+
     def approximation(self, name: str) -> Approximation:
         state = self.layers[name]
+        if self.spec.vectors:
+            a_mean, g_mean = state
+            return KroneckerVectors(self.method, a_mean, g_mean, info={"ema_mode": "factors"})
         if self.spec.eigenbasis:
             return EigenbasisDiagonal(self.method, u_a=state.u_a, u_g=state.u_g, scale=state.scale)
         return KroneckerSum(self.method, list(state.terms), info={"ema_mode": "factors"})
@@ -214,8 +234,8 @@ class FactorAverage(CurvatureAverage):
 
 @dataclass
 class _Capture:
-    a: torch.Tensor  # (m, da) float64, on the engine's device
-    g: torch.Tensor  # (m, dg)
+    a: torch.Tensor  # (m, da) or (m, T, da) float64, on the engine's device
+    g: torch.Tensor  # (m, dg) or (m, T, dg)
 
 
 class _Window:
@@ -257,7 +277,10 @@ class WindowAverage(CurvatureAverage):
     It is again the Fisher of a weighted sample set: the captured rows are concatenated, those
     of capture k scaled by ``(w_k M / m_k)^{1/4}`` (M rows in all), so that
     ``(1/M) Σ_i (ā_iā_iᵀ) ⊗ (g_ig_iᵀ) = F_ema`` exactly, and the engine approximates that at
-    every inverse refresh. For ``kfac``, ``shampoo`` and ``ekfac`` the factors are those of the
+    every inverse refresh. A layer with ``T`` positions per sample (a convolution) is scaled
+    the same way, sample by sample: its ``D_n = Γ_nᵀ A_n`` scales by the square root of that
+    factor, so ``(1/M) Σ_n vec(D_n) vec(D_n)ᵀ = F_ema`` again. For ``kfac``, ``shampoo`` and
+    ``ekfac`` the factors are those of the
     weighted rows (each row's weight enters them as √w); for ``ekfac`` the diagonal is the
     exact best one for F_ema in that basis; for ``exact``, the exact block of the rows.
     """
@@ -286,7 +309,7 @@ class WindowAverage(CurvatureAverage):
         if _dead(a, g):
             # F is exactly the zero Kronecker product, whose damped inverse is V / λ (the KPSVD
             # builders need F ≠ 0).
-            zeros = (a.new_zeros(a.shape[1], a.shape[1]), g.new_zeros(g.shape[1], g.shape[1]))
+            zeros = (a.new_zeros(a.shape[-1], a.shape[-1]), g.new_zeros(g.shape[-1], g.shape[-1]))
             return KroneckerSum(self.method, [zeros])
         return approximate(self.method, a, g, tol=APPROX_TOL)
 

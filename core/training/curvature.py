@@ -15,6 +15,8 @@ the next inverse refresh):
   inverted in closed form by the generalized eigenproblems, with the engine's documented
   indefiniteness safeguard (``1 + μν`` floored at ``psd_floor``, counted in ``safeguard``);
 * ``ekfac``: ``(F̃ + λI)⁻¹`` exactly (orthonormal eigenbasis);
+* ``eva``: ``(F̃ + λI)⁻¹`` exactly, F̃ = (āāᵀ) ⊗ (ḡḡᵀ) rank one, by Sherman–Morrison (Tikhonov
+  damping of the whole product, as Zhang et al. 2023; :mod:`core.engine.eva`);
 * ``exact``: ``(F_l + λI)⁻¹`` with ``F_l`` the exact Fisher block of layer ``l``, by Woodbury
   (:meth:`core.engine.fisher.LayerFisher.solve`). This is BLOCK-DIAGONAL per layer: the
   cross-layer blocks of the Fisher are ignored, as in every other method here.

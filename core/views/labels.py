@@ -17,6 +17,7 @@ METHOD_LABELS: dict[str, str] = {
     "kfac_corrected": "KFAC-corrected",
     "ekfac": "EKFAC",
     "shampoo": "Shampoo",
+    "eva": "Eva",
 }
 
 # Every optimizer: as a method, except where its name as an optimizer differs.
@@ -34,6 +35,7 @@ FACTOR_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "kfac": (_KFAC_NAMES,),
     "kfac_corrected": (_KFAC_NAMES, ("R (correction)", "S (correction)")),
     "shampoo": (("L (inputs, ‖g‖²-weighted)", "R (outputs, ‖ā‖²-weighted)"),),
+    "eva": (("ā āᵀ (mean input)", "ḡ ḡᵀ (mean output gradient)"),),
 }
 
 

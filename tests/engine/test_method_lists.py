@@ -13,7 +13,16 @@ import torch
 
 import core
 
-APPROXIMATIONS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
+APPROXIMATIONS = (
+    "kfac",
+    "kpsvd",
+    "deflation",
+    "lanczos",
+    "kfac_corrected",
+    "ekfac",
+    "shampoo",
+    "eva",
+)
 FIRST_ORDER = ("sgd", "adam")
 NATURAL = (*APPROXIMATIONS, "exact")
 # Kronecker terms of each block (None: not a sum of Kronecker products)
@@ -25,6 +34,7 @@ TERMS = {
     "kfac_corrected": 2,
     "ekfac": None,
     "shampoo": 1,
+    "eva": 1,
     "exact": None,
 }
 LABELS = {
@@ -37,6 +47,7 @@ LABELS = {
     "kfac_corrected": "KFAC-corrected",
     "ekfac": "EKFAC",
     "shampoo": "Shampoo",
+    "eva": "Eva",
     "exact": "Exact block Fisher",
 }
 # default (lr, damping) per optimizer: curves-small's, and the presets that override them
@@ -51,6 +62,7 @@ DEFAULTS = {
         "kfac_corrected": (0.3, 0.1),
         "ekfac": (0.03, 0.1),
         "shampoo": (0.1, 0.1),
+        "eva": (0.1, 1.0),
         "exact": (0.1, 0.1),
     },
     "curves": {"sgd": (1e-3, 0.0), "adam": (3e-3, 0.0), "kfac": (0.03, 1.0), "kpsvd": (0.03, 1.0)},

@@ -14,7 +14,8 @@ in "window" mode the approximation is checked against the dense EMA of the Fishe
   ``π = sqrt((tr R/da)/(tr S/dg))`` (Martens–Grosse factored damping);
 * two products (deflation, lanczos, kfac_corrected): ``D = (R₁+π√λI)⊗(S₁+√λ/πI) + R₂⊗S₂``
   (first term factored-damped, second undamped), with the safeguard not engaged;
-* ekfac: ``D = F̃ + λI``; exact: ``D = F_ema + λI`` (the exact per-layer block, block-diagonal).
+* ekfac and eva: ``D = F̃ + λI``; exact: ``D = F_ema + λI`` (the exact per-layer block,
+  block-diagonal).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _dense_damped(method, approx, lam, ema_fisher):
     eye = torch.eye(n, dtype=torch.float64)
     if method == "exact":
         return ema_fisher + lam * eye
-    if method == "ekfac":
+    if method in ("ekfac", "eva"):
         return approx.to_dense().double() + lam * eye
     terms = [(r.double(), s.double()) for r, s in approx.terms]
     # ordering check: the engine's to_dense is Σ kron(R_k, S_k) in column-major vec order
@@ -132,7 +133,18 @@ def _dense_damped(method, approx, lam, ema_fisher):
 def _factor_ema_reference(method, captures, rho):
     """The "factors" mode state, rebuilt from the captures (oldest first): the engine's terms
     of each batch, the new term's sign aligned with the running one, averaged with torch.
-    Returns the dense F̃_ema (ekfac) or its terms."""
+    Returns the dense F̃_ema (ekfac, eva) or its terms."""
+    if method == "eva":  # the running Kronecker vectors ā, ḡ (Zhang et al. 2023)
+        bars = None
+        for a, g in captures:
+            new = (a.double().mean(0), g.double().mean(0))
+            bars = (
+                new
+                if bars is None
+                else [rho * o + (1 - rho) * n for o, n in zip(bars, new, strict=True)]
+            )
+        u = torch.kron(*bars)
+        return torch.outer(u, u)
     terms, scale = None, None
     for a, g in captures:
         a, g = a.double(), g.double()
@@ -210,7 +222,7 @@ def test_update_equals_dense_solve_after_reestimation(method, mode):
         approx = pre.inverses[name].approx
         if mode == "factors":
             ref = _factor_ema_reference(method, captures[name], RHO)
-            if method == "ekfac":
+            if method in ("ekfac", "eva"):  # both Tikhonov-damped: F̃ + λI
                 dense = ref + DAMPING * torch.eye(ref.shape[0], dtype=torch.float64)
             else:
                 r1, s1 = _factored(*ref[0], DAMPING)
@@ -219,7 +231,7 @@ def test_update_equals_dense_solve_after_reestimation(method, mode):
                 fac = [(a.T @ a / a.shape[0], g.T @ g / g.shape[0]) for a, g in captures[name]]
                 want_r = RHO**2 * fac[0][0] + RHO * (1 - RHO) * fac[1][0] + (1 - RHO) * fac[2][0]
                 assert torch.allclose(approx.terms[0][0], want_r.double(), atol=1e-6)
-        elif method in ("kfac", "shampoo"):
+        elif method in ("kfac", "shampoo", "eva"):
             # window mode: the method of the window's weighted rows (KFAC: A⊗G of those rows)
             a_w, g_w = pre.average.layers[name].weighted()
             assert torch.allclose(approx.to_dense(), approximate(method, a_w, g_w).to_dense())

@@ -1,13 +1,19 @@
 """Kronecker-factored approximations of one layer's Fisher block, behind one interface.
 
-Every approximation F̃ of ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)`` offers the same verbs:
+Every approximation F̃ of ``F = (1/m) Σ_i (ā_i ā_iᵀ) ⊗ (g_i g_iᵀ)`` (a weight-sharing layer's
+``F = (1/m) Σ_n vec(D_n) vec(D_n)ᵀ`` with D_n = Γ_nᵀ A_n over its T positions:
+:mod:`core.engine.shared_batch`) offers the same verbs:
 ``to_dense()``, ``matvec(V)``, ``solve(V, damping)``, ``eigvals()``, and the two scalars the
 matrix-free metrics need, ``frobenius_sq()`` = ‖F̃‖²_F and ``inner_fisher(a, g)`` = ⟨F, F̃⟩.
 
 Methods (built by name with :func:`core.engine.methods.approximate`; each is one entry in the
 registry, :mod:`core.engine.methods`, that names its builder below):
 
-* ``kfac`` — A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m (Martens & Grosse 2015).
+* ``kfac`` — A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m (Martens & Grosse 2015); on T > 1 positions
+  KFAC-expand, A = (1/(mT)) Σ_{n,t} a aᵀ, G = (1/m) Σ_{n,t} γ γᵀ (KFC, Grosse & Martens 2016;
+  Eschenhagen et al. 2023).
+* ``kfac_reduce`` — KFAC-reduce (Eschenhagen et al. 2023): KFAC of â_n = mean_t a_{n,t} and
+  ĝ_n = Σ_t γ_{n,t}; equal to ``kfac`` at T = 1.
 * ``kpsvd`` — the best sum of ``rank`` Kronecker products: the rank-r truncated SVD of ℛ(F)
   (Van Loan & Pitsianis 1993); rank 1 is the seed paper's KPSVD (Koroko et al. 2022).
 * ``deflation`` — the best two terms, the second by power SVD on the deflated ℛ(F) when
@@ -15,12 +21,18 @@ registry, :mod:`core.engine.methods`, that names its builder below):
 * ``lanczos`` — the same two terms, by Golub–Kahan–Lanczos bidiagonalisation of ℛ(F).
 * ``kfac_corrected`` — A⊗G + R⊗S with R⊗S the best Kronecker product of F − A⊗G.
 * ``ekfac`` — KFAC's eigenbasis U_A ⊗ U_G with the best diagonal in it,
-  s_pi = (1/m) Σ_i (u_Gpᵀ g_i)² (u_Aiᵀ ā_i)² (George et al. 2018).
+  s_pi = (1/m) Σ_i (u_Gpᵀ g_i)² (u_Aiᵀ ā_i)² (George et al. 2018); on T > 1 positions the
+  eigenbasis of KFAC-expand's factors and s = (1/m) Σ_n (U_Gᵀ D_n U_A)^∘2.
 * ``shampoo`` — c · L ⊗ R with L = (1/m) Σ ‖g_i‖² ā_i ā_iᵀ, R = (1/m) Σ ‖ā_i‖² g_i g_iᵀ and
-  c the Frobenius-optimal scalar (Gupta et al. 2018; Morwani et al. 2024).
+  c the Frobenius-optimal scalar (Gupta et al. 2018; Morwani et al. 2024); in general
+  L = (1/m) Σ D_nᵀ D_n, R = (1/m) Σ D_n D_nᵀ (the same at T = 1, where D_n = g_n ā_nᵀ).
 
 The KPSVD family (kpsvd, deflation, lanczos, kfac_corrected) takes ``solver="gram"`` (default,
 see :mod:`core.engine.rearranged_svd`) or ``solver="matrix_free"`` (the seed paper's algorithms).
+On T > 1 positions the Gram route does not exist (ℛ(F) is no longer (1/m) P Qᵀ with m columns),
+so ``solver="gram"`` runs matrix-free Lanczos and ``info["solver"]`` says so; and the family
+returns the best sum of Kronecker products of *symmetric* matrices (the truncated SVD of ℛ(F) on
+symmetric matrices: :mod:`core.engine.rearranged_svd`).
 
 Damping. ``inverse(λ, mode=...)`` is the damped inverse, an object formed once per damping and
 mode and kept with the approximation (:mod:`core.engine.inverses`); ``solve(V, λ, mode=...)``
@@ -71,8 +83,19 @@ from .inverses import (
 )
 from .kron import KronEig, kron_matvec, sum_frobenius_sq, sym, vec
 from .rearranged_svd import RearrangedFisher, Triplets
+from .shared_batch import (
+    SharedBatch,
+    kfac_expand_factors,
+    kfac_reduce_batch,
+    per_sample_gradients,
+)
 from .sum_spectrum import RESIDUAL_TOLERANCE, ProjectedSum, project_sum
-from .validation import check_damping, check_dense_size, check_gradient_matrix
+from .validation import (
+    check_damping,
+    check_dense_size,
+    check_gradient_matrix,
+    check_layer_batch,
+)
 
 SOLVE_MODES = ("exact", "factored")
 # Sums of ≥ 2 products: up to DENSE_EIG_LIMIT the dense eigendecomposition (vectors too) serves
@@ -262,8 +285,15 @@ class KroneckerSum(Approximation):
         return sum_frobenius_sq(self.terms)
 
     def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
-        """⟨F, R⊗S⟩ = (1/m) Σ_i (ā_iᵀ R ā_i)(g_iᵀ S g_i)."""
-        a64, g64 = a.to(torch.float64), g.to(torch.float64)
+        """⟨F, R⊗S⟩ = (1/m) Σ_i (ā_iᵀ R ā_i)(g_iᵀ S g_i); on T > 1 positions
+        (1/m) Σ_n tr(D_nᵀ S D_n R) (:meth:`~core.engine.shared_batch.SharedBatch.quadratic`)."""
+        a64, g64 = check_layer_batch(a.to(torch.float64), g.to(torch.float64))
+        if a64.ndim == 3:
+            batch = SharedBatch(a64, g64)
+            return sum(
+                float(batch.quadratic(r.to(torch.float64), s.to(torch.float64)).mean())
+                for r, s in self.terms
+            )
         total = 0.0
         for r, s in self.terms:
             qa = ((a64 @ r.to(torch.float64)) * a64).sum(1)
@@ -419,9 +449,16 @@ class EigenbasisDiagonal(Approximation):
         return float((self.scale.to(torch.float64) ** 2).sum())
 
     def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
-        """⟨F, F̃⟩ = (1/m) Σ_i Σ_pi s_pi (u_Gpᵀ g_i)² (u_Aiᵀ ā_i)²."""
-        at = (a.to(torch.float64) @ self.u_a.to(torch.float64)) ** 2
-        gt = (g.to(torch.float64) @ self.u_g.to(torch.float64)) ** 2
+        """⟨F, F̃⟩ = (1/m) Σ_i Σ_pi s_pi (u_Gpᵀ g_i)² (u_Aiᵀ ā_i)²; on T > 1 positions
+        Σ_pi s_pi s*_pi with s* = (1/m) Σ_n (U_Gᵀ D_n U_A)^∘2 (:func:`eigenbasis_scale`)."""
+        a, g = check_layer_batch(a.to(torch.float64), g.to(torch.float64))
+        if a.ndim == 3:
+            best = eigenbasis_scale(
+                a, g, u_a=self.u_a.to(torch.float64), u_g=self.u_g.to(torch.float64)
+            )
+            return float((best * self.scale.to(torch.float64)).sum())
+        at = (a @ self.u_a.to(torch.float64)) ** 2
+        gt = (g @ self.u_g.to(torch.float64)) ** 2
         return float(((gt @ self.scale.to(torch.float64)) * at).sum() / a.shape[0])
 
     def eigvals(self, k: int | None = None) -> torch.Tensor:
@@ -437,6 +474,9 @@ class EigenbasisDiagonal(Approximation):
 
 
 def _kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KFAC's (A, G); KFAC-expand's on T > 1 positions."""
+    if a.ndim == 3:
+        return kfac_expand_factors(a, g)
     m = a.shape[0]
     return a.T @ a / m, g.T @ g / m
 
@@ -468,6 +508,9 @@ def _svd_terms(
     op: RearrangedFisher, rank: int, *, solver: str, algorithm: str, tol: float, max_iter: int
 ) -> tuple[Terms, dict[str, Any]]:
     """Top-``rank`` Kronecker terms of ℛ(F) (or of ℛ(F − A⊗G) when the operator is centered)."""
+    gram_unavailable = solver == "gram" and op.shared is not None
+    if gram_unavailable:
+        solver, algorithm = "matrix_free", "lanczos"
     if solver == "gram":
         trip = op.triplets_gram(rank, tol)
         terms = _terms_from_gram(op, trip)
@@ -484,6 +527,11 @@ def _svd_terms(
         "solver": solver if solver == "gram" else f"matrix_free/{algorithm}",
         **trip.info,
     }
+    if gram_unavailable:
+        info["solver_note"] = (
+            "solver='gram' asked for, but the Gram route needs one position per sample (T = 1): "
+            "ran matrix-free Lanczos on ℛ(F)"
+        )
     # A zero singular value contributes nothing; keep the terms that carry weight.
     keep = [i for i, s in enumerate(trip.sigma.tolist()) if s > 1e-14 * float(trip.sigma[0])]
     return [terms[i] for i in keep], info
@@ -493,15 +541,36 @@ def _svd_terms(
 
 
 def build_kfac(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
-    """A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m."""
+    """A ⊗ G with A = ĀᵀĀ/m, G = ΓᵀΓ/m; on T > 1 positions KFAC-expand (Grosse & Martens
+    2016, KFC; Eschenhagen et al. 2023): A = (1/(mT)) Σ_{n,t} a aᵀ, G = (1/m) Σ_{n,t} γ γᵀ,
+    exact when the positions are independent with A and G the same at every position."""
     return KroneckerSum(method, [_kfac_factors(a, g)])
+
+
+def build_kfac_reduce(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
+    """KFAC-reduce (Eschenhagen et al. 2023): KFAC of the reduced batch â_n = (1/T) Σ_t a_{n,t},
+    ĝ_n = Σ_t γ_{n,t}, i.e. A = (1/m) Σ â âᵀ, G = (1/m) Σ ĝ ĝᵀ. Exact when each sample's
+    positions see one input (D_n = ĝ_n â_nᵀ); equal to KFAC(-expand) at T = 1."""
+    return KroneckerSum(method, [_kfac_factors(*kfac_reduce_batch(a, g))])
+
+
+def _shampoo_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = (1/m) Σ D_nᵀ D_n and R = (1/m) Σ D_n D_nᵀ; at T = 1 (D_n = g_n ā_nᵀ)
+    L = (1/m) Σ ‖g_n‖² ā_n ā_nᵀ and R = (1/m) Σ ‖ā_n‖² g_n g_nᵀ, computed so."""
+    m = a.shape[0]
+    if a.ndim == 3:
+        d = SharedBatch(a, g).d
+        left = d.reshape(-1, d.shape[2]).T @ d.reshape(-1, d.shape[2]) / m
+        by_output = d.transpose(0, 1).reshape(d.shape[1], -1)
+        return sym(left), sym(by_output @ by_output.T / m)
+    left = a.T @ (((g * g).sum(1) / m)[:, None] * a)
+    right = g.T @ (((a * a).sum(1) / m)[:, None] * g)
+    return left, right
 
 
 def build_shampoo(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
     """c · L ⊗ R, c the Frobenius-optimal scalar ⟨F, L⊗R⟩ / ‖L⊗R‖²_F."""
-    m = a.shape[0]
-    left = a.T @ (((g * g).sum(1) / m)[:, None] * a)
-    right = g.T @ (((a * a).sum(1) / m)[:, None] * g)
+    left, right = _shampoo_factors(a, g)
     unit = KroneckerSum(method, [(left, right)])
     c = unit.inner_fisher(a, g) / max(unit.frobenius_sq(), 1e-300)
     return KroneckerSum(method, [(c * left, right)])
@@ -511,8 +580,19 @@ def eigenbasis_scale(
     a: torch.Tensor, g: torch.Tensor, *, u_a: torch.Tensor, u_g: torch.Tensor
 ) -> torch.Tensor:
     """The best diagonal of F in the basis U_A ⊗ U_G (George et al. 2018, eq. 9):
-    s_pi = (1/m) Σ_j (u_Gpᵀ g_j)² (u_Aiᵀ ā_j)², shape (dg, da)."""
-    return ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]
+    s_pi = (1/m) Σ_j (u_Gpᵀ g_j)² (u_Aiᵀ ā_j)², shape (dg, da); on T > 1 positions
+    s = (1/m) Σ_n (U_Gᵀ D_n U_A)^∘2, the rotated gradients formed by the cheaper of
+    Σ_t (U_Gᵀγ_t)(U_Aᵀa_t)ᵀ (rotate the positions: m·T·(da² + dg² + dg·da)) and
+    U_Gᵀ D_n U_A (rotate D: m·(T·dg·da + dg·da·(dg + da)))."""
+    if a.ndim == 2:
+        return ((g @ u_g) ** 2).T @ ((a @ u_a) ** 2) / a.shape[0]
+    m, t, da = a.shape
+    dg = g.shape[2]
+    if t * (da * da + dg * dg) <= dg * da * (dg + da):
+        rotated = per_sample_gradients(a @ u_a, g @ u_g)
+    else:
+        rotated = u_g.T @ per_sample_gradients(a, g) @ u_a
+    return (rotated**2).sum(0) / m
 
 
 def build_ekfac(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> Approximation:
@@ -540,7 +620,8 @@ def build_kronecker_svd(
 ) -> Approximation:
     """The KPSVD family: the top ``svd_terms`` (``None``: ``rank``) Kronecker terms of ℛ(F), or,
     ``centered``, A⊗G plus those of ℛ(F − A⊗G); ``algorithm`` for ``solver="matrix_free"``;
-    ``psd_floor`` for the two-term solve's safeguard."""
+    ``psd_floor`` for the two-term solve's safeguard. On T > 1 positions A⊗G is KFAC-expand's,
+    and ``solver="gram"`` runs matrix-free Lanczos (the Gram route needs T = 1)."""
     op = RearrangedFisher(a, g, centered=centered)
     r = rank if svd_terms is None else svd_terms
     terms, info = _svd_terms(op, r, solver=solver, algorithm=algorithm, tol=tol, max_iter=max_iter)

@@ -9,6 +9,12 @@ per-sample gradients in column-major vec(W) order). Everything here except
 * ``JJᵀ = (ĀĀᵀ)∘(ΓΓᵀ)``, so the nonzero eigenvalues of F are those of ``(1/m) JJᵀ``;
 * Woodbury: ``(F + λI)⁻¹ v = (v − Jᵀ(mλI + JJᵀ)⁻¹ J v) / λ`` with ``(J vec V)_i = g_iᵀ V ā_i``.
 
+A weight-sharing layer (T > 1 positions per sample: ``a`` (m, T, da), ``g`` (m, T, dg)) has
+per-sample gradients D_n = Γ_nᵀ A_n of any rank, F = (1/m) JᵀJ with rows J_n = vec(D_n), and
+the same formulas with the Gram ``JJᵀ = [⟨D_i, D_j⟩]``, ``(J vec V)_n = ⟨D_n, V⟩`` and
+``Jᵀ y = Σ_n y_n D_n``; :class:`LayerFisher` then holds D (m × dg × da, float64; refused above
+the dense memory limit with a message saying so), :mod:`core.engine.shared_batch`.
+
 :class:`LayerFisher` is the exact block behind the same :class:`~core.engine.approx.Approximation`
 interface as every approximation (method ``"exact"`` in the registry), so an optimizer, a view
 or a metric treats it like any other block; it is also the reference the metrics compare with.
@@ -23,19 +29,23 @@ import torch
 
 from .approx import Approximation
 from .inverses import DampedInverse, SafeguardStats, WoodburyInverse
+from .shared_batch import SharedBatch, check_gradients_size, per_sample_gradients
 from .validation import check_dense_size, check_gradient_matrix, check_layer_batch
 
 
 def exact_fisher(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The dense Fisher block (1/m) Σ_i kron(ā_i ā_iᵀ, g_i g_iᵀ), shape (da·dg, da·dg).
+    """The dense Fisher block (1/m) Σ_i kron(ā_i ā_iᵀ, g_i g_iᵀ), shape (da·dg, da·dg); on T > 1
+    positions (1/m) Σ_n vec(D_n) vec(D_n)ᵀ.
 
     Refused with :class:`~core.engine.validation.DenseTooLargeError` above the memory limit.
     """
     a, g = check_layer_batch(a, g)
-    m, da = a.shape
-    dg = g.shape[1]
+    m, da, dg = a.shape[0], a.shape[-1], g.shape[-1]
     check_dense_size(da * dg, a.dtype, "Fisher block", "relative_error / eigvals / LayerFisher")
-    jac = (a[:, :, None] * g[:, None, :]).reshape(m, da * dg)
+    if a.ndim == 3:
+        jac = per_sample_gradients(a, g).transpose(1, 2).reshape(m, da * dg)
+    else:
+        jac = (a[:, :, None] * g[:, None, :]).reshape(m, da * dg)
     return jac.T @ jac / m
 
 
@@ -45,7 +55,8 @@ def build_exact(method: str, a: torch.Tensor, g: torch.Tensor, **_: object) -> L
 
 
 class LayerFisher(Approximation):
-    """One layer batch's exact Fisher block F, held implicitly as its float64 samples (ā, g).
+    """One layer batch's exact Fisher block F, held implicitly as its float64 samples (ā, g)
+    (on T > 1 positions: (a, g) of shapes (m, T, ·) and their per-sample gradients D).
 
     Build it once per captured batch and evaluate every approximation against it; as an
     :class:`~core.engine.approx.Approximation` it answers the same verbs (the damped solve by
@@ -58,8 +69,10 @@ class LayerFisher(Approximation):
         a, g = check_layer_batch(a, g)
         self.a = a.to(torch.float64)
         self.g = g.to(torch.float64)
-        self.m, self.da = a.shape
-        self.dg = g.shape[1]
+        self.m, self.da, self.dg = a.shape[0], a.shape[-1], g.shape[-1]
+        self.shared = SharedBatch(self.a, self.g) if a.ndim == 3 else None
+        if self.shared is not None:  # D is formed on first use; refuse a batch too large now
+            check_gradients_size(self.m, self.da, self.dg, torch.float64)
         self.info: dict[str, Any] = {}
         self.safeguard = SafeguardStats()  # F is PSD: the safeguard never engages
         self._cache: dict[str, Any] = {}  # "gram", "fro", "eig"
@@ -89,10 +102,31 @@ class LayerFisher(Approximation):
         )
 
     @property
+    def positions(self) -> int:
+        """T, the positions per sample (1: a plain layer)."""
+        return 1 if self.shared is None else self.shared.t
+
+    def _jv(self, v: torch.Tensor) -> torch.Tensor:
+        """J vec(V): (g_iᵀ V ā_i)_i, or (⟨D_n, V⟩)_n on T > 1 positions."""
+        if self.shared is not None:
+            return self.shared.jv(v)
+        return ((self.g @ v) * self.a).sum(1)
+
+    def _jt(self, y: torch.Tensor) -> torch.Tensor:
+        """Jᵀ y as a (dg, da) matrix: Σ_i y_i g_i ā_iᵀ, or Σ_n y_n D_n."""
+        if self.shared is not None:
+            return self.shared.jt(y)
+        return self.g.T @ (y[:, None] * self.a)
+
+    @property
     def gram(self) -> torch.Tensor:
-        """JJᵀ = (ĀĀᵀ)∘(ΓΓᵀ), m × m."""
+        """JJᵀ = (ĀĀᵀ)∘(ΓΓᵀ), m × m; [⟨D_i, D_j⟩] on T > 1 positions."""
         if "gram" not in self._cache:
-            self._cache["gram"] = (self.a @ self.a.T) * (self.g @ self.g.T)
+            self._cache["gram"] = (
+                self.shared.gram()
+                if self.shared is not None
+                else (self.a @ self.a.T) * (self.g @ self.g.T)
+            )
         gram: torch.Tensor = self._cache["gram"]
         return gram
 
@@ -105,15 +139,19 @@ class LayerFisher(Approximation):
 
     def inner_fisher(self, a: torch.Tensor, g: torch.Tensor) -> float:
         """⟨F, F'⟩ with F' the Fisher of the batch (a, g):
-        (1/(m m')) Σ_ij (ā_iᵀā'_j)² (g_iᵀg'_j)²."""
-        cross = (self.a @ a.to(torch.float64).T) * (self.g @ g.to(torch.float64).T)
+        (1/(m m')) Σ_ij (ā_iᵀā'_j)² (g_iᵀg'_j)², in general (1/(m m')) Σ_ij ⟨D_i, D'_j⟩²."""
+        a, g = check_layer_batch(a.to(torch.float64), g.to(torch.float64))
+        if self.shared is None and a.ndim == 2:
+            cross = (self.a @ a.T) * (self.g @ g.T)
+        else:
+            mine = per_sample_gradients(self.a, self.g).reshape(self.m, -1)
+            cross = mine @ per_sample_gradients(a, g).reshape(a.shape[0], -1).T
         return float((cross**2).sum()) / (self.m * a.shape[0])
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """F vec(V) = (1/m) Σ_i (g_iᵀ V ā_i) g_i ā_iᵀ, as a (dg, da) matrix."""
         v = check_gradient_matrix(v, self.da, self.dg).to(torch.float64)
-        jv = ((self.g @ v) * self.a).sum(1)  # (J vec V)_i = g_iᵀ V ā_i
-        return self.g.T @ (jv[:, None] * self.a) / self.m
+        return self._jt(self._jv(v)) / self.m
 
     def eigvals(self, k: int | None = None) -> torch.Tensor:
         """The nonzero eigenvalues of F, descending (those of JJᵀ/m; the other n − m are 0)."""
@@ -126,7 +164,7 @@ class LayerFisher(Approximation):
 
     def _form_inverse(self, damping: float, mode: str) -> DampedInverse:
         """(F + λI)⁻¹ by Woodbury on the m × m Gram matrix (both modes: F is exact)."""
-        return WoodburyInverse(self.a, self.g, gram=self.gram, damping=damping)
+        return WoodburyInverse(self._jv, self._jt, gram=self.gram, damping=damping)
 
     def to_dense(self) -> torch.Tensor:
         return exact_fisher(self.a, self.g)
@@ -162,7 +200,9 @@ class LayerFisher(Approximation):
         return float(torch.linalg.norm(diff) / torch.linalg.norm(lam)), True
 
     def mean_gradient(self) -> torch.Tensor:
-        """(1/m) Σ g_i ā_iᵀ, the batch gradient of the weights (dg, da)."""
+        """(1/m) Σ g_i ā_iᵀ (in general (1/m) Σ_n D_n), the batch gradient of W (dg, da)."""
+        if self.shared is not None:
+            return self.shared.mean_gradient()
         return self.g.T @ self.a / self.m
 
     def natural_gradient_agreement(

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 import torch
 
 from .kron import sym
+from .validation import check_layer_batch
 
 __all__ = ["EXTRA_TERMS", "FisherEMA", "combined_terms"]
 
@@ -178,6 +179,16 @@ class FisherEMA:
         self.correction: Terms = []
 
     def fold(self, a: torch.Tensor, g: torch.Tensor, rho: float) -> None:
+        """Fold one minibatch (a (m, da), g (m, dg)) in with decay ``rho``."""
+        if a.ndim == 3:
+            a, g = check_layer_batch(a, g)  # T = 1 is squeezed to the one-position form
+        if a.ndim == 3:
+            # ℛ(F_t) of T > 1 positions has up to m·T² columns: no (K + m)-sized Gram route
+            raise ValueError(
+                f"ema_mode='fisher' averages layers with one position per sample; this batch has "
+                f"T = {a.shape[1]} positions (a convolution or a sequence layer) — use "
+                "ema_mode='factors' or 'window' for it"
+            )
         first = self.folds == 0
         self.dims = (a.shape[1], g.shape[1])
         rho = 0.0 if first else rho

@@ -29,6 +29,7 @@ factors before decomposing them would cost cond · 1e-7. The exact block answers
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -266,19 +267,26 @@ class EigenbasisInverse(DampedInverse):
 
 
 class WoodburyInverse(DampedInverse):
-    """The exact block's ``(F + λI)⁻¹`` with F = JᵀJ/m, (J vec V)_i = g_iᵀ V ā_i, by Woodbury on
-    the m × m Gram matrix JJᵀ: ``(v − Jᵀ (JJᵀ + mλI)⁻¹ J v) / λ``, in float64."""
+    """The exact block's ``(F + λI)⁻¹`` with F = JᵀJ/m, J's rows the per-sample gradients
+    vec(D_n), by Woodbury on the m × m Gram matrix JJᵀ: ``(v − Jᵀ (JJᵀ + mλI)⁻¹ J v) / λ``, in
+    float64. ``jv(V)`` gives J vec(V) (m,) and ``jt(y)`` gives Jᵀ y as a (dg, da) matrix
+    (:class:`core.engine.fisher.LayerFisher`: (J vec V)_i = g_iᵀ V ā_i, or ⟨D_n, V⟩ on T > 1
+    positions)."""
 
     def __init__(
-        self, a: torch.Tensor, g: torch.Tensor, *, gram: torch.Tensor, damping: float
+        self,
+        jv: Callable[[torch.Tensor], torch.Tensor],
+        jt: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        gram: torch.Tensor,
+        damping: float,
     ) -> None:
-        m = a.shape[0]
-        self.a, self.g = a, g
-        self.system = gram + m * damping * torch.eye(m, dtype=torch.float64, device=a.device)
+        m = gram.shape[0]
+        self.jv, self.jt = jv, jt
+        self.system = gram + m * damping * torch.eye(m, dtype=torch.float64, device=gram.device)
         self.damping = damping
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(torch.float64)
-        jv = ((self.g @ v) * self.a).sum(1)
-        y: torch.Tensor = torch.linalg.solve(self.system, jv)
-        return (v - self.g.T @ (y[:, None] * self.a)) / self.damping
+        y: torch.Tensor = torch.linalg.solve(self.system, self.jv(v))
+        return (v - self.jt(y)) / self.damping

@@ -27,10 +27,10 @@ from .approx import (
     Approximation,
     build_ekfac,
     build_kfac,
+    build_kfac_reduce,
     build_kronecker_svd,
     build_shampoo,
 )
-from .eva import build_eva
 from .rearranged_svd import SOLVERS
 from .validation import check_layer_batch
 
@@ -64,8 +64,6 @@ class MethodSpec:
     A ⊗ G plus Kronecker terms of F − A ⊗ G. ``eigenbasis``: a diagonal in the eigenbasis of the
     averaged factors, refreshed with them. ``ema_terms_from``: the method whose minibatch terms an
     average of factors averages (``None``: this one; EKFAC averages KFAC's A and G).
-    ``vectors``: its factors are outer products of two vectors, which an average of factors
-    averages as vectors (Eva, :mod:`core.engine.eva`).
     """
 
     name: str
@@ -77,7 +75,6 @@ class MethodSpec:
     centered: bool = False
     eigenbasis: bool = False
     ema_terms_from: str | None = None
-    vectors: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,6 +84,7 @@ class MethodSpec:
 # The order is the order of every list of methods: the views show them in it.
 SPECS: tuple[MethodSpec, ...] = (
     MethodSpec("kfac", build_kfac, terms=1),
+    MethodSpec("kfac_reduce", build_kfac_reduce, terms=1),
     MethodSpec(
         "kpsvd",
         partial(build_kronecker_svd, svd_terms=None),
@@ -118,7 +116,6 @@ SPECS: tuple[MethodSpec, ...] = (
     ),
     MethodSpec("ekfac", build_ekfac, eigenbasis=True, ema_terms_from="kfac"),
     MethodSpec("shampoo", build_shampoo, terms=1),
-    MethodSpec("eva", build_eva, terms=1, vectors=True),
     MethodSpec("exact", fisher.build_exact, kind="exact"),
 )
 _BY_NAME = {spec.name: spec for spec in SPECS}
@@ -161,8 +158,11 @@ def approximate(
     """Approximate the Fisher block of one layer from its per-sample inputs and gradients
     (``method="exact"``: the exact block itself, :class:`core.engine.fisher.LayerFisher`).
 
-    ``a`` is (m, da) — inputs with the bias column — and ``g`` is (m, dg). ``rank`` applies to
-    ``kpsvd``; ``solver`` ("gram" or "matrix_free") to the KPSVD family; ``tol`` is the relative
+    ``a`` is (m, da) — inputs with the bias column — and ``g`` is (m, dg); or, for a
+    weight-sharing layer (a convolution's patches, a sequence's tokens), ``a`` (m, T, da) and
+    ``g`` (m, T, dg) (:mod:`core.engine.shared_batch`). ``rank`` applies to
+    ``kpsvd``; ``solver`` ("gram" or "matrix_free") to the KPSVD family (on T > 1 positions
+    "gram" runs matrix-free Lanczos, said in ``info["solver"]``); ``tol`` is the relative
     residual at which the singular-vector iterations stop (default 1e-6 for float32 inputs,
     1e-10 for float64); ``max_iter`` caps the matrix-free power iterations; ``psd_floor`` is the
     two-term factored solve's safeguard (:mod:`core.engine.approx`). The seconds the build took

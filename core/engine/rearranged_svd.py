@@ -30,6 +30,18 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
 
+Weight-sharing layers (T > 1 positions per sample, :mod:`core.engine.shared_batch`):
+ℛ(F) vec(S) = (1/m) Σ_n D_nᵀ S D_n with D_n = Γ_nᵀ A_n, and ℛ(F)ᵀ vec(R) = (1/m) Σ_n D_n R D_nᵀ.
+ℛ(vec D vec Dᵀ) = Σ_{t,s} vec(a_t a_sᵀ) vec(γ_t γ_sᵀ)ᵀ has up to T² columns per sample, so there
+is no m × m Gram route; the matrix-free route runs on these products. ℛ(F) then maps symmetric
+matrices to symmetric ones and skew to skew (D_nᵀ S D_n inherits S's symmetry), so its SVD is
+the union of the SVDs of its symmetric and skew blocks — at T = 1 the skew block is 0. A skew
+pair (R, S) gives R ⊗ S symmetric but indefinite, with eigenvalues in ± pairs: no curvature
+model, and outside every solver here. The iterations start from, and are kept on (each product's
+symmetric part), symmetric matrices: they return the best sum of Kronecker products of
+symmetric matrices, the truncated SVD of the symmetric block (on a small ReLU conv layer the
+skew block's top singular value was the second of the whole ℛ(F); the tests build both).
+
 Both iterate in float64 and stop on the residual ‖ℛ(F)ᵀu − σ v‖ ≤ tol · σ₁. They run on the
 inputs' device; their seeded random starts are drawn on the CPU and moved there, so every device
 starts from the same vectors and CPU and CUDA results agree to round-off.
@@ -46,6 +58,7 @@ from typing import Any
 import torch
 
 from .kron import sym
+from .shared_batch import SharedBatch, kfac_expand_factors
 
 SOLVERS = ("gram", "matrix_free")
 # Block size of the Gram route's Krylov iteration: rank + BLOCK_EXTRA. Larger blocks take fewer
@@ -400,14 +413,18 @@ class _CheckSchedule:
 
 @dataclass
 class RearrangedFisher:
-    """ℛ(F) (or ℛ(F − A⊗G) when ``centered``) of one layer batch, as an implicit operator."""
+    """ℛ(F) (or ℛ(F − A⊗G) when ``centered``) of one layer batch, as an implicit operator.
 
-    a: torch.Tensor  # (m, da)
-    g: torch.Tensor  # (m, dg)
+    A T > 1 batch (``shared``) has only the matrix-free route (module docstring); its centring
+    subtracts vec(A) vec(G)ᵀ with KFAC-expand's A and G."""
+
+    a: torch.Tensor  # (m, da), or (m, T, da) for a weight-sharing layer
+    g: torch.Tensor  # (m, dg), or (m, T, dg)
     centered: bool = False
 
     def __post_init__(self) -> None:
         self.m = self.a.shape[0]
+        self.shared = SharedBatch(self.a64, self.g64) if self.a.ndim == 3 else None
 
     # -- Gram route ---------------------------------------------------------------------
     def grams(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -522,19 +539,38 @@ class RearrangedFisher:
     def g64(self) -> torch.Tensor:
         return self.g.to(torch.float64)
 
+    @cached_property
+    def expand_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """KFAC-expand's (A, G) in float64, the term a centered T > 1 operator subtracts."""
+        return kfac_expand_factors(self.a64, self.g64)
+
     def apply(self, s: torch.Tensor) -> torch.Tensor:
-        """ℛ(F) vec(S) as a da × da matrix: (1/m) Āᵀ diag(g_iᵀ S g_i) Ā (minus centering)."""
+        """ℛ(F) vec(S) as a da × da matrix: (1/m) Āᵀ diag(g_iᵀ S g_i) Ā (minus centering);
+        on T > 1 positions (1/m) Σ_n D_nᵀ S D_n (minus vec(A)⟨G, S⟩ centered)."""
+        if self.shared is not None:
+            out = self.shared.input_side(s)
+            if self.centered:
+                fa, fg = self.expand_factors
+                out = out - (fg * s).sum() * fa
+            return out
         w = ((self.g64 @ s) * self.g64).sum(1)
         return self.a64.T @ (self._center(w)[:, None] * self.a64) / self.m
 
     def apply_t(self, r: torch.Tensor) -> torch.Tensor:
-        """ℛ(F)ᵀ vec(R) as a dg × dg matrix: (1/m) Γᵀ diag(ā_iᵀ R ā_i) Γ (minus centering)."""
+        """ℛ(F)ᵀ vec(R) as a dg × dg matrix: (1/m) Γᵀ diag(ā_iᵀ R ā_i) Γ (minus centering);
+        on T > 1 positions (1/m) Σ_n D_n R D_nᵀ (minus vec(G)⟨A, R⟩ centered)."""
+        if self.shared is not None:
+            out = self.shared.output_side(r)
+            if self.centered:
+                fa, fg = self.expand_factors
+                out = out - (fa * r).sum() * fg
+            return out
         w = ((self.a64 @ r) * self.a64).sum(1)
         return self.g64.T @ (self._center(w)[:, None] * self.g64) / self.m
 
     def _start(self) -> torch.Tensor:
         """Start from a positive definite dg × dg matrix (the top factor is PSD)."""
-        dg = self.g.shape[1]
+        dg = self.g.shape[-1]
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(dg, dg, generator=gen, dtype=torch.float64)
         return (x @ x.T / dg + torch.eye(dg, dtype=torch.float64)).to(self.a.device)
@@ -543,14 +579,16 @@ class RearrangedFisher:
         return power_svd(self.apply, self.apply_t, self._start(), rank, tol=tol, max_iter=max_iter)
 
     def triplets_lanczos(self, rank: int, tol: float) -> Triplets:
-        dg = self.g.shape[1]
+        dg, da = self.g.shape[-1], self.a.shape[-1]
         gen = torch.Generator().manual_seed(1)
 
         def fresh() -> torch.Tensor:
             x = torch.randn(dg, dg, generator=gen, dtype=torch.float64)
             return (x + x.T).to(self.a.device)
 
-        max_steps = min(dg * (dg + 1) // 2, self.a.shape[1] * (self.a.shape[1] + 1) // 2, self.m)
+        # rank of ℛ(F) on symmetric matrices: ≤ T(T + 1)/2 per sample (m at T = 1)
+        t = 1 if self.shared is None else self.shared.t
+        max_steps = min(dg * (dg + 1) // 2, da * (da + 1) // 2, self.m * t * (t + 1) // 2)
         return golub_kahan_lanczos(
             self.apply,
             self.apply_t,

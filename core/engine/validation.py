@@ -39,28 +39,42 @@ def check_finite(x: torch.Tensor, name: str) -> None:
 def check_layer_batch(
     a: torch.Tensor | np.ndarray, g: torch.Tensor | np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate the per-sample inputs ``a`` (m, da) and output gradients ``g`` (m, dg).
+    """Validate one layer batch: per-sample inputs ``a`` and output gradients ``g``.
 
-    Returns both as tensors of one floating dtype (the wider of the two).
+    Two forms (issue 18): ``a`` (m, da) and ``g`` (m, dg), one position per sample; or
+    ``a`` (m, T, da) and ``g`` (m, T, dg), T positions sharing one weight W (the unfolded
+    patches of a convolution, the tokens of a sequence ``Linear``). A 3-D batch with T = 1 is
+    returned squeezed to the 2-D form, so it gives the 2-D numbers exactly. Returns both as
+    tensors of one floating dtype (the wider of the two).
     """
     a = as_tensor(a, "a (layer inputs)")
     g = as_tensor(g, "g (output gradients)")
-    if a.ndim != 2 or g.ndim != 2:
+    if a.ndim != g.ndim or a.ndim not in (2, 3):
         raise ValueError(
-            f"a and g must be 2-D (samples × features); got a of shape {tuple(a.shape)} "
-            f"and g of shape {tuple(g.shape)}"
+            "a and g must both be 2-D (samples × features) or both 3-D (samples × positions × "
+            f"features); got a of shape {tuple(a.shape)} and g of shape {tuple(g.shape)}"
         )
     if a.shape[0] != g.shape[0]:
         raise ValueError(
-            f"a and g must hold the same number of samples: a has {a.shape[0]} rows, "
-            f"g has {g.shape[0]}"
+            f"a and g must hold the same number of samples: a has {a.shape[0]}, g has {g.shape[0]}"
         )
     if a.shape[0] == 0:
         raise ValueError("empty batch: a and g have 0 samples; the Fisher needs at least one")
-    if a.shape[1] == 0 or g.shape[1] == 0:
-        raise ValueError(f"a and g need at least one column; got da={a.shape[1]}, dg={g.shape[1]}")
+    if a.ndim == 3 and a.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"a and g must hold the same number of positions T per sample: a has {a.shape[1]}, "
+            f"g has {g.shape[1]} (capture the layer's inputs and output gradients together)"
+        )
+    if a.ndim == 3 and a.shape[1] == 0:
+        raise ValueError("a and g have 0 positions per sample (T = 0); each sample needs one")
+    if a.shape[-1] == 0 or g.shape[-1] == 0:
+        raise ValueError(
+            f"a and g need at least one feature; got da={a.shape[-1]}, dg={g.shape[-1]}"
+        )
     check_finite(a, "a (layer inputs)")
     check_finite(g, "g (output gradients)")
+    if a.ndim == 3 and a.shape[1] == 1:
+        a, g = a[:, 0], g[:, 0]
     dtype = torch.promote_types(a.dtype, g.dtype)
     return a.to(dtype), g.to(dtype)
 

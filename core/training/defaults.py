@@ -62,13 +62,13 @@ DEFAULTS: dict[str, Defaults] = {
         lr=0.01, damping=0.0, preset_lr={"curves": 3e-3, "mnist": 1e-3, "faces": 3e-4}
     ),
     "kfac": _paper_curves(),
+    "kfac_reduce": _paper_curves(),  # KFAC's (equal to KFAC on one-position layers)
     "kpsvd": _paper_curves(),
     "deflation": _paper_curves(),
     "lanczos": _paper_curves(),
     "kfac_corrected": _paper_curves(),
     "ekfac": Defaults(lr=0.03),
     "shampoo": Defaults(lr=0.1),
-    "eva": Defaults(lr=0.1, damping=1.0),
     "exact": Defaults(lr=0.1),
 }
 

@@ -11,13 +11,13 @@ __all__ = ["METHOD_LABELS", "OPTIMIZER_LABELS", "FACTOR_NAMES", "method_label"]
 METHOD_LABELS: dict[str, str] = {
     "exact": "Exact F",
     "kfac": "KFAC",
+    "kfac_reduce": "KFAC-reduce",
     "kpsvd": "KPSVD",
     "deflation": "Deflation",
     "lanczos": "Lanczos",
     "kfac_corrected": "KFAC-corrected",
     "ekfac": "EKFAC",
     "shampoo": "Shampoo",
-    "eva": "Eva",
 }
 
 # Every optimizer: as a method, except where its name as an optimizer differs.
@@ -33,9 +33,9 @@ _KFAC_NAMES = ("A (inputs)", "G (output gradients)")
 # gets the generic R_k, S_k (core.views.explorer.factor_views).
 FACTOR_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "kfac": (_KFAC_NAMES,),
+    "kfac_reduce": (("Â (position-mean inputs)", "Ĝ (position-summed output gradients)"),),
     "kfac_corrected": (_KFAC_NAMES, ("R (correction)", "S (correction)")),
     "shampoo": (("L (inputs, ‖g‖²-weighted)", "R (outputs, ‖ā‖²-weighted)"),),
-    "eva": (("ā āᵀ (mean input)", "ḡ ḡᵀ (mean output gradient)"),),
 }
 
 

@@ -15,39 +15,39 @@ import core
 
 APPROXIMATIONS = (
     "kfac",
+    "kfac_reduce",
     "kpsvd",
     "deflation",
     "lanczos",
     "kfac_corrected",
     "ekfac",
     "shampoo",
-    "eva",
 )
 FIRST_ORDER = ("sgd", "adam")
 NATURAL = (*APPROXIMATIONS, "exact")
 # Kronecker terms of each block (None: not a sum of Kronecker products)
 TERMS = {
     "kfac": 1,
+    "kfac_reduce": 1,
     "kpsvd": 1,
     "deflation": 2,
     "lanczos": 2,
     "kfac_corrected": 2,
     "ekfac": None,
     "shampoo": 1,
-    "eva": 1,
     "exact": None,
 }
 LABELS = {
     "sgd": "SGD",
     "adam": "Adam",
     "kfac": "KFAC",
+    "kfac_reduce": "KFAC-reduce",
     "kpsvd": "KPSVD",
     "deflation": "Deflation",
     "lanczos": "Lanczos",
     "kfac_corrected": "KFAC-corrected",
     "ekfac": "EKFAC",
     "shampoo": "Shampoo",
-    "eva": "Eva",
     "exact": "Exact block Fisher",
 }
 # default (lr, damping) per optimizer: curves-small's, and the presets that override them
@@ -56,13 +56,13 @@ DEFAULTS = {
         "sgd": (0.01, 0.0),
         "adam": (0.01, 0.0),
         "kfac": (0.3, 0.1),
+        "kfac_reduce": (0.3, 0.1),
         "kpsvd": (0.3, 0.1),
         "deflation": (0.3, 0.1),
         "lanczos": (0.3, 0.1),
         "kfac_corrected": (0.3, 0.1),
         "ekfac": (0.03, 0.1),
         "shampoo": (0.1, 0.1),
-        "eva": (0.1, 1.0),
         "exact": (0.1, 0.1),
     },
     "curves": {"sgd": (1e-3, 0.0), "adam": (3e-3, 0.0), "kfac": (0.03, 1.0), "kpsvd": (0.03, 1.0)},

@@ -31,6 +31,7 @@ from .approx import (
     build_kronecker_svd,
     build_shampoo,
 )
+from .eva import build_eva
 from .rearranged_svd import SOLVERS
 from .validation import check_layer_batch
 
@@ -64,6 +65,8 @@ class MethodSpec:
     A ⊗ G plus Kronecker terms of F − A ⊗ G. ``eigenbasis``: a diagonal in the eigenbasis of the
     averaged factors, refreshed with them. ``ema_terms_from``: the method whose minibatch terms an
     average of factors averages (``None``: this one; EKFAC averages KFAC's A and G).
+    ``vectors``: its factors are outer products of two vectors, which an average of factors
+    averages as vectors (Eva, :mod:`core.engine.eva`).
     """
 
     name: str
@@ -75,6 +78,7 @@ class MethodSpec:
     centered: bool = False
     eigenbasis: bool = False
     ema_terms_from: str | None = None
+    vectors: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -116,6 +120,7 @@ SPECS: tuple[MethodSpec, ...] = (
     ),
     MethodSpec("ekfac", build_ekfac, eigenbasis=True, ema_terms_from="kfac"),
     MethodSpec("shampoo", build_shampoo, terms=1),
+    MethodSpec("eva", build_eva, terms=1, vectors=True),
     MethodSpec("exact", fisher.build_exact, kind="exact"),
 )
 _BY_NAME = {spec.name: spec for spec in SPECS}

@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Defaults] = {
     "kfac_corrected": _paper_curves(),
     "ekfac": Defaults(lr=0.03),
     "shampoo": Defaults(lr=0.1),
+    "eva": Defaults(lr=0.1, damping=1.0),
     "exact": Defaults(lr=0.1),
 }
 

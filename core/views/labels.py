@@ -18,6 +18,7 @@ METHOD_LABELS: dict[str, str] = {
     "kfac_corrected": "KFAC-corrected",
     "ekfac": "EKFAC",
     "shampoo": "Shampoo",
+    "eva": "Eva",
 }
 
 # Every optimizer: as a method, except where its name as an optimizer differs.
@@ -36,6 +37,7 @@ FACTOR_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "kfac_reduce": (("Â (position-mean inputs)", "Ĝ (position-summed output gradients)"),),
     "kfac_corrected": (_KFAC_NAMES, ("R (correction)", "S (correction)")),
     "shampoo": (("L (inputs, ‖g‖²-weighted)", "R (outputs, ‖ā‖²-weighted)"),),
+    "eva": (("ā āᵀ (mean input)", "ḡ ḡᵀ (mean output gradient)"),),
 }
 
 

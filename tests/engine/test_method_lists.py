@@ -22,6 +22,7 @@ APPROXIMATIONS = (
     "kfac_corrected",
     "ekfac",
     "shampoo",
+    "eva",
 )
 FIRST_ORDER = ("sgd", "adam")
 NATURAL = (*APPROXIMATIONS, "exact")
@@ -35,6 +36,7 @@ TERMS = {
     "kfac_corrected": 2,
     "ekfac": None,
     "shampoo": 1,
+    "eva": 1,
     "exact": None,
 }
 LABELS = {
@@ -48,6 +50,7 @@ LABELS = {
     "kfac_corrected": "KFAC-corrected",
     "ekfac": "EKFAC",
     "shampoo": "Shampoo",
+    "eva": "Eva",
     "exact": "Exact block Fisher",
 }
 # default (lr, damping) per optimizer: curves-small's, and the presets that override them
@@ -63,6 +66,7 @@ DEFAULTS = {
         "kfac_corrected": (0.3, 0.1),
         "ekfac": (0.03, 0.1),
         "shampoo": (0.1, 0.1),
+        "eva": (0.1, 1.0),
         "exact": (0.1, 0.1),
     },
     "curves": {"sgd": (1e-3, 0.0), "adam": (3e-3, 0.0), "kfac": (0.03, 1.0), "kpsvd": (0.03, 1.0)},

@@ -18,6 +18,12 @@ core.training, core.views; never core.server):
 * :mod:`~core.paper.record` — what ``settings.json`` says about a reproduction;
 * :mod:`~core.paper.runner` — running the experiments: training runs, time budgets, the
   multi-layer quality run, the metric cost estimate.
+* :mod:`~core.paper.step` — the ``step`` experiment (issue 21): along a training trajectory,
+  every method's fidelity to F, its damped step against the exact one, and a one-step
+  look-ahead; the methods' training losses;
+* :mod:`~core.paper.step_report` — its verdict (rank correlations with the training ranking, and
+  how they move with λ), its markdown report and its command line
+  (``python -m core.paper.step_report``).
 
 Public entry points: the command line uses :class:`~core.paper.spec.ReproduceSpec`,
 :func:`~core.paper.runner.run_reproduction` and :func:`~core.paper.files.write_reproduction`;

@@ -148,3 +148,39 @@ st.markdown(
     "(g_i^\\top S g_i)$, and the exact natural gradient by Woodbury on the $m\\times m$ Gram "
     "matrix. Eigenvalues are sorted descending and zero-padded."
 )
+
+st.header("9. Methods that followed: Eva and SWAN")
+st.markdown(
+    "**Eva** (Zhang, Shi & Li, ICLR 2023) keeps only the batch means of KFAC's vectors, "
+    "$\\bar a=\\frac1m\\sum_i\\bar a_i$ and $\\bar g=\\frac1m\\sum_i g_i$, and uses the rank-one "
+    "product of their outer products, damped as a whole and inverted by Sherman–Morrison "
+    "(no eigendecomposition; the optimizer keeps a running average of the two vectors):"
+)
+st.latex(
+    r"\tilde F=(\bar a\bar a^\top)\otimes(\bar g\bar g^\top),\qquad"
+    r"(\tilde F+\lambda I)^{-1}\operatorname{vec}(V)=\frac1\lambda\operatorname{vec}\!\Big(V-"
+    r"\frac{\bar g^\top V\bar a}{\lambda+\|\bar a\|^2\|\bar g\|^2}\,\bar g\bar a^\top\Big)."
+)
+st.markdown(
+    "Since $A-\\bar a\\bar a^\\top$ and $G-\\bar g\\bar g^\\top$ are covariances, Eva's factors "
+    "lie below KFAC's; the explorer shows how far its $\\tilde F$ is from $F$."
+)
+st.markdown(
+    "**SWAN** (Ma, Gong, Scetbon & Meeds, 2024) keeps no state at all: each layer's gradient "
+    "matrix $V$ is standardised row by row (GradNorm) and whitened (GradWhitening), and the "
+    "weights move by $-\\eta$ times the result:"
+)
+st.latex(
+    r"\tilde V=\operatorname{diag}(s)^{-1}(V-\bar v\mathbf 1^\top),\qquad"
+    r"\Delta W=(\tilde V\tilde V^\top)^{-1/2}\tilde V=UW^\top\quad(\tilde V=U\Sigma W^\top),"
+)
+st.markdown(
+    "computed by Newton–Schulz iterations $X\\leftarrow\\frac12(3X-XX^\\top X)$ from "
+    "$\\tilde V/\\|\\tilde V\\|_F$. Its relation to the Fisher factors: Shampoo's factors are "
+    "the expectations $L=\\mathbb E[D_iD_i^\\top]$, $R=\\mathbb E[D_i^\\top D_i]$ over the "
+    "per-sample gradients $D_i=g_i\\bar a_i^\\top$ (section 6), and its step is "
+    "$L^{-1/4}VR^{-1/4}$. SWAN puts the one standardised minibatch gradient in place of the "
+    "expectation, $L=\\tilde V\\tilde V^\\top$, $R=\\tilde V^\\top\\tilde V$, and then "
+    "$L^{-1/4}\\tilde VR^{-1/4}=(\\tilde V\\tilde V^\\top)^{-1/2}\\tilde V$: the same "
+    "whitening, with nothing averaged over samples or steps."
+)

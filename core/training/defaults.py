@@ -1,8 +1,10 @@
 """Which optimizers exist, and each one's default learning rate and damping per model preset.
 
-Optimizers: the first-order ``sgd`` and ``adam``, then one natural-gradient optimizer per block
-the engine builds (:mod:`core.engine.methods`: every approximation, then the exact block), keyed
-by the engine's method names. The order is the order of every list of optimizers shown.
+Optimizers: the gradient-only ``sgd``, ``adam`` and ``swan`` (stateless normalised and whitened
+gradients, :mod:`core.training.swan`; no Fisher capture, no damping), then one natural-gradient
+optimizer per block the engine builds (:mod:`core.engine.methods`: every approximation, then the
+exact block), keyed by the engine's method names. The order is the order of every list of
+optimizers shown.
 
 Defaults: a learning rate and a damping λ per optimizer, tuned on the curves-small preset, and
 per-preset overrides where a preset's network needs other ones, chosen so that no optimizer
@@ -33,7 +35,7 @@ __all__ = [
     "default_damping",
 ]
 
-FIRST_ORDER: tuple[str, ...] = ("sgd", "adam")
+FIRST_ORDER: tuple[str, ...] = ("sgd", "adam", "swan")
 NATURAL_OPTIMIZERS: tuple[str, ...] = METHODS + EXACT
 OPTIMIZERS: tuple[str, ...] = FIRST_ORDER + NATURAL_OPTIMIZERS
 
@@ -61,6 +63,7 @@ DEFAULTS: dict[str, Defaults] = {
     "adam": Defaults(
         lr=0.01, damping=0.0, preset_lr={"curves": 3e-3, "mnist": 1e-3, "faces": 3e-4}
     ),
+    "swan": Defaults(lr=0.03, damping=0.0),
     "kfac": _paper_curves(),
     "kfac_reduce": _paper_curves(),  # KFAC's (equal to KFAC on one-position layers)
     "kpsvd": _paper_curves(),

@@ -36,6 +36,7 @@ from ..engine.validation import NonFiniteValueError
 from .averages import EMA_MODES, WINDOW_CAPTURES, WINDOW_SAMPLES, curvature_average
 from .curvature import Preconditioner
 from .defaults import NATURAL_OPTIMIZERS, OPTIMIZERS, check_optimizer, default_damping, default_lr
+from .swan import Swan
 
 __all__ = [
     "OPTIMIZERS",
@@ -64,16 +65,17 @@ class OptimizerConfig:
     """Options of one optimizer; validated on construction (clear ``ValueError`` messages).
 
     ``lr``: learning rate (> 0). ``damping``: λ > 0 for the natural-gradient methods (ignored,
-    but still ≥ 0, for sgd/adam); ``None`` picks :func:`default_damping`. ``t_cov`` and
+    but still ≥ 0, for sgd/adam/swan); ``None`` picks :func:`default_damping`. ``t_cov`` and
     ``t_inv``: curvature refresh and inverse periods, in steps. ``ema``: decay ρ ∈ [0, 1) of
     the curvature estimate. ``kl_clip``: KL-clipping bound (> 0), or ``None`` for none.
-    ``momentum`` ∈ [0, 1) (Adam's β₁). ``weight_decay`` ≥ 0. ``fisher_batch``: Fisher
-    minibatch size (``None``: the training minibatch). ``fisher``: ``"true"`` (targets sampled
-    from the model) or ``"empirical"`` (the data's targets). ``ema_mode``: ``"factors"`` (EMA
-    of each refresh's Kronecker factors, as KFAC; the default), ``"window"`` (approximate a
-    truncated EMA of the Fisher) or ``"fisher"`` (the EMA of the Fisher in rearranged low-rank
-    form, for the KPSVD family; kfac, shampoo and ekfac keep their factor EMA there); see
-    :mod:`core.training.averages`. ``exact`` uses the window in every mode.
+    ``momentum`` ∈ [0, 1) (Adam's β₁; unused by the stateless ``swan``). ``weight_decay`` ≥ 0.
+    ``fisher_batch``: Fisher minibatch size (``None``: the training minibatch). ``fisher``:
+    ``"true"`` (targets sampled from the model) or ``"empirical"`` (the data's targets).
+    ``ema_mode``: ``"factors"`` (EMA of each refresh's Kronecker factors, as KFAC; the
+    default), ``"window"`` (approximate a truncated EMA of the Fisher) or ``"fisher"`` (the
+    EMA of the Fisher in rearranged low-rank form, for the KPSVD family; kfac, shampoo and
+    ekfac keep their factor EMA there); see :mod:`core.training.averages`. ``exact`` uses the
+    window in every mode.
     """
 
     name: str
@@ -187,6 +189,8 @@ class TrainingOptimizer:
             self.base = torch.optim.SGD(
                 params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
             )
+        elif c.name == "swan":
+            self.base = Swan(model, lr=c.lr, weight_decay=c.weight_decay)
         else:
             self.base = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
             average = curvature_average(

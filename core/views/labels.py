@@ -25,6 +25,7 @@ METHOD_LABELS: dict[str, str] = {
 OPTIMIZER_LABELS: dict[str, str] = {
     "sgd": "SGD",
     "adam": "Adam",
+    "swan": "SWAN",
     **{name: label for name, label in METHOD_LABELS.items() if name != "exact"},
     "exact": "Exact block Fisher",
 }

@@ -24,7 +24,7 @@ APPROXIMATIONS = (
     "shampoo",
     "eva",
 )
-FIRST_ORDER = ("sgd", "adam")
+FIRST_ORDER = ("sgd", "adam", "swan")
 NATURAL = (*APPROXIMATIONS, "exact")
 # Kronecker terms of each block (None: not a sum of Kronecker products)
 TERMS = {
@@ -42,6 +42,7 @@ TERMS = {
 LABELS = {
     "sgd": "SGD",
     "adam": "Adam",
+    "swan": "SWAN",
     "kfac": "KFAC",
     "kfac_reduce": "KFAC-reduce",
     "kpsvd": "KPSVD",
@@ -58,6 +59,7 @@ DEFAULTS = {
     None: {
         "sgd": (0.01, 0.0),
         "adam": (0.01, 0.0),
+        "swan": (0.03, 0.0),
         "kfac": (0.3, 0.1),
         "kfac_reduce": (0.3, 0.1),
         "kpsvd": (0.3, 0.1),

@@ -223,13 +223,7 @@ class LayerFisher(Approximation):
         v = self.mean_gradient() if v is None else v
         x = self.solve(v, damping)
         x_t = approx.solve(v.to(approx.dtype), damping, mode=mode).to(torch.float64)
-        nx, nt = torch.linalg.norm(x), torch.linalg.norm(x_t)
-        cosine = float((x * x_t).sum() / (nx * nt).clamp_min(1e-300))
-        return NaturalGradientAgreement(
-            cosine=cosine,
-            norm_ratio=float(nt / nx.clamp_min(1e-300)),
-            relative_difference=float(torch.linalg.norm(x_t - x) / nx.clamp_min(1e-300)),
-        )
+        return NaturalGradientAgreement.of(x, x_t)
 
     def _check_shape(self, approx: Approximation) -> None:
         if (approx.da, approx.dg) != (self.da, self.dg):
@@ -246,6 +240,17 @@ class NaturalGradientAgreement:
     cosine: float
     norm_ratio: float
     relative_difference: float
+
+    @classmethod
+    def of(cls, x: torch.Tensor, x_t: torch.Tensor) -> NaturalGradientAgreement:
+        """The three numbers for the exact direction ``x`` and an approximate one ``x_t``."""
+        x, x_t = x.to(torch.float64), x_t.to(torch.float64)
+        nx, nt = torch.linalg.norm(x), torch.linalg.norm(x_t)
+        return cls(
+            cosine=float((x * x_t).sum() / (nx * nt).clamp_min(1e-300)),
+            norm_ratio=float(nt / nx.clamp_min(1e-300)),
+            relative_difference=float(torch.linalg.norm(x_t - x) / nx.clamp_min(1e-300)),
+        )
 
 
 def _pad(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -146,7 +146,8 @@ def _span(values: list[float]) -> str:
 def caption(table: pd.DataFrame, damping: float) -> str:
     """Two sentences on what the "error vs λ" figure shows, with this layer's numbers at
     ``damping`` (``table``: :func:`direction_table`'s rows for the methods shown)."""
-    kron = table[table["method"] != "ekfac"]  # EKFAC's damping is exact in both modes
+    # the methods whose factored damping is not exact damping (EKFAC and Eva damp exactly)
+    kron = table[~np.isclose(table["step_error"], table["exact_step_error"], rtol=1e-9, atol=0)]
     frob, step = _span(list(kron["relative_error"])), _span(list(kron["step_error"]))
     return (
         f"At λ = {damping:g}, with the damping the optimizers really apply (solid lines), the "

@@ -121,7 +121,8 @@ def test_factored_differs_from_exact_damping_for_kfac(layer):
 def test_sweep_ties_every_method_at_large_damping(layer):
     """λ → ∞: both directions tend to ∇/λ, so every error tends to 0. Exact damping converges
     like ‖F − F̃‖/λ; factored damping only like 1/√λ, its cross terms
-    √λ (π I ⊗ S + R/π ⊗ I) being no multiple of the identity (EKFAC has none)."""
+    √λ (π I ⊗ S + R/π ⊗ I) being no multiple of the identity (only sums of Kronecker products
+    have them; EKFAC and Eva damp exactly in both modes)."""
     fisher, _, approxes = layer
     grid = log_grid(1e-4, 1e8, 4)  # 1e-4, 1, 1e4, 1e8
     for method in METHODS:
@@ -133,10 +134,10 @@ def test_sweep_ties_every_method_at_large_damping(layer):
         assert by[1e8, "exact"].error < 1e-6 and by[1e8, "exact"].cosine > 1 - 1e-12, method
         assert by[1e8, "factored"].error < 1e-3, method
         decay = by[1e8, "factored"].error / by[1e4, "factored"].error
-        if method == "ekfac":
-            assert by[1e4, "factored"].error == pytest.approx(by[1e4, "exact"].error)
-        else:
+        if isinstance(approxes[method], KroneckerSum):
             assert decay == pytest.approx(1e-2, rel=0.2), method  # ∝ 1/√λ over 10⁴
+        else:  # EKFAC, Eva: exact damping in both modes
+            assert by[1e4, "factored"].error == pytest.approx(by[1e4, "exact"].error)
 
 
 def test_log_grid():

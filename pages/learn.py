@@ -149,7 +149,7 @@ st.markdown(
     "matrix. Eigenvalues are sorted descending and zero-padded."
 )
 
-st.header("9. Methods that followed: Eva and SWAN")
+st.header("9. Methods that followed: Eva, SWAN, and Shampoo as one power step")
 st.markdown(
     "**Eva** (Zhang, Shi & Li, ICLR 2023) keeps only the batch means of KFAC's vectors, "
     "$\\bar a=\\frac1m\\sum_i\\bar a_i$ and $\\bar g=\\frac1m\\sum_i g_i$, and uses the rank-one "
@@ -183,4 +183,19 @@ st.markdown(
     "expectation, $L=\\tilde V\\tilde V^\\top$, $R=\\tilde V^\\top\\tilde V$, and then "
     "$L^{-1/4}\\tilde VR^{-1/4}=(\\tilde V\\tilde V^\\top)^{-1/2}\\tilde V$: the same "
     "whitening, with nothing averaged over samples or steps."
+)
+st.markdown(
+    "**Shampoo and KPSVD** (Morwani et al., 2024): the best single Kronecker product is the top "
+    "singular pair of $\\mathcal R(F)$, and the power method for it, started from the "
+    "identity on both sides, reaches Shampoo's factors after one step:"
+)
+st.latex(
+    r"R_k=\mathcal R(F)\,S_{k-1},\quad S_k=\mathcal R(F)^\top R_{k-1},\quad R_0=S_0=I;"
+    r"\qquad R_1\propto\tfrac1m\textstyle\sum_i\|g_i\|^2\bar a_i\bar a_i^\top,\;"
+    r"S_1\propto\tfrac1m\textstyle\sum_i\|\bar a_i\|^2 g_ig_i^\top ."
+)
+st.markdown(
+    "With the best scale $c_k=\\langle F,R_k\\otimes S_k\\rangle/\\|R_k\\otimes S_k\\|_F^2$, "
+    "$\\tilde F_k=c_kR_k\\otimes S_k$ goes from Shampoo ($k=1$) to KPSVD ($k\\to\\infty$, at "
+    "the rate $(\\sigma_2/\\sigma_1)^k$); its error can never fall below KPSVD's."
 )

@@ -41,16 +41,20 @@ from torch import nn
 
 from ..engine.capture import capture
 from ..engine.direction import direction_metrics
-from ..engine.fisher import LayerFisher
+from ..engine.fisher import LayerFisher, NaturalGradientAgreement
 from ..engine.layers import linear_layers
 from ..engine.methods import SHOWN, approximate
+from ..engine.step_fit import fit_step_inverse
 from ..training.data import load_dataset
 from ..training.datasets import Dataset
 from ..training.defaults import default_damping, default_lr
 from ..training.models import PRESETS, batch_loss
 from ..training.runner import RunConfig, TrainingRun
 
-__all__ = ["StepSpec", "trajectory_records", "training_losses", "look_ahead"]
+__all__ = ["STEP_FIT", "StepSpec", "trajectory_records", "training_losses", "look_ahead"]
+
+#: The records' name for :mod:`core.engine.step_fit`'s preconditioner (KFAC's lr and damping).
+STEP_FIT = "step_fit"
 
 Log = Callable[[str], None]
 
@@ -80,6 +84,8 @@ class StepSpec:
     train_dampings: tuple[float, ...] = (1e-2, 1e-1, 1.0)
     n_train: int | None = None
     exact_limit: int = 20_000
+    step_fit: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -217,6 +223,40 @@ def checkpoint_records(
                 | measures
                 | {"decrease_same": same, "decrease_held": held}
             )
+    if spec.step_fit:
+        rows += _step_fit_rows(model, fishers, grads, batches, spec, tag, dataset.loss)
+    return rows
+
+
+def _step_fit_rows(
+    model: nn.Module,
+    fishers: dict[str, LayerFisher],
+    grads: dict[str, torch.Tensor],
+    batches: dict[str, torch.Tensor],
+    spec: StepSpec,
+    tag: dict,
+    loss: str,
+) -> list[dict[str, Any]]:
+    """The fitted damped inverse's step measures and look-ahead, at KFAC's lr and damping (it
+    fits no F: its Frobenius and spectrum errors are NaN; its step is its only mode)."""
+    lam, lr = default_damping("kfac", spec.preset), default_lr("kfac", spec.preset)
+    directions = {n: fit_step_inverse(f, lam).apply(grads[n]) for n, f in fishers.items()}
+    same, held = look_ahead(
+        model, directions, grads, lr=lr, kl_clip=1e-2, loss=loss,
+        batches=[batches["same"], batches["held"]],
+    )  # fmt: skip
+    rows = []
+    for name, fisher in fishers.items():
+        agree = NaturalGradientAgreement.of(fisher.solve(grads[name], lam), directions[name])
+        step = {"step_error": agree.relative_difference, "step_cosine": agree.cosine}
+        rows.append(
+            {**tag, "layer": name, "method": STEP_FIT, "damping": lam, "lr": lr}
+            | {"relative_error": math.nan, "spectrum_error": math.nan}
+            | step
+            | {"step_norm_ratio": agree.norm_ratio}
+            | {"exact_step_error": step["step_error"], "exact_step_cosine": agree.cosine}
+            | {"decrease_same": same, "decrease_held": held}
+        )
     return rows
 
 
@@ -228,7 +268,7 @@ def trajectory_records(spec: StepSpec, dataset: Dataset, seed: int, log: Log) ->
     damping, the run settings' defaults), the first at initialisation."""
     config = RunConfig.from_settings(
         spec.dataset, spec.trainer, preset=spec.preset, epochs=spec.epochs, seed=seed,
-        eval_every=10**9,
+        eval_every=10**9, device=spec.device,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(seed + 4_000_037)
     records: list[dict[str, Any]] = []
@@ -239,7 +279,8 @@ def trajectory_records(spec: StepSpec, dataset: Dataset, seed: int, log: Log) ->
     def measure(step: int) -> None:
         began = time.perf_counter()
         tag = {"seed": seed, "step": step, "epoch": step / run.steps_per_epoch}
-        records.extend(checkpoint_records(run.model, dataset, spec, gen=gen, tag=tag))
+        model = copy.deepcopy(run.model).to("cpu")
+        records.extend(checkpoint_records(model, dataset, spec, gen=gen, tag=tag))
         log(f"seed {seed} step {step}/{total}: measured in {time.perf_counter() - began:.1f} s")
 
     def on_step(record: dict[str, Any]) -> None:
@@ -263,7 +304,7 @@ def training_losses(spec: StepSpec, dataset: Dataset, log: Log) -> list[dict[str
             for seed in spec.train_seeds:
                 config = RunConfig.from_settings(
                     spec.dataset, method, preset=spec.preset, epochs=spec.train_epochs,
-                    seed=seed, damping=lam, eval_every=10**9,
+                    seed=seed, damping=lam, eval_every=10**9, device=spec.device,
                 )  # fmt: skip
                 run = TrainingRun(config, dataset=dataset)
                 began = time.perf_counter()
@@ -271,7 +312,7 @@ def training_losses(spec: StepSpec, dataset: Dataset, log: Log) -> list[dict[str
                 loss = math.inf
                 if run.status == "finished":
                     with torch.no_grad():
-                        x = dataset.x_train
+                        x = dataset.x_train.to(run.device)
                         loss = float(batch_loss(run.model(x), x, dataset.loss))
                 seconds = time.perf_counter() - began
                 rows.append(

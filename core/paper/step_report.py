@@ -141,6 +141,18 @@ def sweep_means(records: pd.DataFrame, dampings: Sequence[float]) -> pd.DataFram
     return records.groupby("method", sort=False)[columns].mean()
 
 
+def training_table(losses: pd.DataFrame) -> pd.DataFrame:
+    """Training loss per method (rows) and damping (columns): mean ± sd over the seeds."""
+    cells = losses.groupby(["method", "damping"], sort=False)["train_loss"].agg(["mean", "std"])
+    text = cells.apply(
+        lambda r: f"{r['mean']:.2f} ± {0.0 if pd.isna(r['std']) else r['std']:.2f}", axis=1
+    )
+    table = text.unstack("damping")
+    table.columns = [f"λ = {lam:g}" for lam in table.columns]
+    table.index.name = "method"
+    return table
+
+
 def _table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A pipe table of ``frame`` (index included), numbers to ``digits`` decimals."""
     frame = frame.reset_index() if frame.index.name is not None else frame
@@ -196,6 +208,10 @@ def report(
         "",
         _table(by_damping.set_index("damping"), 2),
         "",
+        "Training loss (full training set) after the training runs, mean ± sd over seeds:",
+        "",
+        _table(training_table(losses)),
+        "",
         "## Each method's measures (mean over checkpoints and layers)",
         "",
         _table(method_means(records, loss)),
@@ -249,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, help="train on N images only")
     p.add_argument("--exact-limit", type=int, default=20_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the runs train (cpu, cuda)")
     p.add_argument("--out", type=Path, required=True, help="the markdown report")
     p.add_argument("--csv", type=Path, help="the records (default: next to --out)")
     return p
@@ -263,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset=args.preset, epochs=args.epochs, checkpoints=args.checkpoints, seeds=args.seeds,
         dampings=args.dampings, train_epochs=args.train_epochs, train_seeds=args.train_seeds,
         train_dampings=args.train_dampings, fisher_batch=args.fisher_batch,
-        n_train=args.n_train, exact_limit=args.exact_limit, methods=methods,
+        n_train=args.n_train, exact_limit=args.exact_limit, methods=methods, device=args.device,
     )  # fmt: skip
     load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     began = time.perf_counter()

@@ -118,7 +118,10 @@ def test_a_tiny_experiment_end_to_end(tmp_path):
     ]  # fmt: skip
     assert step_report.main(argv) == 0
     records = pd.read_csv(tmp_path / "step.csv")
-    assert set(records["method"]) == {"exact", "kfac", "ekfac", "deflation"}
+    assert set(records["method"]) == {"exact", "kfac", "ekfac", "deflation", step.STEP_FIT}
+    fit = records[records["method"] == step.STEP_FIT]
+    assert fit["relative_error"].isna().all() and (fit["step_cosine"].abs() <= 1).all()
+    records = records[records["method"] != step.STEP_FIT]
     assert records["step"].nunique() == 2 and records["layer"].nunique() == 6
     exact = records[records["method"] == "exact"]
     assert (exact["step_error"] < 1e-8).all() and (exact["relative_error"] < 1e-6).all()

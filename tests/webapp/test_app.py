@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.engine.methods import METHODS
+
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = ("home", "explorer", "training", "race", "learn", "reports")
 
@@ -90,7 +92,7 @@ def test_explorer_default_view():
     at = app("explorer")
     assert_clean(at)
     table = at.dataframe[0].value
-    assert len(table) == 7  # every method
+    assert len(table) == len(METHODS)  # every method
     assert table["relative_error"].notna().all()
     kfac = table.set_index("method").loc["KFAC", "relative_error"]
     kpsvd = table.set_index("method").loc["KPSVD", "relative_error"]

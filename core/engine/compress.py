@@ -102,7 +102,7 @@ def _truncate(z: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def low_rank(
-    metric: WeightMetric, w: torch.Tensor, k: int, *, max_iter: int = 200, tol: float = 1e-10
+    metric: WeightMetric, w: torch.Tensor, k: int, *, max_iter: int = 100, tol: float = 1e-8
 ) -> Compressed:
     """The rank-k X minimising vec(W − X)ᵀ M vec(W − X) (see the module docstring)."""
     w64 = check_weight(w, metric.da, metric.dg)
@@ -141,8 +141,8 @@ def compress(
     *,
     damping: float = 1e-3,
     psd_floor: float = 0.1,
-    max_iter: int = 200,
-    tol: float = 1e-10,
+    max_iter: int = 100,
+    tol: float = 1e-8,
 ) -> Compressed:
     """The rank-k X closest to W in the norm of ``approx`` damped by ``damping``
     (:func:`core.engine.weight_metric.weight_metric`; ``ValueError`` for k out of range, a W of

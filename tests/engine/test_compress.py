@@ -120,7 +120,7 @@ def test_sums_and_dense_match_the_brute_force_optimum(method, k):
     a, g, w = layer_batch()
     approx = approximate(method, a, g)
     m = dense_metric(approx, DAMPING)
-    result = compress(w, k, approx, damping=DAMPING)
+    result = compress(w, k, approx, damping=DAMPING, tol=1e-13, max_iter=2000)
     assert result.solver == ("dense_als" if approx.n_terms is None else "als")
     assert result.converged
     assert result.objective == pytest.approx(objective(m, w, result.weight), rel=1e-10)
@@ -155,7 +155,7 @@ def test_safeguarded_sum_uses_the_general_half_steps():
     assert metric.info["safeguard_raised"] > 0 and metric.rank_two is None
     v = torch.eye(30, dtype=F64)
     m = torch.stack([vec(metric.apply(unvec(col, 5, 6))) for col in v.T], 1)
-    result = low_rank(metric, w, 2)
+    result = low_rank(metric, w, 2, tol=1e-13, max_iter=2000)
     assert result.converged and gradient_norm(m, w, result.weight, 2) < 1e-6
     assert result.objective <= brute_optimum(m, w, 2) * (1 + 1e-6)
 

@@ -199,3 +199,45 @@ st.markdown(
     "$\\tilde F_k=c_kR_k\\otimes S_k$ goes from Shampoo ($k=1$) to KPSVD ($k\\to\\infty$, at "
     "the rate $(\\sigma_2/\\sigma_1)^k$); its error can never fall below KPSVD's."
 )
+
+st.header("10. What better curvature buys: compressing and pruning a layer")
+st.markdown(
+    "Around trained weights (gradient ≈ 0) the loss grows by about "
+    "$\\tfrac12\\operatorname{vec}(\\Delta W)^\\top F\\operatorname{vec}(\\Delta W)$, so each "
+    "approximation, damped as its optimizer damps it ($M$), says which changes of $W$ are cheap. "
+    "**Compress** replaces $W$ by the rank-$k$ matrix closest in that norm. For one product "
+    "$M=\\tilde A\\otimes\\tilde G$ (factored damping) the answer is closed-form — the "
+    "Generalized Fisher-Weighted SVD (Chekalina et al., 2025); FWSVD (Hsu et al., 2022) weights "
+    "each output row by its summed Fisher diagonal, and the plain SVD by nothing:"
+)
+st.latex(
+    r"X_k=\arg\min_{\operatorname{rank}X\le k}\operatorname{vec}(W-X)^\top M"
+    r"\operatorname{vec}(W-X),\qquad M=\tilde A\otimes\tilde G:\;"
+    r"X_k=\tilde G^{-1/2}\big[\tilde G^{1/2}W\tilde A^{1/2}\big]_k\tilde A^{-1/2}."
+)
+st.markdown(
+    "A sum of two products has no closed form: in the generalized eigenbases of the two terms "
+    "the norm weights each entry by $1+\\nu_p\\mu_i$, and Kronoscope solves that weighted "
+    "low-rank problem by alternating least squares from the leading term's closed form (never "
+    "worse than it). EKFAC and the exact block are solved densely on small layers."
+)
+st.markdown(
+    "**Prune** removes a fraction of the weights (single weights, whole output rows or whole "
+    "input columns) with the optimal brain surgeon (Hassibi & Stork, 1993) on a Kronecker "
+    "curvature, as in The LLM Surgeon (van der Ouderaa et al., 2023): remove the set $Q$ of "
+    "least saliency and move the other weights to compensate,"
+)
+st.latex(
+    r"\rho_q=\frac{w_q^2}{2\,[M^{-1}]_{qq}},\qquad"
+    r"\delta=-M^{-1}E\,(E^\top M^{-1}E)^{-1}E^\top w,\qquad"
+    r"\operatorname{diag}\big((\tilde A\otimes\tilde G)^{-1}\big)="
+    r"\operatorname{diag}(\tilde A^{-1})\otimes\operatorname{diag}(\tilde G^{-1}),"
+)
+st.markdown(
+    "with $E$ the columns of the identity on $Q$ (the update zeroes exactly the removed "
+    "weights). Many weights go in one shot, or in several shots that rank again after each "
+    "compensation. Magnitude pruning — drop the smallest $|w|$, change nothing else — is the "
+    "baseline. The explorer plots the held-out loss increase against $k$ or the sparsity for "
+    "every method: does a better approximation of $F$ give a better compressed or pruned "
+    "network?"
+)

@@ -26,18 +26,24 @@ __all__ = ["load_dataset", "load_digits"]
 
 def load_digits(*, seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
     """scikit-learn's bundled 8×8 digits (1,797 images, pixel values 0–16, no download), divided
-    by 16. The split is a permutation drawn from ``seed``; default 1,498 train / 299 test."""
+    by 16, with their class labels 0–9. The split is a permutation drawn from ``seed``; default
+    1,498 train / 299 test."""
     from sklearn.datasets import load_digits as sklearn_load_digits
 
-    x = sklearn_load_digits().data.astype(np.float32) / np.float32(16.0)
+    bunch = sklearn_load_digits()
+    x = bunch.data.astype(np.float32) / np.float32(16.0)
     n_train, n_test = split_sizes(x.shape[0], n_train, n_test)
     order = np.random.default_rng(seed).permutation(x.shape[0])
+    train, test = order[:n_train], order[n_train : n_train + n_test]
+    labels = bunch.target.astype(np.int64)
     return Dataset(
         name="digits",
-        x_train=torch.from_numpy(np.ascontiguousarray(x[order[:n_train]])),
-        x_test=torch.from_numpy(np.ascontiguousarray(x[order[n_train : n_train + n_test]])),
+        x_train=torch.from_numpy(np.ascontiguousarray(x[train])),
+        x_test=torch.from_numpy(np.ascontiguousarray(x[test])),
         image_shape=(8, 8),
         loss="bce",
+        y_train=torch.from_numpy(np.ascontiguousarray(labels[train])),
+        y_test=torch.from_numpy(np.ascontiguousarray(labels[test])),
     )
 
 

@@ -3,7 +3,9 @@ datasets the CLI and the app offer (:data:`DATASET_SPECS`), :class:`DatasetError
 directory, and the row helpers the loaders share.
 
 A :class:`Dataset` holds images flattened to ``float32`` rows of shape ``(n, d)``. Autoencoders
-reconstruct their input, so there are no labels: the target is ``x``.
+reconstruct their input, so their target is ``x``; a dataset may also hold class labels
+(``y_train``, ``y_test``: DIGITS does), the targets of a classifier
+(:class:`core.training.models.ConvClassifier`, the ``"ce"`` likelihood).
 
 * ``loss == "bce"``: intensities in ``[0, 1]``, the model outputs logits, and the per-sample loss
   is the Bernoulli negative log-likelihood summed over pixels (CURVES, MNIST, DIGITS).
@@ -61,6 +63,8 @@ class Dataset:
         loss: ``"bce"`` (values in ``[0, 1]``, sigmoid outputs) or ``"mse"`` (linear outputs).
         label: what to call it in front of a person, e.g. ``"CURVES-like (generated)"`` or
             ``"CURVES (original, digs3pts_1.mat)"``; the registry's label when empty.
+        y_train, y_test: class labels, ``int64`` tensors ``(n_train,)`` and ``(n_test,)`` in
+            ``[0, n_classes)``, or ``None`` (both) when the dataset has none.
     """
 
     name: str
@@ -69,6 +73,8 @@ class Dataset:
     image_shape: tuple[int, int]
     loss: Loss
     label: str = ""
+    y_train: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         d = self.image_shape[0] * self.image_shape[1]
@@ -80,14 +86,37 @@ class Dataset:
                 )
         if self.loss not in AUTOENCODER_LOSSES:
             raise ValueError(f"{self.name}: loss must be 'bce' or 'mse', got {self.loss!r}")
+        self._check_labels()
         if not self.label:
             spec = DATASET_SPECS.get(self.name)
             object.__setattr__(self, "label", spec.label if spec else self.name)
+
+    def _check_labels(self) -> None:
+        if (self.y_train is None) != (self.y_test is None):
+            raise ValueError(f"{self.name}: give class labels for both splits or for neither")
+        for split, y, x in (
+            ("y_train", self.y_train, self.x_train),
+            ("y_test", self.y_test, self.x_test),
+        ):
+            if y is None:
+                continue
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],) or bool((y < 0).any()):
+                raise ValueError(
+                    f"{self.name}: {split} must be a non-negative int64 tensor of shape "
+                    f"({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+                )
 
     @property
     def input_dim(self) -> int:
         """Number of pixels ``d = H·W`` (the autoencoder's first and last width)."""
         return self.image_shape[0] * self.image_shape[1]
+
+    @property
+    def n_classes(self) -> int | None:
+        """``1 + the largest class label`` of either split; ``None`` without labels."""
+        if self.y_train is None or self.y_test is None:
+            return None
+        return 1 + int(torch.cat([self.y_train, self.y_test]).max())
 
     @property
     def n_train(self) -> int:

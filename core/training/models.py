@@ -6,6 +6,14 @@ layer an ``nn.Linear`` with bias; ReLU after every hidden layer except the code 
 bottleneck ``h_k``, linear) and the output layer. The output layer returns *logits* for the
 Bernoulli/BCE loss and plain values (the mean of N(μ, I)) for the squared-error loss.
 
+Convolutional networks (issue 18; the weight-sharing layers of :mod:`core.engine.layers`):
+:class:`ConvAutoencoder`, stride-2 3×3 convolutions down to a linear code and nearest-neighbour
+upsampling with 3×3 convolutions back up (no transposed convolutions, which the engine does not
+factor), Bernoulli/BCE or Gaussian output like the paper's autoencoders; and
+:class:`ConvClassifier`, stride-2 3×3 convolutions and a linear softmax layer (the ``"ce"``
+likelihood). Both take the flattened image rows the datasets hold. Their presets are in
+:data:`PRESETS` beside the paper's networks (``kind``: which network a preset builds).
+
 Loss convention (one definition for the whole project, in :mod:`core.engine.likelihoods`): the
 per-sample loss is the sample's negative log-likelihood **summed over output units**, and a
 minibatch loss is its **mean over samples**:
@@ -24,15 +32,16 @@ from __future__ import annotations
 import math
 import operator
 import re
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
 
-from ..engine.layers import is_plain_linear, linear_layers
+from ..engine.layers import linear_layers, supported_layers
 from ..engine.likelihoods import (
     AUTOENCODER_LOSSES,
     LOSS_KINDS,
@@ -46,7 +55,11 @@ __all__ = [
     "INITS",
     "PRESETS",
     "Autoencoder",
+    "ConvAutoencoder",
+    "ConvClassifier",
     "LayerInfo",
+    "MODEL_KINDS",
+    "Model",
     "ModelPreset",
     "batch_loss",
     "build_model",
@@ -189,25 +202,11 @@ class Autoencoder(nn.Module):
                 modules[f"relu{i + 1}"] = nn.ReLU()
         return nn.Sequential(modules)
 
-    @torch.no_grad()
     def reset_parameters(self, seed: int | None = None) -> None:
         """Weights by ``self.init`` (He-normal or Xavier-uniform), zero biases; see the class
         docstring. Uses only a local generator seeded with ``seed`` (default: ``self.seed``)."""
-        seed = self.seed if seed is None else seed
-        generator = torch.Generator().manual_seed(seed)
-        for _, layer, followed_by_relu in _linear_layers_with_activation(self):
-            shape = layer.weight.shape
-            if self.init == "xavier_uniform":
-                bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
-                u = torch.rand(shape, generator=generator, dtype=torch.float64)
-                w = (2 * u - 1) * bound
-            else:
-                gain = math.sqrt(2.0) if followed_by_relu else 1.0
-                std = gain / math.sqrt(layer.in_features)
-                w = torch.randn(shape, generator=generator, dtype=torch.float64) * std
-            layer.weight.copy_(w)
-            layer.bias.zero_()
-        self.seed = seed
+        self.seed = self.seed if seed is None else seed
+        _initialise(self, self.init, self.seed)
 
     @property
     def input_dim(self) -> int:
@@ -241,29 +240,283 @@ class Autoencoder(nn.Module):
         return f"widths={self.widths}, loss={self.loss!r}, init={self.init!r}, seed={self.seed}"
 
 
+def _check_channels(channels: Iterable[int]) -> tuple[int, ...]:
+    out = tuple(int(c) for c in channels)
+    if not out or any(c < 1 for c in out):
+        raise ValueError(f"channels must be one or more positive integers, got {out}")
+    return out
+
+
+def _image_shape(input_dim: int, image_shape: tuple[int, int] | None) -> tuple[int, int]:
+    """``image_shape`` checked against ``input_dim``, or the square image of ``input_dim``
+    pixels (``ValueError`` when it is not a square and no shape is given)."""
+    if image_shape is None:
+        side = math.isqrt(input_dim)
+        if side * side != input_dim:
+            raise ValueError(
+                f"a convolutional network needs the image's shape: {input_dim} pixels is not a "
+                "square, so pass image_shape=(H, W)"
+            )
+        return (side, side)
+    h, w = (int(v) for v in image_shape)
+    if h < 1 or w < 1 or h * w != input_dim:
+        raise ValueError(f"image_shape {image_shape} does not hold {input_dim} pixels")
+    return (h, w)
+
+
+def _conv(c_in: int, c_out: int, stride: int, dtype: torch.dtype) -> nn.Conv2d:
+    """A 3×3 convolution with padding 1 and bias, left uninitialised (no global-RNG draw;
+    :func:`_initialise` fills it)."""
+    conv: nn.Conv2d = nn.utils.skip_init(
+        nn.Conv2d, c_in, c_out, 3, stride=stride, padding=1, dtype=dtype
+    )
+    return conv
+
+
+def _linear(d_in: int, d_out: int, dtype: torch.dtype) -> nn.Linear:
+    """An ``nn.Linear`` with bias, left uninitialised (see :func:`_conv`)."""
+    linear: nn.Linear = nn.utils.skip_init(nn.Linear, d_in, d_out, bias=True, dtype=dtype)
+    return linear
+
+
+def _downsampling(channels: tuple[int, ...], dtype: torch.dtype) -> OrderedDict[str, nn.Module]:
+    """``conv1, relu1, …``: 3×3 convolutions, stride 2, padding 1 (``H → ⌈H/2⌉``), from one
+    input channel through ``channels``, each followed by a ReLU."""
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, (c_in, c_out) in enumerate(zip((1, *channels), channels, strict=False)):
+        modules[f"conv{i + 1}"] = _conv(c_in, c_out, 2, dtype)
+        modules[f"relu{i + 1}"] = nn.ReLU()
+    return modules
+
+
+def _grid(shape: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """The feature maps' ``(H, W)`` after 0, 1, …, ``levels`` stride-2 convolutions."""
+    sizes = [shape]
+    for _ in range(levels):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+class ConvAutoencoder(nn.Module):
+    """A small convolutional autoencoder of images given as flattened rows ``(m, H·W)``.
+
+    ``encoder``: ``conv1, relu1, …`` (3×3, stride 2, padding 1: ``1 → channels[0] → …``),
+    ``flatten``, ``linear1`` to the code (linear, like the paper's code layers). ``decoder``:
+    ``linear1`` back to the last feature map, ``relu1``, ``unflatten``, then per level
+    ``up{j}`` (nearest-neighbour upsampling to the encoder's map of that level) and ``conv{j}``
+    (3×3, padding 1) with a ReLU between levels and none after the last, which has one channel:
+    the logits (``"bce"``) or Gaussian means (``"mse"``) of the pixels, flattened to
+    ``(m, H·W)``. Every parameterised layer is an ``nn.Conv2d`` or ``nn.Linear`` the engine
+    factors (:mod:`core.engine.layers`); upsampling has no weights, so no transposed convolution
+    is needed. Initialisation as :class:`Autoencoder` (``fan_in = C_in·3·3`` for a convolution).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        channels: Sequence[int],
+        code_dim: int,
+        loss: str = "bce",
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        init: str = "he_normal",
+    ) -> None:
+        super().__init__()
+        self.loss: Loss = _check_loss(loss)
+        _check_init(init)
+        self.channels = _check_channels(channels)
+        if code_dim < 1:
+            raise ValueError(f"code_dim must be a positive integer, got {code_dim}")
+        self.image_shape = _image_shape(image_shape[0] * image_shape[1], image_shape)
+        self.code_dim, self.init, self.seed = int(code_dim), init, seed
+        grid = _grid(self.image_shape, len(self.channels))
+        last = (self.channels[-1], *grid[-1])
+        encoder = _downsampling(self.channels, dtype)
+        encoder["flatten"] = nn.Flatten()
+        encoder["linear1"] = _linear(math.prod(last), self.code_dim, dtype)
+        self.encoder = nn.Sequential(encoder)
+        self.decoder = nn.Sequential(self._upsampling(grid, last, dtype))
+        self.reset_parameters(seed)
+
+    def _upsampling(
+        self, grid: list[tuple[int, int]], last: tuple[int, int, int], dtype: torch.dtype
+    ) -> OrderedDict[str, nn.Module]:
+        modules: OrderedDict[str, nn.Module] = OrderedDict()
+        modules["linear1"] = _linear(self.code_dim, math.prod(last), dtype)
+        modules["relu1"] = nn.ReLU()
+        modules["unflatten"] = nn.Unflatten(1, last)
+        outs = (*self.channels[-2::-1], 1)
+        for j, (c_in, c_out) in enumerate(zip(self.channels[::-1], outs, strict=True)):
+            modules[f"up{j + 1}"] = nn.Upsample(size=grid[-2 - j], mode="nearest")
+            modules[f"conv{j + 1}"] = _conv(c_in, c_out, 1, dtype)
+            if j < len(outs) - 1:
+                modules[f"relu{j + 2}"] = nn.ReLU()
+        return modules
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Weights by ``self.init``, zero biases, from a local generator (``seed``, default
+        ``self.seed``); see :class:`Autoencoder`."""
+        self.seed = self.seed if seed is None else seed
+        _initialise(self, self.init, self.seed)
+
+    @property
+    def input_dim(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The code, ``(batch, code_dim)``, of images ``(batch, H·W)`` or ``(batch, H, W)``."""
+        code: torch.Tensor = self.encoder(x.reshape(x.shape[0], 1, *self.image_shape))
+        return code
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (``"bce"``) or Gaussian means (``"mse"``), ``(batch, H·W)``."""
+        out: torch.Tensor = self.decoder(self.encode(x))
+        return out.flatten(1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstructions in data space: ``sigmoid(logits)`` for bce, the mean for mse."""
+        return likelihood(self.loss).mean(self(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_shape={self.image_shape}, channels={list(self.channels)}, "
+            f"code_dim={self.code_dim}, loss={self.loss!r}, init={self.init!r}, seed={self.seed}"
+        )
+
+
+class ConvClassifier(nn.Module):
+    """A small convolutional classifier of images given as flattened rows ``(m, H·W)``.
+
+    ``features``: ``conv1, relu1, …`` (3×3, stride 2, padding 1: ``1 → channels[0] → …``),
+    ``flatten``; ``classifier``: ``linear1`` to ``n_classes`` logits of a softmax
+    (Categorical) likelihood, the ``"ce"`` loss of :mod:`core.engine.likelihoods`.
+    Initialisation as :class:`Autoencoder`.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        channels: Sequence[int],
+        n_classes: int,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        init: str = "he_normal",
+    ) -> None:
+        super().__init__()
+        _check_init(init)
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        self.loss: Loss = "ce"
+        self.channels = _check_channels(channels)
+        self.image_shape = _image_shape(image_shape[0] * image_shape[1], image_shape)
+        self.n_classes, self.init, self.seed = int(n_classes), init, seed
+        grid = _grid(self.image_shape, len(self.channels))
+        features = _downsampling(self.channels, dtype)
+        features["flatten"] = nn.Flatten()
+        self.features = nn.Sequential(features)
+        width = self.channels[-1] * math.prod(grid[-1])
+        self.classifier = nn.Sequential(
+            OrderedDict([("linear1", _linear(width, self.n_classes, dtype))])
+        )
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Weights by ``self.init``, zero biases, from a local generator (``seed``, default
+        ``self.seed``); see :class:`Autoencoder`."""
+        self.seed = self.seed if seed is None else seed
+        _initialise(self, self.init, self.seed)
+
+    @property
+    def input_dim(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, ``(batch, n_classes)``, of images ``(batch, H·W)`` or ``(batch, H, W)``."""
+        h = self.features(x.reshape(x.shape[0], 1, *self.image_shape))
+        out: torch.Tensor = self.classifier(h)
+        return out
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class of each image, ``(batch,)``."""
+        logits: torch.Tensor = self(x)
+        return logits.argmax(dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_shape={self.image_shape}, channels={list(self.channels)}, "
+            f"n_classes={self.n_classes}, init={self.init!r}, seed={self.seed}"
+        )
+
+
+Model = Autoencoder | ConvAutoencoder | ConvClassifier
+"""What :func:`build_model` builds."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------
 
 
-def _linear_layers_with_activation(model: nn.Module) -> list[tuple[str, nn.Linear, bool]]:
-    """``(name, module, followed_by_relu)`` for every ``nn.Linear`` in registration order."""
+def _layers_with_activation(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d, bool]]:
+    """``(name, module, followed_by_relu)`` for every factored layer (plain ``nn.Linear`` and
+    ``nn.Conv2d``, :func:`core.engine.layers.supported_layers`) in registration order."""
     modules = list(model.named_modules())
-    out = []
-    for i, (name, module) in enumerate(modules):
-        if is_plain_linear(module):
-            nxt = modules[i + 1][1] if i + 1 < len(modules) else None
-            out.append((name, module, isinstance(nxt, nn.ReLU)))
-    return out
+    following = {name: modules[i + 1][1] for i, (name, _) in enumerate(modules[:-1])}
+    return [
+        (name, layer, isinstance(following.get(name), nn.ReLU))
+        for name, layer in supported_layers(model)
+    ]
+
+
+@torch.no_grad()
+def _initialise(model: nn.Module, init: str, seed: int) -> None:
+    """Every factored layer's weight by ``init``, its bias zero, drawn layer by layer in
+    registration order from a local generator seeded with ``seed`` (the global RNG untouched).
+
+    ``fan_in`` and ``fan_out`` are PyTorch's: ``in·k`` and ``out·k`` with ``k`` the kernel's
+    size (1 for a linear layer). He-normal: ``N(0, gain²/fan_in)``, ``gain = √2`` before a ReLU,
+    else 1; Xavier-uniform: ``U(−b, b)``, ``b = √(6/(fan_in + fan_out))``.
+    """
+    _check_init(init)
+    generator = torch.Generator().manual_seed(seed)
+    for _, layer, followed_by_relu in _layers_with_activation(model):
+        shape = layer.weight.shape
+        kernel = math.prod(shape[2:])
+        fan_in, fan_out = shape[1] * kernel, shape[0] * kernel
+        if init == "xavier_uniform":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            u = torch.rand(shape, generator=generator, dtype=torch.float64)
+            w = (2 * u - 1) * bound
+        else:
+            gain = math.sqrt(2.0) if followed_by_relu else 1.0
+            w = torch.randn(shape, generator=generator, dtype=torch.float64) * (
+                gain / math.sqrt(fan_in)
+            )
+        layer.weight.copy_(w)
+        if layer.bias is not None:
+            layer.bias.zero_()
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One linear layer as the Fisher code sees it.
+    """One factored layer (a linear layer or a 2-D convolution) as the Fisher code sees it.
 
     ``W`` has shape ``(dg, da)`` with ``da = in_features + 1`` when the layer has a bias (the
     bias is the last column); the layer's Fisher block is ``n_params × n_params`` with
     ``n_params = dg·da``, its KFAC factors are ``A`` (``da × da``) and ``G`` (``dg × dg``).
+
+    ``kind``: ``"linear"`` or ``"conv2d"``. A convolution's ``in_features`` is
+    ``C_in·kh·kw`` (one patch, :func:`core.engine.layers.conv_patches`) and its
+    ``out_features`` is ``C_out``, so ``W = weight.reshape(C_out, -1)``; ``kernel`` and
+    ``stride`` are its geometry (``(1, 1)`` for a linear layer). ``positions``: ``T``, the
+    positions per sample that share ``W`` (``H_out·W_out`` of a convolution, the tokens of a
+    linear layer applied to a sequence, 1 for a plain linear layer; ``None`` when unknown: a
+    model without ``input_dim`` cannot be probed). ``grid``: a convolution's ``(H_out, W_out)``.
 
     People see layers numbered from 1 in forward order (:attr:`number`: layer 1 is
     ``encoder.linear1``, as the names count), in the app, the command line and reports;
@@ -276,6 +529,11 @@ class LayerInfo:
     out_features: int
     bias: bool
     activation: str  # "relu", "linear" (code layer), "logits"/"linear output" (last layer)
+    kind: str = "linear"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    positions: int | None = 1
+    grid: tuple[int, int] | None = None
 
     @property
     def dg(self) -> int:
@@ -294,33 +552,120 @@ class LayerInfo:
         return self.dg * self.da
 
     @property
+    def in_channels(self) -> int:
+        """``C_in`` of a convolution (``in_features`` of a linear layer)."""
+        return self.in_features // (self.kernel[0] * self.kernel[1])
+
+    @property
+    def out_channels(self) -> int:
+        """``C_out`` of a convolution (``out_features`` of a linear layer)."""
+        return self.out_features
+
+    @property
     def number(self) -> int:
         """The layer's number as people see it: 1 for the first linear layer."""
         return self.index + 1
+
+    @property
+    def geometry(self) -> str:
+        """What the layer maps, e.g. ``"25→6"``, ``"conv 8→16, 3×3 stride 2, T 16 (4×4)"``
+        or ``"64→32 at T 9 positions"``."""
+        if self.kind == "conv2d":
+            (kh, kw), (sh, sw) = self.kernel, self.stride
+            stride = f"{sh}" if sh == sw else f"{sh}×{sw}"
+            grid = f" ({self.grid[0]}×{self.grid[1]})" if self.grid else ""
+            t = "?" if self.positions is None else f"{self.positions:,}"
+            return (
+                f"conv {self.in_channels}→{self.out_channels}, {kh}×{kw} stride {stride}, "
+                f"T {t}{grid}"
+            )
+        mapped = f"{self.in_features}→{self.out_features}"
+        if self.positions is not None and self.positions > 1:
+            mapped += f" at T {self.positions:,} positions"
+        return mapped
 
     @property
     def label(self) -> str:
         """Short text for a UI list, e.g.
         ``"layer 6 · encoder.linear6: 25→6, W 6×26, 156 params"``."""
         return (
-            f"layer {self.number} · {self.name}: {self.in_features}→{self.out_features}, "
+            f"layer {self.number} · {self.name}: {self.geometry}, "
             f"W {self.dg}×{self.da}, {self.n_params:,} params"
         )
 
 
-def describe_layers(model: nn.Module) -> list[LayerInfo]:
-    """A :class:`LayerInfo` per linear layer, in forward order (numbered from 1)."""
-    layers = _linear_layers_with_activation(model)
+def _positions(model: nn.Module) -> dict[str, tuple[int, tuple[int, int] | None]]:
+    """``T`` (and a convolution's output grid) of every factored layer, from one forward pass of
+    one zero image through a model that has an ``input_dim``; empty for the others. The probe's
+    hooks record only this thread's pass (a web server shares models between sessions)."""
+    layers = supported_layers(model)
+    input_dim = getattr(model, "input_dim", None)
+    if not isinstance(input_dim, int) or not layers:
+        return {}
+    owner = threading.get_ident()
+    found: dict[str, tuple[int, tuple[int, int] | None]] = {}
+
+    def probe(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def record(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            if threading.get_ident() == owner and name not in found:
+                if isinstance(module, nn.Conv2d):
+                    found[name] = (out.shape[2] * out.shape[3], (out.shape[2], out.shape[3]))
+                else:
+                    found[name] = (math.prod(out.shape[1:-1]), None)
+
+        return record
+
+    param = next(model.parameters())
+    handles = [mod.register_forward_hook(probe(name)) for name, mod in layers]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, input_dim, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _activation(model: nn.Module, i: int, n: int, relu: bool) -> str:
+    if relu:
+        return "relu"
+    if i < n - 1:
+        return "linear"
     loss = getattr(model, "loss", None)
+    known = isinstance(loss, str) and loss in LOSS_KINDS
+    return likelihood(str(loss)).output_activation if known else "linear output"
+
+
+def describe_layers(model: nn.Module) -> list[LayerInfo]:
+    """A :class:`LayerInfo` per factored layer (linear and convolution), in registration order
+    (forward order for this module's networks; numbered from 1)."""
+    layers = _layers_with_activation(model)
+    probed = _positions(model)
     infos = []
     for i, (name, module, relu) in enumerate(layers):
-        if relu:
-            activation = "relu"
-        elif i == len(layers) - 1:
-            known = isinstance(loss, str) and loss in LOSS_KINDS
-            activation = likelihood(str(loss)).output_activation if known else "linear output"
-        else:
-            activation = "linear"
+        activation = _activation(model, i, len(layers), relu)
+        # unprobed (no input_dim): a linear layer is taken to act on rows, T = 1
+        unknown = (None, None) if isinstance(module, nn.Conv2d) else (1, None)
+        t, grid = probed.get(name, unknown)
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            sh, sw = module.stride
+            infos.append(
+                LayerInfo(
+                    index=i,
+                    name=name,
+                    in_features=module.in_channels * kh * kw,
+                    out_features=module.out_channels,
+                    bias=module.bias is not None,
+                    activation=activation,
+                    kind="conv2d",
+                    kernel=(kh, kw),
+                    stride=(sh, sw),
+                    positions=t,
+                    grid=grid,
+                )
+            )
+            continue
         infos.append(
             LayerInfo(
                 index=i,
@@ -329,6 +674,7 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
                 out_features=module.out_features,
                 bias=module.bias is not None,
                 activation=activation,
+                positions=t,
             )
         )
     return infos
@@ -339,15 +685,38 @@ def describe_layers(model: nn.Module) -> list[LayerInfo]:
 # ---------------------------------------------------------------------------------------------
 
 
+MODEL_KINDS: tuple[str, ...] = ("autoencoder", "conv_autoencoder", "conv_classifier")
+"""What a preset builds: the paper's :class:`Autoencoder`, a :class:`ConvAutoencoder` or a
+:class:`ConvClassifier`."""
+
+
 @dataclass(frozen=True)
 class ModelPreset:
-    """A named encoder width list and the dataset it is for (a ``core.training.datasets``
-    registry name)."""
+    """A named network and the dataset it is for (a ``core.training.datasets`` registry name).
+
+    ``kind`` (:data:`MODEL_KINDS`): ``"autoencoder"``, whose ``widths`` is the encoder width
+    list; ``"conv_autoencoder"``, whose ``widths`` is ``(input_dim, code_dim)`` and
+    ``channels`` its convolutions' channels; ``"conv_classifier"``, whose ``widths`` is
+    ``(input_dim, n_classes)``. ``widths[0]`` is always the image's pixel count.
+    """
 
     name: str
     widths: tuple[int, ...]
     dataset: str
     description: str
+    kind: str = "autoencoder"
+    channels: tuple[int, ...] = ()
+
+    @property
+    def architecture(self) -> str:
+        """The network in a few words, e.g. ``"64-32-16-8 (mirrored)"`` or
+        ``"conv 8-16 (3×3, stride 2), code 8, mirrored"``."""
+        if self.kind == "autoencoder":
+            return f"{'-'.join(map(str, self.widths))} (mirrored)"
+        convs = f"conv {'-'.join(map(str, self.channels))} (3×3, stride 2)"
+        if self.kind == "conv_autoencoder":
+            return f"{convs}, code {self.widths[-1]}, mirrored"
+        return f"{convs}, softmax over {self.widths[-1]} classes"
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -383,8 +752,58 @@ PRESETS: dict[str, ModelPreset] = {
             "curves-small",
             "Classroom: 14×14 CURVES 196-64-32-16 (mirrored); trains in seconds on a CPU.",
         ),
+        ModelPreset(
+            "digits-conv",
+            (64, 8),
+            "digits",
+            "Classroom: 8×8 digits convolutional autoencoder, 3×3 stride-2 convolutions "
+            "1→8→16 (8×8→4×4→2×2), linear code 8, mirrored with upsampling, sigmoid + BCE; "
+            "trains in seconds on a CPU.",
+            kind="conv_autoencoder",
+            channels=(8, 16),
+        ),
+        ModelPreset(
+            "mnist-conv",
+            (784, 30),
+            "mnist",
+            "MNIST convolutional autoencoder, 3×3 stride-2 convolutions 1→8→16 "
+            "(28×28→14×14→7×7), linear code 30, mirrored with upsampling, sigmoid + BCE.",
+            kind="conv_autoencoder",
+            channels=(8, 16),
+        ),
+        ModelPreset(
+            "digits-cnn",
+            (64, 10),
+            "digits",
+            "Classroom: 8×8 digits classifier, 3×3 stride-2 convolutions 1→8→16, linear "
+            "softmax over 10 classes (cross-entropy); trains in seconds on a CPU.",
+            kind="conv_classifier",
+            channels=(8, 16),
+        ),
+        ModelPreset(
+            "mnist-cnn",
+            (784, 10),
+            "mnist",
+            "MNIST classifier, 3×3 stride-2 convolutions 1→8→16, linear softmax over 10 "
+            "classes (cross-entropy).",
+            kind="conv_classifier",
+            channels=(8, 16),
+        ),
     )
 }
+
+
+def _preset(preset_or_widths: str | ModelPreset | Sequence[int]) -> ModelPreset | None:
+    """The preset named or given (``None`` for a width list); ``ValueError`` for a bad name."""
+    if isinstance(preset_or_widths, str):
+        preset = PRESETS.get(preset_or_widths)
+        if preset is None:
+            raise ValueError(
+                f"unknown model preset {preset_or_widths!r}; valid names: {', '.join(PRESETS)}, "
+                f"or pass a list of widths"
+            )
+        return preset
+    return preset_or_widths if isinstance(preset_or_widths, ModelPreset) else None
 
 
 def build_model(
@@ -395,21 +814,29 @@ def build_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     init: str = "he_normal",
-) -> Autoencoder:
-    """Build an :class:`Autoencoder` from a preset name, a :class:`ModelPreset` or a custom
-    encoder width list. ``input_dim`` is the dataset's (checked against the first width),
-    ``loss`` its ``"bce"``/``"mse"``, ``init`` one of :data:`INITS`; raises ``ValueError`` on a
-    mismatch, bad widths or an unknown ``init``."""
-    if isinstance(preset_or_widths, str):
-        preset = PRESETS.get(preset_or_widths)
-        if preset is None:
-            raise ValueError(
-                f"unknown model preset {preset_or_widths!r}; valid names: {', '.join(PRESETS)}, "
-                f"or pass a list of widths"
-            )
-        widths: Sequence[int] = preset.widths
-    elif isinstance(preset_or_widths, ModelPreset):
-        widths = preset_or_widths.widths
-    else:
-        widths = preset_or_widths
-    return Autoencoder(validate_widths(widths, input_dim), loss, seed=seed, dtype=dtype, init=init)
+    image_shape: tuple[int, int] | None = None,
+) -> Model:
+    """Build the network of a preset name, a :class:`ModelPreset` or a custom encoder width
+    list (an :class:`Autoencoder`). ``input_dim`` is the dataset's (checked against the first
+    width), ``loss`` its ``"bce"``/``"mse"`` (the autoencoders' likelihood; a classifier's is
+    always ``"ce"``), ``init`` one of :data:`INITS`, ``image_shape`` the images' ``(H, W)``
+    for a convolutional network (default: square); raises ``ValueError`` on a mismatch, bad
+    widths or an unknown ``init``."""
+    preset = _preset(preset_or_widths)
+    if preset is None or preset.kind == "autoencoder":
+        widths = preset.widths if preset is not None else preset_or_widths
+        assert not isinstance(widths, (str, ModelPreset))
+        return Autoencoder(
+            validate_widths(widths, input_dim), loss, seed=seed, dtype=dtype, init=init
+        )
+    validate_widths(preset.widths, input_dim)
+    shape = _image_shape(input_dim, image_shape)
+    if preset.kind == "conv_autoencoder":
+        return ConvAutoencoder(
+            shape, preset.channels, preset.widths[-1], loss, seed=seed, dtype=dtype, init=init
+        )
+    if preset.kind == "conv_classifier":
+        return ConvClassifier(
+            shape, preset.channels, preset.widths[-1], seed=seed, dtype=dtype, init=init
+        )
+    raise ValueError(f"preset {preset.name!r} has unknown kind {preset.kind!r}; {MODEL_KINDS}")

@@ -4,14 +4,17 @@ A natural-gradient optimizer here is a :class:`Preconditioner` (per-layer curvat
 engine's approximations and their damped inverses) plus ``torch.optim.SGD`` for the final
 momentum step. One training step, after ``loss.backward()``:
 
-1. every ``t_cov`` steps: capture ``ā_i`` and ``g_i`` of every ``nn.Linear`` on a Fisher minibatch
+1. every ``t_cov`` steps: capture ``ā`` and ``γ`` of every factored layer (``nn.Linear``, and
+   ``nn.Conv2d`` as its unfolded patches, ``T`` positions per sample) on a Fisher minibatch
    (:func:`core.engine.capture.capture`, true or empirical Fisher, a seeded ``torch.Generator``) and
    fold them into the curvature average (:mod:`core.training.averages`);
 2. every ``t_inv`` steps: rebuild each layer's approximation F̃ from that state and its damped
    inverse (eigendecompositions, cached until the next refresh);
 3. add ``weight_decay · θ`` to the gradient (the natural gradient of the L2-regularised loss);
-4. precondition each Linear layer's gradient matrix ``V = [∇W | ∇b]`` of shape (dg, da)
-   (bias as the last column, the engine's convention) — ``P = (F̃ + damping)⁻¹ V``;
+4. precondition each layer's gradient matrix ``V = [∇W | ∇b]`` of shape (dg, da) (bias as the
+   last column, the engine's convention; a convolution's ``∇W`` reshaped to
+   ``(C_out, C_in·kh·kw)``, the order of its captured patches) — ``P = (F̃ + damping)⁻¹ V``,
+   reshaped back to the weight's shape;
 5. KL-clipping (Martens & Grosse 2015, §10; Ba et al. 2017): scale every update by
    ``ν = min(1, sqrt(kl_clip / (lr² Σ_layers ⟨V, P⟩)))``;
 6. ``torch.optim.SGD(lr, momentum)`` on the clipped, preconditioned gradients.
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 
 from ..engine.capture import FISHER_KINDS
-from ..engine.layers import linear_layers
+from ..engine.layers import supported_layers
 from ..engine.methods import FISHER_EMA_METHODS, canonical_name
 from ..engine.validation import NonFiniteValueError
 from .averages import EMA_MODES, WINDOW_CAPTURES, WINDOW_SAMPLES, curvature_average
@@ -146,8 +149,8 @@ class OptimizerConfig:
 # -- the optimizer -------------------------------------------------------------------------
 
 
-def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
-    return dict(linear_layers(model))
+def _factored_modules(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
+    return dict(supported_layers(model))
 
 
 class TrainingOptimizer:
@@ -208,7 +211,7 @@ class TrainingOptimizer:
                 damping=c.resolved_damping,
                 generator=self.generator,
             )
-        self.layers = _linear_modules(model)
+        self.layers = _factored_modules(model)
 
     @property
     def name(self) -> str:
@@ -278,32 +281,34 @@ class TrainingOptimizer:
             pre.update_inverses()
 
     def _precondition_grads(self, pre: Preconditioner) -> float:
-        """Replace each Linear layer's gradient ``V`` by ``P = (F̃ + damping)⁻¹ V`` (in place,
-        under ``no_grad``); return the KL sum ``Σ ⟨V, P⟩``, in which the parameters outside the
-        Linear layers (none in the autoencoders) keep their gradient and count with the
+        """Replace each factored layer's gradient ``V`` by ``P = (F̃ + damping)⁻¹ V`` (in place,
+        under ``no_grad``); return the KL sum ``Σ ⟨V, P⟩``, in which the parameters outside
+        those layers (none in this project's networks) keep their gradient and count with the
         identity metric."""
         vg = 0.0
         handled: set[int] = set()
         for name, layer in self.layers.items():
             w = layer.weight
-            b: torch.Tensor | None = layer.bias  # None for Linear(bias=False)
+            b: torch.Tensor | None = layer.bias  # None for a layer without bias
             w_grad = w.grad
             if name not in pre.inverses or w_grad is None:
                 continue
             b_grad = None if b is None else b.grad
             if b is not None and b_grad is None:
                 raise ValueError(f"layer {name!r}: its weight has a gradient but not its bias")
-            v = w_grad if b_grad is None else torch.cat([w_grad, b_grad[:, None]], dim=1)
+            v = w_grad.reshape(w.shape[0], -1)  # a convolution's (C_out, C_in·kh·kw)
+            if b_grad is not None:
+                v = torch.cat([v, b_grad[:, None]], dim=1)
             v64 = v.to(torch.float64)
             p64 = pre.precondition(name, v64)
             vg += float((v64 * p64).sum())
             p32 = p64.to(w.dtype)
             if b_grad is not None:
-                w_grad.copy_(p32[:, :-1])
+                w_grad.copy_(p32[:, :-1].reshape(w.shape))
                 b_grad.copy_(p32[:, -1])
                 handled.add(id(b))
             else:
-                w_grad.copy_(p32)
+                w_grad.copy_(p32.reshape(w.shape))
             handled.add(id(w))
         for p in self.base.param_groups[0]["params"]:
             if id(p) not in handled and p.grad is not None:

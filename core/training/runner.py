@@ -52,10 +52,11 @@ from torch import nn
 from .. import settings as host_settings
 from ..engine.capture import capture
 from ..engine.fisher import LayerFisher
+from ..engine.layers import supported_layers
 from ..engine.methods import METHODS, approximate, canonical_name
 from .data import load_dataset
 from .datasets import DATASET_SPECS, Dataset
-from .models import PRESETS, Autoencoder, batch_loss, build_model, linear_layers, per_sample_nll
+from .models import PRESETS, Model, batch_loss, build_model, per_sample_nll
 from .optim import (
     NonFiniteError,
     OptimizerConfig,
@@ -312,40 +313,77 @@ class _Clock:
 
 def _run_model(config: RunConfig, dataset: Dataset, model: nn.Module | None) -> nn.Module:
     """A copy of ``model``, or the config's architecture built for ``dataset`` (seeded);
-    checked to start with an ``nn.Linear`` as wide as the dataset's images."""
+    checked to take images as wide as the dataset's: its ``input_dim``, else its first layer's
+    ``nn.Linear`` input width."""
     if model is None:
         arch = config.widths if config.widths is not None else config.model_preset
-        model = build_model(arch, input_dim=dataset.input_dim, loss=dataset.loss, seed=config.seed)
+        model = build_model(
+            arch,
+            input_dim=dataset.input_dim,
+            loss=dataset.loss,
+            seed=config.seed,
+            image_shape=dataset.image_shape,
+        )
     else:
         model = copy.deepcopy(model)
-    first = next((m for _, m in linear_layers(model)), None)
-    if first is None:
-        raise ValueError("the model has no nn.Linear layer")
-    if first.in_features != dataset.input_dim:
+    layers = supported_layers(model)
+    if not layers:
+        raise ValueError("the model has no nn.Linear or nn.Conv2d layer")
+    width = getattr(model, "input_dim", None)
+    first = layers[0][1]
+    if not isinstance(width, int) and isinstance(first, nn.Linear):
+        width = first.in_features
+    if width != dataset.input_dim:
         raise ValueError(
-            f"the model's input width {first.in_features} does not match the dataset "
+            f"the model's input width {width} does not match the dataset "
             f"{dataset.name!r} ({dataset.input_dim} pixels)"
         )
     return model
 
 
-class _Batches:
-    """The training minibatches: one seeded permutation of ``x`` per epoch of
-    ``steps_per_epoch`` steps, cut into ``size`` rows per step."""
+def _loss_kind(model: nn.Module, dataset: Dataset) -> str:
+    """The run's likelihood: ``"ce"`` for a classifier (a model whose ``loss`` is ``"ce"``,
+    e.g. :class:`core.training.models.ConvClassifier`), which needs the dataset's class labels
+    (``ValueError`` without them or with more classes than the model has outputs); else the
+    dataset's pixel likelihood, the autoencoders'."""
+    if getattr(model, "loss", None) != "ce":
+        return dataset.loss
+    n_classes = dataset.n_classes
+    if n_classes is None:
+        raise ValueError(
+            f"the model is a classifier and needs class labels, but the dataset "
+            f"{dataset.name!r} has none here (DIGITS has); choose an autoencoder preset"
+        )
+    outputs = getattr(model, "n_classes", n_classes)
+    if isinstance(outputs, int) and n_classes > outputs:
+        raise ValueError(
+            f"the dataset {dataset.name!r} has {n_classes} classes, the model only "
+            f"{outputs} outputs"
+        )
+    return "ce"
 
-    def __init__(self, x: torch.Tensor, *, size: int, steps_per_epoch: int, seed: int) -> None:
+
+class _Batches:
+    """The training minibatches: one seeded permutation of ``x`` (and its targets ``y``) per
+    epoch of ``steps_per_epoch`` steps, cut into ``size`` rows per step."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, *, size: int, steps_per_epoch: int, seed: int
+    ) -> None:
         self.x = x
+        self.y = y
         self.size = size
         self.steps_per_epoch = steps_per_epoch
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
 
-    def batch(self, step: int) -> torch.Tensor:
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = step % self.steps_per_epoch
         if k == 0:
             self.order = torch.randperm(self.x.shape[0], generator=self.generator)
         idx = self.order[k * self.size : (k + 1) * self.size].to(self.x.device)
-        return self.x[idx]
+        xb = self.x[idx]
+        return xb, (xb if self.y is self.x else self.y[idx])
 
 
 class _LastFinite:
@@ -409,12 +447,11 @@ class TrainingRun:
             dataset = load_dataset(config.dataset, path=config.data_path, seed=0)
         self.dataset = dataset
         self.model: nn.Module = _run_model(config, dataset, model).to(self.device)
-        self.loss_kind = dataset.loss
-        names = [n for n, _ in linear_layers(self.model)]
+        self.loss_kind = _loss_kind(self.model, dataset)
+        self._y_train: torch.Tensor | None = None  # the classifier's labels, set by _train
+        names = [n for n, _ in supported_layers(self.model)]
         if config.quality_layer is not None and config.quality_layer not in names:
-            raise ValueError(
-                f"unknown quality layer {config.quality_layer!r}; linear layers: {names}"
-            )
+            raise ValueError(f"unknown quality layer {config.quality_layer!r}; layers: {names}")
         self.quality_methods = tuple(config.quality_methods) or (
             METHODS if config.quality_layer else ()
         )
@@ -489,8 +526,17 @@ class TrainingRun:
         cfg = self.config
         x_train = self.dataset.x_train.to(self.device)
         x_test = self.dataset.x_test.to(self.device)
+        y_train, y_test = x_train, x_test  # an autoencoder's targets are its inputs
+        if self.loss_kind == "ce":
+            assert self.dataset.y_train is not None and self.dataset.y_test is not None
+            y_train = self._y_train = self.dataset.y_train.to(self.device)
+            y_test = self.dataset.y_test.to(self.device)
         batches = _Batches(
-            x_train, size=self.batch_size, steps_per_epoch=self.steps_per_epoch, seed=cfg.seed
+            x_train,
+            y_train,
+            size=self.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            seed=cfg.seed,
         )
         quality_gen = torch.Generator().manual_seed(cfg.seed + 2_000_003)
         opt = build_optimizer(
@@ -498,7 +544,7 @@ class TrainingRun:
             cfg.optimizer,
             loss=self.loss_kind,
             seed=cfg.seed + 1_000_003,
-            fisher_data=(x_train, x_train),
+            fisher_data=(x_train, y_train),
         )
         kept = _LastFinite(list(self.model.parameters()))
         clock = _Clock()
@@ -506,10 +552,10 @@ class TrainingRun:
         for step in range(self.total_steps):
             if self._halted(step, began):
                 return
-            xb = batches.batch(step)
-            record = self._record(step, x_test=x_test, x_train=x_train, gen=quality_gen)
+            xb, yb = batches.batch(step)
+            record = self._record(step, test=(x_test, y_test), x_train=x_train, gen=quality_gen)
             clock.resume()
-            record["train_loss"], diverged = self._step(opt, xb, kept=kept, step=step)
+            record["train_loss"], diverged = self._step(opt, xb, yb, kept=kept, step=step)
             clock.pause()
             record["wall_time_s"] = clock.total
             self._append(record, step)
@@ -538,7 +584,12 @@ class TrainingRun:
         return False
 
     def _record(
-        self, step: int, *, x_test: torch.Tensor, x_train: torch.Tensor, gen: torch.Generator
+        self,
+        step: int,
+        *,
+        test: tuple[torch.Tensor, torch.Tensor],
+        x_train: torch.Tensor,
+        gen: torch.Generator,
     ) -> dict[str, Any]:
         """Step ``step``'s record before its update: test loss and quality where due (with the
         parameters before the update), the training columns still empty."""
@@ -553,25 +604,32 @@ class TrainingRun:
             "test_loss": None,
         }
         if step % cfg.eval_every == 0 or last:
-            record["test_loss"] = self._evaluate(x_test)
+            record["test_loss"] = self._evaluate(*test)
         if cfg.quality_layer is not None and (step % cfg.quality_every == 0 or last):
             record.update(self._quality(x_train, gen))
         return record
 
     def _step(
-        self, opt: TrainingOptimizer, xb: torch.Tensor, *, kept: _LastFinite, step: int
+        self,
+        opt: TrainingOptimizer,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        *,
+        kept: _LastFinite,
+        step: int,
     ) -> tuple[float, str | None]:
-        """One update on the minibatch ``xb``: its loss before the update, and why the run
+        """One update on the minibatch ``xb`` (targets ``yb``): its loss before the update, and
+        why the run
         diverged (``None`` if it did not). A finite loss first keeps the parameters."""
         opt.zero_grad()
-        loss = batch_loss(self.model(xb), xb, self.loss_kind)
+        loss = batch_loss(self.model(xb), yb, self.loss_kind)
         value = float(loss.detach())
         if not math.isfinite(value):
             return value, f"the training loss became {value} at step {step}"
         kept.save(step)
         loss.backward()
         try:
-            opt.step(xb, xb)
+            opt.step(xb, yb)
         except NonFiniteError as err:
             return value, f"{err} (training loss {value:.6g})"
         if not kept.params_finite():
@@ -601,11 +659,11 @@ class TrainingRun:
             self.on_step(record)
 
     @torch.no_grad()
-    def _evaluate(self, x: torch.Tensor, chunk: int = 2048) -> float:
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
         total = 0.0
         for i in range(0, x.shape[0], chunk):
-            xb = x[i : i + chunk]
-            total += float(per_sample_nll(self.model(xb), xb, self.loss_kind).sum())
+            xb, yb = x[i : i + chunk], y[i : i + chunk]
+            total += float(per_sample_nll(self.model(xb), yb, self.loss_kind).sum())
         return total / x.shape[0]
 
     def _quality(self, x_train: torch.Tensor, gen: torch.Generator) -> dict[str, Any]:
@@ -622,8 +680,9 @@ class TrainingRun:
         m = min(cfg.optimizer.fisher_batch or QUALITY_BATCH, x_train.shape[0])
         idx = torch.randperm(x_train.shape[0], generator=gen)[:m].to(x_train.device)
         xb = x_train[idx]
+        yb = xb if self._y_train is None else self._y_train[idx]
         result = capture(
-            self.model, xb, loss=self.loss_kind, fisher=cfg.optimizer.fisher, targets=xb,
+            self.model, xb, loss=self.loss_kind, fisher=cfg.optimizer.fisher, targets=yb,
             generator=gen, layers=layers,
         )  # fmt: skip
         return {
@@ -692,7 +751,7 @@ def run_comparison(
     if not configs:
         raise ValueError("run_comparison needs at least one RunConfig")
     datasets = {} if datasets is None else datasets
-    models: dict[tuple[object, ...], Autoencoder] = {}
+    models: dict[tuple[object, ...], Model] = {}
     frames, summary = [], []
     n = len(configs)
     for i, cfg in enumerate(configs):
@@ -708,6 +767,7 @@ def run_comparison(
                 input_dim=ds.input_dim,
                 loss=ds.loss,
                 seed=cfg.seed,
+                image_shape=ds.image_shape,
             )
         label = _run_label(cfg, configs)
         run = TrainingRun(cfg, dataset=ds, model=models[mkey])

@@ -47,7 +47,7 @@ def test_paper_presets_have_the_papers_widths() -> None:
     assert PRESETS["curves-small"].widths == (196, 64, 32, 16)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p.kind == "autoencoder"))
 def test_presets_build_with_mirrored_layer_shapes(name: str) -> None:
     preset = PRESETS[name]
     spec = DATASET_SPECS[preset.dataset]  # every preset names a registered dataset

@@ -12,7 +12,14 @@ Issue 20's targets close the table: rank-1 KPSVD ≤ 2× KFAC and every two-term
 (501, 250) at m = 256 and (1001, 500) at m = 512 and 1024. With ``--check`` the script exits
 non-zero when a target is missed beyond the noise (the ratio's lower quartile above it).
 
-Usage: python bench/engine_bench.py [--quick] [--rounds N] [--dtype float32|float64] [--check]
+A convolution row closes the run (issue 18): a Conv2d of MNIST size, 32 → 64 channels, 3 × 3
+with padding 1 and bias on 14 × 14 positions (da = 289, dg = 64, T = 196) at m = 256 (``--quick``:
+8 → 16 channels on 8 × 8, m = 64), every registry method (and the exact block's Gram) timed
+against KFAC-expand's in the same rounds, with each one's relative error against the exact block.
+``--conv-only`` runs that row alone.
+
+Usage: python bench/engine_bench.py [--quick] [--conv-only] [--rounds N]
+       [--dtype float32|float64] [--check]
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as tnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/engine_bench.py`
 
-from core.engine.fisher import eigvals  # noqa: E402
+from core.engine.fisher import LayerFisher, eigvals  # noqa: E402
+from core.engine.methods import METHODS as REGISTRY  # noqa: E402
 from core.engine.methods import approximate  # noqa: E402
+from core.engine.shared_batch import product_route  # noqa: E402
 
 METHODS = ("kfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "ekfac", "shampoo")
 SHAPES = ((51, 25), (251, 100), (501, 250), (1001, 500))
@@ -38,6 +48,8 @@ EXTRA_CASES = ((512, 1001, 500),)  # issue 20's third target case
 TWO_TERM = ("deflation", "lanczos", "kfac_corrected")
 TARGETS = {"kpsvd": 2.0, **dict.fromkeys(TWO_TERM, 4.0)}  # × KFAC, issue 20
 TARGET_CASES = ((256, 501, 250), (512, 1001, 500), (1024, 1001, 500))
+CONV = (256, 32, 64, 14)  # m, C_in, C_out, H = W: the MNIST-sized convolution (issue 18)
+CONV_QUICK = (64, 8, 16, 8)
 
 
 def layer_batch(m: int, da: int, dg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +62,78 @@ def layer_batch(m: int, da: int, dg: int, seed: int = 0) -> tuple[torch.Tensor, 
     scales = torch.logspace(0, -2, dg)
     g = torch.randn(m, dg, generator=gen) @ (torch.randn(dg, dg, generator=gen) / dg**0.5)
     return a, g * scales
+
+
+def conv_batch(m: int, c_in: int, c_out: int, side: int, seed: int = 0):
+    """A 3 × 3 convolution's batch (padding 1, bias): unfolded patches of nonnegative,
+    channel-correlated images with a bias column, a (m, side², 9·c_in + 1), and output gradients
+    with decaying scales, g (m, side², c_out), correlated across channels."""
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c_in, c_in, generator=gen) / c_in**0.5
+    images = torch.randn(m, side, side, c_in, generator=gen) @ mix
+    x = torch.relu(images + 0.1).permute(0, 3, 1, 2)
+    patches = tnf.unfold(x, 3, padding=1).transpose(1, 2)
+    a = torch.cat([patches, torch.ones(*patches.shape[:2], 1)], 2).contiguous()
+    g = torch.randn(m, side * side, c_out, generator=gen)
+    g = g @ (torch.randn(c_out, c_out, generator=gen) / c_out**0.5)
+    return a, (g * torch.logspace(0, -2, c_out)).contiguous()
+
+
+def bench_conv(m: int, c_in: int, c_out: int, side: int, rounds: int, dtype: torch.dtype):
+    """Every registry method on one convolution batch, interleaved round by round with
+    KFAC-expand (``kfac``); the exact block's entry times its m × m Gram of per-sample
+    gradients (what its metrics and damped solves need)."""
+    a, g = (t.to(dtype) for t in conv_batch(m, c_in, c_out, side))
+    runs = {meth: (lambda meth=meth: approximate(meth, a, g)) for meth in REGISTRY}
+    runs["exact (Gram of D)"] = lambda: approximate("exact", a, g).gram  # type: ignore[attr-defined]
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(time_once(fn))
+    exact = LayerFisher(a, g)
+    rows = []
+    for name in runs:
+        ratios = [t / k for t, k in zip(times[name], times["kfac"], strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if rounds > 1 else (ratios[0],) * 3
+        approx = approximate(name.split(" ")[0], a, g)
+        rows.append(
+            {
+                "method": name,
+                "ms": 1e3 * statistics.median(times[name]),
+                "ratio": statistics.median(ratios),
+                "q1": q1,
+                "q3": q3,
+                "error": exact.relative_error(approx),
+                "iterations": approx.info.get("iterations", ""),
+                "solver": approx.info.get("solver", ""),
+            }
+        )
+    return rows
+
+
+def print_conv(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    m, c_in, c_out, side = CONV_QUICK if args.quick else CONV
+    da, dg, t = 9 * c_in + 1, c_out, side * side
+    print(
+        f"\nConvolution {c_in} → {c_out} channels, 3 × 3, padding 1, bias, {side} × {side} "
+        f"positions: da = {da}, dg = {dg}, T = {t}, m = {m}. Products with ℛ(F) take the "
+        f"'{product_route(t, da, dg)}' route (core/engine/shared_batch.py: with D held, "
+        f"m·dg·da·(dg + da) per product, independent of T; the 'positions' route, "
+        "m·[T·(dg² + da²) + T²·(dg + da)], is the one that grows like T²).\n"
+    )
+    print(
+        "| method | time (ms) | × KFAC-expand | quartiles | rel. error vs exact | iters | solver |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in bench_conv(m, c_in, c_out, side, args.rounds, dtype):
+        print(
+            f"| {row['method']} | {row['ms']:.1f} | {row['ratio']:.2f} | "
+            f"{row['q1']:.2f}–{row['q3']:.2f} | {row['error']:.3f} | {row['iterations']} | "
+            f"{row['solver']} |",
+            flush=True,
+        )
 
 
 def term_difference(x, y) -> float:
@@ -148,6 +232,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--check", action="store_true", help="fail when a target is missed")
+    parser.add_argument("--conv-only", action="store_true", help="the convolution row alone")
     args = parser.parse_args()
     torch.set_num_threads(2)
     dtype = getattr(torch, args.dtype)
@@ -163,6 +248,9 @@ def main() -> None:
         + (f", load average {' '.join(load)} at the start" if load else "")
         + "\n"
     )
+    if args.conv_only:
+        print_conv(args, dtype)
+        return
     print(
         "| m | layer (da, dg) | method | time (ms) | × KFAC | quartiles | "
         "rel. diff. vs float64 | iters |"
@@ -183,6 +271,7 @@ def main() -> None:
         eigvals(a, g)
         seconds = statistics.median(time_once(lambda: eigvals(a, g)) for _ in range(3))
         print(f"\n`eigvals` of the (1001, 500) block at m = 1024: {seconds:.2f} s (median of 3)")
+    print_conv(args, dtype)
     lines, failed = check_targets(rows)
     if lines:
         print("\nIssue 20's targets (× KFAC, median of the per-round ratios):\n")

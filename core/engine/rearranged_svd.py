@@ -424,7 +424,7 @@ class RearrangedFisher:
 
     def __post_init__(self) -> None:
         self.m = self.a.shape[0]
-        self.shared = SharedBatch(self.a64, self.g64) if self.a.ndim == 3 else None
+        self.shared = SharedBatch(self.a, self.g) if self.a.ndim == 3 else None
 
     # -- Gram route ---------------------------------------------------------------------
     def grams(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -542,13 +542,14 @@ class RearrangedFisher:
     @cached_property
     def expand_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """KFAC-expand's (A, G) in float64, the term a centered T > 1 operator subtracts."""
-        return kfac_expand_factors(self.a64, self.g64)
+        fa, fg = kfac_expand_factors(self.a, self.g)
+        return fa.to(torch.float64), fg.to(torch.float64)
 
     def apply(self, s: torch.Tensor) -> torch.Tensor:
         """ℛ(F) vec(S) as a da × da matrix: (1/m) Āᵀ diag(g_iᵀ S g_i) Ā (minus centering);
         on T > 1 positions (1/m) Σ_n D_nᵀ S D_n (minus vec(A)⟨G, S⟩ centered)."""
         if self.shared is not None:
-            out = self.shared.input_side(s)
+            out = self.shared.input_side(s.to(self.shared.dtype)).to(torch.float64)
             if self.centered:
                 fa, fg = self.expand_factors
                 out = out - (fg * s).sum() * fa
@@ -560,7 +561,7 @@ class RearrangedFisher:
         """ℛ(F)ᵀ vec(R) as a dg × dg matrix: (1/m) Γᵀ diag(ā_iᵀ R ā_i) Γ (minus centering);
         on T > 1 positions (1/m) Σ_n D_n R D_nᵀ (minus vec(G)⟨A, R⟩ centered)."""
         if self.shared is not None:
-            out = self.shared.output_side(r)
+            out = self.shared.output_side(r.to(self.shared.dtype)).to(torch.float64)
             if self.centered:
                 fa, fg = self.expand_factors
                 out = out - (fa * r).sum() * fg

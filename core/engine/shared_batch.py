@@ -106,13 +106,23 @@ class SharedBatch:
     """A T > 1 layer batch with the products of its per-sample gradients D_n = Γ_nᵀ A_n.
 
     ``a`` (m, T, da) and ``g`` (m, T, dg), already checked; ``route`` for the rearranged
-    products (``None``: :func:`product_route`'s choice). D is formed on first use.
+    products (``None``: :func:`product_route`'s choice); ``dtype`` the products' dtype (default
+    the inputs'). D is formed on first use, in the inputs' dtype (its m·T·dg·da multiply-adds
+    are the largest single cost), then held in ``dtype``.
     """
 
-    def __init__(self, a: torch.Tensor, g: torch.Tensor, route: str | None = None) -> None:
+    def __init__(
+        self,
+        a: torch.Tensor,
+        g: torch.Tensor,
+        route: str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if a.ndim != 3:
             raise ValueError(f"SharedBatch needs a (m, T, da) batch, got shape {tuple(a.shape)}")
-        self.a, self.g = a, g
+        self.dtype = dtype or a.dtype
+        self._inputs = (a, g)
         self.m, self.t, self.da = a.shape
         self.dg = g.shape[2]
         route = route or product_route(self.t, self.da, self.dg)
@@ -122,8 +132,27 @@ class SharedBatch:
 
     @cached_property
     def d(self) -> torch.Tensor:
-        """The per-sample gradients D (m, dg, da)."""
-        return per_sample_gradients(self.a, self.g)
+        """The per-sample gradients D (m, dg, da), in ``dtype``."""
+        return per_sample_gradients(*self._inputs).to(self.dtype)
+
+    @cached_property
+    def d_by_output(self) -> torch.Tensor:
+        """D laid out output-major, (dg, m, da): every rearranged product is then one GEMM on a
+        reshaped view ((dg, m·da) or (dg·m, da)), with no copy per product."""
+        if "d" in self.__dict__:
+            return self.d.transpose(0, 1).contiguous()
+        a, g = self._inputs
+        return torch.einsum("ntp,ntq->pnq", g, a).to(self.dtype)
+
+    @cached_property
+    def a(self) -> torch.Tensor:
+        """The inputs (m, T, da) in ``dtype``."""
+        return self._inputs[0].to(self.dtype)
+
+    @cached_property
+    def g(self) -> torch.Tensor:
+        """The output gradients (m, T, dg) in ``dtype``."""
+        return self._inputs[1].to(self.dtype)
 
     def gram(self) -> torch.Tensor:
         """⟨D_i, D_j⟩ for all pairs, m × m (JJᵀ with J's rows vec(D_n))."""
@@ -142,8 +171,8 @@ class SharedBatch:
         """ℛ(F) vec(S) = (1/m) Σ_n D_nᵀ S D_n (da × da; symmetric part, see
         :meth:`~core.engine.rearranged_svd.RearrangedFisher.apply`)."""
         if self.route == "gradients":
-            left = self.d.reshape(-1, self.da)
-            out = left.T @ (s @ self.d).reshape(-1, self.da)
+            d = self.d_by_output
+            out = d.reshape(-1, self.da).T @ (s @ d.reshape(self.dg, -1)).reshape(-1, self.da)
         else:
             inner = torch.bmm(self.g @ s, self.g.transpose(1, 2))  # Γ_n S Γ_nᵀ, (m, T, T)
             out = self.a.reshape(-1, self.da).T @ torch.bmm(inner, self.a).reshape(-1, self.da)
@@ -152,8 +181,8 @@ class SharedBatch:
     def output_side(self, r: torch.Tensor) -> torch.Tensor:
         """ℛ(F)ᵀ vec(R) = (1/m) Σ_n D_n R D_nᵀ (dg × dg; symmetric part)."""
         if self.route == "gradients":
-            right = self.d.transpose(0, 1).reshape(self.dg, -1)
-            out = (self.d @ r).transpose(0, 1).reshape(self.dg, -1) @ right.T
+            d = self.d_by_output
+            out = (d.reshape(-1, self.da) @ r).reshape(self.dg, -1) @ d.reshape(self.dg, -1).T
         else:
             inner = torch.bmm(self.a @ r, self.a.transpose(1, 2))  # A_n R A_nᵀ, (m, T, T)
             out = self.g.reshape(-1, self.dg).T @ torch.bmm(inner, self.g).reshape(-1, self.dg)
@@ -163,11 +192,15 @@ class SharedBatch:
         """tr(D_nᵀ S D_n R) = ⟨S D_n, D_n R⟩ per sample, shape (m,); their mean is
         ⟨F, R ⊗ S⟩. Via positions: ⟨Γ_n S Γ_nᵀ, A_n R A_nᵀ⟩."""
         if self.route == "gradients":
-            return ((s @ self.d) * (self.d @ r)).sum(dim=(1, 2))
+            d = self.d_by_output
+            left = (s @ d.reshape(self.dg, -1)).reshape(d.shape)
+            return (left * (d @ r)).sum(dim=(0, 2))
         left = torch.bmm(self.g @ s, self.g.transpose(1, 2))
         right = torch.bmm(self.a @ r, self.a.transpose(1, 2))
         return (left * right).sum(dim=(1, 2))
 
     def mean_gradient(self) -> torch.Tensor:
         """(1/m) Σ_n D_n, the batch gradient of W (dg, da)."""
-        return self.g.reshape(-1, self.dg).T @ self.a.reshape(-1, self.da) / self.m
+        flat_a, flat_g = self._inputs
+        grad = flat_g.reshape(-1, self.dg).T @ flat_a.reshape(-1, self.da) / self.m
+        return grad.to(self.dtype)

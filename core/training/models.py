@@ -298,7 +298,26 @@ def _grid(shape: tuple[int, int], levels: int) -> list[tuple[int, int]]:
     return sizes
 
 
-class ConvAutoencoder(nn.Module):
+class _ImageModel(nn.Module):
+    """What the convolutional networks share: images of ``image_shape`` given as flattened
+    rows, and their seeded initialisation (set by the subclass's ``__init__``)."""
+
+    image_shape: tuple[int, int]
+    init: str
+    seed: int
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Weights by ``self.init``, zero biases, from a local generator (``seed``, default
+        ``self.seed``); see :class:`Autoencoder`."""
+        self.seed = self.seed if seed is None else seed
+        _initialise(self, self.init, self.seed)
+
+    @property
+    def input_dim(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+
+class ConvAutoencoder(_ImageModel):
     """A small convolutional autoencoder of images given as flattened rows ``(m, H·W)``.
 
     ``encoder``: ``conv1, relu1, …`` (3×3, stride 2, padding 1: ``1 → channels[0] → …``),
@@ -355,16 +374,6 @@ class ConvAutoencoder(nn.Module):
                 modules[f"relu{j + 2}"] = nn.ReLU()
         return modules
 
-    def reset_parameters(self, seed: int | None = None) -> None:
-        """Weights by ``self.init``, zero biases, from a local generator (``seed``, default
-        ``self.seed``); see :class:`Autoencoder`."""
-        self.seed = self.seed if seed is None else seed
-        _initialise(self, self.init, self.seed)
-
-    @property
-    def input_dim(self) -> int:
-        return self.image_shape[0] * self.image_shape[1]
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code, ``(batch, code_dim)``, of images ``(batch, H·W)`` or ``(batch, H, W)``."""
         code: torch.Tensor = self.encoder(x.reshape(x.shape[0], 1, *self.image_shape))
@@ -387,7 +396,7 @@ class ConvAutoencoder(nn.Module):
         )
 
 
-class ConvClassifier(nn.Module):
+class ConvClassifier(_ImageModel):
     """A small convolutional classifier of images given as flattened rows ``(m, H·W)``.
 
     ``features``: ``conv1, relu1, …`` (3×3, stride 2, padding 1: ``1 → channels[0] → …``),
@@ -423,16 +432,6 @@ class ConvClassifier(nn.Module):
             OrderedDict([("linear1", _linear(width, self.n_classes, dtype))])
         )
         self.reset_parameters(seed)
-
-    def reset_parameters(self, seed: int | None = None) -> None:
-        """Weights by ``self.init``, zero biases, from a local generator (``seed``, default
-        ``self.seed``); see :class:`Autoencoder`."""
-        self.seed = self.seed if seed is None else seed
-        _initialise(self, self.init, self.seed)
-
-    @property
-    def input_dim(self) -> int:
-        return self.image_shape[0] * self.image_shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits, ``(batch, n_classes)``, of images ``(batch, H·W)`` or ``(batch, H, W)``."""

@@ -21,7 +21,7 @@ from core.engine.likelihoods import (
     likelihood,
 )
 from core.training import models
-from core.training.optim import _linear_modules
+from core.training.optim import _factored_modules
 
 D64 = torch.float64
 
@@ -198,5 +198,5 @@ def test_one_plain_linear_definition_everywhere() -> None:
     assert names == ["0", "3"]
     assert [name for name, _ in models.linear_layers(model)] == names
     assert capture_module.linear_layer_names(model) == names
-    assert list(_linear_modules(model)) == names
+    assert list(_factored_modules(model)) == names
     assert [info.name for info in models.describe_layers(model)] == names

@@ -32,7 +32,11 @@ def views() -> list[dict[str, str]]:
     for dataset, spec in DATASET_SPECS.items():
         if spec.needs_path:
             continue
-        presets = [p for p, pr in PRESETS.items() if pr.widths[0] == spec.input_dim]
+        presets = [
+            p
+            for p, pr in PRESETS.items()
+            if pr.kind == "autoencoder" and pr.widths[0] == spec.input_dim
+        ]
         for preset in presets:
             method_sets = [[m] for m in METHODS] + [list(METHODS)]
             for layer, state, methods, tab, slow, m, kind in itertools.product(

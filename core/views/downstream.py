@@ -243,20 +243,14 @@ def compress_sweep(
     result = DownstreamResult(
         "compress", layer, evaluator.shape, evaluator.base, damping, skipped=skipped
     )
-    jobs = [(m, k) for m in metrics for k in ranks]
-    for done, (method, k) in enumerate(jobs):
+
+    def compress_one(method: str, k: float) -> tuple[float, torch.Tensor, float]:
         metric = metrics[method]
         assert metric is not None
-        start = time.perf_counter()
         compressed = low_rank(metric, evaluator.w0, int(k))
-        seconds = time.perf_counter() - start
-        result.points.append(
-            evaluator.point(method, k, compressed.weight, compressed.objective, seconds)
-        )
-        if keep_weights:
-            result.weights[(method, float(k))] = compressed.weight
-        if progress is not None:
-            progress(done + 1, len(jobs), f"{method}, rank {k}")
+        return k, compressed.weight, compressed.objective
+
+    _sweep(result, evaluator, list(metrics), ranks, compress_one, "rank", keep_weights, progress)
     return result
 
 
@@ -292,25 +286,45 @@ def prune_sweep(
         structure=structure,
         skipped=skipped,
     )
-    jobs = [(m, s) for m in metrics for s in sparsities]
-    for done, (method, sparsity) in enumerate(jobs):
+
+    def prune_one(method: str, sparsity: float) -> tuple[float, torch.Tensor, float]:
         metric = metrics[method]
-        start = time.perf_counter()
         if metric is None:
             pruned = magnitude_prune(evaluator.w0, sparsity, structure=structure)
         else:
             pruned = prune_with_metric(
                 metric, evaluator.w0, sparsity, structure=structure, shots=shots
             )
-        seconds = time.perf_counter() - start
-        result.points.append(
-            evaluator.point(method, pruned.sparsity, pruned.weight, pruned.objective, seconds)
-        )
-        if keep_weights:
-            result.weights[(method, float(sparsity))] = pruned.weight
-        if progress is not None:
-            progress(done + 1, len(jobs), f"{method}, sparsity {sparsity:g}")
+        return pruned.sparsity, pruned.weight, pruned.objective
+
+    _sweep(
+        result, evaluator, list(metrics), sparsities, prune_one, "sparsity", keep_weights, progress
+    )
     return result
+
+
+def _sweep(
+    result: DownstreamResult,
+    evaluator: _Evaluator,
+    methods: Sequence[str],
+    values: Sequence[float],
+    job: Callable[[str, float], tuple[float, torch.Tensor, float]],
+    what: str,
+    keep_weights: bool,
+    progress: Progress | None,
+) -> None:
+    """Run ``job(method, value)`` — returning (the value reached, the new W, its objective) —
+    for every method and value, timing each and appending its point (and W) to ``result``."""
+    jobs = [(method, value) for method in methods for value in values]
+    for done, (method, value) in enumerate(jobs):
+        start = time.perf_counter()
+        reached, weight, objective = job(method, value)
+        seconds = time.perf_counter() - start
+        result.points.append(evaluator.point(method, reached, weight, objective, seconds))
+        if keep_weights:
+            result.weights[(method, float(value))] = weight
+        if progress is not None:
+            progress(done + 1, len(jobs), f"{method}, {what} {value:g}")
 
 
 @torch.no_grad()

@@ -32,9 +32,9 @@ from __future__ import annotations
 import math
 import operator
 import re
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -595,18 +595,18 @@ class LayerInfo:
 
 def _positions(model: nn.Module) -> dict[str, tuple[int, tuple[int, int] | None]]:
     """``T`` (and a convolution's output grid) of every factored layer, from one forward pass of
-    one zero image through a model that has an ``input_dim``; empty for the others. The probe's
-    hooks record only this thread's pass (a web server shares models between sessions)."""
-    layers = supported_layers(model)
+    one zero image through a model that has an ``input_dim``; empty for the others. The probe
+    runs on a copy: hooks on a model that a web server shares between sessions would be seen by
+    their forward passes and would make it unpicklable for the worker processes meanwhile."""
     input_dim = getattr(model, "input_dim", None)
-    if not isinstance(input_dim, int) or not layers:
+    if not isinstance(input_dim, int) or not supported_layers(model):
         return {}
-    owner = threading.get_ident()
+    copy = deepcopy(model)
     found: dict[str, tuple[int, tuple[int, int] | None]] = {}
 
     def probe(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
         def record(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            if threading.get_ident() == owner and name not in found:
+            if name not in found:
                 if isinstance(module, nn.Conv2d):
                     found[name] = (out.shape[2] * out.shape[3], (out.shape[2], out.shape[3]))
                 else:
@@ -614,14 +614,11 @@ def _positions(model: nn.Module) -> dict[str, tuple[int, tuple[int, int] | None]
 
         return record
 
-    param = next(model.parameters())
-    handles = [mod.register_forward_hook(probe(name)) for name, mod in layers]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, input_dim, dtype=param.dtype, device=param.device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    for name, module in supported_layers(copy):
+        module.register_forward_hook(probe(name))
+    param = next(copy.parameters())
+    with torch.no_grad():
+        copy(torch.zeros(1, input_dim, dtype=param.dtype, device=param.device))
     return found
 
 

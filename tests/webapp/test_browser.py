@@ -303,7 +303,7 @@ def test_race_curve_grows_and_stops(server, page):
 
 
 def test_training_page_grows_error_curves(server, page):
-    page.goto(f"{server}/training?steps=20000&every=5&m=64&opt=kfac")
+    page.goto(f"{server}/training?steps=20000&every=5&m=64&opt=kfac&methods=kfac,kpsvd,deflation")
     _button(page, "Start").click()
     try:
         page.get_by_text("relative Frobenius error over training").first.wait_for()

@@ -14,7 +14,9 @@
   checkpoint (progress per checkpoint and layer on stderr); ``--metric-budget-s`` skips, with
   a notice, measures estimated to take longer; ``--time-budget-s`` (default ``auto``) gives
   every optimizer the same wall time. DIR/rerun.json keeps the command exactly as given (never
-  served).
+  served). ``--experiment conv|compress|prune|two_level|step`` runs one of the studies of the
+  paper's follow-up questions instead (:mod:`core.paper.studies`; ``--preset``, ``--quick``);
+  DIR/settings.json, DIR/verdicts.csv, DIR/results.csv and DIR/report.html.
 
 Learning rates and dampings default to each optimizer's default for the model preset
 (:func:`core.training.optim.default_lr`, ``default_damping``; a custom ``--widths`` gets the
@@ -49,7 +51,8 @@ from tqdm import tqdm
 from .engine.methods import METHODS, canonical_name
 from .paper.files import write_reproduction
 from .paper.runner import run_reproduction
-from .paper.spec import EXPERIMENTS, REPRO_DATASETS, TIME_BUDGETS, ReproduceSpec
+from .paper.spec import EXPERIMENTS, PAPER_DEFAULTS, REPRO_DATASETS, TIME_BUDGETS, ReproduceSpec
+from .paper.studies import STUDIES, StudyOptions, run_study, write_study
 from .training.data import load_dataset
 from .training.datasets import DATASET_SPECS
 from .training.defaults import OPTIMIZERS
@@ -365,12 +368,48 @@ def _time_budget(text: str) -> float | str:
         ) from None
 
 
+def cmd_study(args) -> int:
+    """A study of :data:`core.paper.studies.STUDIES` (``reproduce --experiment NAME``)."""
+    options = StudyOptions(
+        name=args.experiment,
+        dataset=args.dataset,
+        preset=args.preset,
+        seeds=_parse_seeds(args.seeds),
+        epochs=args.epochs,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        max_steps=args.max_steps,
+        layers=tuple(n.strip() for n in (args.layers or "").split(",") if n.strip()),
+        optimizers=_parse_names(args.optimizers),
+        lrs=_parse_lrs(args.lrs),
+        dampings=_parse_lrs(args.dampings),
+        data_path=args.data_path,
+        device=args.device,
+        quick=args.quick,
+    )
+
+    def log(text: str) -> None:
+        if not args.no_progress:
+            print(text, file=sys.stderr, flush=True)
+
+    result = run_study(options, log=log)
+    report = write_study(args.out, options, result, "python -m core " + shlex.join(args.argv))
+    for row in result.verdicts.itertuples():
+        print(f"{row.verdict}: {row.claim} ({row.criterion}) — {row.detail}")
+    print(f"wrote {report} and the study's CSV files")
+    return 0
+
+
 def cmd_reproduce(args) -> int:
+    if args.experiment in STUDIES:
+        return cmd_study(args)
+    if args.preset is not None or args.quick:
+        raise ValueError("--preset and --quick apply to the studies, not the paper's experiments")
     lrs, dampings = _parse_lrs(args.lrs), _parse_lrs(args.dampings)
     spec = ReproduceSpec(
         experiment=args.experiment,
         dataset=args.dataset,
-        epochs=args.epochs,
+        epochs=PAPER_DEFAULTS["epochs"] if args.epochs is None else args.epochs,
         seeds=_parse_seeds(args.seeds),
         optimizers=_parse_names(args.optimizers),
         data_path=args.data_path,
@@ -472,9 +511,23 @@ def build_parser() -> argparse.ArgumentParser:
         "weight decay 1e-3, Xavier-uniform initialisation). Writes "
         "settings.json, results.csv, verdicts.csv and a self-contained report.html into --out.",
     )
-    p.add_argument("--experiment", required=True, choices=EXPERIMENTS)
-    p.add_argument("--dataset", required=True, choices=REPRO_DATASETS)
-    p.add_argument("--epochs", type=float, default=100, help="epochs per run (default 100)")
+    p.add_argument(
+        "--experiment",
+        required=True,
+        choices=EXPERIMENTS + tuple(STUDIES),
+        help="the paper's quality or training, or a study: "
+        + "; ".join(f"{name}: {what}" for name, (_, what) in STUDIES.items()),
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help=f"the paper's experiments: {', '.join(REPRO_DATASETS)}; studies: any dataset",
+    )
+    p.add_argument("--preset", help="studies: the model preset (default: the study's choice)")
+    p.add_argument("--quick", action="store_true", help="studies: a small version (smoke runs)")
+    p.add_argument(
+        "--epochs", type=float, help="epochs per run (default 100; studies: their own default)"
+    )
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument(
         "--optimizers",

@@ -18,7 +18,7 @@ import pytest
 
 import core
 from core.engine.methods import EXACT, METHODS, SHOWN
-from core.training.defaults import DEFAULTS, FIRST_ORDER, OPTIMIZERS
+from core.training.defaults import DEFAULTS, FIRST_ORDER, OPTIMIZERS, TWO_LEVEL_OPTIMIZERS
 from core.views.figures import METHOD_COLORS
 from core.views.labels import FACTOR_NAMES, METHOD_LABELS, OPTIMIZER_LABELS
 
@@ -237,7 +237,7 @@ def test_the_registries_keyed_by_method_name_agree():
     """One entry per method in each layer that needs it (README, "Where to add")."""
     assert EXACT == ("exact",)
     assert (*EXACT, *METHODS) == SHOWN
-    assert (*FIRST_ORDER, *METHODS, *EXACT) == OPTIMIZERS
+    assert (*FIRST_ORDER, *METHODS, *EXACT, *TWO_LEVEL_OPTIMIZERS) == OPTIMIZERS
     assert list(DEFAULTS) == list(OPTIMIZERS) == list(OPTIMIZER_LABELS)
     assert list(METHOD_LABELS) == list(SHOWN) == list(METHOD_COLORS)
     assert set(FACTOR_NAMES) <= set(METHODS)

@@ -28,6 +28,7 @@ __all__ = [
     "FIRST_ORDER",
     "OPTIMIZERS",
     "NATURAL_OPTIMIZERS",
+    "TWO_LEVEL_OPTIMIZERS",
     "Defaults",
     "DEFAULTS",
     "check_optimizer",
@@ -36,7 +37,15 @@ __all__ = [
 ]
 
 FIRST_ORDER: tuple[str, ...] = ("sgd", "adam", "swan")
-NATURAL_OPTIMIZERS: tuple[str, ...] = METHODS + EXACT
+# KFAC plus a coarse correction between layers, one name per coarse space
+# (core.training.two_level; Koroko et al. 2023): natural-gradient optimizers that are not
+# engine methods.
+TWO_LEVEL_OPTIMIZERS: tuple[str, ...] = (
+    "kfac_two_level",
+    "kfac_two_level_grad",
+    "kfac_two_level_nicolaides",
+)
+NATURAL_OPTIMIZERS: tuple[str, ...] = METHODS + EXACT + TWO_LEVEL_OPTIMIZERS
 OPTIMIZERS: tuple[str, ...] = FIRST_ORDER + NATURAL_OPTIMIZERS
 
 
@@ -74,6 +83,8 @@ DEFAULTS: dict[str, Defaults] = {
     "shampoo": Defaults(lr=0.1),
     "eva": Defaults(lr=0.1, damping=1.0),
     "exact": Defaults(lr=0.1),
+    # KFAC's defaults (the coarse correction adds to KFAC's step; KL-clipping bounds the sum)
+    **{name: _paper_curves() for name in TWO_LEVEL_OPTIMIZERS},
 }
 
 

@@ -40,6 +40,7 @@ from .averages import EMA_MODES, WINDOW_CAPTURES, WINDOW_SAMPLES, curvature_aver
 from .curvature import Preconditioner
 from .defaults import NATURAL_OPTIMIZERS, OPTIMIZERS, check_optimizer, default_damping, default_lr
 from .swan import Swan
+from .two_level import TWO_LEVEL_VARIANTS, two_level_directions
 
 __all__ = [
     "OPTIMIZERS",
@@ -183,6 +184,8 @@ class TrainingOptimizer:
         self.generator = torch.Generator().manual_seed(int(seed))
         params = [p for p in model.parameters() if p.requires_grad]
         c = config
+        # the two-level optimizers' coarse space (core.training.two_level); None for the others
+        self.coarse_space: str | None = TWO_LEVEL_VARIANTS.get(c.name)
         self.preconditioner: Preconditioner | None = None
         if c.name == "adam":
             self.base: torch.optim.Optimizer = torch.optim.Adam(
@@ -197,7 +200,7 @@ class TrainingOptimizer:
         else:
             self.base = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
             average = curvature_average(
-                c.name,
+                self._curvature_method(),
                 c.ema_mode,
                 ema=c.ema,
                 window_captures=window_captures,
@@ -216,6 +219,12 @@ class TrainingOptimizer:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def _curvature_method(self) -> str:
+        """The engine method whose curvature this optimizer keeps (its own name; the
+        two-level optimizers keep KFAC's and add a coarse correction to its directions,
+        :mod:`core.training.two_level`)."""
+        return "kfac" if self.coarse_space is not None else self.config.name
 
     def zero_grad(self) -> None:
         self.base.zero_grad(set_to_none=True)
@@ -282,11 +291,12 @@ class TrainingOptimizer:
 
     def _precondition_grads(self, pre: Preconditioner) -> float:
         """Replace each factored layer's gradient ``V`` by ``P = (F̃ + damping)⁻¹ V`` (in place,
-        under ``no_grad``); return the KL sum ``Σ ⟨V, P⟩``, in which the parameters outside
-        those layers (none in this project's networks) keep their gradient and count with the
-        identity metric."""
-        vg = 0.0
-        handled: set[int] = set()
+        under ``no_grad``; a two-level optimizer adds its coarse correction to KFAC's ``P``,
+        :func:`core.training.two_level.two_level_directions`); return the KL sum
+        ``Σ ⟨V, P⟩``, in which the parameters outside those layers (none in this project's
+        networks) keep their gradient and count with the identity metric."""
+        grads: dict[str, torch.Tensor] = {}
+        dirs: dict[str, torch.Tensor] = {}
         for name, layer in self.layers.items():
             w = layer.weight
             b: torch.Tensor | None = layer.bias  # None for a layer without bias
@@ -299,16 +309,30 @@ class TrainingOptimizer:
             v = w_grad.reshape(w.shape[0], -1)  # a convolution's (C_out, C_in·kh·kw)
             if b_grad is not None:
                 v = torch.cat([v, b_grad[:, None]], dim=1)
-            v64 = v.to(torch.float64)
-            p64 = pre.precondition(name, v64)
-            vg += float((v64 * p64).sum())
+            grads[name] = v.to(torch.float64)
+            dirs[name] = pre.precondition(name, grads[name])
+        if self.coarse_space is not None and dirs:
+            assert pre.last_capture is not None  # _refresh captured first
+            try:
+                captures, damping = pre.last_capture.layers, self.config.resolved_damping
+                dirs = two_level_directions(self.coarse_space, grads, dirs, captures, damping)
+            except ValueError as err:  # a non-finite coarse vector
+                raise NonFiniteError(
+                    f"the coarse correction failed at step {self.steps}: {err}"
+                ) from err
+        vg = 0.0
+        handled: set[int] = set()
+        for name, p64 in dirs.items():
+            w, b = self.layers[name].weight, self.layers[name].bias
+            vg += float((grads[name] * p64).sum())
             p32 = p64.to(w.dtype)
-            if b_grad is not None:
-                w_grad.copy_(p32[:, :-1].reshape(w.shape))
-                b_grad.copy_(p32[:, -1])
+            assert w.grad is not None
+            if b is not None and b.grad is not None:
+                w.grad.copy_(p32[:, :-1].reshape(w.shape))
+                b.grad.copy_(p32[:, -1])
                 handled.add(id(b))
             else:
-                w_grad.copy_(p32.reshape(w.shape))
+                w.grad.copy_(p32.reshape(w.shape))
             handled.add(id(w))
         for p in self.base.param_groups[0]["params"]:
             if id(p) not in handled and p.grad is not None:

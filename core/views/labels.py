@@ -28,6 +28,9 @@ OPTIMIZER_LABELS: dict[str, str] = {
     "swan": "SWAN",
     **{name: label for name, label in METHOD_LABELS.items() if name != "exact"},
     "exact": "Exact block Fisher",
+    "kfac_two_level": "Two-level KFAC",
+    "kfac_two_level_grad": "Two-level KFAC (gradient)",
+    "kfac_two_level_nicolaides": "Two-level KFAC (Nicolaides)",
 }
 
 _KFAC_NAMES = ("A (inputs)", "G (output gradients)")

@@ -25,7 +25,8 @@ APPROXIMATIONS = (
     "eva",
 )
 FIRST_ORDER = ("sgd", "adam", "swan")
-NATURAL = (*APPROXIMATIONS, "exact")
+TWO_LEVEL = ("kfac_two_level", "kfac_two_level_grad", "kfac_two_level_nicolaides")
+NATURAL = (*APPROXIMATIONS, "exact", *TWO_LEVEL)
 # Kronecker terms of each block (None: not a sum of Kronecker products)
 TERMS = {
     "kfac": 1,
@@ -53,6 +54,9 @@ LABELS = {
     "shampoo": "Shampoo",
     "eva": "Eva",
     "exact": "Exact block Fisher",
+    "kfac_two_level": "Two-level KFAC",
+    "kfac_two_level_grad": "Two-level KFAC (gradient)",
+    "kfac_two_level_nicolaides": "Two-level KFAC (Nicolaides)",
 }
 # default (lr, damping) per optimizer: curves-small's, and the presets that override them
 DEFAULTS = {

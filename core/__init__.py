@@ -65,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     "OptimizerConfig": "core.training.optim",
     "RunConfig": "core.training.runner",
     "TrainingRun": "core.training.runner",
+    "model_loss": "core.training.runner",
     "resolve_device": "core.training.runner",
     # views
     "OPTIMIZER_LABELS": "core.views.labels",

@@ -29,6 +29,7 @@ from core import (
     direction,
     explorer,
     figures,
+    model_loss,
 )
 from pages import ui as sh
 
@@ -91,12 +92,13 @@ def block_controls(settings: sh.UrlSettings, model) -> BlockChoice:
     with st.sidebar:
         st.header("Fisher block")
         layer = settings.select(
-            "Linear layer",
+            "Layer",
             list(layers),
             "layer",
             sh.default_layer(model),
             format_func=layers.get,
-            help="W has shape (outputs, inputs + 1): the bias is the last column.",
+            help="W has shape (outputs, inputs + 1): the bias is the last column. A "
+            "convolution's W is (C_out, C_in·kh·kw + 1), shared by its T output positions.",
         )
         methods = settings.multiselect(
             "Approximations", METHODS, "methods", METHODS, format_func=explorer.method_label
@@ -126,12 +128,14 @@ def fisher_block(*, data, ds, preset: str, seed: int, choice, block: BlockChoice
     info = next(i for i in describe_layers(choice.model) if i.name == block.layer)
     with sh.friendly_errors("Layer size"):
         check_layer_size(info.n_params, f"layer {block.layer}")
-    batch = sh.fisher_batch(ds, int(block.m), int(seed))
+    with sh.friendly_errors("The model's likelihood"):
+        loss = model_loss(choice.model, ds)  # a classifier's softmax, or the pixels' likelihood
+    batch, labels = sh.fisher_batch(ds, int(block.m), int(seed), labels=loss == "ce")
     m_used = batch.shape[0]
     key = sh.compute.FisherKey(choice.key, block.layer, block.kind, m_used)
     with sh.friendly_errors("Capturing the layer's gradients"):
         fisher = sh.compute.layer_fisher(
-            key, model=choice.model, x=batch, loss=ds.loss, seed=int(seed)
+            key, model=choice.model, x=batch, loss=loss, seed=int(seed), targets=labels
         )
         explorer.check_fisher(fisher, block.layer)
     m_note = "" if m_used == block.m else f" (the dataset has {ds.n_train:,} training images)"

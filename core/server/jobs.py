@@ -19,14 +19,22 @@ __all__ = ["layer_fisher", "visitor_dataset"]
 
 
 def layer_fisher(
-    model: nn.Module, x: torch.Tensor, layer: str, loss: str, fisher: str, seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    loss: str,
+    fisher: str,
+    seed: int,
+    targets: torch.Tensor | None = None,
 ) -> LayerFisher:
     """The exact Fisher block of ``layer`` on the batch ``x`` (held implicitly by its
     per-sample ``ā_i``, ``g_i``, on the CPU); the true Fisher's targets are drawn with
-    ``seed`` and the empirical one uses ``x`` (autoencoders reconstruct their input)."""
+    ``seed`` and the empirical one uses ``targets``: a classifier's class labels, or ``x``
+    itself when ``None`` (autoencoders reconstruct their input)."""
     device = next(model.parameters()).device
     x = x.to(device)
-    captured = capture_layer(model, x, layer, loss=loss, fisher=fisher, targets=x, seed=seed)
+    y = x if targets is None else targets.to(device)
+    captured = capture_layer(model, x, layer, loss=loss, fisher=fisher, targets=y, seed=seed)
     return LayerFisher(captured.a.cpu(), captured.g.cpu())
 
 

@@ -73,6 +73,7 @@ __all__ = [
     "RunConfig",
     "RunLimits",
     "TrainingRun",
+    "model_loss",
     "run_comparison",
     "STATUSES",
     "resolve_device",
@@ -341,7 +342,7 @@ def _run_model(config: RunConfig, dataset: Dataset, model: nn.Module | None) -> 
     return model
 
 
-def _loss_kind(model: nn.Module, dataset: Dataset) -> str:
+def model_loss(model: nn.Module, dataset: Dataset) -> str:
     """The run's likelihood: ``"ce"`` for a classifier (a model whose ``loss`` is ``"ce"``,
     e.g. :class:`core.training.models.ConvClassifier`), which needs the dataset's class labels
     (``ValueError`` without them or with more classes than the model has outputs); else the
@@ -447,7 +448,7 @@ class TrainingRun:
             dataset = load_dataset(config.dataset, path=config.data_path, seed=0)
         self.dataset = dataset
         self.model: nn.Module = _run_model(config, dataset, model).to(self.device)
-        self.loss_kind = _loss_kind(self.model, dataset)
+        self.loss_kind = model_loss(self.model, dataset)
         self._y_train: torch.Tensor | None = None  # the classifier's labels, set by _train
         names = [n for n, _ in supported_layers(self.model)]
         if config.quality_layer is not None and config.quality_layer not in names:

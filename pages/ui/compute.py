@@ -280,10 +280,11 @@ class FigureKey:
 # -- the explorer's results ------------------------------------------------------------------
 
 
-def layer_fisher(key: FisherKey, *, model, x, loss: str, seed: int):
-    """The Fisher block named ``key`` of ``model`` on batch ``x``."""
+def layer_fisher(key: FisherKey, *, model, x, loss: str, seed: int, targets=None):
+    """The Fisher block named ``key`` of ``model`` on batch ``x`` (``targets``: a classifier's
+    labels for the empirical Fisher; ``None``: ``x``)."""
     return compute(
-        key, jobs.layer_fisher, model, x, key.layer, loss, key.kind, seed,
+        key, jobs.layer_fisher, model, x, key.layer, loss, key.kind, seed, targets,
         what="Capturing the layer's gradients", how="choose a smaller m or layer",
     )  # fmt: skip
 

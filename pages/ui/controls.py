@@ -103,19 +103,20 @@ def model_and_data(
     with friendly_errors("Loading the dataset"):
         ds = dataset(data)
     with st.sidebar:
-        preset, seed = model_controls(settings, data)
+        preset, seed = model_controls(settings, data, labelled=ds.n_classes is not None)
     return data, ds, preset, seed
 
 
-def model_controls(settings: UrlSettings, data: DataChoice) -> tuple[str, int]:
-    """Preset and seed selects (in the current container)."""
-    presets = presets_for(data.name)
+def model_controls(settings: UrlSettings, data: DataChoice, *, labelled: bool) -> tuple[str, int]:
+    """Preset and seed selects (in the current container); ``labelled``: the loaded data has
+    class labels (the classifier presets are offered only then)."""
+    presets = presets_for(data.name, labelled=labelled)
     preset = settings.select(
         "Model preset",
         presets,
         "preset",
         presets[0] if presets else None,
-        format_func=lambda p: f"{p} ({'-'.join(map(str, PRESETS[p].widths))}, mirrored)",
+        format_func=lambda p: f"{p}: {PRESETS[p].architecture}",
     )
     seed = settings.number("Seed", "seed", 0, min_value=0, max_value=99_999)
     return preset, int(seed)

@@ -188,15 +188,16 @@ def dataset(data: DataChoice) -> Dataset:
     return services().datasets.get(data.key, read)
 
 
-def presets_for(name: str) -> list[str]:
-    """The fully connected autoencoder presets whose input width matches the dataset, its own
-    preset first. The convolutional presets (issue 18) train from the core and the command line;
-    the pages do not offer them yet (their layer labels and classifier targets are not wired)."""
+def presets_for(name: str, *, labelled: bool) -> list[str]:
+    """The presets whose input width matches the dataset (fully connected and convolutional
+    autoencoders; the convolutional classifiers only when the loaded data has class labels,
+    ``labelled``: their likelihood is a softmax over the classes), the dataset's own preset
+    first, then in the registry's order."""
     dim = DATASET_SPECS[name].input_dim
     fits = [
         p
         for p, preset in PRESETS.items()
-        if preset.kind == "autoencoder" and preset.widths[0] == dim
+        if preset.widths[0] == dim and (labelled or preset.kind != "conv_classifier")
     ]
     return sorted(fits, key=lambda p: p != name)
 

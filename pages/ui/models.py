@@ -133,10 +133,19 @@ def trained_model(
     return ModelChoice(key, run.model, f"trained {steps} steps with {label}{last}")
 
 
-def fisher_batch(ds: Dataset, m: int, seed: int) -> torch.Tensor:
-    """``m`` training images chosen by a seeded permutation (the Fisher minibatch)."""
+def fisher_batch(
+    ds: Dataset, m: int, seed: int, *, labels: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``m`` training images chosen by a seeded permutation (the Fisher minibatch), and their
+    class labels when ``labels`` (a classifier's empirical Fisher needs them; ``None``
+    otherwise: an autoencoder's targets are its inputs)."""
     order = torch.randperm(ds.n_train, generator=torch.Generator().manual_seed(seed))
-    return ds.x_train[order[: min(m, ds.n_train)]]
+    chosen = order[: min(m, ds.n_train)]
+    if not labels:
+        return ds.x_train[chosen], None
+    if ds.y_train is None:
+        raise ValueError(f"the dataset {ds.name!r} has no class labels for a classifier")
+    return ds.x_train[chosen], ds.y_train[chosen]
 
 
 def layer_options(model: torch.nn.Module) -> dict[str, str]:

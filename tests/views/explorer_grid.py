@@ -19,10 +19,11 @@ TRAIN = {"opt": "adam", "steps": "20"}  # "after training": a short, cheap run
 
 
 def _layers(preset: str) -> list[str]:
-    depth = len(PRESETS[preset].widths) - 1
-    return [f"encoder.linear{i}" for i in range(1, depth + 1)] + [
-        f"decoder.linear{i}" for i in range(1, depth + 1)
-    ]
+    """The preset's factored layers (linear and convolutional), in forward order."""
+    from core.training.models import build_model, describe_layers
+
+    model = build_model(preset, input_dim=PRESETS[preset].widths[0], loss="bce", seed=0)
+    return [info.name for info in describe_layers(model)]
 
 
 def views() -> list[dict[str, str]]:
@@ -32,10 +33,11 @@ def views() -> list[dict[str, str]]:
     for dataset, spec in DATASET_SPECS.items():
         if spec.needs_path:
             continue
+        labelled = dataset == "digits"  # the built-in data with class labels
         presets = [
             p
             for p, pr in PRESETS.items()
-            if pr.kind == "autoencoder" and pr.widths[0] == spec.input_dim
+            if pr.widths[0] == spec.input_dim and (labelled or pr.kind != "conv_classifier")
         ]
         for preset in presets:
             method_sets = [[m] for m in METHODS] + [list(METHODS)]

@@ -6,7 +6,8 @@ computes; the fifth, "Damped step", compares each method's damped natural-gradie
 the exact one over λ, issue 21) and the figure data. Widgets, their keys and the URL
 parameters they keep (``dataset``, ``preset``, ``seed``, ``model``, ``opt``, ``steps``,
 ``layer``, ``methods``, ``m``, ``fisher``, ``damping``, ``slow``, ``show``, ``contrast``,
-``tab``, ``rank``, ``step_damping``, …) are a public interface: shared links carry them.
+``tab``, ``rank``, ``step_damping``, ``factor_order``, …) are a public interface: shared links
+carry them.
 """
 
 from __future__ import annotations
@@ -364,11 +365,36 @@ def block_tab(block: Block, results, *, show: str, damping: float, slow: bool, c
     return explorer.view_arrays(method=show, view=view)
 
 
-def factors_tab(results, show: str) -> Arrays:
-    """The Kronecker factors of the shown approximation."""
-    factors = explorer.factor_views(results[show].approx)
+FACTOR_ORDER = "factor_order"  # the URL parameter of a conv layer's input-factor order
+
+
+def factors_tab(settings: sh.UrlSettings, block: Block, results, show: str) -> Arrays:
+    """The Kronecker factors of the shown approximation; a convolution's input factors can be
+    grouped by kernel position (:func:`core.views.explorer.kernel_position_order`)."""
+    info, order = block.info, None
+    if info.kind == "conv2d":
+        by = settings.radio(
+            "Input factor order",
+            ["unfolded", "kernel"],
+            FACTOR_ORDER,
+            "kernel",
+            format_func={
+                "unfolded": "as unfolded (channel-major)",
+                "kernel": "by kernel position",
+            }.get,
+            horizontal=True,
+            help="By kernel position, the input factor reads as kh·kw × kh·kw blocks of "
+            "C_in × C_in: how the channels at two positions of the kernel co-vary.",
+        )
+        if by == "kernel":
+            order = explorer.kernel_position_order(info.in_channels, info.kernel, info.bias)
+    factors = explorer.factor_views(results[show].approx, input_order=order)
     pooled = [f for f in factors if f.block > 1]
     note = f"pooled in blocks of {pooled[0].block}" if pooled else ""
+    if order is not None:
+        (kh, kw), c_in = info.kernel, info.in_channels
+        grouped = f"inputs grouped by kernel position: {kh * kw} blocks of {c_in} channels"
+        note = f"{note}; {grouped}" if note else grouped
     st.plotly_chart(
         figures.factor_heatmaps(
             [(f.label, f.matrix) for f in factors],
@@ -465,7 +491,7 @@ def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: boo
             st.info("Choose an approximation to compare with F.")
     with tabs["factors"]:
         if tabs["factors"].open is not False and show is not None:
-            arrays |= factors_tab(results, show)
+            arrays |= factors_tab(settings, block, results, show)
     with tabs["spectra"]:
         if tabs["spectra"].open is not False:
             arrays |= spectra_tab(block, analysis, damping=choice.damping, slow=slow, show=show)

@@ -455,18 +455,50 @@ class FactorView:
     block: int  # pooling block size (1: full resolution)
 
 
-def factor_views(approx: Approximation, max_side: int = DEFAULT_MAX_SIDE) -> list[FactorView]:
-    """The Kronecker factors of an approximation, each pooled to at most ``max_side`` rows.
+def kernel_position_order(in_channels: int, kernel: tuple[int, int], bias: bool) -> np.ndarray:
+    """The order that groups a convolution's input factor by kernel position: ``order[j]`` is the
+    unfolded input index shown at position ``j``.
+
+    A patch is unfolded channel-major (:func:`core.engine.layers.conv_patches`: index
+    ``c·(kh·kw) + p`` for channel ``c`` and kernel position ``p``), so the input factor A
+    (``(C_in·kh·kw [+1])²``) interleaves the positions. Reordered to ``p·C_in + c`` it becomes
+    ``kh·kw × kh·kw`` blocks of ``C_in × C_in``: block ``(p, q)`` is how the channels seen at
+    kernel positions ``p`` and ``q`` co-vary (Grosse & Martens 2016 model exactly this spatial
+    structure). The bias input stays last."""
+    kh, kw = kernel
+    if in_channels < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"a convolution needs C_in, kh, kw ≥ 1, got {in_channels}, {kernel}")
+    positions = kh * kw
+    order = np.arange(in_channels * positions).reshape(in_channels, positions).T.reshape(-1)
+    return np.concatenate([order, [in_channels * positions]]) if bias else order
+
+
+def factor_views(
+    approx: Approximation,
+    max_side: int = DEFAULT_MAX_SIDE,
+    input_order: np.ndarray | None = None,
+) -> list[FactorView]:
+    """The Kronecker factors of an approximation, each pooled to at most ``max_side`` rows;
+    ``input_order`` (e.g. :func:`kernel_position_order`) reorders the input factors' rows and
+    columns before pooling.
 
     KFAC: A, G. KPSVD family: R_k, S_k per term (KFAC-corrected: A, G, then R, S). EKFAC: the
-    eigenbasis-diagonal scaling ``s`` (dg × da), shown as one matrix. Shampoo: L, R. The exact
-    block: none.
+    eigenbasis-diagonal scaling ``s`` (dg × da), shown as one matrix (its columns are A's
+    eigenvectors, not inputs: never reordered). Shampoo: L, R. The exact block: none.
     """
     views = []
     # the registry's (input, output) names, term by term, in factor_matrices()'s order
     names = iter([n for pair in _factor_names(approx.method, approx.n_terms or 0) for n in pair])
     for side, mat in approx.factor_matrices():
         mat = mat.to(torch.float64)
+        if side == "input" and input_order is not None:
+            if sorted(input_order.tolist()) != list(range(mat.shape[0])):
+                raise ValueError(
+                    f"input_order must be a permutation of the {mat.shape[0]} inputs, "
+                    f"got {len(input_order)} indices"
+                )
+            index = torch.as_tensor(input_order)
+            mat = mat[index][:, index]
         if side == "scaling":  # EKFAC's s, dg × da: pooled on each side
             ba = math.ceil(mat.shape[1] / max_side)
             bg = math.ceil(mat.shape[0] / max_side)

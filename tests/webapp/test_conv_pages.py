@@ -11,7 +11,7 @@ from core import jobs
 from core.training.data import load_dataset
 from core.training.models import build_model
 from pages.ui.data import presets_for
-from tests.webapp.test_app import app, assert_clean, charts, wait_group
+from tests.webapp.test_app import app, assert_clean, charts, spec, wait_group
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -70,8 +70,9 @@ def test_race_on_the_conv_classifier():
 
 
 def test_training_page_tracks_a_conv_layer_of_the_classifier():
+    params = {"steps": "6", "every": "3", "methods": "kfac,kfac_reduce,kpsvd", "m": "64"}
     at = app("training", dataset="digits", preset="digits-cnn", layer="features.conv2",
-             steps="6", every="3", methods="kfac,kfac_reduce,kpsvd", m="64", opt="kfac")  # fmt: skip
+             opt="kfac", **params)  # fmt: skip
     at.button(key="training.start").click().run()
     group = wait_group(at, "training")
     at.run()
@@ -82,3 +83,14 @@ def test_training_page_tracks_a_conv_layer_of_the_classifier():
         assert df[f"rel_error_{method}"].notna().sum() >= 2
     errors = df[["rel_error_kfac", "rel_error_kpsvd"]].dropna()
     assert (errors["rel_error_kpsvd"] <= errors["rel_error_kfac"] + 1e-9).all()
+
+
+def test_factors_tab_groups_a_conv_input_factor_by_kernel_position():
+    at = app("explorer", dataset="digits", preset="digits-conv", layer="encoder.conv2",
+             methods="kfac", tab="factors", m="32")  # fmt: skip
+    assert_clean(at)
+    assert at.query_params["factor_order"] == "kernel"
+    assert "9 blocks of 8 channels" in spec(charts(at)[-1])
+    at.radio(key="explorer.factor_order").set_value("unfolded").run()
+    assert_clean(at)
+    assert "blocks of 8 channels" not in spec(charts(at)[-1])

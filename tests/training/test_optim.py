@@ -31,6 +31,7 @@ from core.engine.fisher import exact_fisher
 from core.engine.kron import rearrange
 from core.engine.methods import approximate
 from core.training.averages import APPROX_TOL
+from core.training.defaults import TWO_LEVEL_OPTIMIZERS
 from core.training.models import per_sample_nll
 from core.training.optim import (
     EMA_MODES,
@@ -176,14 +177,15 @@ def _factor_ema_reference(method, captures, rho):
 
 # "exact" uses the window in both modes, so it is checked under mode="window" only; the
 # "fisher" mode (a low-rank average of the Fisher itself) has its own dense oracle in
-# tests/training/test_optim_ema.py.
+# tests/training/test_optim_ema.py. The two-level optimizers add a coarse correction across
+# layers to KFAC's per-layer solve: their own dense oracle is tests/training/test_two_level.py.
 @pytest.mark.parametrize(
     ("method", "mode"),
     [
         (m, e)
         for m in NATURAL_OPTIMIZERS
         for e in EMA_MODES
-        if e != "fisher" and (m, e) != ("exact", "factors")
+        if e != "fisher" and (m, e) != ("exact", "factors") and m not in TWO_LEVEL_OPTIMIZERS
     ],
 )
 def test_update_equals_dense_solve_after_reestimation(method, mode):

@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "METHODS": "core.engine.methods",
     "method_spec": "core.engine.methods",
     "DenseTooLargeError": "core.engine.validation",
+    "MAX_POWER_STEPS": "core.engine.power_iterations",
+    "PRUNE_STRUCTURES": "core.engine.prune",
     # training
     "DATASET_SPECS": "core.training.datasets",
     "Dataset": "core.training.datasets",
@@ -69,6 +71,13 @@ _EXPORTS: dict[str, str] = {
     "resolve_device": "core.training.runner",
     # views
     "OPTIMIZER_LABELS": "core.views.labels",
+    "COMPRESS_METHODS": "core.views.downstream",
+    "PRUNE_METHODS": "core.views.downstream",
+    "downstream_figures": "core.views.downstream_figures",
+    "downstream_label": "core.views.downstream_figures",
+    "downstream_table": "core.views.downstream_figures",
+    "power_iterations_caption": "core.views.power_iterations",
+    "power_iterations_figure": "core.views.power_iterations",
     # paper reproductions (the reports page)
     "ReportError": "core.paper.safe_read",
     "list_reports": "core.paper.files",

@@ -7,15 +7,20 @@ the batch) and returns a fresh object. Each is one step of :mod:`core.views.expl
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 from torch import nn
 
 from ..engine.fisher import LayerFisher
+from ..engine.power_iterations import PowerIterationCurve, power_iteration_curve
 from ..training.datafiles import load_visitor_dataset
 from ..training.datasets import Dataset
+from ..views.downstream import DownstreamResult, compress_sweep, prune_sweep
 from ..views.explorer import capture_layer
 
-__all__ = ["layer_fisher", "visitor_dataset"]
+__all__ = ["downstream_sweep", "layer_fisher", "power_iterations", "visitor_dataset"]
 
 
 def layer_fisher(
@@ -45,3 +50,47 @@ def visitor_dataset(name: str, path: str, display_name: str, max_bytes: int | No
     decompressed (:mod:`core.training.readers`); every failure is one plain
     :class:`~core.training.datasets.DatasetError` naming the file as the visitor knows it."""
     return load_visitor_dataset(name, path, display_name=display_name, max_bytes=max_bytes)
+
+
+def downstream_sweep(
+    job: str,
+    model: nn.Module,
+    layer: str,
+    x_fisher: torch.Tensor,
+    x_eval: torch.Tensor,
+    loss: str,
+    fisher: str,
+    seed: int,
+    values: tuple[float, ...],
+    methods: tuple[str, ...],
+    damping: float,
+    structure: str = "unstructured",
+    targets: torch.Tensor | None = None,
+) -> DownstreamResult:
+    """The explorer's "Compress" (``job="compress"``, ``values``: ranks k) or "Prune"
+    (``job="prune"``, ``values``: sparsities, ``structure``) sweep of ``layer``
+    (:func:`core.views.downstream.compress_sweep` / :func:`~core.views.downstream.prune_sweep`)
+    on a CPU copy of ``model``: the curvature from ``x_fisher``, the held-out loss on ``x_eval``
+    (``targets``: its class labels for a classifier, ``None`` for an autoencoder)."""
+    model = copy.deepcopy(model).cpu()
+    common: dict[str, Any] = dict(
+        loss=loss, methods=methods, fisher=fisher, targets=targets, seed=seed
+    )
+    if job == "compress":
+        return compress_sweep(
+            model, layer, x_fisher.cpu(), x_eval.cpu(), ranks=[int(v) for v in values],
+            damping=damping, **common,
+        )  # fmt: skip
+    if job == "prune":
+        return prune_sweep(
+            model, layer, x_fisher.cpu(), x_eval.cpu(), sparsities=[float(v) for v in values],
+            structure=structure, damping=damping, **common,
+        )  # fmt: skip
+    raise ValueError(f"unknown downstream job {job!r}; choose compress or prune")
+
+
+def power_iterations(fisher: LayerFisher, steps: int) -> PowerIterationCurve:
+    """The explorer's "Power iterations" curve: k = 0 … ``steps`` power steps on ℛ(F) of the
+    block ``fisher`` from the identity
+    (:func:`core.engine.power_iterations.power_iteration_curve`)."""
+    return power_iteration_curve(fisher.a, fisher.g, steps)

@@ -21,6 +21,16 @@ the next inverse refresh):
   (:meth:`core.engine.fisher.LayerFisher.solve`). This is BLOCK-DIAGONAL per layer: the
   cross-layer blocks of the Fisher are ignored, as in every other method here.
 
+``damping_mode="exact"`` (an option of the optimizer, :class:`~core.training.optim.OptimizerConfig`;
+``"factored"`` is the default above) replaces factored damping by Tikhonov damping of the whole
+approximation, ``(F̃ + λI)⁻¹`` — the engine's ``solve(V, λ, mode="exact")``: for one Kronecker
+product R ⊗ S = (Q_R Λ_R Q_Rᵀ) ⊗ (Q_S Λ_S Q_Sᵀ) in closed form,
+``vec(Q_S [(Q_Sᵀ V Q_R) ⊘ (λ_S λ_Rᵀ + λ)] Q_Rᵀ)``, from the same eigendecompositions and at the
+same cost per step; for two-term sums a dense eigendecomposition of F̃ (small blocks) or
+preconditioned MINRES (large ones), far dearer. ``ekfac``, ``eva`` and ``exact`` damp exactly in
+both modes. Why: the factored damping term √λ(πI⊗S + R/π⊗I) is an error of its own, the same for
+every Kronecker method, that hides their differences in fit (bench/RESULTS-step.md, issue 21).
+
 On the engine's Gram route ``deflation`` and ``lanczos`` compute the same best two-term
 approximation (they differ only in the seed paper's matrix-free algorithms), so as optimizers
 they give the same updates up to the averages' ``APPROX_TOL``.
@@ -45,7 +55,7 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
-from ..engine.approx import Approximation
+from ..engine.approx import SOLVE_MODES, Approximation
 from ..engine.capture import CaptureResult, capture
 from ..engine.inverses import SafeguardStats
 from ..engine.precision import EnginePrecision, engine_precision
@@ -57,13 +67,14 @@ __all__ = ["Preconditioner"]
 class _LayerInverse:
     """The damped inverse of one layer's block, fixed until the next inverse refresh."""
 
-    def __init__(self, approx: Approximation, damping: float) -> None:
+    def __init__(self, approx: Approximation, damping: float, mode: str = "factored") -> None:
         self.damping = damping
+        self.mode = mode  # the engine's solve mode: "factored" or "exact" (module docstring)
         self.approx = approx  # float64, on the engine's device
         self._solver = approx  # what the per-step solves use (bench/mutation_bench.py names it)
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
-        return self._solver.solve(v, self.damping, mode="factored")
+        return self._solver.solve(v, self.damping, mode=self.mode)
 
 
 class Preconditioner:
@@ -75,8 +86,9 @@ class Preconditioner:
 
     ``update_curvature(x, y)`` captures on a Fisher minibatch and folds it into the average;
     ``update_inverses()`` rebuilds the approximations and their inverses;
-    ``precondition(name, V)`` applies the inverse to a (dg, da) gradient matrix. See the module
-    docstring for the damping convention.
+    ``precondition(name, V)`` applies the inverse to a (dg, da) gradient matrix.
+    ``damping_mode``: ``"factored"`` (default) or ``"exact"``, the engine's solve mode; see the
+    module docstring for the damping convention of each.
     """
 
     def __init__(
@@ -88,8 +100,15 @@ class Preconditioner:
         fisher: str,
         damping: float,
         generator: torch.Generator,
+        damping_mode: str = "factored",
     ) -> None:
+        if damping_mode not in SOLVE_MODES:
+            raise ValueError(
+                f"damping_mode must be one of {SOLVE_MODES} (the engine's solve modes), "
+                f"got {damping_mode!r}"
+            )
         self.model = model
+        self.damping_mode = damping_mode
         self.average = average
         self.method = average.method
         self.loss = loss
@@ -142,7 +161,8 @@ class Preconditioner:
             raise RuntimeError("update_inverses() before any update_curvature()")
         self._retired_safeguard = self.safeguard_counts()
         self.inverses = {
-            name: _LayerInverse(self.average.approximation(name), self.damping) for name in names
+            name: _LayerInverse(self.average.approximation(name), self.damping, self.damping_mode)
+            for name in names
         }
         self.inverse_updates += 1
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.approx import SOLVE_MODES
 from ..engine.capture import FISHER_KINDS
 from ..engine.layers import supported_layers
 from ..engine.methods import FISHER_EMA_METHODS, canonical_name
@@ -79,7 +80,9 @@ class OptimizerConfig:
     default), ``"window"`` (approximate a truncated EMA of the Fisher) or ``"fisher"`` (the
     EMA of the Fisher in rearranged low-rank form, for the KPSVD family; kfac, shampoo and
     ekfac keep their factor EMA there); see :mod:`core.training.averages`. ``exact`` uses the
-    window in every mode.
+    window in every mode. ``damping_mode``: ``"factored"`` (Martens–Grosse factored damping of
+    the Kronecker methods; the default) or ``"exact"`` (``(F̃ + λI)⁻¹``), the engine's solve
+    mode, natural-gradient optimizers only (:mod:`core.training.curvature`).
     """
 
     name: str
@@ -94,6 +97,7 @@ class OptimizerConfig:
     fisher_batch: int | None = None
     fisher: str = "true"
     ema_mode: str = "factors"
+    damping_mode: str = "factored"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -131,6 +135,18 @@ class OptimizerConfig:
             self.ema_mode = self.ema_mode.strip().lower()
         if self.ema_mode not in EMA_MODES:
             raise ValueError(f"ema_mode must be one of {EMA_MODES}, got {self.ema_mode!r}")
+        if isinstance(self.damping_mode, str):
+            self.damping_mode = self.damping_mode.strip().lower()
+        if self.damping_mode not in SOLVE_MODES:
+            raise ValueError(
+                f"damping_mode must be one of {SOLVE_MODES}, got {self.damping_mode!r}"
+            )
+        if self.damping_mode != "factored" and self.name not in NATURAL_OPTIMIZERS:
+            raise ValueError(
+                f"damping_mode={self.damping_mode!r} needs a natural-gradient optimizer "
+                f"({', '.join(NATURAL_OPTIMIZERS)}); {self.name!r} solves no damped system — "
+                f"leave damping_mode at 'factored'"
+            )
 
     @property
     def resolved_damping(self) -> float:
@@ -213,6 +229,7 @@ class TrainingOptimizer:
                 fisher=c.fisher,
                 damping=c.resolved_damping,
                 generator=self.generator,
+                damping_mode=c.damping_mode,
             )
         self.layers = _factored_modules(model)
 

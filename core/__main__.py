@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .engine.approx import SOLVE_MODES
 from .engine.methods import METHODS, canonical_name
 from .paper.files import write_reproduction
 from .paper.runner import run_reproduction
@@ -55,7 +56,7 @@ from .paper.spec import EXPERIMENTS, PAPER_DEFAULTS, REPRO_DATASETS, TIME_BUDGET
 from .paper.studies import STUDIES, StudyOptions, run_study, write_study
 from .training.data import load_dataset
 from .training.datasets import DATASET_SPECS
-from .training.defaults import OPTIMIZERS
+from .training.defaults import NATURAL_OPTIMIZERS, OPTIMIZERS
 from .training.download import SOURCES, DownloadError, cached_dataset, download_dataset
 from .training.models import PRESETS, build_model, describe_layers, parse_widths
 from .training.optim import EMA_MODES
@@ -106,6 +107,13 @@ def _common(p: argparse.ArgumentParser, *, steps_required: bool = True) -> None:
         default="factors",
         help="average the Kronecker factors (default) or a window of Fisher captures",
     )
+    g.add_argument(
+        "--damping-mode",
+        choices=SOLVE_MODES,
+        default="factored",
+        help="factored (Martens-Grosse, default) or exact (F~ + lambda I)^-1 damping; "
+        "natural-gradient optimizers only, the others ignore it",
+    )
     g.add_argument("--kl-clip", type=_float_or_none, default=1e-2, help="KL-clip bound, or none")
     g.add_argument("--momentum", type=float, default=0.9, help="momentum (Adam's beta1)")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -142,6 +150,9 @@ def _run_config(args, name: str, lr: float | None, damping: float | None, **extr
         t_inv=args.t_inv,
         ema=args.ema,
         ema_mode=args.ema_mode,
+        damping_mode=(
+            args.damping_mode if canonical_name(name) in NATURAL_OPTIMIZERS else "factored"
+        ),
         kl_clip=args.kl_clip,
         momentum=args.momentum,
         weight_decay=args.weight_decay,

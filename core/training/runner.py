@@ -722,11 +722,14 @@ class TrainingRun:
 
 
 def _run_label(cfg: RunConfig, configs: list[RunConfig]) -> str:
-    """The run's optimizer, plus its lr and damping when the optimizer appears more than once
-    in ``configs``, plus its seed when those settings do too."""
+    """The run's optimizer, plus its lr and damping (and damping mode when not factored) when
+    the optimizer appears more than once in ``configs``, plus its seed when those settings do
+    too."""
     label = cfg.optimizer.name
     if sum(1 for c in configs if c.optimizer.name == label) > 1:
-        label = f"{label} (lr={cfg.optimizer.lr:g}, λ={cfg.optimizer.damping:g})"
+        mode = cfg.optimizer.damping_mode
+        exact = ", exact damping" if mode != "factored" else ""
+        label = f"{label} (lr={cfg.optimizer.lr:g}, λ={cfg.optimizer.damping:g}{exact})"
         if sum(1 for c in configs if c.optimizer == cfg.optimizer) > 1:
             label += f" seed {cfg.seed}"
     return label

@@ -1,13 +1,14 @@
 """Fisher explorer: one layer's Fisher block next to its Kronecker-factored approximations.
 
 The page is :func:`main`, a sequence of named steps: the model, the block's controls, the
-Fisher block, each method's result, the metrics table, then the five tabs (only the open one
-computes; the fifth, "Damped step", compares each method's damped natural-gradient step with
-the exact one over λ, issue 21) and the figure data. Widgets, their keys and the URL
+Fisher block, each method's result, the metrics table, then the tabs (only the open one
+computes; "Damped step" compares each method's damped natural-gradient step with the exact
+one over λ, issue 21; "Compress", "Prune" and "Power iterations" are issue 19's,
+:mod:`pages.ui.downstream_tabs`) and the figure data. Widgets, their keys and the URL
 parameters they keep (``dataset``, ``preset``, ``seed``, ``model``, ``opt``, ``steps``,
 ``layer``, ``methods``, ``m``, ``fisher``, ``damping``, ``slow``, ``show``, ``contrast``,
-``tab``, ``rank``, ``step_damping``, ``factor_order``, …) are a public interface: shared links
-carry them.
+``tab``, ``rank``, ``step_damping``, ``factor_order``, ``compress_k``, ``prune_sparsity``,
+``prune_kind``, ``power_k``, …) are a public interface: shared links carry them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from core import (
     model_loss,
 )
 from pages import ui as sh
+from pages.ui import downstream_tabs
 
 DEFAULT_RANK, MAX_RANK = 2, 10  # the Kronecker rank slider: its default, its widest range
 Arrays = dict[str, np.ndarray]
@@ -465,9 +467,18 @@ def rank_tab(settings: sh.UrlSettings, block: Block, *, results, show, contrast)
     )
 
 
-def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: bool) -> Arrays:
-    """The five tabs; only the open one runs, computing and sending its own figures alone.
-    Returns the arrays behind what was drawn."""
+def pictures(
+    settings,
+    block: Block,
+    *,
+    analysis,
+    choice: BlockChoice,
+    slow: bool,
+    downstream: downstream_tabs.DownstreamInputs,
+) -> Arrays:
+    """The tabs; only the open one runs, computing and sending its own figures alone (the
+    last three, issue 19, in :mod:`pages.ui.downstream_tabs`). Returns the arrays behind what
+    was drawn."""
     results, methods = analysis.results, list(analysis.results)
     show, contrast = picture_controls(settings, methods)
     settings.sync(final=False)  # the URL follows the widgets before the figures are drawn
@@ -478,6 +489,9 @@ def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: boo
             "spectra": "Spectra",
             "rank": "Kronecker rank",
             "step": "Damped step",
+            "compress": "Compress",
+            "prune": "Prune",
+            "power": "Power iterations",
         },
         "tab",
     )
@@ -507,6 +521,21 @@ def pictures(settings, block: Block, *, analysis, choice: BlockChoice, slow: boo
             settings.hidden_choice(
                 STEP_DAMPING, direction.STEP_DAMPINGS, direction.DEFAULT_STEP_DAMPING
             )
+    with tabs["compress"]:
+        if tabs["compress"].open is not False:
+            arrays |= downstream_tabs.compress_tab(settings, block, downstream)
+        else:  # a link's values wait in the URL for their tab to open
+            downstream_tabs.keep_compress(settings, block)
+    with tabs["prune"]:
+        if tabs["prune"].open is not False:
+            arrays |= downstream_tabs.prune_tab(settings, block, downstream)
+        else:
+            downstream_tabs.keep_prune(settings)
+    with tabs["power"]:
+        if tabs["power"].open is not False:
+            arrays |= downstream_tabs.power_tab(settings, block)
+        else:
+            downstream_tabs.keep_power(settings)
     return arrays
 
 
@@ -543,7 +572,12 @@ def main() -> None:
     results = method_results(block, choice.methods, damping=choice.damping, slow=slow)
     analysis = explorer.LayerAnalysis(block.fisher, results)
     metrics_table(analysis, choice.damping, block)
-    arrays = pictures(settings, block, analysis=analysis, choice=choice, slow=slow)
+    downstream = downstream_tabs.DownstreamInputs(
+        model, ds, int(seed), int(choice.m), tuple(choice.methods), float(choice.damping)
+    )
+    arrays = pictures(
+        settings, block, analysis=analysis, choice=choice, slow=slow, downstream=downstream
+    )
     figure_data_button(arrays, choice.layer)
     settings.sync()
     st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")

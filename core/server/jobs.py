@@ -66,15 +66,22 @@ def downstream_sweep(
     damping: float,
     structure: str = "unstructured",
     targets: torch.Tensor | None = None,
+    fisher_targets: torch.Tensor | None = None,
 ) -> DownstreamResult:
     """The explorer's "Compress" (``job="compress"``, ``values``: ranks k) or "Prune"
     (``job="prune"``, ``values``: sparsities, ``structure``) sweep of ``layer``
     (:func:`core.views.downstream.compress_sweep` / :func:`~core.views.downstream.prune_sweep`)
     on a CPU copy of ``model``: the curvature from ``x_fisher``, the held-out loss on ``x_eval``
-    (``targets``: its class labels for a classifier, ``None`` for an autoencoder)."""
+    (``targets``: its class labels for a classifier, ``None`` for an autoencoder;
+    ``fisher_targets``: ``x_fisher``'s labels, for a classifier's empirical Fisher)."""
     model = copy.deepcopy(model).cpu()
     common: dict[str, Any] = dict(
-        loss=loss, methods=methods, fisher=fisher, targets=targets, seed=seed
+        loss=loss,
+        methods=methods,
+        fisher=fisher,
+        targets=targets,
+        seed=seed,
+        fisher_targets=fisher_targets,
     )
     if job == "compress":
         return compress_sweep(

@@ -176,6 +176,8 @@ def _capture(
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator(device=x.device).manual_seed(seed)
+    if fisher == "empirical" and targets is None:  # an autoencoder's targets are its inputs
+        targets = x
     result = capture(
         model,
         x,
@@ -229,6 +231,7 @@ def compress_sweep(
     methods: Sequence[str] = COMPRESS_METHODS,
     fisher: str = "true",
     targets: torch.Tensor | None = None,
+    fisher_targets: torch.Tensor | None = None,
     seed: int = 0,
     damping: float = 1e-3,
     keep_weights: bool = False,
@@ -236,8 +239,14 @@ def compress_sweep(
 ) -> DownstreamResult:
     """Held-out loss increase of ``layer`` compressed to each rank in ``ranks`` by each method
     (``svd``, ``fwsvd`` and the registry's; see the module docstring). ``keep_weights``: keep
-    every compressed W in ``result.weights`` (for reconstruction images)."""
-    a, g = _capture(model, layer, x_fisher, loss=loss, fisher=fisher, targets=targets, seed=seed)
+    every compressed W in ``result.weights`` (for reconstruction images). ``targets``: the
+    class labels of ``x_eval`` for a classifier (``None``: an autoencoder, whose targets are its
+    inputs); ``fisher_targets``: those of ``x_fisher`` for the empirical Fisher, when it is not
+    ``x_eval`` (default: ``targets``)."""
+    capture_targets = targets if fisher_targets is None else fisher_targets
+    a, g = _capture(
+        model, layer, x_fisher, loss=loss, fisher=fisher, targets=capture_targets, seed=seed
+    )
     evaluator = _Evaluator(model, layer, x_eval, loss, targets, a, g)
     metrics, skipped = _metrics(methods, a, g, damping, COMPRESS_METHODS)
     result = DownstreamResult(
@@ -267,14 +276,19 @@ def prune_sweep(
     shots: int = 1,
     fisher: str = "true",
     targets: torch.Tensor | None = None,
+    fisher_targets: torch.Tensor | None = None,
     seed: int = 0,
     damping: float = 1e-3,
     keep_weights: bool = False,
     progress: Progress | None = None,
 ) -> DownstreamResult:
     """Held-out loss increase of ``layer`` pruned to each sparsity by OBS with each method's
-    curvature, and by magnitude (see the module docstring and :mod:`core.engine.prune`)."""
-    a, g = _capture(model, layer, x_fisher, loss=loss, fisher=fisher, targets=targets, seed=seed)
+    curvature, and by magnitude (see the module docstring and :mod:`core.engine.prune`);
+    ``targets`` and ``fisher_targets`` as in :func:`compress_sweep`."""
+    capture_targets = targets if fisher_targets is None else fisher_targets
+    a, g = _capture(
+        model, layer, x_fisher, loss=loss, fisher=fisher, targets=capture_targets, seed=seed
+    )
     evaluator = _Evaluator(model, layer, x_eval, loss, targets, a, g)
     metrics, skipped = _metrics(methods, a, g, damping, PRUNE_METHODS)
     result = DownstreamResult(

@@ -8,10 +8,11 @@ Sources (the files as the authors published them):
   2006, prepared by Ruslan Salakhutdinov) from James Martens' page at the University of
   Toronto, where his Hessian-free and K-FAC code (``nnet_experiments.m``, KFAC3-MATLAB) says
   to get them: ``www.cs.toronto.edu/~jmartens/<name>``.
-* MNIST ``train-images-idx3-ubyte.gz`` and ``t10k-images-idx3-ubyte.gz`` (LeCun et al. 1998)
-  from the mirror torchvision uses (``ossci-datasets.s3.amazonaws.com/mnist/``), because
-  ``yann.lecun.com/exdb/mnist/`` often refuses scripted downloads. The label files are not
-  used by autoencoders and are not fetched.
+* MNIST ``train-images-idx3-ubyte.gz`` and ``t10k-images-idx3-ubyte.gz`` (LeCun et al. 1998),
+  and the label files ``train-labels-idx1-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz`` (the
+  classifier presets' targets), from the mirror torchvision uses
+  (``ossci-datasets.s3.amazonaws.com/mnist/``), because ``yann.lecun.com/exdb/mnist/`` often
+  refuses scripted downloads.
 
 Each file is streamed into ``<name>.part`` beside its final place, resumed with an HTTP
 ``Range`` request when a previous try stopped, checked (the byte count against
@@ -45,7 +46,7 @@ import scipy.io
 
 from .. import settings
 from .datasets import DatasetError, default_cache_dir
-from .readers import file_format, load_idx_images
+from .readers import file_format, load_idx_images, load_idx_labels
 
 __all__ = [
     "ALLOW_DOWNLOADS_ENV",
@@ -84,7 +85,7 @@ class RemoteFile:
     name: str
     base_url: str
     max_bytes: int  # a response larger than this is refused (the real files are well below)
-    kind: Literal["mat", "idx-gz"]
+    kind: Literal["mat", "idx-gz", "idx-labels-gz"]
     arrays: tuple[str, ...] = ()  # for "mat": the arrays the file must hold
 
     @property
@@ -105,6 +106,8 @@ SOURCES: dict[str, tuple[RemoteFile, ...]] = {
     "mnist": (
         RemoteFile("mnist", "train-images-idx3-ubyte.gz", MNIST_MIRROR, 64 << 20, "idx-gz"),
         RemoteFile("mnist", "t10k-images-idx3-ubyte.gz", MNIST_MIRROR, 64 << 20, "idx-gz"),
+        RemoteFile("mnist", "train-labels-idx1-ubyte.gz", MNIST_MIRROR, 1 << 20, "idx-labels-gz"),
+        RemoteFile("mnist", "t10k-labels-idx1-ubyte.gz", MNIST_MIRROR, 1 << 20, "idx-labels-gz"),
     ),
 }
 
@@ -221,6 +224,14 @@ def _check_format(path: Path, remote: RemoteFile) -> None:
         return
     if file_format(path) != "gzip":
         raise DownloadError(f"{remote.name}: the downloaded file is not gzip-compressed IDX.")
+    if remote.kind == "idx-labels-gz":
+        try:
+            load_idx_labels(path)
+        except DatasetError as exc:
+            raise DownloadError(
+                f"{remote.name}: the downloaded file is not IDX labels: {exc}"
+            ) from exc
+        return
     try:
         images = load_idx_images(path)
     except DatasetError as exc:

@@ -21,7 +21,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, cast
 
@@ -42,6 +42,7 @@ __all__ = [
     "load_curves_mat",
     "load_faces",
     "load_idx_images",
+    "load_idx_labels",
     "load_mnist",
     "max_data_bytes",
 ]
@@ -131,7 +132,8 @@ def file_format(path: Path) -> str:
 
 _MNIST_HELP = (
     "Get the MNIST image files train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz "
-    "(the label files are not used) from a mirror of Yann LeCun's MNIST page, or with "
+    "(and, for the classifier presets, the label files train-labels-idx1-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz) from a mirror of Yann LeCun's MNIST page, or with "
     "--download, put them in one directory and pass that directory, or pass an .npz with "
     "arrays x_train and x_test of shape (n, 28, 28) or (n, 784)."
 )
@@ -160,16 +162,42 @@ def load_idx_images(path: str | os.PathLike[str], *, max_bytes: int | None = Non
     against ``max_bytes`` (default :func:`max_data_bytes`) before the pixels are decompressed,
     so a small .gz cannot expand into more. Raises :class:`DatasetError` otherwise.
     """
+    return _read_idx_file(path, max_bytes, "image", _read_idx)
+
+
+def load_idx_labels(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> np.ndarray:
+    """Read an IDX label file (plain or gzip-compressed), ``uint8`` array ``(n,)``.
+
+    Format (LeCun's MNIST page): big-endian ``uint32`` magic ``2049`` (``0x00000801``: unsigned
+    bytes, 1 dimension), then ``n`` as big-endian ``uint32``, then ``n`` label bytes; checked
+    like :func:`load_idx_images` (size before decompression, truncation, trailing data), and
+    every label must be a digit 0–9."""
+    labels = _read_idx_file(path, max_bytes, "label", _read_idx_labels)
+    if labels.size and int(labels.max()) > 9:
+        raise DatasetError(
+            f"{path}: a label is {int(labels.max())}; MNIST's labels are the digits 0-9. "
+            f"{_MNIST_HELP}"
+        )
+    return labels
+
+
+def _read_idx_file(
+    path: str | os.PathLike[str],
+    max_bytes: int | None,
+    what: str,
+    read: Callable[[io.BufferedIOBase, Path, int], np.ndarray],
+) -> np.ndarray:
+    """Open an IDX file, gzip-compressed or not whatever its name says, and ``read`` it."""
     path = Path(path)
     limit = max_data_bytes() if max_bytes is None else max_bytes
     if not path.is_file():
-        raise DatasetError(f"IDX image file not found: {path}. {_MNIST_HELP}")
+        raise DatasetError(f"IDX {what} file not found: {path}. {_MNIST_HELP}")
     with path.open("rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"  # gzip magic, whatever the file name says
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            return _read_idx(stream, path, limit)
+            return read(stream, path, limit)
         except (OSError, EOFError, zlib.error) as exc:
             if not compressed:
                 raise
@@ -218,16 +246,75 @@ def _read_idx(stream: io.BufferedIOBase, path: Path, limit: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(n, rows, cols)
 
 
-def find_idx_images(directory: Path, split: str) -> Path | None:
-    """``{split}-images-idx3-ubyte`` (or ``.idx3-ubyte``), optionally ``.gz``, in ``directory``
-    or in torchvision's layout ``directory/MNIST/raw``."""
+def _read_idx_labels(stream: io.BufferedIOBase, path: Path, limit: int) -> np.ndarray:
+    header = bytes(_read_up_to(stream, 8))
+    magic = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
+    if magic is not None and magic != IDX_LABELS_MAGIC:
+        hint = " This is an IDX image file (magic 2051)." if magic == IDX_IMAGES_MAGIC else ""
+        raise DatasetError(
+            f"{path}: IDX magic number is {magic} (0x{magic:08x}), expected {IDX_LABELS_MAGIC} "
+            f"(0x{IDX_LABELS_MAGIC:08x}, unsigned-byte labels).{hint} {_MNIST_HELP}"
+        )
+    if len(header) < 8:
+        raise DatasetError(
+            f"{path}: only {len(header)} bytes, too short for an IDX label header (8 bytes: "
+            f"magic {IDX_LABELS_MAGIC} and a big-endian uint32 count). {_MNIST_HELP}"
+        )
+    (n,) = struct.unpack(">I", header[4:8])
+    if 8 + n > limit:
+        raise _too_large(path, f"header says {n} labels, decompressed", 8 + n, limit)
+    body = _read_up_to(stream, n)
+    if len(body) < n or stream.read(1):
+        raise DatasetError(
+            f"{path}: header says {n} labels ({8 + n} bytes in all), the file has "
+            f"{'fewer' if len(body) < n else 'more'}. Download it again. {_MNIST_HELP}"
+        )
+    return np.frombuffer(body, dtype=np.uint8).copy()
+
+
+def find_idx_images(directory: Path, split: str, kind: str = "images") -> Path | None:
+    """``{split}-images-idx3-ubyte`` (or ``.idx3-ubyte``; ``kind="labels"``:
+    ``{split}-labels-idx1-ubyte``), optionally ``.gz``, in ``directory`` or in torchvision's
+    layout ``directory/MNIST/raw``."""
+    dims = "3" if kind == "images" else "1"
     for folder in (directory, directory / "MNIST" / "raw"):
-        for stem in (f"{split}-images-idx3-ubyte", f"{split}-images.idx3-ubyte"):
+        for stem in (f"{split}-{kind}-idx{dims}-ubyte", f"{split}-{kind}.idx{dims}-ubyte"):
             for suffix in ("", ".gz"):
                 candidate = folder / (stem + suffix)
                 if candidate.is_file():
                     return candidate
     return None
+
+
+def _mnist_labels(
+    path: Path,
+    found: dict[str, Path | None],
+    images: dict[str, np.ndarray],
+    max_bytes: int | None,
+) -> dict[str, np.ndarray] | None:
+    """Both splits' labels when both label files are in the folder (``None`` when neither is),
+    each checked against its images' count."""
+    labels_found = {split: find_idx_images(path, split, "labels") for split in found}
+    present = [split for split, p in labels_found.items() if p is not None]
+    if not present:
+        return None
+    if len(present) < len(labels_found):
+        missing = next(s for s in labels_found if s not in present)
+        raise DatasetError(
+            f"{path}: has {present[0]}-labels-idx1-ubyte but no {missing}-labels-idx1-ubyte[.gz]; "
+            f"give both label files or neither. {_MNIST_HELP}"
+        )
+    out = {}
+    for split, p in labels_found.items():
+        assert p is not None
+        y = load_idx_labels(p, max_bytes=max_bytes)
+        if y.shape[0] != images[split].shape[0]:
+            raise DatasetError(
+                f"{p}: {y.shape[0]} labels for {images[split].shape[0]} images in "
+                f"{found[split]}; the files do not belong together. {_MNIST_HELP}"
+            )
+        out[split] = y
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,7 +642,9 @@ def load_mnist(
     max_bytes: int | None = None,
 ) -> Dataset:
     """MNIST from a directory with the IDX image files (``train-images-idx3-ubyte`` and
-    ``t10k-images-idx3-ubyte``, optionally ``.gz``; torchvision's ``MNIST/raw`` also works) or
+    ``t10k-images-idx3-ubyte``, optionally ``.gz``; torchvision's ``MNIST/raw`` also works),
+    with the class labels when both label files (``train-labels-idx1-ubyte``,
+    ``t10k-labels-idx1-ubyte``) are there too (the classifier presets need them), or
     from an ``.npz`` (keys ``x_train``, ``x_test``, e.g. Keras' ``mnist.npz``). Intensities are
     divided by 255. ``n_train``/``n_test`` keep the first images in file order; ``seed`` is
     used only when an .npz holds a single array that must be split. ``max_bytes`` caps each
@@ -577,9 +666,17 @@ def load_mnist(
                 raise DatasetError(
                     f"{found[split]}: images are {x.shape[1]}×{x.shape[2]}, MNIST's are 28×28."
                 )
+        labels = _mnist_labels(path, found, images, max_bytes)
         x_train = _take(images["train"], n_train, str(found["train"]))
         x_test = _take(images["t10k"], n_test, str(found["t10k"]))
-        return Dataset("mnist", to_unit_tensor(x_train), to_unit_tensor(x_test), (28, 28), "bce")
+        y_train = y_test = None
+        if labels is not None:
+            y_train = torch.from_numpy(labels["train"][: x_train.shape[0]].astype(np.int64))
+            y_test = torch.from_numpy(labels["t10k"][: x_test.shape[0]].astype(np.int64))
+        return Dataset(
+            "mnist", to_unit_tensor(x_train), to_unit_tensor(x_test), (28, 28), "bce",
+            y_train=y_train, y_test=y_test,
+        )  # fmt: skip
     if not path.is_file():
         raise DatasetError(f"MNIST path not found: {path}. {_MNIST_HELP}")
     kind = file_format(path)

@@ -127,15 +127,29 @@ def test_good_download_is_checked_recorded_and_not_repeated(server: _Server, tmp
     assert cached_dataset("curves", cache_dir=tmp_path) == path
 
 
+def _labels_gz(n: int) -> bytes:
+    return gzip.compress(struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n)))
+
+
 def test_mnist_download_gives_the_folder_load_mnist_reads(server: _Server, tmp_path: Path):
     server.files["train-images-idx3-ubyte.gz"] = _idx_gz(6)
     server.files["t10k-images-idx3-ubyte.gz"] = _idx_gz(3)
+    server.files["train-labels-idx1-ubyte.gz"] = _labels_gz(6)
+    server.files["t10k-labels-idx1-ubyte.gz"] = _labels_gz(3)
     path = _get(server, tmp_path, "mnist")
     assert path == tmp_path / "mnist"
-    assert (load_dataset("mnist", path=path).n_train, load_dataset("mnist", path=path).n_test) == (
-        6,
-        3,
-    )
+    ds = load_dataset("mnist", path=path)
+    assert (ds.n_train, ds.n_test) == (6, 3)
+    assert ds.y_train is not None and ds.y_train.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_label_download_that_is_not_labels_is_refused(server: _Server, tmp_path: Path):
+    server.files["train-images-idx3-ubyte.gz"] = _idx_gz(2)
+    server.files["t10k-images-idx3-ubyte.gz"] = _idx_gz(2)
+    server.files["train-labels-idx1-ubyte.gz"] = _idx_gz(2)  # images where labels belong
+    server.files["t10k-labels-idx1-ubyte.gz"] = _labels_gz(2)
+    with pytest.raises(DownloadError, match="not IDX labels.*magic number is 2051"):
+        _get(server, tmp_path, "mnist")
 
 
 def test_truncated_download_fails_then_resumes_with_range(server: _Server, tmp_path: Path):

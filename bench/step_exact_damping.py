@@ -3,11 +3,9 @@
 The step experiment (bench/RESULTS-step.md) finds that with factored damping every Kronecker
 method's step is equally far from the exact damped natural gradient, while EKFAC, which damps
 exactly, steps like KFAC would with exact damping and trains fastest. This bench trains
-``kfac``, ``kpsvd`` and ``shampoo`` with their tuned lr and λ, once as the optimizers do
-(factored damping) and once with ``solve(..., mode="exact")``, i.e. ``(R ⊗ S + λI)⁻¹`` in closed
-form from the factors' eigendecompositions. The optimizers have no switch for the solve mode, so
-this bench replaces the per-step solve of :class:`core.training.curvature._LayerInverse` for the
-duration of the exact-damping runs (stated in its output).
+``kfac``, ``kpsvd`` and ``shampoo`` with their tuned lr and λ, once with factored damping (the
+default) and once with the optimizers' ``damping_mode="exact"``, i.e. ``(R ⊗ S + λI)⁻¹`` in
+closed form from the factors' eigendecompositions (:mod:`core.training.curvature`).
 
     python bench/step_exact_damping.py [--epochs 10] [--seeds 1,2,3] [--damping λ]
 """
@@ -21,7 +19,6 @@ import time
 
 import torch
 
-from core.training import curvature
 from core.training.data import load_dataset
 from core.training.models import batch_loss
 from core.training.runner import RunConfig, TrainingRun
@@ -29,14 +26,12 @@ from core.training.runner import RunConfig, TrainingRun
 METHODS = ("kfac", "kpsvd", "shampoo", "ekfac")
 
 
-def exact_solve(self, v: torch.Tensor) -> torch.Tensor:
-    return self._solver.solve(v, self.damping, mode="exact")
-
-
-def final_loss(method: str, seed: int, epochs: float, dataset, damping: float | None) -> float:
+def final_loss(
+    method: str, seed: int, epochs: float, dataset, damping: float | None, mode: str
+) -> float:
     config = RunConfig.from_settings(
         "curves-small", method, preset="curves-small", epochs=epochs, seed=seed,
-        eval_every=10**9, device="cpu", damping=damping,
+        eval_every=10**9, device="cpu", damping=damping, damping_mode=mode,
     )  # fmt: skip
     run = TrainingRun(config, dataset=dataset)
     run.run()
@@ -57,17 +52,16 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     dataset = load_dataset("curves-small", seed=0)
     print(f"λ = {args.damping or 'tuned'}; load average at the start: {os.getloadavg()}")
-    factored = curvature._LayerInverse.solve
     print("| method | factored damping (as trained) | exact damping | seconds |")
     print("|---|---:|---:|---:|")
     for method in METHODS:
         row = []
         began = time.perf_counter()
-        for solve in (factored, exact_solve):
-            curvature._LayerInverse.solve = solve  # type: ignore[method-assign]
-            losses = [final_loss(method, s, args.epochs, dataset, args.damping) for s in seeds]
+        for mode in ("factored", "exact"):
+            losses = [
+                final_loss(method, s, args.epochs, dataset, args.damping, mode) for s in seeds
+            ]
             row.append(f"{statistics.mean(losses):.2f} ± {statistics.stdev(losses):.2f}")
-        curvature._LayerInverse.solve = factored  # type: ignore[method-assign]
         print(f"| {method} | {row[0]} | {row[1]} | {time.perf_counter() - began:.0f} |")
     print(f"load average at the end: {os.getloadavg()}")
 

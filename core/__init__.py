@@ -108,6 +108,7 @@ _MODULES: dict[str, str] = {
     "direction": "core.views.direction",
     "explorer": "core.views.explorer",
     "figures": "core.views.figures",
+    "network_fisher": "core.views.network_fisher",
     "report": "core.views.report",
     "jobs": "core.server.jobs",
     "settings": "core.settings",

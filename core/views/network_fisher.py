@@ -40,8 +40,12 @@ from ..engine.kron import factored_damping
 from ..engine.layers import supported_layers
 from ..engine.likelihoods import batch_loss
 from ..engine.methods import approximate
+from ..training.data import load_dataset
+from ..training.models import build_model
+from ..training.runner import RunConfig, TrainingRun, model_loss
 from ..training.two_level import (
     COARSE_SPACES,
+    TWO_LEVEL_VARIANTS,
     coarse_basis,
     coarse_vectors,
     per_sample_projections,
@@ -50,6 +54,9 @@ from ..training.two_level import (
 
 __all__ = [
     "DENSE_PARAMETER_LIMIT",
+    "NETWORK_DATASETS",
+    "NetworkView",
+    "network_view",
     "NetworkCurvature",
     "network_curvature",
     "network_directions",
@@ -310,3 +317,70 @@ def network_heatmaps(matrices: dict[str, torch.Tensor], labels: dict[str, str] |
         fig.update_yaxes(autorange="reversed", row=1, col=i)
     fig.update_layout(height=360, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig
+
+
+#: bundled datasets the network view offers, with a default autoencoder small enough
+#: (≤ DENSE_PARAMETER_LIMIT parameters) to form the whole Fisher: curves-small 196-6-3
+#: (2,599 parameters), digits 64-16-8 (2,408)
+NETWORK_DATASETS: dict[str, tuple[int, ...]] = {"curves-small": (196, 6, 3), "digits": (64, 16, 8)}
+
+_LABELS = {
+    "exact": "Exact F + λI (whole network)",
+    "exact_block": "Exact block diagonal",
+    "kfac": "KFAC",
+    **{f"two_level:{space}": f"Two-level ({space})" for space in TWO_LEVEL_VARIANTS.values()},
+}
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """What the network page shows: the network's size, the direction errors, and (up to
+    :data:`DENSE_PARAMETER_LIMIT` parameters) the matrix errors and heatmaps."""
+
+    parameters: int
+    directions: pd.DataFrame
+    matrices: pd.DataFrame | None
+    heatmaps: object | None
+
+
+def network_view(
+    dataset: str,
+    widths: tuple[int, ...],
+    m: int,
+    damping: float,
+    seed: int,
+    train_steps: int = 0,
+) -> NetworkView:
+    """The network view of a ``widths`` autoencoder on ``dataset`` (a name of
+    :data:`NETWORK_DATASETS`) at initialisation (``seed``), or after ``train_steps`` KFAC steps
+    with its defaults; Fisher minibatch: the first ``m`` training samples, true Fisher."""
+    if dataset not in NETWORK_DATASETS:
+        raise ValueError(
+            f"the network view offers the bundled datasets {', '.join(NETWORK_DATASETS)}; "
+            f"got {dataset!r}"
+        )
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be an integer ≥ 1 (samples), got {m!r}")
+    ds = load_dataset(dataset, seed=0)
+    if train_steps:
+        config = RunConfig.from_settings(
+            dataset, "kfac", widths=list(widths), steps=int(train_steps), seed=seed
+        )
+        run = TrainingRun(config, dataset=ds)
+        run.run()
+        if run.status != "finished":
+            raise ValueError(f"the KFAC training before the view stopped: {run.message}")
+        model = run.model
+    else:
+        model = build_model(list(widths), input_dim=ds.x_train.shape[1], loss=ds.loss, seed=seed)
+    model = model.to("cpu").double()
+    x = ds.x_train[:m].double()
+    curv = network_curvature(model, x, x, loss=model_loss(model, ds), seed=seed)
+    directions = direction_errors(network_directions(curv, damping))
+    directions.insert(1, "label", directions["direction"].map(_LABELS))
+    if curv.n > DENSE_PARAMETER_LIMIT:
+        return NetworkView(curv.n, directions, None, None)
+    mats = network_matrices(curv, damping)
+    errors = matrix_errors(mats)
+    errors.insert(1, "label", errors["matrix"].map(_LABELS))
+    return NetworkView(curv.n, directions, errors, network_heatmaps(mats, _LABELS))

@@ -76,6 +76,9 @@ def _run() -> None:
             icon=":material/fact_check:",
             url_path="reports",
         ),
+        st.Page(
+            "pages/network.py", title="Network Fisher", icon=":material/hub:", url_path="network"
+        ),
         st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
     ]
     page = st.navigation(pages)

@@ -241,3 +241,25 @@ st.markdown(
     "every method: does a better approximation of $F$ give a better compressed or pruned "
     "network?"
 )
+
+st.header("11. Two-level KFAC: curvature between layers")
+st.markdown(
+    "KFAC's preconditioner is block-diagonal: it ignores every block of $F$ that couples two "
+    "layers. Two-level KFAC (Koroko et al., 2023), after two-level domain decomposition, adds "
+    "a coarse correction on a small space $R_0^\\top$ ($n\\times k$) with one vector per layer "
+    "— the layer's KFAC direction, its gradient, or its constant vector (Nicolaides) — scaled "
+    "to unit norm:"
+)
+st.latex(
+    r"P^{-1}=M^{-1}+R_0^\top\big(R_0FR_0^\top+\lambda I\big)^{-1}R_0,\qquad"
+    r"(R_0FR_0^\top)_{ij}=\frac1m\sum_n (R_0 g_n)_i\,(R_0 g_n)_j,"
+)
+st.markdown(
+    "with $M$ KFAC's damped block diagonal and $g_n$ the per-sample gradients of the whole "
+    "network, so the $k\\times k$ coarse matrix costs one projection per coarse vector and no "
+    '$n\\times n$ matrix. The paper finds that this "does not really improve the performance '
+    'of KFAC"; the optimizers `kfac_two_level` (KFAC directions), `kfac_two_level_grad` and '
+    "`kfac_two_level_nicolaides` let you test that in the race, `python -m core reproduce "
+    "--experiment two_level` measures it, and the **Network Fisher** page shows the whole $F$ "
+    "next to KFAC and two-level KFAC on networks small enough to form it."
+)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -359,7 +359,8 @@ def _verdicts(table: pd.DataFrame, job: str) -> tuple[pd.DataFrame, pd.DataFrame
     base = BASELINES[job][0]
     keyed = table.set_index(["seed", "layer", "structure", "x", "method"])["loss_increase"]
     wins = total = 0
-    for (seed, layer, structure, x, method), value in keyed.items():
+    for index, value in keyed.items():
+        seed, layer, structure, x, method = cast(tuple[Any, ...], index)
         if method in BASELINES[job] or method == "exact":
             continue
         ref = keyed.get((seed, layer, structure, x, base))

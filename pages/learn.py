@@ -199,6 +199,10 @@ st.markdown(
     "$\\tilde F_k=c_kR_k\\otimes S_k$ goes from Shampoo ($k=1$) to KPSVD ($k\\to\\infty$, at "
     "the rate $(\\sigma_2/\\sigma_1)^k$); its error can never fall below KPSVD's."
 )
+st.caption(
+    "In the explorer: the *Power iterations* tab draws this error against $k$ for the chosen "
+    "layer, with KFAC and KPSVD as reference lines (URL parameter `power_k`)."
+)
 
 st.header("10. What better curvature buys: compressing and pruning a layer")
 st.markdown(
@@ -240,6 +244,11 @@ st.markdown(
     "baseline. The explorer plots the held-out loss increase against $k$ or the sparsity for "
     "every method: does a better approximation of $F$ give a better compressed or pruned "
     "network?"
+)
+st.caption(
+    "In the explorer: the *Compress* and *Prune* tabs run these sweeps on the chosen layer "
+    "(URL parameters `compress_k`, `prune_sparsity`, `prune_kind`); `python -m core reproduce "
+    "--experiment compress` (or `prune`) runs them on a trained network with verdicts."
 )
 
 st.header("11. Two-level KFAC: curvature between layers")

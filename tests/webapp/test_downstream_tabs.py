@@ -95,3 +95,23 @@ def test_a_bad_value_gets_a_notice(tab, name, bad, used):
     notices = " ".join(unescaped(w.value) for w in at.warning)
     assert f"URL parameter {name}: the value {bad} is not valid here" in notices
     assert f"using {used}" in notices
+
+
+def test_a_convolution_gets_a_note_and_the_power_tab_still_works():
+    params = dict(dataset="digits", preset="digits-conv", layer="encoder.conv2", m="64")
+    at = app("explorer", tab="compress", methods="kfac", **params)
+    assert_clean(at)
+    assert any("fully connected layers" in unescaped(i.value) for i in at.info)
+    at = app("explorer", tab="power", power_k="3", **params)
+    assert_clean(at)
+    errors = json.loads(charts(at)[0].proto.spec)["data"][0]["y"]
+    assert len(errors) == 4
+
+
+def test_classifier_with_the_empirical_fisher():
+    params = dict(dataset="digits", preset="digits-cnn", m="64", fisher="empirical")
+    at = app("explorer", tab="prune", methods="kfac", layer="classifier.linear1", **params)
+    assert_clean(at)
+    table = _table(at)
+    assert {"Magnitude", "KFAC"} <= set(table["method"])
+    assert table["loss increase"].notna().all()

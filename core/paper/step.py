@@ -295,16 +295,28 @@ def trajectory_records(spec: StepSpec, dataset: Dataset, seed: int, log: Log) ->
     return records
 
 
-def training_losses(spec: StepSpec, dataset: Dataset, log: Log) -> list[dict[str, Any]]:
+def training_losses(
+    spec: StepSpec,
+    dataset: Dataset,
+    log: Log,
+    *,
+    damping_mode: str = "factored",
+    methods: tuple[str, ...] | None = None,
+    dampings: tuple[float, ...] | None = None,
+) -> list[dict[str, Any]]:
     """Full training-set loss after ``spec.train_epochs`` of each method's optimizer (its tuned
-    lr) at each damping of ``spec.train_dampings`` and each training seed (``inf``: diverged)."""
+    lr) at each damping of ``spec.train_dampings`` and each training seed (``inf``: diverged).
+    ``damping_mode``: the optimizers' (:class:`core.training.optim.OptimizerConfig`; "exact":
+    (F̃ + λI)⁻¹ instead of factored damping); ``methods``/``dampings``: subsets (default: the
+    spec's)."""
     rows = []
-    for lam in spec.train_dampings:
-        for method in spec.methods:
+    for lam in spec.train_dampings if dampings is None else dampings:
+        for method in spec.methods if methods is None else methods:
             for seed in spec.train_seeds:
                 config = RunConfig.from_settings(
                     spec.dataset, method, preset=spec.preset, epochs=spec.train_epochs,
                     seed=seed, damping=lam, eval_every=10**9, device=spec.device,
+                    damping_mode=damping_mode,
                 )  # fmt: skip
                 run = TrainingRun(config, dataset=dataset)
                 began = time.perf_counter()
@@ -316,8 +328,9 @@ def training_losses(spec: StepSpec, dataset: Dataset, log: Log) -> list[dict[str
                         loss = float(batch_loss(run.model(x), x, dataset.loss))
                 seconds = time.perf_counter() - began
                 rows.append(
-                    {"method": method, "damping": lam, "seed": seed, "train_loss": loss,
-                     "seconds": seconds, "status": run.status}
+                    {"method": method, "damping": lam, "damping_mode": damping_mode,
+                     "seed": seed, "train_loss": loss, "seconds": seconds, "status": run.status}
                 )  # fmt: skip
-                log(f"train {method} λ={lam:g} seed {seed}: {loss:.3f} ({seconds:.1f} s)")
+                log(f"train {method} λ={lam:g} ({damping_mode}) seed {seed}: {loss:.3f} "
+                    f"({seconds:.1f} s)")  # fmt: skip
     return rows

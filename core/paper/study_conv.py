@@ -65,9 +65,7 @@ def conv_presets(dataset: str, *, labelled: bool) -> list[str]:
     return [
         name
         for name, p in PRESETS.items()
-        if p.kind != "autoencoder"
-        and p.widths[0] == dim
-        and (labelled or p.kind != "conv_classifier")
+        if p.kind.startswith("conv_") and p.widths[0] == dim and (labelled or not p.classifier)
     ]
 
 

@@ -190,14 +190,14 @@ def dataset(data: DataChoice) -> Dataset:
 
 def presets_for(name: str, *, labelled: bool) -> list[str]:
     """The presets whose input width matches the dataset (fully connected and convolutional
-    autoencoders; the convolutional classifiers only when the loaded data has class labels,
+    autoencoders; the classifiers only when the loaded data has class labels,
     ``labelled``: their likelihood is a softmax over the classes), the dataset's own preset
     first, then in the registry's order."""
     dim = DATASET_SPECS[name].input_dim
     fits = [
         p
         for p, preset in PRESETS.items()
-        if preset.widths[0] == dim and (labelled or preset.kind != "conv_classifier")
+        if preset.widths[0] == dim and (labelled or not preset.classifier)
     ]
     return sorted(fits, key=lambda p: p != name)
 

@@ -37,7 +37,7 @@ def views() -> list[dict[str, str]]:
         presets = [
             p
             for p, pr in PRESETS.items()
-            if pr.widths[0] == spec.input_dim and (labelled or pr.kind != "conv_classifier")
+            if pr.widths[0] == spec.input_dim and (labelled or not pr.classifier)
         ]
         for preset in presets:
             method_sets = [[m] for m in METHODS] + [list(METHODS)]

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def test_presets_offered_follow_the_input_size_and_the_labels():
-    assert presets_for("digits", labelled=True) == ["digits", "digits-conv", "digits-cnn"]
+    labelled = presets_for("digits", labelled=True)
+    assert labelled == ["digits", "digits-conv", "digits-cnn", "digits-seq"]
     assert presets_for("digits", labelled=False) == ["digits", "digits-conv"]
     assert "mnist-cnn" not in presets_for("mnist", labelled=False)
     assert set(presets_for("curves-small", labelled=False)) == {"curves-small"}
@@ -94,3 +95,14 @@ def test_factors_tab_groups_a_conv_input_factor_by_kernel_position():
     at.radio(key="explorer.factor_order").set_value("unfolded").run()
     assert_clean(at)
     assert "blocks of 8 channels" not in spec(charts(at)[-1])
+
+
+def test_explorer_on_a_sequence_layer():
+    """digits-seq's first layer is one Linear shared by the 8 row tokens (T = 8)."""
+    at = app("explorer", dataset="digits", preset="digits-seq", layer="tokens.linear1", m="64")
+    assert_clean(at)
+    picker = at.selectbox(key="explorer.layer")
+    assert "8→16 at T 8 positions" in picker.format_func(picker.value)
+    table = at.dataframe[0].value.set_index("method")
+    assert table.loc["KPSVD", "relative_error"] <= table.loc["KFAC", "relative_error"] + 1e-9
+    assert table.loc["KFAC", "relative_error"] != table.loc["KFAC-reduce", "relative_error"]

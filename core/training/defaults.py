@@ -3,8 +3,9 @@
 Optimizers: the gradient-only ``sgd``, ``adam`` and ``swan`` (stateless normalised and whitened
 gradients, :mod:`core.training.swan`; no Fisher capture, no damping), then one natural-gradient
 optimizer per block the engine builds (:mod:`core.engine.methods`: every approximation, then the
-exact block), keyed by the engine's method names. The order is the order of every list of
-optimizers shown.
+exact block), keyed by the engine's method names, then the two-level KFAC optimizers (KFAC plus
+a coarse correction between layers, :mod:`core.training.two_level`). The order is the order of
+every list of optimizers shown.
 
 Defaults: a learning rate and a damping λ per optimizer, tuned on the curves-small preset, and
 per-preset overrides where a preset's network needs other ones, chosen so that no optimizer

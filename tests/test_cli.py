@@ -154,7 +154,7 @@ def test_unusable_out_and_data_files_are_one_line_errors(tmp_path, capsys):
 
 
 def test_download_flag_fetches_once_then_runs_offline(tmp_path, monkeypatch, capsys):
-    from tests.training.test_download import _curves_mat, _idx_gz, _Server
+    from tests.training.test_download import _curves_mat, _idx_gz, _labels_gz, _Server
 
     monkeypatch.setenv("KRONOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     server = _Server()
@@ -162,12 +162,14 @@ def test_download_flag_fetches_once_then_runs_offline(tmp_path, monkeypatch, cap
         server.files["digs3pts_1.mat"] = _curves_mat()
         server.files["train-images-idx3-ubyte.gz"] = _idx_gz(8)
         server.files["t10k-images-idx3-ubyte.gz"] = _idx_gz(4)
+        server.files["train-labels-idx1-ubyte.gz"] = _labels_gz(8)
+        server.files["t10k-labels-idx1-ubyte.gz"] = _labels_gz(4)
         monkeypatch.setenv("KRONOSCOPE_DOWNLOAD_BASE_URL", server.url)
         small = ["--widths", "784-6-3", "--batch-size", "4", "--no-progress", "--steps", "2"]
         for dataset in ("curves", "mnist"):
             argv = ["train", "--dataset", dataset, "--optimizer", "adam", *small, "--download"]
             assert main([*argv, "--out", str(tmp_path / dataset)]) == 0
-        assert len(server.requests) == 3
+        assert len(server.requests) == 5  # CURVES' file, MNIST's images and labels
     finally:
         server.close()
     cfg = json.loads((tmp_path / "curves" / "config.json").read_text())

@@ -38,7 +38,7 @@ from scipy.stats import spearmanr
 
 from ..engine.shared_batch import product_route
 from ..training.data import load_dataset
-from ..training.datasets import Dataset
+from ..training.datasets import DATASET_SPECS, Dataset
 from ..training.defaults import default_damping
 from ..training.models import PRESETS, LayerInfo, build_model, describe_layers
 from ..training.runner import RunConfig, TrainingRun
@@ -59,8 +59,6 @@ DEFAULT_EPOCHS = 10.0
 def conv_presets(dataset: str, *, labelled: bool) -> list[str]:
     """The convolutional presets whose input fits ``dataset`` (classifiers only when the data
     has class labels)."""
-    from ..training.datasets import DATASET_SPECS
-
     dim = DATASET_SPECS[dataset].input_dim
     return [
         name

@@ -502,7 +502,7 @@ class ConvClassifier(_ImageModel):
         )
 
 
-Model = Autoencoder | ConvAutoencoder | ConvClassifier
+Model = Autoencoder | ConvAutoencoder | ConvClassifier | SequenceClassifier
 """What :func:`build_model` builds."""
 
 

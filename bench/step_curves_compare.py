@@ -3,7 +3,9 @@ exact block, at equal epochs AND at equal wall time.
 
 Every run uses the reproduction's paper settings (:meth:`core.paper.spec.ReproduceSpec.run_config`:
 batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95, KL-clip 1e-2, momentum 0.9, weight
-decay 1e-3, Xavier-uniform initialisation) and each optimizer's tuned CURVES lr and damping
+decay 1e-3) except the initialisation: the runs build their own model, with the runner's default
+He-normal initialisation (the reproduction uses Xavier-uniform), the same for every optimizer of
+a seed; and each optimizer's tuned CURVES lr and damping
 (:mod:`core.training.defaults`), except that KFAC is also run with ``damping_mode="exact"``,
 ``(R ⊗ S + λI)⁻¹`` (:mod:`core.training.curvature`), at its tuned λ and at the λ values of
 ``--exact-dampings``. The reproduction's training experiment has no damping-mode option, so

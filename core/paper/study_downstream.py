@@ -24,6 +24,13 @@ cases, does not hold when the mean ρ ≤ 0, and is mixed in between. Cases wher
 gives the same loss (ρ undefined, e.g. k = full rank) are left out and counted in the detail.
 A second verdict compares the curvature-weighted methods with the curvature-free baseline
 (plain SVD / magnitude) point by point.
+
+Defaults (recorded in settings.json): 1 epoch on the paper's networks, 5 on the small presets;
+the layers of :func:`default_layers`; ranks 1, 4, 16, … up to half of min(dg, da) (at full
+rank every method returns W); sparsities 0.1 … 0.9, unstructured and whole rows; a 512-image
+true-Fisher batch from the training set, 2,000 held-out test images, λ = 1e-3
+(:data:`SWEEP_DAMPING`). ``--quick``: 512/256 images, at most 20 steps, one seed, ranks
+1, 2, 4, sparsities 0.25, 0.5, 0.75, unstructured only.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ _DEFAULT_EPOCHS = {"curves": 1.0, "mnist": 1.0, "faces": 1.0}  # the paper's net
 _SMALL_EPOCHS = 5.0
 _QUICK = {"n_train": 512, "n_test": 256, "max_steps": 20, "m": 128, "n_eval": 256}
 _FULL = {"m": 512, "n_eval": 2000}
+SWEEP_DAMPING = 1e-3  # λ of every curvature in the sweeps (the explorer's default)
 SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
 QUICK_SPARSITIES = (0.25, 0.5, 0.75)
 LARGE_LAYER = 25_000  # default layers: the largest below this, and the largest with an exact block
@@ -281,7 +289,7 @@ def run(options: StudyOptions, *, log: Callable[[str], None]) -> StudyResult:
         "seeds": list(seeds),
         "fisher_batch": sizes["m"],
         "eval_batch": sizes["n_eval"],
-        "sweep_damping": 1e-3,
+        "sweep_damping": SWEEP_DAMPING,
         "structures": list(structures),
         "quick": options.quick,
     }
@@ -306,11 +314,11 @@ def _one_sweep(job, model, layer, x_fisher, x_eval, loss, seed, structure, quick
         ranks = [int(k) for k in _sweep_values(job, quick, min(dg, da))]
         return compress_sweep(
             model, layer, x_fisher, x_eval, loss=loss, ranks=ranks, methods=COMPRESS_METHODS,
-            seed=seed,
+            seed=seed, damping=SWEEP_DAMPING,
         )  # fmt: skip
     return prune_sweep(
         model, layer, x_fisher, x_eval, loss=loss, sparsities=_sweep_values(job, quick, 0),
-        structure=structure, methods=PRUNE_METHODS, seed=seed,
+        structure=structure, methods=PRUNE_METHODS, seed=seed, damping=SWEEP_DAMPING,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from ..engine.methods import METHODS
 from ..training.defaults import OPTIMIZERS
 from .safe_read import ReportError
 from .spec import EXPERIMENTS, REPRO_DATASETS
+from .studies import STUDIES
 
 __all__ = ["MAX_SETTINGS_DEPTH", "RESULT_COLUMNS", "parse_results", "parse_settings"]
 
@@ -105,6 +106,12 @@ def parse_settings(label: str, data: bytes) -> dict:
             f"{expected}."
         )
 
+    if settings.get("experiment") in STUDIES:  # written by core.paper.studies.write_study
+        raise ReportError(
+            f"{label.replace('settings.json of r', 'R', 1)} is a study "
+            f"({settings['experiment']}), not one of the seed paper's experiments: this page "
+            "shows those only; the study's own report is report.html in its folder."
+        )
     for key, allowed in (("experiment", EXPERIMENTS), ("dataset", REPRO_DATASETS)):
         if key not in settings:
             raise ReportError(f"{label} is not valid: it lacks the field {key}.")

@@ -159,6 +159,14 @@ def test_a_link_swapped_in_after_listing_is_not_followed(tmp_path):
         read_capped(str(tmp_path / "fifo"), "results.csv of report x")
 
 
+def test_a_study_folder_is_named_as_such(results_root):
+    write_report(results_root / "convs", {"experiment": "conv"})
+    with pytest.raises(ReportError) as err:
+        load_report(results_root, "convs")
+    assert str(err.value).startswith("Report convs is a study (conv), not one of the seed paper")
+    assert "report.html in its folder" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -76,6 +76,8 @@ _EXPORTS: dict[str, str] = {
     "downstream_figures": "core.views.downstream_figures",
     "downstream_label": "core.views.downstream_figures",
     "downstream_table": "core.views.downstream_figures",
+    "reconstruction_figure": "core.views.downstream_figures",
+    "reconstructions": "core.views.downstream",
     "power_iterations_caption": "core.views.power_iterations",
     "power_iterations_figure": "core.views.power_iterations",
     # paper reproductions (the reports page)

@@ -67,13 +67,16 @@ def downstream_sweep(
     structure: str = "unstructured",
     targets: torch.Tensor | None = None,
     fisher_targets: torch.Tensor | None = None,
+    keep: tuple[str, ...] = (),
 ) -> DownstreamResult:
     """The explorer's "Compress" (``job="compress"``, ``values``: ranks k) or "Prune"
     (``job="prune"``, ``values``: sparsities, ``structure``) sweep of ``layer``
     (:func:`core.views.downstream.compress_sweep` / :func:`~core.views.downstream.prune_sweep`)
     on a CPU copy of ``model``: the curvature from ``x_fisher``, the held-out loss on ``x_eval``
     (``targets``: its class labels for a classifier, ``None`` for an autoencoder;
-    ``fisher_targets``: ``x_fisher``'s labels, for a classifier's empirical Fisher)."""
+    ``fisher_targets``: ``x_fisher``'s labels, for a classifier's empirical Fisher).
+    ``keep``: methods whose new W at the last value of ``values`` is returned in
+    ``result.weights`` (for reconstruction images; the others are not sent back)."""
     model = copy.deepcopy(model).cpu()
     common: dict[str, Any] = dict(
         loss=loss,
@@ -84,16 +87,22 @@ def downstream_sweep(
         fisher_targets=fisher_targets,
     )
     if job == "compress":
-        return compress_sweep(
+        result = compress_sweep(
             model, layer, x_fisher.cpu(), x_eval.cpu(), ranks=[int(v) for v in values],
-            damping=damping, **common,
+            damping=damping, keep_weights=bool(keep), **common,
         )  # fmt: skip
-    if job == "prune":
-        return prune_sweep(
+    elif job == "prune":
+        result = prune_sweep(
             model, layer, x_fisher.cpu(), x_eval.cpu(), sparsities=[float(v) for v in values],
-            structure=structure, damping=damping, **common,
+            structure=structure, damping=damping, keep_weights=bool(keep), **common,
         )  # fmt: skip
-    raise ValueError(f"unknown downstream job {job!r}; choose compress or prune")
+    else:
+        raise ValueError(f"unknown downstream job {job!r}; choose compress or prune")
+    last = float(values[-1]) if values else None
+    result.weights = {
+        (method, x): w for (method, x), w in result.weights.items() if method in keep and x == last
+    }
+    return result
 
 
 def power_iterations(fisher: LayerFisher, steps: int) -> PowerIterationCurve:

@@ -30,11 +30,14 @@ from core import (
     PRUNE_METHODS,
     PRUNE_STRUCTURES,
     downstream_figures,
+    downstream_label,
     downstream_table,
     jobs,
     model_loss,
     power_iterations_caption,
     power_iterations_figure,
+    reconstruction_figure,
+    reconstructions,
 )
 
 from . import compute
@@ -66,6 +69,8 @@ SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_SPARSITY = 0.5
 DEFAULT_POWER_K, MAX_POWER_K = 10, min(50, MAX_POWER_STEPS)
 EVAL_BATCH = 512  # held-out images the loss increase is measured on
+IMAGES = 6  # reconstructions drawn per method (autoencoders, compress tab)
+RECONSTRUCTED = ("svd", "fwsvd", "kfac", "kpsvd", "exact")  # the rows of the image grid
 _KIND_LABELS = {
     "unstructured": "single weights",
     "rows": "whole rows (outputs)",
@@ -100,6 +105,7 @@ class DownstreamKey:
     damping: float
     structure: str
     kind: str
+    keep: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,9 @@ def _linear_only(block) -> bool:
     return False
 
 
-def _sweep(block, inputs: DownstreamInputs, job: str, values, methods, structure: str):
-    """Run one sweep in the worker pool; its result, or ``None`` after an error message."""
+def _sweep(block, inputs: DownstreamInputs, job: str, values, methods, structure: str, keep=()):
+    """Run one sweep in the worker pool (``keep``: methods whose W at the last value comes
+    back too); its result, or ``None`` after an error message."""
     model = inputs.model.model
     with friendly_errors("The model's likelihood"):
         loss = model_loss(model, inputs.ds)
@@ -145,14 +152,15 @@ def _sweep(block, inputs: DownstreamInputs, job: str, values, methods, structure
     eval_labels = inputs.ds.y_test[:EVAL_BATCH] if classifier else None
     kind = block.key.kind
     key = DownstreamKey(
-        block.key, job, tuple(values), tuple(methods), float(inputs.damping), structure, kind
-    )
+        block.key, job, tuple(values), tuple(methods), float(inputs.damping), structure, kind,
+        tuple(keep),
+    )  # fmt: skip
     what = "Compressing the layer" if job == "compress" else "Pruning the layer"
     try:
         return compute.compute(
             key, jobs.downstream_sweep, job, model, block.key.layer, x_fisher, x_eval, loss,
             kind, int(inputs.seed), tuple(values), tuple(methods), float(inputs.damping),
-            structure, eval_labels, fisher_labels,
+            structure, eval_labels, fisher_labels, tuple(keep),
             what=what, how="choose a smaller layer or fewer approximations",
             lane=compute.lane_of(block.fisher, False),
         )  # fmt: skip
@@ -199,8 +207,40 @@ def compress_tab(settings, block, inputs: DownstreamInputs) -> Arrays:
     if not _linear_only(block):
         return {}
     methods = [m for m in COMPRESS_METHODS if m in ("svd", "fwsvd", "exact", *inputs.methods)]
-    result = _sweep(block, inputs, "compress", compress_ranks(int(k)), methods, "unstructured")
-    return {} if result is None else _show(result, "compress")
+    autoencoder = hasattr(inputs.model.model, "reconstruct")
+    keep = tuple(m for m in RECONSTRUCTED if m in methods) if autoencoder else ()
+    ranks = compress_ranks(int(k))
+    result = _sweep(block, inputs, "compress", ranks, methods, "unstructured", keep)
+    if result is None:
+        return {}
+    arrays = _show(result, "compress")
+    if result.weights:
+        _reconstruction_images(result, inputs, block.key.layer, ranks[-1])
+    return arrays
+
+
+def _reconstruction_images(result, inputs: DownstreamInputs, layer: str, k: int) -> None:
+    """The autoencoder's reconstructions of a few held-out images with the layer compressed
+    to rank ``k`` by each of :data:`RECONSTRUCTED` (a forward pass of :data:`IMAGES` images:
+    light enough for the page)."""
+    weights = {method: w for (method, _x), w in result.weights.items()}
+    model = inputs.model.model  # shared by sessions: never moved or changed here
+    x = inputs.ds.x_test[:IMAGES].to(next(model.parameters()).device)
+    try:
+        images = reconstructions(model, layer, weights, x)
+    except EXPECTED_ERRORS as err:
+        st.caption(f"Reconstruction images: {plain(err)}")
+        return
+    titles = {"original": "unchanged"} | {m: f"{downstream_label(m)}, k = {k}" for m in weights}
+    st.plotly_chart(
+        reconstruction_figure(images, inputs.ds.image_shape, count=IMAGES, titles=titles),
+        key="compress_images",
+    )
+    st.caption(
+        f"The first {IMAGES} held-out images as the autoencoder reconstructs them with "
+        f"{layer} unchanged (top row) and compressed to rank {k} by each method: the "
+        "better the curvature, the closer a row should stay to the top one."
+    )
 
 
 def keep_compress(settings, block) -> None:

@@ -31,8 +31,14 @@ def test_compress_tab_default_view():
     exact = table[table["method"] == "Exact F"].set_index("rank k")["½ ΔWᵀFΔW"]
     svd = table[table["method"] == "Plain SVD"].set_index("rank k")["½ ΔWᵀFΔW"]
     assert (exact <= svd * (1 + 1e-6) + 1e-9).all()
-    (figure,) = charts(at)
+    figure, images = charts(at)
     assert "Compress: layer" in spec(figure)
+    # the reconstructions: the unchanged model's row and one per method, 6 images each
+    grid = json.loads(images.proto.spec)
+    assert len(grid["data"]) == 6 * 6  # unchanged, SVD, FWSVD, KFAC, KPSVD, exact
+    rows = [a["text"] for a in grid["layout"]["annotations"]]
+    assert rows[0] == "unchanged" and "KPSVD, k = 8" in rows and "Exact F, k = 8" in rows
+    assert any("reconstructs them" in unescaped(c.value) for c in at.caption)
     names = {trace["name"] for trace in json.loads(figure.proto.spec)["data"]}
     assert {"Plain SVD", "KFAC", "KPSVD", "Exact F"} <= names  # labels, not ids
     assert any("rank-k matrix closest" in unescaped(c.value) for c in at.caption)

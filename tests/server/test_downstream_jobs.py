@@ -84,3 +84,16 @@ def test_module_is_unchanged_by_the_jobs(model_and_data):
     jobs.downstream_sweep("prune", model, LAYER, x_fisher, x_eval, "bce", "true", 0, (0.5,),
                           ("kfac",), 1e-3)  # fmt: skip
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_keep_sends_back_only_the_last_value_of_the_kept_methods(model_and_data):
+    model, x_fisher, x_eval = model_and_data
+    result = jobs.downstream_sweep(
+        "compress", model, LAYER, x_fisher, x_eval, "bce", "true", 0, (1.0, 3.0),
+        ("svd", "kfac", "kpsvd"), 1e-3, keep=("svd", "kpsvd"),
+    )  # fmt: skip
+    assert set(result.weights) == {("svd", 3.0), ("kpsvd", 3.0)}
+    assert all(int(torch.linalg.matrix_rank(w)) <= 3 for w in result.weights.values())
+    plain = jobs.downstream_sweep("compress", model, LAYER, x_fisher, x_eval, "bce", "true", 0,
+                                  (1.0,), ("svd",), 1e-3)  # fmt: skip
+    assert plain.weights == {}

@@ -7,7 +7,8 @@ Per sweep: capture the layer's per-sample inputs and output gradients on a Fishe
 once, then for each rank or sparsity put the new weights into a *copy* of the model and
 measure the mean per-sample NLL on a held-out batch (the model passed in is never changed).
 Each point also carries ``fisher_increase`` = ½ vec(ΔW)ᵀ F vec(ΔW) with F the exact Fisher block
-of the capture batch, computed as ½ (1/m) Σ_i (g_iᵀ ΔW ā_i)² without forming F: the
+of the capture batch, computed as ½ (1/m) Σ_i (g_iᵀ ΔW ā_i)² without forming F (for a layer
+shared by T positions, ½ (1/m) Σ_i (Σ_t g_{i,t}ᵀ ΔW ā_{i,t})²): the
 second-order prediction every method's change is judged by on the same yardstick.
 
 A method whose curvature cannot be formed for this layer (a dense-only one above
@@ -161,7 +162,9 @@ class _Evaluator:
         loss = held_out_loss(self.model, self.x, loss=self.loss, targets=self.targets)
         _set_weight(self.module, self.w0)
         delta = (w.to(torch.float64) - self.w0.to(torch.float64)).to(self.a.device)
-        fisher = 0.5 * float((((self.g @ delta) * self.a).sum(1) ** 2).mean())
+        # ⟨D_i, ΔW⟩ with D_i = Σ_t g_{i,t} ā_{i,t}ᵀ (one position t unless the layer is shared)
+        per_sample = ((self.g @ delta) * self.a).flatten(1).sum(1)
+        fisher = 0.5 * float((per_sample**2).mean())
         return DownstreamPoint(method, x, loss, loss - self.base, fisher, objective, seconds)
 
 

@@ -13,7 +13,9 @@ from core.engine.fisher import LayerFisher, exact_fisher
 from core.engine.kron import vec
 from core.engine.power_iterations import power_iteration_curve
 from core.server import jobs
+from core.training.data import load_dataset
 from core.training.models import Autoencoder
+from core.training.runner import RunConfig, TrainingRun
 from core.views.downstream import compress_sweep, layer_weight
 
 LAYER = "encoder.linear2"
@@ -97,3 +99,27 @@ def test_keep_sends_back_only_the_last_value_of_the_kept_methods(model_and_data)
     plain = jobs.downstream_sweep("compress", model, LAYER, x_fisher, x_eval, "bce", "true", 0,
                                   (1.0,), ("svd",), 1e-3)  # fmt: skip
     assert plain.weights == {}
+
+
+def test_shared_layer_fisher_increase_against_per_sample_gradients():
+    """A Linear shared by T = 8 row tokens (preset digits-seq): ½ ΔWᵀFΔW is
+    ½ (1/m) Σ_i ⟨D_i, ΔW⟩² with D_i = Σ_t g_{i,t} ā_{i,t}ᵀ, formed here by hand."""
+    ds = load_dataset("digits", seed=0, n_train=64, n_test=32)
+    run = TrainingRun(RunConfig.from_settings("digits", "adam", preset="digits-seq", steps=3),
+                      dataset=ds)  # fmt: skip
+    run.run()
+    model, layer = run.model.cpu().double(), "tokens.linear1"
+    x_fisher, x_eval = ds.x_train[:24].double(), ds.x_test.double()
+    labels = ds.y_test
+    result = compress_sweep(model, layer, x_fisher, x_eval, loss="ce", ranks=[1],
+                            methods=["svd", "kfac"], targets=labels, keep_weights=True)  # fmt: skip
+    cap = capture(model, x_fisher, loss="ce", generator=torch.Generator().manual_seed(0),
+                  layers=[layer]).layers[layer]  # fmt: skip
+    a, g = cap.a.double(), cap.g.double()
+    assert a.ndim == 3 and a.shape[1] == 8
+    per_sample = torch.einsum("itg,ita->iga", g, a)  # D_i, (m, dg, da)
+    w0 = layer_weight(model, layer).double()
+    for point in result.points:
+        delta = result.weights[(point.method, 1.0)].double() - w0
+        want = 0.5 * float(((per_sample * delta).sum((1, 2)) ** 2).mean())
+        assert point.fisher_increase == pytest.approx(want, rel=1e-9)

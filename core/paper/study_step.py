@@ -3,8 +3,9 @@ way their training does — the fit of F (Koroko et al. 2022's relative Frobeniu
 errors) or the damped step the optimizer really takes (Martens & Grosse 2015, §6)?
 
 ``python -m core reproduce --experiment step --dataset curves-small`` runs the step experiment
-of :mod:`core.paper.step` (measures along a KFAC trajectory, every layer, every method and the
-exact block; short training runs of each method at each damping) and reports it with
+of :mod:`core.paper.step` (measures along a KFAC trajectory, every layer, the methods of
+:data:`DEFAULT_METHODS` or ``--optimizers`` and the exact block; short training runs of each
+method at each damping) and reports it with
 :mod:`core.paper.step_report`'s tables (``python -m core.paper.step_report`` writes the same
 analysis as markdown). On top of that it trains KFAC with ``damping_mode="exact"``
 ((A ⊗ G + λI)⁻¹, :mod:`core.training.curvature`) at its tuned λ, next to the factored runs.
@@ -44,7 +45,7 @@ from .step_report import (
 )
 from .studies import StudyOptions, StudyResult
 
-__all__ = ["RHO_HOLDS", "RHO_FAILS", "QUICK_METHODS", "run"]
+__all__ = ["RHO_HOLDS", "RHO_FAILS", "QUICK_METHODS", "DEFAULT_METHODS", "run"]
 
 #: mean ρ at or above which a measure "ranks the methods as training does"
 RHO_HOLDS = 0.5
@@ -52,6 +53,18 @@ RHO_HOLDS = 0.5
 RHO_FAILS = 0.3
 #: --quick: methods, epochs (trajectory and training), sizes, dampings
 QUICK_METHODS = ("exact", "kfac", "kpsvd", "shampoo", "ekfac")
+#: the full study's methods: the registry less ``kfac_reduce`` (KFAC itself on linear layers)
+#: and ``lanczos`` (Deflation on the Gram route), whose duplicate rows would tie in every ranking
+DEFAULT_METHODS = (
+    "exact",
+    "kfac",
+    "kpsvd",
+    "deflation",
+    "kfac_corrected",
+    "ekfac",
+    "shampoo",
+    "eva",
+)
 QUICK_EPOCHS, QUICK_N_TRAIN, QUICK_FISHER_BATCH = 1.0, 256, 64
 QUICK_SWEEP = (0.01, 0.1, 1.0)
 FULL_EPOCHS, FULL_CHECKPOINTS = 6.0, 4
@@ -94,7 +107,7 @@ def _spec(options: StudyOptions) -> StepSpec:
             "tuned lr over a fixed λ grid, and every linear layer of the preset is measured"
         )
     preset = _preset(options)
-    methods = options.optimizers or (QUICK_METHODS if options.quick else SHOWN)
+    methods = options.optimizers or (QUICK_METHODS if options.quick else DEFAULT_METHODS)
     unknown = [m for m in methods if m not in SHOWN]
     if unknown:
         raise ValueError(

@@ -94,7 +94,10 @@ def test_quality_reproduction_tracks_every_method(outputs):
     ("argv", "match"),
     [
         (["--experiment", "speed", "--dataset", "curves"], "invalid choice: 'speed'"),
-        (["--experiment", "training", "--dataset", "digits"], "invalid choice: 'digits'"),
+        (
+            ["--experiment", "training", "--dataset", "digits"],
+            "unknown dataset 'digits' for a reproduction",
+        ),
         (["--experiment", "training", "--dataset", "curves", "--seeds", "a,b"], "--seeds"),
         (["--experiment", "training", "--dataset", "curves", "--seeds", "1,1"], "seeds must"),
         (

@@ -135,11 +135,9 @@ def browser_bench() -> list[Row]:
                 )
                 rows.append((f"warm: show {method}", wall, server))
             for layer in LAYERS:
-                wall, server = _timed_change(page, lambda n=layer: _choose(page, "Linear layer", n))
+                wall, server = _timed_change(page, lambda n=layer: _choose(page, "Layer", n))
                 rows.append((f"warm: layer {layer}, first visit", wall, server))
-            wall, server = _timed_change(
-                page, lambda: _choose(page, "Linear layer", "encoder.linear3")
-            )
+            wall, server = _timed_change(page, lambda: _choose(page, "Layer", "encoder.linear3"))
             rows.append(("warm: back to the default layer (cached)", wall, server))
             browser.close()
     finally:

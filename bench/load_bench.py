@@ -63,7 +63,7 @@ TEACHER_QUERY = "dataset=digits&seed=0"
 PAGE = "explorer"
 # The follow-up interactions, in turn: widget label on the explorer page and how to change it.
 INTERACTIONS = (
-    ("Linear layer", next_option),
+    ("Layer", next_option),
     ("Approximations", first_options(3)),
     ("Fisher minibatch m", next_option),
 )

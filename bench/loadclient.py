@@ -20,7 +20,7 @@ Usage::
 
     async with StudentSession("http://127.0.0.1:8501") as s:
         first = await s.open("explorer", "dataset=digits&seed=0")
-        after = await s.change("Linear layer", next_option)
+        after = await s.change("Layer", next_option)
         print(first.latency_s, first.plotly_charts, first.errors, after.ok)
 
 Faults: :func:`disconnect_mid_view` (a tab closed while its view runs) and :func:`slow_reader`

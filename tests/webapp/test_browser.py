@@ -204,7 +204,7 @@ def test_explorer_pick_layer_and_method(server, page):
     _no_exception(page)
     _shot(page, "explorer")
 
-    _choose(page, "Linear layer", "encoder.linear2")
+    _choose(page, "Layer", "encoder.linear2")
     # the page's caption (not the select's own label), then the URL, which the page updates
     # after every method's result: the rerun for the new layer has drawn the selects below
     page.get_by_text(re.compile(r"encoder\.linear2: 32→16.* · m = 256")).first.wait_for()

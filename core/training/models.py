@@ -396,7 +396,23 @@ class ConvAutoencoder(_ImageModel):
         )
 
 
-class SequenceClassifier(_ImageModel):
+class _Classifier(_ImageModel):
+    """What the softmax classifiers share: the ``"ce"`` likelihood over ``n_classes`` (≥ 2)
+    class logits of images given as flattened rows."""
+
+    n_classes: int
+
+    def _classify(self, image_shape: tuple[int, int], n_classes: int, init: str, seed: int) -> None:
+        """Check and set what every classifier holds (called first by ``__init__``)."""
+        _check_init(init)
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        self.loss: Loss = "ce"
+        self.image_shape = _image_shape(image_shape[0] * image_shape[1], image_shape)
+        self.n_classes, self.init, self.seed = int(n_classes), init, seed
+
+
+class SequenceClassifier(_Classifier):
     """A classifier that reads an image as a sequence of its rows: a linear layer shared by the
     ``H`` row tokens (a sequence ``nn.Linear``, weight-sharing with ``T = H`` positions, like a
     token-wise layer of a transformer or an RNN's input map), then a linear softmax layer.
@@ -416,12 +432,10 @@ class SequenceClassifier(_ImageModel):
         init: str = "he_normal",
     ) -> None:
         super().__init__()
-        _check_init(init)
-        if n_classes < 2 or width < 1:
-            raise ValueError(f"need n_classes ≥ 2 and width ≥ 1, got {n_classes}, {width}")
-        self.loss: Loss = "ce"
-        self.image_shape = _image_shape(image_shape[0] * image_shape[1], image_shape)
-        self.width, self.n_classes, self.init, self.seed = int(width), int(n_classes), init, seed
+        self._classify(image_shape, n_classes, init, seed)
+        if width < 1:
+            raise ValueError(f"the token width must be at least 1, got {width}")
+        self.width = int(width)
         rows, cols = self.image_shape
         self.tokens = nn.Sequential(
             OrderedDict(
@@ -446,7 +460,7 @@ class SequenceClassifier(_ImageModel):
         )
 
 
-class ConvClassifier(_ImageModel):
+class ConvClassifier(_Classifier):
     """A small convolutional classifier of images given as flattened rows ``(m, H·W)``.
 
     ``features``: ``conv1, relu1, …`` (3×3, stride 2, padding 1: ``1 → channels[0] → …``),
@@ -466,13 +480,8 @@ class ConvClassifier(_ImageModel):
         init: str = "he_normal",
     ) -> None:
         super().__init__()
-        _check_init(init)
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        self.loss: Loss = "ce"
+        self._classify(image_shape, n_classes, init, seed)
         self.channels = _check_channels(channels)
-        self.image_shape = _image_shape(image_shape[0] * image_shape[1], image_shape)
-        self.n_classes, self.init, self.seed = int(n_classes), init, seed
         grid = _grid(self.image_shape, len(self.channels))
         features = _downsampling(self.channels, dtype)
         features["flatten"] = nn.Flatten()

@@ -53,11 +53,16 @@ class BlockChoice:
 
 @dataclass(frozen=True)
 class Block:
-    """The Fisher block being explored, the key naming it, and the layer it belongs to."""
+    """The Fisher block being explored, the key naming it, the layer it belongs to, and the
+    capture it came from: the model's likelihood (``loss``), the Fisher minibatch and its class
+    labels (``None`` for an autoencoder)."""
 
     fisher: Any
     key: sh.compute.FisherKey
     info: Any
+    loss: str
+    batch: Any
+    labels: Any
 
 
 def model_choice(settings: sh.UrlSettings) -> tuple[Any, Any, str, int, sh.ModelChoice]:
@@ -147,7 +152,7 @@ def fisher_block(*, data, ds, preset: str, seed: int, choice, block: BlockChoice
         f"m = {m_used}{m_note} · {block.kind} Fisher · training device: {sh.device_label()}, "
         "Fisher numerics: CPU, float64, in the server's worker processes"
     )
-    return Block(fisher, key, info)
+    return Block(fisher, key, info, loss, batch, labels)
 
 
 def method_results(
@@ -573,7 +578,7 @@ def main() -> None:
     analysis = explorer.LayerAnalysis(block.fisher, results)
     metrics_table(analysis, choice.damping, block)
     downstream = downstream_tabs.DownstreamInputs(
-        model, ds, int(seed), int(choice.m), tuple(choice.methods), float(choice.damping)
+        model, ds, int(seed), tuple(choice.methods), float(choice.damping)
     )
     arrays = pictures(
         settings, block, analysis=analysis, choice=choice, slow=slow, downstream=downstream

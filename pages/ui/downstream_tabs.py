@@ -33,7 +33,6 @@ from core import (
     downstream_label,
     downstream_table,
     jobs,
-    model_loss,
     power_iterations_caption,
     power_iterations_figure,
     reconstruction_figure,
@@ -41,8 +40,7 @@ from core import (
 )
 
 from . import compute
-from .errors import EXPECTED_ERRORS, friendly_errors, plain
-from .models import fisher_batch
+from .errors import EXPECTED_ERRORS, plain
 
 __all__ = [
     "COMPRESS_K",
@@ -82,13 +80,13 @@ Arrays = dict[str, np.ndarray]
 @dataclass(frozen=True)
 class DownstreamInputs:
     """What the downstream sweeps need beyond the Fisher block: the model (a
-    :class:`~pages.ui.models.ModelChoice`), the dataset, the seed, the Fisher batch size asked
-    for, and the sidebar's approximations and damping."""
+    :class:`~pages.ui.models.ModelChoice`), the dataset, the seed, and the sidebar's
+    approximations and damping (the Fisher minibatch, its labels and the likelihood come with
+    the block)."""
 
     model: Any
     ds: Any
     seed: int
-    m: int
     methods: tuple[str, ...]
     damping: float
 
@@ -143,11 +141,9 @@ def _linear_only(block) -> bool:
 def _sweep(block, inputs: DownstreamInputs, job: str, values, methods, structure: str, keep=()):
     """Run one sweep in the worker pool (``keep``: methods whose W at the last value comes
     back too); its result, or ``None`` after an error message."""
-    model = inputs.model.model
-    with friendly_errors("The model's likelihood"):
-        loss = model_loss(model, inputs.ds)
+    model, loss = inputs.model.model, block.loss
     classifier = loss == "ce"
-    x_fisher, fisher_labels = fisher_batch(inputs.ds, inputs.m, inputs.seed, labels=classifier)
+    x_fisher, fisher_labels = block.batch, block.labels
     x_eval = inputs.ds.x_test[:EVAL_BATCH]
     eval_labels = inputs.ds.y_test[:EVAL_BATCH] if classifier else None
     kind = block.key.kind

@@ -3,9 +3,10 @@ exact block, at equal epochs AND at equal wall time.
 
 Every run uses the reproduction's paper settings (:meth:`core.paper.spec.ReproduceSpec.run_config`:
 batch 128, Fisher batch 32, T_cov = T_inv = 100, EMA 0.95, KL-clip 1e-2, momentum 0.9, weight
-decay 1e-3) except the initialisation: the runs build their own model, with the runner's default
-He-normal initialisation (the reproduction uses Xavier-uniform), the same for every optimizer of
-a seed; and each optimizer's tuned CURVES lr and damping
+decay 1e-3) except the initialisation, ``--init``: ``he_normal`` (the default, the runner's; the
+first, 3-epoch table of bench/RESULTS-step.md) or ``xavier_uniform`` (the reproduction's,
+:data:`core.paper.spec.PAPER_DEFAULTS`), the same initial parameters for every optimizer of a
+seed; and each optimizer's tuned CURVES lr and damping
 (:mod:`core.training.defaults`), except that KFAC is also run with ``damping_mode="exact"``,
 ``(R ⊗ S + λI)⁻¹`` (:mod:`core.training.curvature`), at its tuned λ and at the λ values of
 ``--exact-dampings``. The reproduction's training experiment has no damping-mode option, so
@@ -15,10 +16,17 @@ Per seed, KFAC with factored damping trains ``--epochs`` epochs first; its train
 is the budget: every other run trains its epochs and then on until its own training wall time
 reaches W (a run slower than KFAC stops at its epochs). Reported per run: the mean minibatch
 training loss over the last epoch of steps and the full test-set loss, at the end of
-``--epochs`` epochs and at wall time W; mean ± sd over seeds.
+``--epochs`` epochs and at wall time W; mean ± sd over seeds. For the natural-gradient runs also
+the KL-clip's scale over the first ``--epochs`` epochs (:class:`core.training.optim`'s
+``ν = min(1, sqrt(kl_clip / (lr² Σ⟨V, P⟩)))``, read after each step): its mean and the fraction
+of steps with ν < 1 (the clip engaged). The runner does not expose its optimizer, so the bench
+wraps ``core.training.runner.build_optimizer`` to keep a reference to it (nothing else changes).
+``--save-dir``: each run's parameters at the end of its ``--epochs`` epochs
+(``<method>-<mode>-l<λ>-seed<S>.pt``, a state_dict), for later measurements.
 
     python bench/step_curves_compare.py [--epochs 3] [--seeds 1,2] [--n-train 20000]
-        [--exact-dampings 0.1] [--out bench/results-step/curves-compare.csv]
+        [--init he_normal] [--exact-dampings 0.1] [--save-dir DIR]
+        [--out bench/results-step/curves-compare.csv]
 """
 
 from __future__ import annotations
@@ -33,13 +41,27 @@ from pathlib import Path
 
 import torch
 
+import core.training.runner as training_runner
 from core.paper.runner import _schedule
 from core.paper.spec import ReproduceSpec
 from core.training.data import load_dataset
 from core.training.datasets import Dataset
 from core.training.defaults import default_damping
-from core.training.models import batch_loss
+from core.training.models import INITS, Model, batch_loss, build_model
 from core.training.runner import TrainingRun
+
+#: The optimizer each run built (``build_optimizer`` wrapped below), to read its KL-clip scale.
+_BUILT: list = []
+_build_optimizer = training_runner.build_optimizer
+
+
+def _keep_optimizer(*args, **kwargs):
+    opt = _build_optimizer(*args, **kwargs)
+    _BUILT.append(opt)
+    return opt
+
+
+training_runner.build_optimizer = _keep_optimizer
 
 
 def _loss(run: TrainingRun, x: torch.Tensor, loss: str) -> float:
@@ -47,22 +69,30 @@ def _loss(run: TrainingRun, x: torch.Tensor, loss: str) -> float:
         return float(batch_loss(run.model(x), x, loss))
 
 
-def train(spec, sched, dataset: Dataset, name: str, mode: str, damping: float | None,
-          seed: int, budget_s: float | None) -> dict:  # fmt: skip
-    """One run: its epochs, then (with ``budget_s``) on until its wall time reaches it."""
+def train(spec, sched, dataset: Dataset, model: Model, name: str, mode: str,
+          damping: float | None, seed: int, budget_s: float | None,
+          save: Path | None = None) -> dict:  # fmt: skip
+    """One run from a copy of ``model``: its epochs, then (with ``budget_s``) on until its wall
+    time reaches it; ``save``: where to write its parameters at the end of its epochs."""
     steps = sched["steps"]
     cfg = spec.run_config(name, {**sched, "steps": steps * 50 if budget_s else steps}, seed)
     opt = cfg.optimizer
     cfg.optimizer = dataclasses.replace(
         opt, damping=opt.damping if damping is None else damping, damping_mode=mode
     )
-    run = TrainingRun(cfg, dataset=dataset)
+    _BUILT.clear()
+    run = TrainingRun(cfg, dataset=dataset, model=model)
     at_epochs: dict[str, float] = {}
     per_epoch = sched["steps_per_epoch"]
+    kl_scales: list[float] = []
 
     def on_step(record: dict) -> None:
         done = record["step"] + 1
+        if done <= steps and _BUILT and _BUILT[-1].preconditioner is not None:
+            kl_scales.append(_BUILT[-1].last_kl_scale)
         if done == steps:
+            if save is not None:
+                torch.save(run.model.state_dict(), save)
             last = [r["train_loss"] for r in run.records()[-per_epoch:]]
             at_epochs["train"] = statistics.mean(last)
             at_epochs["test"] = _loss(run, dataset.x_test, dataset.loss)
@@ -85,6 +115,14 @@ def train(spec, sched, dataset: Dataset, name: str, mode: str, damping: float | 
         "wall": records[-1]["wall_time_s"],
         "epochs_at_wall": records[-1]["epoch"],
         "damping": cfg.optimizer.damping,
+        **(
+            {
+                "kl_scale_mean": statistics.mean(kl_scales),
+                "kl_clipped_fraction": sum(v < 1.0 for v in kl_scales) / len(kl_scales),
+            }
+            if kl_scales
+            else {}
+        ),
     }
 
 
@@ -96,12 +134,23 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in rows for k in r})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--n-train", type=int, default=None, help="training subset (all: 20,000)")
+    parser.add_argument("--init", default="he_normal", choices=INITS)
     parser.add_argument("--exact-dampings", default="0.1", help="extra λ for KFAC exact damping")
+    parser.add_argument("--save-dir", type=Path, default=None, help="parameters after --epochs")
     parser.add_argument("--out", default="bench/results-step/curves-compare.csv")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -116,7 +165,10 @@ def main() -> None:
     )  # fmt: skip
     dataset = load_dataset("curves", seed=0, n_train=args.n_train)
     sched = _schedule(spec, dataset)
-    print(f"{dataset.n_train} training images, {sched['steps']} steps", flush=True)
+    print(f"{dataset.n_train} training images, {sched['steps']} steps, init {args.init}",
+          flush=True)  # fmt: skip
+    if args.save_dir is not None:
+        args.save_dir.mkdir(parents=True, exist_ok=True)
     kfac_l = default_damping("kfac", "curves")
     runs = [("kfac", "factored", None), ("kfac", "exact", None)]
     runs += [("kfac", "exact", d) for d in extra if d != kfac_l]
@@ -124,24 +176,27 @@ def main() -> None:
     rows = []
     for seed in seeds:
         budget = None
+        model = build_model(
+            spec.preset, input_dim=dataset.input_dim, loss=dataset.loss, seed=seed, init=args.init
+        )
         for i, (name, mode, damping) in enumerate(runs):
             t0 = time.perf_counter()
-            out = train(spec, sched, dataset, name, mode, damping, seed, budget)
+            lam = default_damping(name, "curves") if damping is None else damping
+            save = None
+            if args.save_dir is not None:
+                save = args.save_dir / f"{name}-{mode}-l{lam:g}-seed{seed}.pt"
+            out = train(spec, sched, dataset, model, name, mode, damping, seed, budget, save)
             if budget is None:
                 budget = out.get("wall")  # KFAC factored's wall time: the others' budget
             rows.append({"run": i, "method": name, "mode": mode, "seed": seed, **out})
             took = time.perf_counter() - t0
             print(f"seed {seed} {name} {mode}: {out} ({took:.0f} s)", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in rows for k in r})
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+            _write_csv(Path(args.out), rows)  # after every run: a cut-short bench keeps its rows
     print()
     print(f"| method | damping | train loss @ {args.epochs:g} ep | test loss @ {args.epochs:g} ep "
-          "| train loss @ W | test loss @ W | epochs @ W | wall (s) |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| train loss @ W | test loss @ W | epochs @ W | wall (s) | KL scale ν (mean) "
+          "| steps clipped |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, (name, mode, damping) in enumerate(runs):
         mine = [r for r in rows if r["run"] == i and r["status"] == "finished"]
         lam = mine[0]["damping"] if mine else damping
@@ -150,6 +205,8 @@ def main() -> None:
         )
         keys = ("train_epochs", "test_epochs", "train_wall", "test_wall", "epochs_at_wall", "wall")
         cells = " | ".join(_cell([r[k] for r in mine]) for k in keys)
+        for k in ("kl_scale_mean", "kl_clipped_fraction"):
+            cells += " | " + (_cell([r[k] for r in mine if k in r]) if name != "adam" else "—")
         print(f"| {name} | {label} | {cells} |")
     print(f"\n{(time.time() - began) / 60:.1f} min; load average at the end {os.getloadavg()}")
 

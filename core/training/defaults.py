@@ -39,12 +39,18 @@ __all__ = [
 
 FIRST_ORDER: tuple[str, ...] = ("sgd", "adam", "swan")
 # KFAC plus a coarse correction between layers, one name per coarse space
-# (core.training.two_level; Koroko et al. 2023): natural-gradient optimizers that are not
-# engine methods.
+# (core.training.two_level; Koroko et al. 2023; the last one a control without cross-layer
+# terms): natural-gradient optimizers that are not engine methods.
 TWO_LEVEL_OPTIMIZERS: tuple[str, ...] = (
     "kfac_two_level",
     "kfac_two_level_grad",
     "kfac_two_level_nicolaides",
+    "kfac_two_level_residual",
+    "kfac_two_level_spectral",
+    "kfac_two_level_krylov",
+    "kfac_two_level_krylov_residual",
+    "kfac_two_level_tselepidis",
+    "kfac_two_level_nicolaides_layerwise",
 )
 NATURAL_OPTIMIZERS: tuple[str, ...] = METHODS + EXACT + TWO_LEVEL_OPTIMIZERS
 OPTIMIZERS: tuple[str, ...] = FIRST_ORDER + NATURAL_OPTIMIZERS

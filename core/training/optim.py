@@ -26,13 +26,14 @@ and device) and :mod:`core.training.averages` (the curvature averages, one per `
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..engine.approx import SOLVE_MODES
+from ..engine.approx import SOLVE_MODES, KroneckerSum
 from ..engine.capture import FISHER_KINDS
 from ..engine.layers import supported_layers
 from ..engine.methods import FISHER_EMA_METHODS, canonical_name
@@ -164,6 +165,19 @@ class OptimizerConfig:
 
 
 # -- the optimizer -------------------------------------------------------------------------
+
+
+def _kfac_factors(
+    pre: Preconditioner, names: Mapping[str, object]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's KFAC factors ``(A, G)`` from the preconditioner's current inverses (what
+    the spectral coarse space of :mod:`core.training.two_level` is built from)."""
+    out = {}
+    for name in names:
+        approx = pre.inverses[name].approx
+        if isinstance(approx, KroneckerSum) and approx.n_terms == 1:
+            out[name] = approx.terms[0]
+    return out
 
 
 def _factored_modules(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
@@ -332,7 +346,9 @@ class TrainingOptimizer:
             assert pre.last_capture is not None  # _refresh captured first
             try:
                 captures, damping = pre.last_capture.layers, self.config.resolved_damping
-                dirs = two_level_directions(self.coarse_space, grads, dirs, captures, damping)
+                dirs = two_level_directions(self.coarse_space, grads, dirs, captures, damping,
+                                            precondition=pre.precondition,
+                                            factors=_kfac_factors(pre, dirs))  # fmt: skip
             except ValueError as err:  # a non-finite coarse vector
                 raise NonFiniteError(
                     f"the coarse correction failed at step {self.steps}: {err}"

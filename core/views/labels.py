@@ -31,6 +31,12 @@ OPTIMIZER_LABELS: dict[str, str] = {
     "kfac_two_level": "Two-level KFAC",
     "kfac_two_level_grad": "Two-level KFAC (gradient)",
     "kfac_two_level_nicolaides": "Two-level KFAC (Nicolaides)",
+    "kfac_two_level_residual": "Two-level KFAC (residual)",
+    "kfac_two_level_spectral": "Two-level KFAC (spectral)",
+    "kfac_two_level_krylov": "Two-level KFAC (Krylov, Nicolaides)",
+    "kfac_two_level_krylov_residual": "Two-level KFAC (Krylov, residual)",
+    "kfac_two_level_tselepidis": "Two-level KFAC (Tselepidis)",
+    "kfac_two_level_nicolaides_layerwise": "Two-level KFAC (Nicolaides, no cross-layer terms)",
 }
 
 _KFAC_NAMES = ("A (inputs)", "G (output gradients)")

@@ -25,7 +25,17 @@ APPROXIMATIONS = (
     "eva",
 )
 FIRST_ORDER = ("sgd", "adam", "swan")
-TWO_LEVEL = ("kfac_two_level", "kfac_two_level_grad", "kfac_two_level_nicolaides")
+TWO_LEVEL = (
+    "kfac_two_level",
+    "kfac_two_level_grad",
+    "kfac_two_level_nicolaides",
+    "kfac_two_level_residual",
+    "kfac_two_level_spectral",
+    "kfac_two_level_krylov",
+    "kfac_two_level_krylov_residual",
+    "kfac_two_level_tselepidis",
+    "kfac_two_level_nicolaides_layerwise",
+)
 NATURAL = (*APPROXIMATIONS, "exact", *TWO_LEVEL)
 # Kronecker terms of each block (None: not a sum of Kronecker products)
 TERMS = {
@@ -57,6 +67,12 @@ LABELS = {
     "kfac_two_level": "Two-level KFAC",
     "kfac_two_level_grad": "Two-level KFAC (gradient)",
     "kfac_two_level_nicolaides": "Two-level KFAC (Nicolaides)",
+    "kfac_two_level_residual": "Two-level KFAC (residual)",
+    "kfac_two_level_spectral": "Two-level KFAC (spectral)",
+    "kfac_two_level_krylov": "Two-level KFAC (Krylov, Nicolaides)",
+    "kfac_two_level_krylov_residual": "Two-level KFAC (Krylov, residual)",
+    "kfac_two_level_tselepidis": "Two-level KFAC (Tselepidis)",
+    "kfac_two_level_nicolaides_layerwise": "Two-level KFAC (Nicolaides, no cross-layer terms)",
 }
 # default (lr, damping) per optimizer: curves-small's, and the presets that override them
 DEFAULTS = {

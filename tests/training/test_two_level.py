@@ -18,10 +18,13 @@ from core.training.optim import NonFiniteError, OptimizerConfig, build_optimizer
 from core.training.two_level import (
     COARSE_SPACES,
     TWO_LEVEL_VARIANTS,
+    VARIANTS,
     coarse_basis,
     coarse_correction,
     coarse_matrix,
     coarse_vectors,
+    fisher_products,
+    kronecker_coarse_matrix,
     per_sample_projections,
     two_level_directions,
 )
@@ -148,7 +151,20 @@ def test_bad_input_is_refused_with_clear_messages():
     with pytest.raises(ValueError, match="non-finite"):
         coarse_basis(bad)
     with pytest.raises(ValueError, match="unknown coarse space"):
+        coarse_vectors("nope", grads, grads)
+    with pytest.raises(ValueError, match="KFAC factors"):
         coarse_vectors("spectral", grads, grads)
+    for space in ("residual", "krylov", "krylov_residual"):
+        with pytest.raises(ValueError, match="precondition"):
+            coarse_vectors(space, grads, grads, captures=caps, damping=LAM)
+    with pytest.raises(ValueError, match="captures and the damping"):
+        coarse_vectors("residual", grads, grads, precondition=lambda _n, v: v)
+    with pytest.raises(ValueError, match="no capture"):
+        fisher_products(caps, {"nowhere": torch.ones(2, 2, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="no capture"):
+        kronecker_coarse_matrix(caps, {"nowhere": torch.ones(2, 2, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="coarse matrix is"):
+        coarse_correction(coarse_basis(grads), grads, None, LAM, matrix=torch.eye(5))
     basis = coarse_basis(grads)
     with pytest.raises(ValueError, match="damping"):
         coarse_correction(basis, grads, per_sample_projections(caps, basis), 0.0)
@@ -185,7 +201,16 @@ def test_the_optimizer_step_is_the_two_level_direction():
             )
             for k in grads
         }
-        want = two_level_directions(space, grads, kfac, caps, LAM)
+        approx = {k: approximate("kfac", caps[k].a.double(), caps[k].g.double()) for k in grads}
+        want = two_level_directions(
+            space,
+            grads,
+            kfac,
+            caps,
+            LAM,
+            precondition=lambda k, v, approx=approx: approx[k].solve(v, LAM, mode="factored"),
+            factors={k: a.terms[0] for k, a in approx.items()},
+        )
         for k, d in want.items():
             step = torch.cat(
                 [
@@ -225,3 +250,195 @@ def test_a_diverged_coarse_vector_is_a_non_finite_error():
     opt.preconditioner.inverses[next(iter(opt.layers))].solve = lambda v: v * math.inf
     with pytest.raises(NonFiniteError, match="coarse correction"):
         opt._precondition_grads(opt.preconditioner)
+
+
+# ---- the variants of the paper's comparison: dense whole-network oracles -------------------
+
+
+def dense_kfac_blocks(caps, names):
+    """Each layer's damped KFAC block ``(A + π√λ) ⊗ (G + √λ/π)`` densely."""
+    out = []
+    for k in names:
+        a, g = caps[k].a, caps[k].g
+        r, s = factored_damping(a.T @ a / a.shape[0], g.T @ g / g.shape[0], LAM)
+        out.append(torch.kron(r, s))
+    return out
+
+
+def dense_kronecker_fisher(caps, names):
+    """The whole-network Kronecker-factored Fisher with blocks ``A_ij ⊗ G_ij``,
+    ``A_ij = (1/m) Σ_n ā_{n,i} ā_{n,j}ᵀ`` (Tselepidis et al.'s cross-layer factors)."""
+    m = caps[names[0]].a.shape[0]
+    rows = []
+    for i in names:
+        row = []
+        for j in names:
+            a_ij = caps[i].a.T @ caps[j].a / m
+            g_ij = caps[i].g.T @ caps[j].g / m
+            row.append(torch.kron(a_ij, g_ij))
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def dense_r0(names, shapes, per_layer):
+    """R₀ (k × n) from a list per layer of dense column vectors (NOT normalised: the oracle's
+    Galerkin formula does not depend on the scaling)."""
+    sizes = [s[0] * s[1] for s in shapes]
+    rows = []
+    for li, vs in enumerate(per_layer):
+        for v in vs:
+            parts = [v if lj == li else torch.zeros(n, dtype=torch.float64)
+                     for lj, n in enumerate(sizes)]  # fmt: skip
+            rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def split(v, shapes):
+    out, lo = [], 0
+    for s in shapes:
+        out.append(v[lo : lo + s[0] * s[1]])
+        lo += s[0] * s[1]
+    return out
+
+
+@pytest.mark.parametrize("space", VARIANTS)
+def test_every_variant_is_its_dense_formula(space):
+    """``d = M⁻¹∇ + R₀ᵀ(R₀ F̂ R₀ᵀ)⁻¹R₀∇`` with R₀ built densely from the variant's definition
+    (un-normalised), ``F̂ = F + λI`` (the Kronecker-factored ``F_K + λI`` for tselepidis; the
+    diagonal of the coarse matrix for nicolaides_layerwise), against the module."""
+    model, x, caps, grads = tiny()
+    j, names, shapes = dense_per_sample_gradients(model, x)
+    f = j.T @ j / x.shape[0]
+    eye = torch.eye(f.shape[0], dtype=torch.float64)
+    blocks = dense_kfac_blocks(caps, names)
+    m_inv = torch.block_diag(*[torch.linalg.inv(b) for b in blocks])
+    g = torch.cat([vec(grads[k]) for k in names])
+    d_kfac = m_inv @ g
+    m_inv_l = [torch.linalg.inv(b) for b in blocks]
+    # spectral: this minibatch's factors are singular (m < d, dead units), and the eigenvector
+    # of a zero eigenvalue is orthogonal to every per-sample gradient and to ∇ — the correction
+    # would vanish; random SPD factors (A, G) per layer give a non-trivial oracle
+    gen = torch.Generator().manual_seed(11)
+    spd = {}
+    for k, (dg, da) in zip(names, shapes, strict=True):
+        ra = torch.randn(da, da, generator=gen, dtype=torch.float64)
+        rg = torch.randn(dg, dg, generator=gen, dtype=torch.float64)
+        spd[k] = (ra @ ra.T + 0.1 * torch.eye(da), rg @ rg.T + 0.1 * torch.eye(dg))
+    ones = [torch.ones(s[0] * s[1], dtype=torch.float64) for s in shapes]
+    r = split(g - (f + LAM * eye) @ d_kfac, shapes)
+    if space == "kfac_direction":
+        per_layer = [[v] for v in split(d_kfac, shapes)]
+    elif space == "gradient":
+        per_layer = [[v] for v in split(g, shapes)]
+    elif space in ("nicolaides", "tselepidis", "nicolaides_layerwise"):
+        per_layer = [[v] for v in ones]
+    elif space == "residual":
+        per_layer = [[mi @ rl] for mi, rl in zip(m_inv_l, r, strict=True)]
+    elif space == "spectral":  # the eigenvector of the dense Kronecker block, smallest λ
+        per_layer = [[torch.linalg.eigh(torch.kron(*spd[k])).eigenvectors[:, 0]] for k in names]
+    elif space == "krylov":
+        per_layer = [[o, mi @ o] for mi, o in zip(m_inv_l, ones, strict=True)]
+    else:
+        assert space == "krylov_residual"
+        per_layer = [[mi @ rl, mi @ mi @ rl] for mi, rl in zip(m_inv_l, r, strict=True)]
+    r0 = dense_r0(names, shapes, per_layer)
+    fine = dense_kronecker_fisher(caps, names) if space == "tselepidis" else f
+    coarse = r0 @ (fine + LAM * eye) @ r0.T
+    if space == "nicolaides_layerwise":
+        coarse = torch.diag(torch.diagonal(coarse))
+    want = d_kfac + r0.T @ torch.linalg.solve(coarse, r0 @ g)
+    kfac = {k: v.reshape(s[1], s[0]).T for k, v, s in
+            zip(names, split(d_kfac, shapes), shapes, strict=True)}  # fmt: skip
+    approx = {k: approximate("kfac", caps[k].a, caps[k].g) for k in names}
+    got = two_level_directions(
+        space,
+        grads,
+        kfac,
+        caps,
+        LAM,
+        precondition=lambda k, v: approx[k].solve(v, LAM, mode="factored"),
+        factors=spd,
+    )
+    assert torch.allclose(torch.cat([vec(got[k]) for k in names]), want, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(want, d_kfac, rtol=1e-3)  # the correction is not nothing
+
+
+def test_the_variants_differ_where_they_should():
+    """Tselepidis' Kronecker coarse matrix is not the exact one (the cross-layer blocks of F
+    are not Kronecker products), and dropping the cross-layer entries changes the step."""
+    _, _, caps, grads = tiny()
+    kfac = {k: 2.0 * v for k, v in grads.items()}
+    d = {s: two_level_directions(s, grads, kfac, caps, LAM)
+         for s in ("nicolaides", "tselepidis", "nicolaides_layerwise")}  # fmt: skip
+    for other in ("tselepidis", "nicolaides_layerwise"):
+        assert any(not torch.allclose(d["nicolaides"][k], d[other][k], rtol=1e-4) for k in kfac)
+
+
+def conv_like_captures(m=7, t=(3, 5), dims=((4, 3), (2, 4)), seed=5):
+    """Synthetic captures with several positions per sample (T differs between layers)."""
+    gen = torch.Generator().manual_seed(seed)
+    caps = {}
+    for i, (ti, (da, dg)) in enumerate(zip(t, dims, strict=True)):
+        a = torch.randn(m, ti, da, generator=gen, dtype=torch.float64)
+        g = torch.randn(m, ti, dg, generator=gen, dtype=torch.float64)
+        caps[f"l{i}"] = type("Cap", (), {"a": a, "g": g})()
+    return caps
+
+
+def test_fisher_products_and_the_kronecker_coarse_matrix_with_positions():
+    """Several positions per sample: ``F v`` against ``J v`` with ``D_n = Σ_t γ_{nt} ā_{nt}ᵀ``,
+    and the Kronecker coarse matrix against dense ``Â_ij ⊗ Ĝ_ij`` blocks from the per-sample
+    ``â_n = mean_t ā_{nt}``, ``ĝ_n = Σ_t γ_{nt}``."""
+    caps = conv_like_captures()
+    names = list(caps)
+    m = caps[names[0]].a.shape[0]
+    d = {k: torch.einsum("ntg,nta->nga", c.g, c.a) for k, c in caps.items()}  # D_n per layer
+    j = torch.cat([torch.stack([vec(d[k][n]) for n in range(m)]) for k in names], dim=1)
+    f = j.T @ j / m
+    gen = torch.Generator().manual_seed(9)
+    v = {k: torch.randn(c.g.shape[-1], c.a.shape[-1], generator=gen, dtype=torch.float64)
+         for k, c in caps.items()}  # fmt: skip
+    got = fisher_products(caps, v)
+    want = f @ torch.cat([vec(v[k]) for k in names])
+    assert torch.allclose(torch.cat([vec(got[k]) for k in names]), want, rtol=1e-12)
+    hat = {k: (c.a.mean(dim=1), c.g.sum(dim=1)) for k, c in caps.items()}
+    blocks = [[torch.kron(hat[i][0].T @ hat[k][0] / m, hat[i][1].T @ hat[k][1] / m)
+               for k in names] for i in names]  # fmt: skip
+    fk = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
+    shapes = [(c.g.shape[-1], c.a.shape[-1]) for c in caps.values()]
+    r0 = dense_r0(names, shapes, [[vec(v[k])] for k in names])
+    basis = dict(v)  # any vectors: the matrix is R₀ F_K R₀ᵀ for the given R₀
+    assert torch.allclose(kronecker_coarse_matrix(caps, basis), r0 @ fk @ r0.T, rtol=1e-12)
+
+
+def test_coarse_basis_orthonormalises_and_drops_dependent_vectors():
+    gen = torch.Generator().manual_seed(2)
+    u = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    basis = coarse_basis({"a": torch.stack([u, 2 * u + w]), "b": torch.stack([u, -3 * u])})
+    q = basis["a"].reshape(2, -1)
+    assert torch.allclose(q @ q.T, torch.eye(2, dtype=torch.float64), atol=1e-14)
+    assert basis["b"].shape == (1, 3, 4)  # −3u is in the span of u: one direction
+    # with M = cI the Krylov space {1, M⁻¹1} is one direction: the Nicolaides correction
+    _, _, caps, grads = tiny()
+    kfac = {k: v / 5.0 for k, v in grads.items()}
+    kry = two_level_directions("krylov", grads, kfac, caps, LAM,
+                               precondition=lambda _k, v: v / 5.0)  # fmt: skip
+    nic = two_level_directions("nicolaides", grads, kfac, caps, LAM)
+    assert all(torch.allclose(kry[k], nic[k], rtol=1e-10) for k in kfac)
+
+
+def test_the_spectral_space_of_a_null_direction_adds_nothing():
+    """With the minibatch's own (singular) factors the smallest eigenvector ``q_G q_Aᵀ`` has
+    ``q_Gᵀ γ_n = 0`` or ``ā_nᵀ q_A = 0`` for every sample: it is orthogonal to ∇ and to every
+    ``D_n``, so the spectral correction is exactly KFAC's step (a property of that coarse space,
+    stated in bench/RESULTS-two-level.md)."""
+    _, _, caps, grads = tiny()
+    approx = {k: approximate("kfac", caps[k].a, caps[k].g) for k in caps}
+    for a in approx.values():  # every layer has a singular factor here
+        low = [torch.linalg.eigvalsh(f) for f in a.terms[0]]
+        assert min(float(e[0] / e[-1]) for e in low) < 1e-12
+    kfac = {k: approx[k].solve(grads[k], LAM, mode="factored") for k in caps}
+    got = two_level_directions("spectral", grads, kfac, caps, LAM,
+                               factors={k: a.terms[0] for k, a in approx.items()})  # fmt: skip
+    assert all(torch.allclose(got[k], kfac[k], atol=1e-14) for k in kfac)

@@ -60,10 +60,10 @@ def make_runs() -> list[TrainingRun]:
 
 def draw(group) -> None:
     run = group.runs[0]
-    label = sh.OPTIMIZER_LABELS.get(run.config.optimizer.name, run.config.optimizer.name)
-    sh.run_status_lines(group, [label])
+    labels = sh.run_labels([run.config.optimizer])
+    sh.run_status_lines(group, labels)
     st.caption(f"Layer {run.config.quality_layer}, measured every {run.config.quality_every} steps")
-    df = run.dataframe()
+    df = sh.group_frame(group, labels)
     if len(df):
         left, right = st.columns(2)
         left.plotly_chart(report.error_figure(df, kind="rel_error"), key="training.rel")

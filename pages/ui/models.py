@@ -25,7 +25,7 @@ from core import (
 
 from .data import DataChoice, initial_model
 from .errors import friendly_errors, plain
-from .runs import OPTIMIZER_LABELS, eta_text
+from .runs import eta_text, run_labels
 from .services import services
 
 __all__ = [
@@ -87,7 +87,7 @@ def trained_model(
     store = services().models
     with friendly_errors("Training"):
         entry = store.acquire(key, make_run, make_model)
-    label = OPTIMIZER_LABELS.get(config.optimizer.name, config.optimizer.name)
+    label = run_labels([config.optimizer])[0]
     try:
         if not entry.run.done:
             line = st.empty()

@@ -110,13 +110,18 @@ def group_frame(group: RunGroup, labels: Sequence[str]) -> pd.DataFrame:
 
 
 def run_labels(configs: Sequence[OptimizerConfig]) -> list[str]:
+    """Each run's name in legends, status lines and progress texts: the optimizer's label, then
+    in parentheses its lr when the optimizer appears more than once, and "exact damping" when it
+    preconditions with ``(F̃ + λI)⁻¹`` (``damping_mode="exact"``) instead of the default
+    factored damping (:mod:`core.training.curvature`)."""
     names = [c.name for c in configs]
     labels = []
     for c in configs:
+        notes = [f"lr={c.lr:g}"] if names.count(c.name) > 1 else []
+        if c.damping_mode == "exact":
+            notes.append("exact damping")
         label = OPTIMIZER_LABELS.get(c.name, c.name)
-        if names.count(c.name) > 1:
-            label += f" (lr={c.lr:g})"
-        labels.append(label)
+        labels.append(f"{label} ({', '.join(notes)})" if notes else label)
     return labels
 
 

@@ -254,10 +254,9 @@ st.caption(
 st.header("11. Two-level KFAC: curvature between layers")
 st.markdown(
     "KFAC's preconditioner is block-diagonal: it ignores every block of $F$ that couples two "
-    "layers. Two-level KFAC (Koroko et al., 2023), after two-level domain decomposition, adds "
-    "a coarse correction on a small space $R_0^\\top$ ($n\\times k$) with one vector per layer "
-    "— the layer's KFAC direction, its gradient, or its constant vector (Nicolaides) — scaled "
-    "to unit norm:"
+    "layers. Two-level KFAC (Tselepidis et al., 2020; compared by Koroko et al., 2023), after "
+    "two-level domain decomposition, adds a coarse correction on a small space $R_0^\\top$ "
+    "($n\\times k$) of vectors that each live on one layer, orthonormalised:"
 )
 st.latex(
     r"P^{-1}=M^{-1}+R_0^\top\big(R_0FR_0^\top+\lambda I\big)^{-1}R_0,\qquad"
@@ -266,9 +265,17 @@ st.latex(
 st.markdown(
     "with $M$ KFAC's damped block diagonal and $g_n$ the per-sample gradients of the whole "
     "network, so the $k\\times k$ coarse matrix costs one projection per coarse vector and no "
-    '$n\\times n$ matrix. The paper finds that this "does not really improve the performance '
-    'of KFAC"; the optimizers `kfac_two_level` (KFAC directions), `kfac_two_level_grad` and '
-    "`kfac_two_level_nicolaides` let you test that in the race, `python -m core reproduce "
-    "--experiment two_level` measures it, and the **Network Fisher** page shows the whole $F$ "
-    "next to KFAC and two-level KFAC on networks small enough to form it."
+    "$n\\times n$ matrix. The coarse spaces, one optimizer each: the layer's KFAC direction "
+    "(`kfac_two_level`), its gradient (`_grad`), its constant vector (Nicolaides, `_nicolaides`), "
+    "the preconditioned residual $M_l^{-1}r_l$ with $r=\\nabla-(F+\\lambda I)M^{-1}\\nabla$ "
+    "(`_residual`), the eigenvector of the smallest eigenvalue of KFAC's block (`_spectral`), "
+    "the Krylov pairs $\\{1, M_l^{-1}1\\}$ (`_krylov`) and $\\{M_l^{-1}r_l, M_l^{-2}r_l\\}$ "
+    "(`_krylov_residual`), and the constant vector with Tselepidis et al.'s Kronecker-factored "
+    "coarse matrix, $F_{ij}\\approx A_{ij}\\otimes G_{ij}$ from cross-layer factors "
+    "(`_tselepidis`). `_nicolaides_layerwise` is a control: the constant vectors with the "
+    "coarse matrix cut to its diagonal, a per-layer rescaling with no curvature between "
+    'layers. The paper finds that two-level KFAC "does not really improve the performance '
+    'of KFAC"; `python -m core reproduce --experiment two_level` measures it with every '
+    "variant and the control, and the **Network Fisher** page shows the whole $F$ next to "
+    "KFAC and two-level KFAC on networks small enough to form it."
 )

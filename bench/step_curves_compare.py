@@ -71,15 +71,17 @@ def _loss(run: TrainingRun, x: torch.Tensor, loss: str) -> float:
 
 def train(spec, sched, dataset: Dataset, model: Model, name: str, mode: str,
           damping: float | None, seed: int, budget_s: float | None,
-          save: Path | None = None) -> dict:  # fmt: skip
+          save: Path | None = None, options: dict | None = None) -> dict:  # fmt: skip
     """One run from a copy of ``model``: its epochs, then (with ``budget_s``) on until its wall
-    time reaches it; ``save``: where to write its parameters at the end of its epochs."""
+    time reaches it; ``save``: where to write its parameters at the end of its epochs;
+    ``options``: OptimizerConfig fields that replace the paper settings' (e.g. ``t_inv``)."""
     steps = sched["steps"]
     cfg = spec.run_config(name, {**sched, "steps": steps * 50 if budget_s else steps}, seed)
     opt = cfg.optimizer
     cfg.optimizer = dataclasses.replace(
-        opt, damping=opt.damping if damping is None else damping, damping_mode=mode
-    )
+        opt, damping=opt.damping if damping is None else damping, damping_mode=mode,
+        **(options or {}),
+    )  # fmt: skip
     _BUILT.clear()
     run = TrainingRun(cfg, dataset=dataset, model=model)
     at_epochs: dict[str, float] = {}

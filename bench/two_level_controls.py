@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
-from core.paper.studies import StudyOptions, write_study
-from core.paper.study_two_level import CONTROL, CONTROLLED, run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.paper.studies import StudyOptions, write_study  # noqa: E402
+from core.paper.study_two_level import CONTROL, CONTROLLED, run  # noqa: E402
 
 OPTIMIZERS = ("kfac", CONTROLLED, CONTROL)
 

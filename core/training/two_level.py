@@ -173,7 +173,7 @@ def fisher_products(
     ``F = (1/m) Σ_n vec(D_n) vec(D_n)ᵀ``: ``w_n = Σ_l ⟨D_{n,l}, V_l⟩`` (one projection of the
     per-sample gradients), then ``(F v)_l = (1/m) Σ_n w_n D_{n,l} = (1/m) Σ_{n,t} w_n γ_{n t}
     ā_{n t}ᵀ``. Layers missing from ``vectors`` count as zero blocks of ``v``."""
-    names = [n for n in captures]
+    names = list(captures)
     missing = [n for n in vectors if n not in captures]
     if missing:
         raise ValueError(f"no capture of layer(s) {missing} for the Fisher product")

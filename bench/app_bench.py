@@ -3,12 +3,17 @@
 Run: ``.venv/bin/python bench/app_bench.py`` (on a machine with more cores, pin it to two:
 ``taskset -c 0,1 .venv/bin/python bench/app_bench.py``). Two measurements:
 
-1. **Browser** (needs Debian's Chromium and the playwright package): a fresh
-   ``streamlit run app.py`` server; Chromium opens the explorer's default view (DIGITS preset,
-   smallest layer, all seven methods, model at initialization). "Ready" is the moment the app
-   reports its script run finished (``data-test-script-state="notRunning"``) with the charts
-   on the page, measured from the navigation (cold) or from the widget change (warm). Each
-   view's server-side time is read from the page's own "Server time for this view" caption.
+1. **Browser** (needs Debian's Chromium and the playwright package): a ``python serve.py``
+   server, started and waited for as a proxy or Docker would (its health check answers only
+   after the warm-up). Its first visitor opens Home, then the explorer's default view (DIGITS
+   preset, smallest layer, every default method, model at initialization); a second visitor
+   (a new browser context) opens the default view and changes the method shown, the tab, m
+   and the layer. "Ready" is the moment the app reports its script run finished
+   (``data-test-script-state="notRunning"``) with a chart drawn (a plotly chart rendered or
+   the block heatmaps' picture decoded; Home: its heading),
+   measured from the navigation or from the click that commits the change. Each view's
+   server-side time is read from the page's own "Server time for this view" caption. Every
+   row is printed with its issue-20 target and whether it is met.
 2. **Server only** (AppTest, no browser): the same views, timed around ``AppTest.run``; it
    includes AppTest's own overhead (about 1 s of component discovery on the first run of each
    AppTest, and tens of milliseconds per run).
@@ -23,13 +28,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +64,6 @@ WATCH = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _server_seconds(page) -> float | None:
     text = page.get_by_text(re.compile("Server time for this view")).last.inner_text()
     match = re.search(r"([\d.]+) s", text)
@@ -85,65 +81,99 @@ def _choose(page, label: str, option: str):
     return target.click
 
 
+# A view is drawn when its chart is: a plotly chart rendered, or the block heatmaps' picture
+# (a server-drawn PNG, the block tab's default) loaded and decoded.
+DRAWN = """() => document.querySelector('.js-plotly-plot .main-svg') !== null || [...document
+  .querySelectorAll('[data-testid="stImage"] img')].some(i => i.complete && i.naturalWidth > 0)"""
+
+
 def _timed_change(page, prepare) -> tuple[float, float | None]:
     commit = prepare()
     page.evaluate(WATCH)
     start = time.perf_counter()
     commit()
     page.evaluate("window.__ready")
-    page.wait_for_selector(".js-plotly-plot")
+    page.wait_for_function(DRAWN)
     return time.perf_counter() - start, _server_seconds(page)
 
 
+BROWSER_TARGETS = {  # seconds in the browser (issue 20)
+    "first visitor: home": 1.0,
+    "first visitor: explorer default view": 2.0,
+    "new visitor: explorer default view": 1.5,
+    "change": 0.3,  # method shown, tab, m, layer already computed
+    "new layer": 0.6,
+}
+
+
+def _open(page, url: str, *, chart: bool) -> tuple[float, float | None]:
+    """Navigate and wait until the script run finished (and a chart is drawn when ``chart``)."""
+    start = time.perf_counter()
+    page.goto(url)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    if not chart:
+        page.get_by_role("heading").first.wait_for()
+        return time.perf_counter() - start, None
+    page.wait_for_function(DRAWN)
+    return time.perf_counter() - start, _server_seconds(page)
+
+
+def _tab(page, label: str):
+    return page.get_by_role("tab", name=label).click
+
+
 def browser_bench() -> list[Row]:
+    """The issue-20 browser targets on a ``python serve.py`` server (health held until its
+    warm-up finished, as a proxy or Docker would wait): its first visitor opens Home, then the
+    explorer's default view; a second visitor (a new browser context: no shared cache or
+    session) opens the default view and changes method, tab, m and layer."""
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--server.port", str(port),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    sys.path.insert(0, str(ROOT / "bench"))
+    from load_bench import Server, free_port
+
     rows: list[Row] = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.2)
-        with sync_playwright() as pw:
-            browser = launch(pw)
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    log_dir = Path(tempfile.mkdtemp(prefix="kronoscope-app-bench-"))
+    with Server(free_port(), log_dir, startup_timeout=180) as server, sync_playwright() as pw:
+        browser = launch(pw)
+
+        def visitor():
+            page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
             page.set_default_timeout(300_000)
-            start = time.perf_counter()
-            page.goto(f"{url}/explorer")
-            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
-            page.wait_for_selector(".js-plotly-plot")
-            rows.append(
-                ("cold: default view, fresh server", time.perf_counter() - start,
-                 _server_seconds(page))
-            )  # fmt: skip
-            for method in ("KFAC", "Deflation", "EKFAC"):
-                wall, server = _timed_change(
-                    page, lambda m=method: _choose(page, "Approximation shown", m)
-                )
-                rows.append((f"warm: show {method}", wall, server))
-            for layer in LAYERS:
-                wall, server = _timed_change(page, lambda n=layer: _choose(page, "Layer", n))
-                rows.append((f"warm: layer {layer}, first visit", wall, server))
-            wall, server = _timed_change(page, lambda: _choose(page, "Layer", "encoder.linear3"))
-            rows.append(("warm: back to the default layer (cached)", wall, server))
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+            return page
+
+        first = visitor()
+        rows.append(("first visitor: home", *_open(first, server.url + "/", chart=False)))
+        view = _open(first, f"{server.url}/explorer", chart=True)
+        rows.append(("first visitor: explorer default view", *view))
+        baseline = visitor()  # side by side: the same view with the plotly heatmaps
+        view = _open(baseline, f"{server.url}/explorer?heatmap=interactive", chart=True)
+        rows.append(("new visitor: the same, heatmap=interactive (plotly)", *view))
+        baseline.context.close()
+        page = visitor()
+        view = _open(page, f"{server.url}/explorer", chart=True)
+        rows.append(("new visitor: explorer default view", *view))
+        changes = [(f"change: show {m}", lambda m=m: _choose(page, "Approximation shown", m))
+                   for m in ("KFAC", "Deflation", "EKFAC")]  # fmt: skip
+        changes += [(f"change: tab {t}", lambda t=t: _tab(page, t))
+                    for t in ("Spectra", "Kronecker factors", "Fisher block")]  # fmt: skip
+        changes += [
+            ("change: m 128 (new m)", lambda: _choose(page, "Fisher minibatch m", "128")),
+            ("change: m back to 256", lambda: _choose(page, "Fisher minibatch m", "256")),
+        ]
+        changes += [(f"new layer: {n}", lambda n=n: _choose(page, "Layer", n)) for n in LAYERS]
+        back = "encoder.linear3"
+        changes.append((f"change: back to {back}", lambda: _choose(page, "Layer", back)))
+        for label, prepare in changes:
+            rows.append((label, *_timed_change(page, prepare)))
+        browser.close()
     return rows
+
+
+def _target(label: str) -> float | None:
+    if label.startswith("change: m 128") or "interactive" in label:  # not a target's case
+        return None
+    return BROWSER_TARGETS.get(label) or BROWSER_TARGETS.get(label.split(":")[0])
 
 
 # -- server only (AppTest) -------------------------------------------------------------------
@@ -196,8 +226,9 @@ Payload = tuple[str, int, int, str]  # view, bytes of the run, largest chart's b
 
 async def _payload_of(port: int, query: str) -> tuple[int, int, str]:
     """Open the explorer at ``query`` as a fresh visitor (a new session) over Streamlit's
-    websocket protocol and sum the bytes of the ForwardMsg frames of its one script run;
-    also the largest plotly chart frame and its figure's title."""
+    websocket protocol and sum the bytes of the ForwardMsg frames of its one script run and of
+    the pictures they refer to (fetched over HTTP, as a browser does); also the largest plotly
+    chart frame or picture and its title."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -220,11 +251,26 @@ async def _payload_of(port: int, query: str) -> tuple[int, int, str]:
                 element = reply.delta.new_element
                 if element.WhichOneof("type") == "plotly_chart" and len(frame) > largest:
                     largest, title = len(frame), _figure_title(element.plotly_chart.spec)
+                elif element.WhichOneof("type") == "imgs":  # fetched by the browser over HTTP
+                    for image in element.imgs.imgs:
+                        size = _media_bytes(port, image.url)
+                        total += size
+                        if size > largest:
+                            largest, title = size, "block heatmaps (PNG picture)"
                 elif element.WhichOneof("type") == "exception":
                     raise RuntimeError(f"{query}: {element.exception.message}")
             early = ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN
             if kind == "script_finished" and reply.script_finished != early:
                 return total, largest, title
+
+
+def _media_bytes(port: int, url: str) -> int:
+    """Bytes of a picture the page refers to (Streamlit's media endpoint), as the browser gets
+    them; fetched while the session that made it is open."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{url}", timeout=30) as response:
+        return len(response.read())
 
 
 def _figure_title(spec: str) -> str:
@@ -267,7 +313,10 @@ def payload_bench() -> list[Payload]:
 
 def show_payload(rows: list[Payload]) -> bool:
     """Print the table; True when every target is met."""
-    print("\nPayload: bytes of the ForwardMsgs of one script run (new visitor, no compression)")
+    print(
+        "\nPayload: bytes of the ForwardMsgs of one script run and of the pictures they refer to"
+        " (new visitor, no compression)"
+    )
     print("| view | total (kB) | largest figure (kB) | largest figure |")
     print("|---|---:|---:|---|")
     for label, total, largest, title in rows:
@@ -284,12 +333,23 @@ def show_payload(rows: list[Payload]) -> bool:
     return ok_default and ok_any
 
 
-def show(title: str, rows: list[Row]) -> None:
+def show(title: str, rows: list[Row], *, targets: bool = False) -> bool:
+    """Print the table; with ``targets``, each row's issue-20 target and whether it is met
+    (True when every target is)."""
     print(f"\n{title}")
-    print("| view | ready (s) | server time (s) |")
-    print("|---|---:|---:|")
+    head = "| view | ready (s) | server time (s) |" + (" target (s) | met |" if targets else "")
+    print(head)
+    print("|---|---:|---:|" + ("---:|---|" if targets else ""))
+    ok = True
     for label, wall, server in rows:
-        print(f"| {label} | {wall:.2f} | {'' if server is None else f'{server:.2f}'} |")
+        line = f"| {label} | {wall:.2f} | {'' if server is None else f'{server:.2f}'} |"
+        goal = _target(label) if targets else None
+        if targets:
+            met = "" if goal is None else ("yes" if wall <= goal else "MISSED")
+            ok &= met != "MISSED"
+            line += f" {'' if goal is None else goal} | {met} |"
+        print(line)
+    return ok
 
 
 def main() -> None:
@@ -308,7 +368,11 @@ def main() -> None:
         sys.exit(0 if show_payload(payload_bench()) else 1)
     if not args.no_browser:
         if CHROMIUM.exists():
-            show("Browser (Chromium, fresh server)", browser_bench())
+            show(
+                "Browser (Chromium, python serve.py after its health check)",
+                browser_bench(),
+                targets=True,
+            )
         else:
             print(f"\nBrowser part skipped: {CHROMIUM} is missing")
     show("Server only (AppTest)", apptest_bench(args.repeat))

@@ -21,7 +21,7 @@ Usage::
     async with StudentSession("http://127.0.0.1:8501") as s:
         first = await s.open("explorer", "dataset=digits&seed=0")
         after = await s.change("Layer", next_option)
-        print(first.latency_s, first.plotly_charts, first.errors, after.ok)
+        print(first.latency_s, first.charts, first.errors, after.ok)
 
 Faults: :func:`disconnect_mid_view` (a tab closed while its view runs) and :func:`slow_reader`
 (a client that sends a rerun and never reads its socket).
@@ -187,7 +187,7 @@ class ViewResult:
     status: str = "pending"  # finished | compile_error | timeout | dropped | skipped | refused
     errors: list[str] = field(default_factory=list)  # what the user saw as failures
     exceptions: list[str] = field(default_factory=list)  # of errors: exception elements
-    plotly_charts: int = 0
+    charts: int = 0  # plotly charts and pictures (the explorer's block heatmaps are a PNG)
     elements: int = 0
     note: str = ""
 
@@ -204,7 +204,7 @@ class ViewResult:
             "status": self.status,
             "errors": self.errors,
             "exceptions": self.exceptions,
-            "plotly_charts": self.plotly_charts,
+            "charts": self.charts,
             "elements": self.elements,
             "note": self.note,
         }
@@ -428,8 +428,8 @@ class StudentSession:
     ) -> None:
         kind = element.WhichOneof("type")
         view.elements += 1
-        if kind == "plotly_chart":
-            view.plotly_charts += 1
+        if kind in ("plotly_chart", "imgs"):
+            view.charts += 1
         elif kind == "exception" and not element.exception.is_warning:
             exc = element.exception
             view.errors.append(_truncate(f"{exc.type}: {exc.message}"))
@@ -573,7 +573,7 @@ def summarize_views(views: Sequence[ViewResult]) -> dict:
         "views": len(views),
         "finished": len(done),
         "with_errors": sum(1 for v in views if v.errors),
-        "without_chart": sum(1 for v in done if v.plotly_charts == 0),
+        "without_chart": sum(1 for v in done if v.charts == 0),
         "timeouts": sum(1 for v in views if v.status == "timeout"),
         "dropped": sum(1 for v in views if v.status == "dropped"),
         "skipped": sum(1 for v in views if v.status == "skipped"),

@@ -110,6 +110,7 @@ _MODULES: dict[str, str] = {
     "direction": "core.views.direction",
     "explorer": "core.views.explorer",
     "figures": "core.views.figures",
+    "heatmap_image": "core.views.heatmap_image",
     "network_fisher": "core.views.network_fisher",
     "report": "core.views.report",
     "jobs": "core.server.jobs",

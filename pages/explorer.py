@@ -7,6 +7,7 @@ one over λ, issue 21; "Compress", "Prune" and "Power iterations" are issue 19's
 :mod:`pages.ui.downstream_tabs`) and the figure data. Widgets, their keys and the URL
 parameters they keep (``dataset``, ``preset``, ``seed``, ``model``, ``opt``, ``steps``,
 ``layer``, ``methods``, ``m``, ``fisher``, ``damping``, ``slow``, ``show``, ``contrast``,
+``heatmap``,
 ``tab``, ``rank``, ``step_damping``, ``factor_order``, ``compress_k``, ``prune_sparsity``,
 ``prune_kind``, ``power_k``, …) are a public interface: shared links carry them.
 """
@@ -31,6 +32,7 @@ from core import (
     direction,
     explorer,
     figures,
+    heatmap_image,
     model_loss,
 )
 from pages import ui as sh
@@ -171,7 +173,11 @@ def method_results(
 
 
 def metrics_table(analysis: explorer.LayerAnalysis, damping: float, block: Block) -> None:
-    """The table of how close each approximation is, its notes and its CSV."""
+    """The table of how close each approximation is, its notes and its CSV.
+
+    A static table (``st.table``), not an interactive data frame: a data frame ships about
+    1.3 MB of grid script to every new visitor's browser before the view is complete
+    (issue 20); the column help is the caption under the table instead."""
     st.subheader("How close is each approximation?")
     table = analysis.table()
     if not len(table):
@@ -180,9 +186,14 @@ def metrics_table(analysis: explorer.LayerAnalysis, damping: float, block: Block
     shown = table.assign(
         method=table["method"].map(explorer.method_label),
         terms=["eigenbasis diagonal" if pd.isna(t) else f"{t:.0f}" for t in table["terms"]],
+        spectrum_exact=table["spectrum_exact"].map({True: "yes", False: "top eigenvalues"}),
+    ).drop(columns=["deferred"])
+    st.table(
+        shown.rename(columns=explorer.METRIC_HEADINGS)
+        .style.format(METRIC_FORMATS, na_rep="—")
+        .hide(axis="index")
     )
-    st.dataframe(shown.drop(columns=["deferred"]), hide_index=True,
-                 column_config=metric_columns(damping))  # fmt: skip
+    st.caption(metric_help(damping))
     if table["deferred"].any():
         st.info(
             "Spectrum error and natural-gradient cosine of the 2-term sums are not computed on "
@@ -194,30 +205,21 @@ def metrics_table(analysis: explorer.LayerAnalysis, damping: float, block: Block
     )
 
 
-def metric_columns(damping: float) -> dict[str, Any]:
-    """The metrics table's column headings and help."""
-    return {
-        "method": "Method",
-        "relative_error": st.column_config.NumberColumn(
-            "Relative Frobenius error", format="%.4f", help="‖F − F̃‖_F / ‖F‖_F"
-        ),
-        "spectrum_error": st.column_config.NumberColumn(
-            "Spectrum error", format="%.4f", help="‖λ(F) − λ(F̃)‖₂ / ‖λ(F)‖₂"
-        ),
-        "spectrum_exact": st.column_config.CheckboxColumn(
-            "Full spectrum", help="unticked: top min(m, 64) eigenvalues compared"
-        ),
-        "ng_cosine": st.column_config.NumberColumn(
-            "Natural-gradient cosine",
-            format="%.4f",
-            help=f"cos∠((F + λI)⁻¹∇, (F̃ + λI)⁻¹∇), λ = {damping:g}",
-        ),
-        "seconds": st.column_config.NumberColumn("Compute time (s)", format="%.4f"),
-        "terms": st.column_config.TextColumn(
-            "Kronecker terms", help="EKFAC is a diagonal in KFAC's Kronecker eigenbasis"
-        ),
-        "note": st.column_config.TextColumn("Note", help="why a value is missing"),
-    }
+METRIC_FORMATS = {
+    explorer.METRIC_HEADINGS[c]: "{:.4f}"
+    for c in ("relative_error", "spectrum_error", "ng_cosine", "seconds")
+}
+
+
+def metric_help(damping: float) -> str:
+    """What each column of the metrics table measures."""
+    return (
+        "Relative Frobenius error ‖F − F̃‖_F / ‖F‖_F. Spectrum error ‖λ(F) − λ(F̃)‖₂ / "
+        "‖λ(F)‖₂ over the whole spectrum, or over the top min(m, 64) eigenvalues where *Full "
+        "spectrum* says so. Natural-gradient cosine: cos∠((F + λI)⁻¹∇, (F̃ + λI)⁻¹∇) at "
+        f"λ = {damping:g}. EKFAC's terms are a diagonal in KFAC's Kronecker eigenbasis; the "
+        "note says why a value is missing."
+    )
 
 
 STEP_DAMPING = "step_damping"  # the URL parameter of the damped-step tab's λ slider
@@ -293,11 +295,15 @@ def direction_columns(damping: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str | None, float]:
-    """The approximation the block and factor views show (None: none chosen) and the heatmaps'
-    colour range."""
+HEATMAP = "heatmap"  # the URL parameter: the block heatmaps as a picture or interactive
+HEATMAP_KINDS = {"picture": "picture (quick)", "interactive": "interactive (hover values)"}
+
+
+def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str | None, float, str]:
+    """The approximation the block and factor views show (None: none chosen), the heatmaps'
+    colour range, and how the block heatmaps are drawn (a key of ``HEATMAP_KINDS``)."""
     show = None
-    col_show, col_contrast = st.columns(2)
+    col_show, col_contrast, col_kind = st.columns([2, 2, 1.4])
     if methods:
         with col_show:
             show = settings.select(
@@ -317,7 +323,14 @@ def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str 
             help="The scale stays linear, symmetric and shared by the three panels; hover for "
             "values.",
         )
-    return show, contrast
+    with col_kind:
+        kind = settings.radio(
+            "Block heatmaps", list(HEATMAP_KINDS), HEATMAP, "picture",
+            format_func=HEATMAP_KINDS.get,
+            help="A picture drawn on the server appears at once; the interactive chart loads "
+            "plotly.js (4.7 MB) first and then shows every cell's value and labels on hover.",
+        )  # fmt: skip
+    return show, contrast, kind
 
 
 def block_figure(view, method: str, contrast: float) -> Callable[[], Any]:
@@ -358,17 +371,56 @@ def block_caption(view) -> None:
     )
 
 
-def block_tab(block: Block, results, *, show: str, damping: float, slow: bool, contrast) -> Arrays:
-    """The Fisher block, the shown approximation and their difference."""
+def block_picture(view, method: str, contrast: float) -> Callable[[], bytes]:
+    """A builder of :func:`block_figure`'s heatmaps as one PNG (core.views.heatmap_image),
+    drawn at up to ``explorer.PICTURE_MAX_SIDE`` cells per axis on the same colour range."""
+
+    def build():
+        shown = explorer.coarsen(view, explorer.PICTURE_MAX_SIDE)
+        return heatmap_image.block_heatmap_png(
+            shown.exact, shown.approx, method=method, saturate=contrast,
+            range_from=(view.exact, view.approx),
+        )  # fmt: skip
+
+    return build
+
+
+def picture_caption(view, contrast: float) -> None:
+    """What the picture shows: cells, order, colour range, and where the values are."""
+    shown = explorer.display_pooling(view.pooling, explorer.PICTURE_MAX_SIDE)
+    cells = (
+        f"{shown.side} × {shown.side} cells"
+        if shown == view.pooling
+        else f"{shown.side} × {shown.side} cells, each the mean of its block of the "
+        f"{view.pooling.side:,} × {view.pooling.side:,} view"
+    )
+    clip = f"; colours saturate at the {contrast:.1%} quantile of |entries|" if contrast < 1 else ""
+    st.caption(
+        f"A picture drawn on the server ({cells}, rows and columns in vec(W) order{clip}): "
+        "one linear colour scale shared by the three panels, the same as the interactive "
+        "chart's. Choose *interactive* above for each cell's value on hover; the full "
+        "matrices are in *Figure data (NPZ)* below."
+    )
+
+
+def block_tab(
+    block: Block, results, *, show: str, damping: float, slow: bool, contrast, kind: str
+) -> Arrays:
+    """The Fisher block, the shown approximation and their difference: a picture, or (``kind``
+    "interactive") a plotly chart."""
     key = sh.compute.BlockKey(sh.compute.MethodKey(block.key, show, damping, slow))
     with sh.friendly_errors("Block view"):
         view = sh.compute.block_view(key, block.fisher, results[show].approx)
     label = explorer.method_label(show)
-    figure = sh.compute.figure(
-        sh.compute.FigureKey(key, contrast), block_figure(view, label, contrast)
-    )
-    st.plotly_chart(figure, key="block")
-    block_caption(view)
+    picture = kind == "picture"
+    build = (block_picture if picture else block_figure)(view, label, contrast)
+    figure = sh.compute.figure(sh.compute.FigureKey(key, contrast, picture=picture), build)
+    if picture:
+        st.image(figure, width="stretch")
+        picture_caption(view, contrast)
+    else:
+        st.plotly_chart(figure, key="block")
+        block_caption(view)
     return explorer.view_arrays(method=show, view=view)
 
 
@@ -485,7 +537,7 @@ def pictures(
     last three, issue 19, in :mod:`pages.ui.downstream_tabs`). Returns the arrays behind what
     was drawn."""
     results, methods = analysis.results, list(analysis.results)
-    show, contrast = picture_controls(settings, methods)
+    show, contrast, kind = picture_controls(settings, methods)
     settings.sync(final=False)  # the URL follows the widgets before the figures are drawn
     tabs = settings.tabs(
         {
@@ -504,8 +556,9 @@ def pictures(
     with tabs["block"]:
         if tabs["block"].open is not False and show is not None:
             arrays |= block_tab(
-                block, results, show=show, damping=choice.damping, slow=slow, contrast=contrast
-            )
+                block, results, show=show, damping=choice.damping, slow=slow, contrast=contrast,
+                kind=kind,
+            )  # fmt: skip
         elif show is None:
             st.info("Choose an approximation to compare with F.")
     with tabs["factors"]:

@@ -52,6 +52,7 @@ from .labels import FACTOR_NAMES, method_label
 
 DEFAULT_MAX_SIDE = 256  # largest side of a computed dense view (cells per axis): the download
 DISPLAY_MAX_SIDE = 96  # largest side of a block heatmap sent to the browser (see coarsen)
+PICTURE_MAX_SIDE = 192  # the same for the server-drawn picture (PNG bytes grow with cells²)
 DEFAULT_DAMPING = 1e-3
 SPECTRUM_POINTS = 512  # eigenvalues drawn per spectrum (the largest ones)
 SLOW_LIMIT = 2048  # above: spectrum and natural gradient of sums are opt-in (see is_slow)
@@ -158,6 +159,18 @@ class MethodResult:
             "farther from F than the zero matrix (genuine: inputs and output gradients whose "
             "sizes anti-correlate across samples)."
         )
+
+
+METRIC_HEADINGS = {  # headings of LayerAnalysis.table's columns, as the page shows them
+    "method": "Method",
+    "relative_error": "Relative Frobenius error",
+    "spectrum_error": "Spectrum error",
+    "spectrum_exact": "Full spectrum",
+    "ng_cosine": "Natural-gradient cosine",
+    "seconds": "Compute time (s)",
+    "terms": "Kronecker terms",
+    "note": "Note",
+}
 
 
 @dataclass

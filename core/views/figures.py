@@ -36,6 +36,7 @@ from .labels import method_label
 __all__ = [
     "METHOD_COLORS",
     "block_heatmaps",
+    "colour_range",
     "factor_heatmaps",
     "spectra_figure",
     "rank_curve_figure",
@@ -72,6 +73,25 @@ def _sparse_ticks(labels: Sequence[str], every: int, max_ticks: int = 12) -> dic
     return {"tickmode": "array", "tickvals": vals, "ticktext": [v.split(",")[0] for v in vals]}
 
 
+def colour_range(
+    exact: np.ndarray,
+    approx: np.ndarray,
+    *,
+    saturate: float = 1.0,
+    range_from: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """The half-width s of the block heatmaps' shared colour scale [−s, s]: the largest |entry|
+    of the exact block and the approximation (of ``range_from``, the full matrices, when the
+    ones drawn are a coarser picture of them), or, with ``saturate`` < 1, that quantile of
+    the |entries|."""
+    if not 0 < saturate <= 1:
+        raise ValueError(f"saturate must lie in (0, 1], got {saturate}")
+    full = (exact, approx) if range_from is None else range_from
+    magnitudes = np.abs(np.concatenate([np.asarray(m, dtype=float).ravel() for m in full]))
+    scale = float(np.quantile(magnitudes, saturate)) if saturate < 1 else float(magnitudes.max())
+    return max(scale, 1e-300)
+
+
 def block_heatmaps(
     exact: np.ndarray,
     approx: np.ndarray,
@@ -93,8 +113,6 @@ def block_heatmaps(
     matrices the colour range is computed from, when the ones drawn are a coarser picture of
     them (core.views.explorer.coarsen): colours then mean the same as on the full view.
     """
-    if not 0 < saturate <= 1:
-        raise ValueError(f"saturate must lie in (0, 1], got {saturate}")
     exact = np.asarray(exact, dtype=float)
     approx = np.asarray(approx, dtype=float)
     if exact.shape != approx.shape or exact.shape[0] != exact.shape[1]:
@@ -102,10 +120,7 @@ def block_heatmaps(
     if len(labels) != exact.shape[0]:
         raise ValueError(f"{len(labels)} labels for a {exact.shape[0]}-row matrix")
     diff = approx - exact
-    full = (exact, approx) if range_from is None else range_from
-    magnitudes = np.abs(np.concatenate([np.asarray(m, dtype=float).ravel() for m in full]))
-    scale = float(np.quantile(magnitudes, saturate)) if saturate < 1 else float(magnitudes.max())
-    scale = max(scale, 1e-300)
+    scale = colour_range(exact, approx, saturate=saturate, range_from=range_from)
     if saturate < 1:
         clip = f"colours saturate at the {saturate:.1%} quantile of |entries| (hover: true values)"
         note = f"{note}; {clip}" if note else clip

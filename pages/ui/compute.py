@@ -275,6 +275,7 @@ class FigureKey:
 
     view: BlockKey | SpectraKey | DirectionFigureKey
     contrast: float | None = None
+    picture: bool = False  # a PNG (core.views.heatmap_image), not a plotly figure
 
 
 # -- the explorer's results ------------------------------------------------------------------
@@ -342,8 +343,9 @@ def block_view(key: BlockKey, fisher, approx):
 
 
 def figure(key: FigureKey, build: Callable[[], Any]) -> Any:
-    """The plotly figure named ``key`` (every setting it is drawn from), built once by
-    ``build()`` for every session and never mutated (``st.plotly_chart`` copies it)."""
+    """The figure named ``key`` (every setting it is drawn from: a plotly figure, or a PNG's
+    bytes), built once by ``build()`` for every session and never mutated
+    (``st.plotly_chart`` copies it)."""
     return services().figures.get(key, build)
 
 

@@ -16,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.engine.methods import METHODS
+from core.views import explorer
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = ("home", "explorer", "training", "race", "learn", "reports")
@@ -48,6 +49,12 @@ def assert_clean(at: AppTest) -> None:
 
 def charts(at: AppTest) -> list:
     return list(at.get("plotly_chart"))
+
+
+def metrics(at: AppTest):
+    """The explorer's metrics table (a static st.table) with its column ids, not headings."""
+    ids = {heading: name for name, heading in explorer.METRIC_HEADINGS.items()}
+    return at.table[0].value.rename(columns=ids)
 
 
 def spec(chart) -> str:
@@ -91,20 +98,28 @@ def test_page_renders_by_default(page):
 def test_explorer_default_view():
     at = app("explorer")
     assert_clean(at)
-    table = at.dataframe[0].value
+    table = metrics(at)
     assert len(table) == len(METHODS)  # every method
     assert table["relative_error"].notna().all()
     kfac = table.set_index("method").loc["KFAC", "relative_error"]
     kpsvd = table.set_index("method").loc["KPSVD", "relative_error"]
     assert kpsvd <= kfac + 1e-9
-    assert len(charts(at)) == 1  # tabs are lazy: only the open one (the block) runs
+    # issue 20: the block heatmaps come as one server-drawn picture, every cell of the block
+    # (17 inputs × 8 outputs = 136), and no plotly chart (tabs are lazy: only the block runs)
+    assert not charts(at)
+    assert len(at.get("image")) == 1
+    assert any("A picture drawn on the server (136 × 136 cells" in c.value for c in at.caption)
+    assert at.query_params["layer"] == "encoder.linear3"  # the smallest layer
+    assert any("Server time for this view" in c.value for c in at.caption)
+    at.radio(key="explorer.heatmap").set_value("interactive").run()
+    assert_clean(at)
+    assert at.query_params["heatmap"] == "interactive"
+    assert len(charts(at)) == 1 and not at.get("image")
     assert "KPSVD − F" in spec(charts(at)[0])
-    # sent coarsened (issue 20): 17 inputs in pairs × 8 outputs, and the page says so
+    # the chart is sent coarsened (issue 20): 17 inputs in pairs × 8 outputs, and says so
     shapes = [t["z"]["shape"] for t in json.loads(charts(at)[0].proto.spec)["data"]]
     assert shapes == ["72, 72"] * 3, shapes
     assert any("at most 96 cells per axis" in c.value for c in at.caption)
-    assert at.query_params["layer"] == "encoder.linear3"  # the smallest layer
-    assert any("Server time for this view" in c.value for c in at.caption)
 
 
 def test_explorer_change_layer_method_and_rank():
@@ -116,9 +131,10 @@ def test_explorer_change_layer_method_and_rank():
 
     at.multiselect(key="explorer.methods").set_value(["kfac", "kfac_corrected"]).run()
     assert_clean(at)
-    assert list(at.dataframe[0].value["method"]) == ["KFAC", "KFAC-corrected"]
+    assert list(metrics(at)["method"]) == ["KFAC", "KFAC-corrected"]
     at.selectbox(key="explorer.show").set_value("kfac_corrected").run()
     assert_clean(at)
+    at.radio(key="explorer.heatmap").set_value("interactive").run()
     block = spec(charts(at)[0])
     assert "KFAC-corrected − F" in block
 
@@ -165,7 +181,7 @@ def test_explorer_link_reproduces_the_view():
     assert at.slider(key="rank").value == 3
     for key, value in params.items():
         assert at.query_params[key] == value
-    assert list(at.dataframe[0].value["method"]) == ["KFAC", "EKFAC"]
+    assert list(metrics(at)["method"]) == ["KFAC", "EKFAC"]
 
 
 def test_explorer_reports_malformed_url_values():
@@ -225,7 +241,7 @@ def test_explorer_layer_size_limit(monkeypatch):
 def test_explorer_defers_slow_metrics_on_larger_layers():
     at = app("explorer", layer="encoder.linear1", methods="kfac,deflation")
     assert_clean(at)
-    table = at.dataframe[0].value.set_index("method")
+    table = metrics(at).set_index("method")
     assert table.loc["KFAC", "spectrum_error"] >= 0
     assert table.loc["Deflation", "spectrum_error"] != table.loc["Deflation", "spectrum_error"]
     assert any("Compute slow metrics" in i.value for i in at.info)

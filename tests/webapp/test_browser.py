@@ -175,6 +175,19 @@ def _plot_points(page, index: int) -> int:
     )
 
 
+def _block_picture(page, timeout: float = TIMEOUT_MS) -> int:
+    """Wait until the explorer's block heatmaps (a server-drawn PNG, issue 20) are loaded and
+    decoded; returns the picture's width in pixels."""
+    page.wait_for_function(
+        """() => { const img = document.querySelector('[data-testid="stImage"] img');
+                   return img && img.complete && img.naturalWidth > 0; }""",
+        timeout=timeout,
+    )
+    return page.evaluate(
+        """() => document.querySelector('[data-testid="stImage"] img').naturalWidth"""
+    )
+
+
 def test_every_page_renders(server, page):
     # First request of a fresh server is a deep link (see pages/ui/navigation.py).
     checks = {
@@ -199,7 +212,7 @@ def test_explorer_pick_layer_and_method(server, page):
     started = time.monotonic()
     page.goto(f"{server}/explorer")
     page.get_by_text("Server time for this view").wait_for()
-    page.wait_for_selector(".js-plotly-plot")
+    assert _block_picture(page) > 1000  # three panels of ≥ 360 px and a colour bar
     cold = time.monotonic() - started
     _no_exception(page)
     _shot(page, "explorer")
@@ -210,8 +223,12 @@ def test_explorer_pick_layer_and_method(server, page):
     page.get_by_text(re.compile(r"encoder\.linear2: 32→16.* · m = 256")).first.wait_for()
     page.wait_for_url(re.compile(r"layer=encoder\.linear2"))
     _choose(page, "Approximation shown", "KFAC-corrected")
-    page.get_by_text("KFAC-corrected − F").first.wait_for()
     page.wait_for_url(re.compile(r"layer=encoder\.linear2.*show=kfac_corrected"))
+    # the interactive chart on request: plotly.js loads, hover labels come with it
+    page.get_by_text("interactive (hover values)").click()
+    page.get_by_text("KFAC-corrected − F").first.wait_for()
+    page.wait_for_selector(".js-plotly-plot")
+    page.wait_for_url(re.compile(r"heatmap=interactive"))
     # a widget bound to the URL by Streamlit (m) next to the hand-made ones: both in the URL
     _choose(page, "Fisher minibatch m", "64")
     page.get_by_text(re.compile(r"encoder\.linear2: 32→16.* · m = 64 ")).first.wait_for()
@@ -271,7 +288,7 @@ def test_ten_students_at_once_each_see_a_complete_explorer(server, browser):
         assert not crashed, f"browser pages crashed: {crashed}"
         assert all(ready), f"views not complete after 240 s: {ready}"
         for p in pages:
-            p.wait_for_selector(".js-plotly-plot", timeout=60_000)  # drawn after the script ends
+            _block_picture(p, timeout=60_000)  # loaded after the script ends
             _no_exception(p)
             assert p.get_by_text("How close is each approximation?").count() == 1
             errors = p.locator('[data-testid="stAlertContentError"]')

@@ -11,7 +11,7 @@ from core import jobs
 from core.training.data import load_dataset
 from core.training.models import build_model
 from pages.ui.data import presets_for
-from tests.webapp.test_app import app, assert_clean, charts, spec, wait_group
+from tests.webapp.test_app import app, assert_clean, charts, metrics, spec, wait_group
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -29,20 +29,20 @@ def test_explorer_on_a_conv_layer_shows_its_geometry_and_metrics():
     assert_clean(at)
     picker = at.selectbox(key="explorer.layer")
     assert "conv 8→16, 3×3 stride 2, T 4 (2×2)" in picker.format_func(picker.value)
-    table = at.dataframe[0].value.set_index("method")
+    table = metrics(at).set_index("method")
     assert table["relative_error"].notna().all()
     # KPSVD is the best symmetric Kronecker product: never worse than KFAC-expand's product
     assert table.loc["KPSVD", "relative_error"] <= table.loc["KFAC", "relative_error"] + 1e-9
     # on a layer with T > 1 KFAC-expand and KFAC-reduce are different products
     assert table.loc["KFAC", "relative_error"] != table.loc["KFAC-reduce", "relative_error"]
-    assert len(charts(at)) == 1
+    assert len(at.get("image")) == 1  # the block heatmaps, drawn as a picture
 
 
 def test_classifier_explorer_with_the_empirical_fisher():
     at = app("explorer", dataset="digits", preset="digits-cnn", layer="features.conv1",
              fisher="empirical", m="32")  # fmt: skip
     assert_clean(at)
-    assert at.dataframe[0].value["relative_error"].notna().all()
+    assert metrics(at)["relative_error"].notna().all()
 
 
 def test_the_classifier_empirical_fisher_uses_the_labels():
@@ -103,6 +103,6 @@ def test_explorer_on_a_sequence_layer():
     assert_clean(at)
     picker = at.selectbox(key="explorer.layer")
     assert "8→16 at T 8 positions" in picker.format_func(picker.value)
-    table = at.dataframe[0].value.set_index("method")
+    table = metrics(at).set_index("method")
     assert table.loc["KPSVD", "relative_error"] <= table.loc["KFAC", "relative_error"] + 1e-9
     assert table.loc["KFAC", "relative_error"] != table.loc["KFAC-reduce", "relative_error"]

@@ -9,6 +9,7 @@ import pytest
 
 from core.engine.methods import METHODS
 from tests.webapp.test_app import app, assert_clean, charts, spec, unescaped
+from tests.webapp.test_app import metrics as metrics_of
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -18,9 +19,9 @@ def test_step_tab_default_view():
     assert_clean(at)
     assert at.query_params["step_damping"] == "0.001"
     assert at.select_slider(key="explorer.step_damping").value == 0.001
-    table = at.dataframe[1].value.set_index("method")
+    table = at.dataframe[0].value.set_index("method")
     assert len(table) == len(METHODS)  # every method: Frobenius error next to the step's
-    metrics = at.dataframe[0].value.set_index("method")
+    metrics = metrics_of(at).set_index("method")
     assert (table["relative_error"] == metrics["relative_error"]).all()
     assert table["step_error"].notna().all() and (table["step_cosine"].abs() <= 1 + 1e-9).all()
     (figure,) = charts(at)
@@ -36,7 +37,7 @@ def test_step_damping_link_opens_its_value_and_stays_while_the_tab_is_closed():
     assert_clean(at)
     assert not at.warning
     assert at.select_slider(key="explorer.step_damping").value == 0.0316
-    shown = at.dataframe[1].value.set_index("method")
+    shown = at.dataframe[0].value.set_index("method")
     assert list(shown.index) == ["KFAC", "Deflation"]
     lines = json.loads(charts(at)[0].proto.spec)["layout"]["shapes"]
     assert any(shape.get("x0") == 0.0316 for shape in lines)  # the chosen λ, marked
@@ -61,7 +62,7 @@ def test_a_bad_step_damping_gets_a_notice(tab):
 def test_step_tab_defers_exact_damping_of_sums_on_larger_layers():
     at = app("explorer", tab="step", layer="encoder.linear1", methods="kfac,deflation")
     assert_clean(at)
-    table = at.dataframe[1].value.set_index("method")
+    table = at.dataframe[0].value.set_index("method")
     assert table.loc["Deflation", "step_error"] >= 0  # factored: closed form, always
     assert table.loc["Deflation", "exact_step_error"] != table.loc["Deflation", "exact_step_error"]
     assert table.loc["KFAC", "exact_step_error"] >= 0

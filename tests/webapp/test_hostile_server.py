@@ -176,8 +176,8 @@ def test_clear_cache_changes_nothing_shared(server):
         f"clear_cache changed the worker processes: {sorted(workers)} → {sorted(workers_after)}"
     )
     assert marker.is_file(), "clear_cache removed a live session's stored upload"
-    assert after.ok and after.plotly_charts >= 1, after.as_dict()
-    assert again.ok and again.plotly_charts >= 1, again.as_dict()
+    assert after.ok and after.charts >= 1, after.as_dict()
+    assert again.ok and again.charts >= 1, again.as_dict()
 
 
 # -- a decompression bomb through the file uploader -------------------------------------------
@@ -409,7 +409,7 @@ def test_cold_view_is_not_stuck_behind_heavy_tabs(server):
         f"{[round(v.latency_s or -1, 1) for v, _ in heavies]} s, {still_running} still running "
         "when it finished"
     )
-    assert cold.ok and cold.plotly_charts >= 1, cold.as_dict()
+    assert cold.ok and cold.charts >= 1, cold.as_dict()
     assert cold.latency_s is not None and cold.latency_s <= COLD_VIEW_DEADLINE_S, cold.as_dict()
     assert still_running == HEAVY_TABS, "the heavy tabs were not all computing meanwhile"
     for view, _ in heavies:

@@ -58,7 +58,7 @@ def test_five_students_and_a_dropped_tab(server):
         assert not dropped, view.as_dict()
         assert view.status == "finished", view.as_dict()
         assert view.errors == [], view.as_dict()
-        assert view.plotly_charts >= 1, view.as_dict()
+        assert view.charts >= 1, view.as_dict()
     health = probes.summary()
     assert health["health_checks"] >= 4, health
     assert health["health_failures"] == 0, f"health unanswered within {HEALTH_LIMIT_S} s: {health}"

@@ -127,6 +127,31 @@ def test_an_invalid_cookie_is_replaced():
     assert any(SET_COOKIE.match(c) for c in cookies), cookies
 
 
+def test_the_proxy_compresses_the_apps_scripts():
+    """deploy/nginx.conf gzips Streamlit's scripts (uncompressed from the app itself): the
+    page's main script comes gzip-encoded, decodes to the replica's bytes, and is smaller."""
+    import gzip
+
+    page = urlsplit(BASE_URL)
+    conn = http.client.HTTPConnection(page.hostname, page.port, timeout=30)
+    try:
+        conn.request("GET", "/")
+        html = conn.getresponse().read().decode()
+        script = re.search(r'src="\.?(/?static/js/[^"]+\.js)"', html)
+        assert script, "no script in the page"
+        path = "/" + script[1].lstrip("/")
+        conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+        response = conn.getresponse()
+        body = response.read()
+        assert response.getheader("Content-Encoding") == "gzip", response.getheaders()
+        conn.request("GET", path)
+        plain = conn.getresponse().read()
+    finally:
+        conn.close()
+    assert gzip.decompress(body) == plain
+    assert len(body) < 0.5 * len(plain), (len(body), len(plain))
+
+
 def test_different_browsers_spread_over_every_replica():
     # Fixed route keys (the hash depends only on them and the replicas' names in nginx.conf),
     # so this spread is the same on every run; a random one misses a replica with 2**-11.

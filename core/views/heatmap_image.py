@@ -1,0 +1,120 @@
+"""The explorer's block heatmaps as one PNG picture, drawn on the server (issue 20).
+
+A new visitor's browser spends about 1.5 s (2 shared cores, software rendering) loading and
+starting plotly.js, 4.7 MB of script, before the first plotly chart appears; a picture needs
+none of it. The picture shows what :func:`core.views.figures.block_heatmaps` shows — the exact
+block F, the approximation F̃ and F̃ − F side by side, in ``vec(W)`` order, on ONE symmetric
+diverging colour scale — and is exact in the same sense:
+
+* every cell is one entry of the matrices it is given (nearest-neighbour upscaling: a cell is a
+  square of ``cell`` pixels, never blended with its neighbours);
+* a value v is coloured by the same colour scale as the plotly figure (``figures.DIVERGING``,
+  interpolated linearly in RGB between its stops, as plotly does) at t = (v/s + 1)/2, clipped to
+  [0, 1], with s the colour range of :func:`core.views.figures.colour_range` (the same one the
+  interactive figure uses), quantised to ``LEVELS`` colours (a step of 2s/255 in value);
+* the colour bar on the right is drawn with the same map and labelled at −s, −s/2, 0, s/2, s.
+
+What it cannot do is hover: the interactive figure gives each cell's value and its (input,
+output) labels, and the page offers it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from plotly.colors import get_colorscale, unlabel_rgb
+
+from .figures import DIVERGING, colour_range
+from .labels import method_label
+
+__all__ = ["LEVELS", "block_heatmap_png", "colour_lut", "colour_index"]
+
+LEVELS = 256  # colours of the map
+PANEL_PX = 360  # a panel's side is at least this many pixels (cells are whole pixels)
+TITLE_PX, GAP_PX, BAR_PX, TICK_PX = 30, 18, 18, 78
+FONT_PX = 15
+
+
+def colour_lut(name: str = DIVERGING, levels: int = LEVELS) -> np.ndarray:
+    """(levels, 3) uint8: the plotly colour scale ``name`` sampled at t = k/(levels − 1),
+    linear in RGB between its stops (plotly's own interpolation)."""
+    stops = get_colorscale(name)
+    where = np.array([float(t) for t, _ in stops])
+    rgb = np.array([unlabel_rgb(c) for _, c in stops], dtype=float)
+    t = np.linspace(0.0, 1.0, levels)
+    channels = [np.interp(t, where, rgb[:, k]) for k in range(3)]
+    return np.rint(np.stack(channels, axis=1)).astype(np.uint8)
+
+
+def colour_index(values: np.ndarray, scale: float, levels: int = LEVELS) -> np.ndarray:
+    """The LUT index of each value on the symmetric range [−scale, scale] (clipped)."""
+    t = np.clip((np.asarray(values, dtype=float) / scale + 1.0) / 2.0, 0.0, 1.0)
+    return np.rint(t * (levels - 1)).astype(np.intp)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _tick(value: float) -> str:
+    return "0" if value == 0 else f"{value:.3g}"
+
+
+def block_heatmap_png(
+    exact: np.ndarray,
+    approx: np.ndarray,
+    *,
+    method: str,
+    saturate: float = 1.0,
+    range_from: tuple[np.ndarray, np.ndarray] | None = None,
+) -> bytes:
+    """PNG of F, F̃ and F̃ − F on one colour scale, with titles and a labelled colour bar.
+
+    Arguments as :func:`core.views.figures.block_heatmaps` (``range_from``: the full matrices
+    the colour range comes from when ``exact`` and ``approx`` are a coarser picture of them).
+    """
+    exact = np.asarray(exact, dtype=float)
+    approx = np.asarray(approx, dtype=float)
+    if exact.shape != approx.shape or exact.ndim != 2 or exact.shape[0] != exact.shape[1]:
+        raise ValueError(f"expected two equal square matrices, got {exact.shape}, {approx.shape}")
+    if not (np.isfinite(exact).all() and np.isfinite(approx).all()):
+        raise ValueError("the block or its approximation has NaN or infinite entries")
+    scale = colour_range(exact, approx, saturate=saturate, range_from=range_from)
+    lut = colour_lut()
+    n = exact.shape[0]
+    cell = max(1, math.ceil(PANEL_PX / n))
+    side = n * cell
+    title = method_label(method)
+    # an ASCII minus: the font bundled with Pillow has no U+2212
+    panels = (("Exact F", exact), (title, approx), (f"{title} - F", approx - exact))
+    width = 3 * side + 3 * GAP_PX + BAR_PX + TICK_PX
+    canvas = Image.new("RGB", (width, TITLE_PX + side + FONT_PX), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(FONT_PX)
+    for k, (name, matrix) in enumerate(panels):
+        left = k * (side + GAP_PX)
+        pixels = lut[colour_index(matrix, scale)].repeat(cell, axis=0).repeat(cell, axis=1)
+        canvas.paste(Image.fromarray(pixels, "RGB"), (left, TITLE_PX))
+        draw.text((left + side / 2, TITLE_PX / 2), name, fill="black", font=font, anchor="mm")
+    _colour_bar(draw, canvas, lut, scale, left=3 * side + 3 * GAP_PX - GAP_PX // 2, side=side)
+    out = io.BytesIO()
+    canvas.save(out, format="PNG", compress_level=6)
+    return out.getvalue()
+
+
+def _colour_bar(draw, canvas, lut: np.ndarray, scale: float, *, left: int, side: int) -> None:
+    """A vertical bar, +scale at the top, −scale at the bottom, with five labelled ticks."""
+    top = TITLE_PX
+    t = np.linspace(1.0, 0.0, side)  # top row is the largest value
+    rows = lut[np.rint(t * (len(lut) - 1)).astype(np.intp)]
+    strip = np.repeat(rows[:, None, :], BAR_PX, axis=1)
+    canvas.paste(Image.fromarray(strip, "RGB"), (left, top))
+    font = _font(FONT_PX - 2)
+    for fraction in (1.0, 0.5, 0.0, -0.5, -1.0):
+        y = top + (1.0 - fraction) / 2.0 * (side - 1)
+        draw.line([(left + BAR_PX, y), (left + BAR_PX + 4, y)], fill="black")
+        draw.text((left + BAR_PX + 7, y), _tick(fraction * scale), fill="black", font=font,
+                  anchor="lm")  # fmt: skip

@@ -1,0 +1,104 @@
+"""The server-drawn block heatmaps (core.views.heatmap_image): every cell has the colour the
+interactive plotly figure gives its value, on the same shared range."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from plotly.colors import sample_colorscale
+
+from core.views import figures, heatmap_image
+from core.views.heatmap_image import (
+    GAP_PX,
+    PANEL_PX,
+    TITLE_PX,
+    block_heatmap_png,
+    colour_index,
+    colour_lut,
+)
+
+
+def _rgb(text: str) -> np.ndarray:
+    return np.array([float(v) for v in re.findall(r"[\d.]+", text)])
+
+
+def test_lut_is_plotlys_colour_scale():
+    """Oracle: plotly's own sampling of the diverging scale, at every level."""
+    lut = colour_lut(figures.DIVERGING)
+    t = np.linspace(0.0, 1.0, heatmap_image.LEVELS)
+    expected = np.stack([_rgb(c) for c in sample_colorscale(figures.DIVERGING, list(t))])
+    assert lut.shape == (heatmap_image.LEVELS, 3)
+    assert np.abs(lut.astype(float) - expected).max() <= 0.5 + 1e-9
+    assert not np.array_equal(lut[0], lut[-1])  # a scale, not one colour
+
+
+def test_colour_index_is_symmetric_and_clipped():
+    idx = colour_index(np.array([-2.0, -1.0, 0.0, 1.0, 2.0]), scale=1.0)
+    assert idx.tolist() == [0, 0, 128, 255, 255]
+    assert colour_index(np.array([0.5]), 1.0)[0] == 191  # (0.5 + 1)/2 · 255 = 191.25
+
+
+def _decode(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
+def _cell(pixels: np.ndarray, panel: int, row: int, col: int, n: int) -> np.ndarray:
+    cell = -(-PANEL_PX // n)
+    left = panel * (n * cell + GAP_PX)
+    return pixels[TITLE_PX + row * cell + cell // 2, left + col * cell + cell // 2]
+
+
+def test_every_cell_has_its_values_colour():
+    """F, F̃ and F̃ − F: each cell's centre pixel is the LUT colour of its value on the range
+    of the full matrices (max |entry| of F and F̃); the difference uses the same range."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 7))
+    exact = x @ x.T
+    approx = exact + 0.3 * rng.standard_normal((7, 7))
+    approx = (approx + approx.T) / 2
+    pixels = _decode(block_heatmap_png(exact, approx, method="kfac"))
+    scale = max(np.abs(exact).max(), np.abs(approx).max())
+    lut = colour_lut()
+    for panel, matrix in enumerate((exact, approx, approx - exact)):
+        for i in range(7):
+            for j in range(7):
+                want = lut[colour_index(matrix[i, j], scale)]
+                assert np.array_equal(_cell(pixels, panel, i, j, 7), want), (panel, i, j)
+
+
+def test_range_from_and_saturation_set_the_scale():
+    """A coarse picture keeps the full view's colours (``range_from``); saturation clips at
+    the quantile, exactly as figures.block_heatmaps does."""
+    rng = np.random.default_rng(1)
+    coarse = rng.standard_normal((4, 4))
+    full = (10 * np.ones((8, 8)), np.zeros((8, 8)))
+    pixels = _decode(block_heatmap_png(coarse, coarse, method="kpsvd", range_from=full))
+    lut = colour_lut()
+    assert np.array_equal(_cell(pixels, 0, 1, 2, 4), lut[colour_index(coarse[1, 2], 10.0)])
+    spike = np.eye(5)
+    spike[0, 0] = 1e6
+    pixels = _decode(block_heatmap_png(spike, spike, method="kfac", saturate=0.9))
+    scale = figures.colour_range(spike, spike, saturate=0.9)
+    assert scale < 1.5  # the spike does not set the range
+    assert np.array_equal(_cell(pixels, 0, 0, 0, 5), lut[-1])  # clipped at the top colour
+    assert np.array_equal(_cell(pixels, 0, 1, 1, 5), lut[colour_index(1.0, scale)])
+
+
+def test_bad_input_is_named():
+    good = np.eye(3)
+    with pytest.raises(ValueError, match="equal square"):
+        block_heatmap_png(good, np.eye(4), method="kfac")
+    with pytest.raises(ValueError, match="equal square"):
+        block_heatmap_png(np.ones((2, 3)), np.ones((2, 3)), method="kfac")
+    bad = good.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        block_heatmap_png(good, bad, method="kfac")
+    with pytest.raises(ValueError, match="saturate"):
+        block_heatmap_png(good, good, method="kfac", saturate=0.0)

@@ -22,9 +22,11 @@ the true Fisher's sampled targets) and the quality minibatches come from generat
 same config gives the same records apart from ``wall_time_s`` (on one device and thread count).
 The data are always the dataset's seed-0 sample/split.
 
-A non-finite loss (or gradient, or update) stops the run with status ``"diverged"`` and a
-message naming the step; the records so far are kept (plus the diverged step's record with its
-non-finite loss), and the model is put back to the last parameters whose loss was finite.
+A non-finite loss (or gradient, or update), or a finite loss above ``BLOWUP`` times the first
+step's (a run that has left every sensible region but not yet overflowed: seen at 8e16 on
+curves-small without the KL-clip), stops the run with status ``"diverged"`` and a message naming
+the step; the records so far are kept (plus the diverged step's record with its loss), and the
+model is put back to the last parameters whose loss was finite and below that bound.
 
 Server limits (:class:`RunLimits`, only for runs the web app creates:
 ``RunConfig.from_settings(..., server_limits=True)``; the command line is never limited): a run
@@ -81,6 +83,7 @@ __all__ = [
 
 STATUSES = ("pending", "running", "finished", "stopped", "timed_out", "diverged", "failed")
 DONE_STATUSES = ("finished", "stopped", "timed_out", "diverged", "failed")
+BLOWUP = 1e6  # a loss this many times the first step's (and above 1) means divergence
 QUALITY_BATCH = 256  # Fisher minibatch for quality tracking when the optimizer sets none
 
 
@@ -439,6 +442,7 @@ class TrainingRun:
         self.traceback = ""
         self.progress = 0.0
         self.diverged_step: int | None = None
+        self._first_loss: float | None = None  # the first step's training loss (BLOWUP)
         self._lock = threading.Lock()
         self._records: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -627,6 +631,14 @@ class TrainingRun:
         value = float(loss.detach())
         if not math.isfinite(value):
             return value, f"the training loss became {value} at step {step}"
+        if self._first_loss is None:
+            self._first_loss = value
+        bound = BLOWUP * max(self._first_loss, 1.0)
+        if value > bound:
+            return value, (
+                f"the training loss grew to {value:.3g} at step {step}, over {BLOWUP:.0e} times "
+                f"the first step's ({self._first_loss:.3g})"
+            )
         kept.save(step)
         loss.backward()
         try:
@@ -643,7 +655,8 @@ class TrainingRun:
         held = (
             "the initial parameters"
             if kept.step is None
-            else f"the parameters of step {kept.step} (the last with a finite loss)"
+            else f"the parameters of step {kept.step} (the last with a finite loss below "
+            "the divergence bound)"
         )
         self.status = "diverged"
         self.message = (

@@ -10,10 +10,11 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from core.training import runner as runner_module
 from core.training.datasets import Dataset
 from core.training.models import Autoencoder, batch_loss
 from core.training.optim import OptimizerConfig, default_damping, default_lr
-from core.training.runner import RunConfig, RunLimits, TrainingRun, run_comparison
+from core.training.runner import BLOWUP, RunConfig, RunLimits, TrainingRun, run_comparison
 from core.views.report import error_figure, loss_vs_step, loss_vs_time, quality_table, summary_table
 
 
@@ -121,24 +122,55 @@ def test_quality_tracking_records_every_method(tiny):
     assert isinstance(fig, go.Figure) and len(fig.data) == 3
 
 
-def test_huge_learning_rate_diverges_and_keeps_last_finite_parameters(tiny):
-    cfg = _cfg("sgd", lr=1e3, steps=20)  # the loss explodes, then is NaN at step 3
+def test_huge_learning_rate_diverges_and_keeps_last_bounded_parameters(tiny):
+    """lr = 1e3: the loss is 2e13 at step 1, finite but over BLOWUP × the first step's."""
+    cfg = _cfg("sgd", lr=1e3, steps=20)
     run = TrainingRun(cfg, dataset=tiny, model=_model())
     run.run()
     assert run.status == "diverged"
     k = run.diverged_step
-    assert k is not None and f"step {k}" in run.message
+    assert k is not None and f"step {k}" in run.message and "grew to" in run.message
     recs = run.records()
-    assert len(recs) == k + 1 and not math.isfinite(recs[-1]["train_loss"])
-    assert all(math.isfinite(r["train_loss"]) for r in recs[:-1])
+    first = recs[0]["train_loss"]
+    assert len(recs) == k + 1 and recs[-1]["train_loss"] > BLOWUP * max(first, 1.0)
+    assert all(math.isfinite(r["train_loss"]) for r in recs)
+    assert all(r["train_loss"] <= BLOWUP * max(first, 1.0) for r in recs[:-1])
+    # the model holds the parameters that gave the last bounded loss (step k − 1)
     params = list(run.model.parameters())
-    assert all(bool(torch.isfinite(p).all()) for p in params)
-    # they are exactly the parameters that gave the last finite loss (step k − 1)
-    assert k >= 2
-    ref = TrainingRun(_cfg("sgd", lr=1e3, steps=k - 1), dataset=tiny, model=_model())
-    ref.run()
-    assert all(torch.equal(a, b) for a, b in zip(params, ref.model.parameters(), strict=True))
+    if k == 1:
+        ref_params = list(_model().parameters())
+    else:
+        ref = TrainingRun(_cfg("sgd", lr=1e3, steps=k - 1), dataset=tiny, model=_model())
+        ref.run()
+        ref_params = list(ref.model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(params, ref_params, strict=True))
     assert f"parameters of step {k - 1}" in run.message
+
+
+def test_a_non_finite_loss_diverges_and_keeps_last_finite_parameters(tiny, monkeypatch):
+    """The loss turns NaN at step 3 (injected: only the training step computes batch_loss)."""
+    calls: list[int] = []
+
+    def nan_at_step_3(output, target, kind):
+        calls.append(1)
+        loss = batch_loss(output, target, kind)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(runner_module, "batch_loss", nan_at_step_3)
+    run = TrainingRun(_cfg("sgd", lr=0.1, steps=10), dataset=tiny, model=_model())
+    run.run()
+    assert run.status == "diverged" and run.diverged_step == 3
+    assert "the training loss became nan at step 3" in run.message
+    recs = run.records()
+    assert len(recs) == 4 and not math.isfinite(recs[-1]["train_loss"])
+    monkeypatch.undo()
+    ref = TrainingRun(_cfg("sgd", lr=0.1, steps=2), dataset=tiny, model=_model())
+    ref.run()
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(run.model.parameters(), ref.model.parameters(), strict=True)
+    )
+    assert "parameters of step 2" in run.message
 
 
 def test_natural_gradient_divergence_is_caught(tiny):

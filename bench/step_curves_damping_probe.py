@@ -8,13 +8,15 @@ Three cheap measurements, each printed as a markdown table and written to a CSV 
    epochs, seeds 1–3, the preset's tuned lr, first with the run defaults of the step experiment
    (T_cov = T_inv = 10, the training minibatch as Fisher batch, no weight decay), then moving one
    setting at a time to the CURVES reproduction's (T_cov = T_inv = 100; Fisher batch 32; weight
-   decay 1e-3). Reported: the full training-set loss, and the KL-clip's scale ν over the run
-   (mean, fraction of steps with ν < 1). If exact damping stops helping on curves-small once
-   the paper's settings are in, the difference lies in the settings, not in the network.
-2. **The inverse period on CURVES** (training). KFAC factored vs exact at λ = 1 on CURVES
+   decay 1e-3), and last with only the Fisher batch of 32 changed. Reported: the full
+   training-set loss, and the KL-clip's scale ν over the run (mean, fraction of steps with
+   ν < 1). If exact damping stops helping on curves-small once the paper's settings are in, the
+   difference lies in the settings, not in the network.
+2. **The same settings on CURVES** (training). KFAC factored vs exact at λ = 1 on CURVES
    (the reproduction's settings and Xavier-uniform initialisation,
    ``bench/step_curves_compare.py``'s ``train``), ``--curves-epochs`` epochs, seeds
-   ``--curves-seeds``, with T_cov = T_inv = 100 (the paper's) and 10.
+   ``--curves-seeds``, in the variants ``--curves-variants`` of :data:`CURVES_VARIANTS`: the
+   reproduction's T_cov = T_inv = 100 and Fisher batch 32; T = 10; Fisher batch 128.
 3. **The step at checkpoints** (no training). At each checkpoint (``--checkpoints``: saved
    state_dicts, plus each network at its initialisation), for λ ∈ ``--dampings``: the true
    Fisher block of every layer on 256 training images (not the optimizer's average), the
@@ -31,7 +33,8 @@ Three cheap measurements, each printed as a markdown table and written to a CSV 
    §6.3: (A + π√λ)⊗(G + √λ/π) = A⊗G + √λ(πI⊗G + A/π⊗I) + λI).
 
     python bench/step_curves_damping_probe.py [--parts 1,2,3] [--dampings 0.1,1]
-        [--curves-epochs 3] [--curves-seeds 1,2] [--checkpoints NAME=PRESET:PATH,...]
+        [--curves-epochs 3] [--curves-seeds 1,2] [--curves-variants T100,T10]
+        [--checkpoints NAME=PRESET:PATH,...]
         [--out-dir bench/results-step]
 """
 
@@ -69,6 +72,7 @@ LADDER: tuple[tuple[str, dict], ...] = (
         "+ weight decay 1e-3 (all of the reproduction's settings)",
         {"t_cov": 100, "t_inv": 100, "fisher_batch": 32, "weight_decay": 1e-3},
     ),
+    ("Fisher batch 32 alone (T = 10, no weight decay)", {"fisher_batch": 32}),
 )
 
 
@@ -159,7 +163,17 @@ def ladder_table(rows: list[dict], dampings: list[float]) -> str:
 # -- part 2 ------------------------------------------------------------------------------------
 
 
-def inverse_period(epochs: float, seeds: list[int], save_dir: Path | None) -> list[dict]:
+#: Part 2's variants of the reproduction's KFAC settings: name → (what, OptimizerConfig fields).
+CURVES_VARIANTS: dict[str, tuple[str, dict]] = {
+    "T100": ("T_cov = T_inv = 100, Fisher batch 32 (the reproduction's)", {}),
+    "T10": ("T_cov = T_inv = 10, Fisher batch 32", {"t_cov": 10, "t_inv": 10}),
+    "fb128": ("T_cov = T_inv = 100, Fisher batch 128", {"fisher_batch": 128}),
+}
+
+
+def curves_variants(
+    variants: list[str], epochs: float, seeds: list[int], save_dir: Path | None
+) -> list[dict]:
     """Part 2 (module docstring); ``save_dir``: each run's model after its epochs."""
     spec = ReproduceSpec(
         "training", "curves", epochs=epochs, seeds=tuple(seeds), optimizers=("kfac",)
@@ -172,35 +186,36 @@ def inverse_period(epochs: float, seeds: list[int], save_dir: Path | None) -> li
             spec.preset, input_dim=dataset.input_dim, loss=dataset.loss, seed=seed,
             init=PAPER_DEFAULTS["init"],
         )  # fmt: skip
-        for period in (100, 10):
+        for variant in variants:
             for mode in ("factored", "exact"):
                 save = None
                 if save_dir is not None:
-                    save = save_dir / f"curves-kfac-{mode}-T{period}-{epochs:g}ep-seed{seed}.pt"
-                options = {"t_cov": period, "t_inv": period}
+                    save = save_dir / f"curves-kfac-{mode}-{variant}-{epochs:g}ep-seed{seed}.pt"
+                options = CURVES_VARIANTS[variant][1]
                 out = train(spec, sched, dataset, model, "kfac", mode, 1.0, seed, None, save,
                             options)  # fmt: skip
-                rows.append({"t_inv": period, "mode": mode, "seed": seed, **out})
-                print(f"curves T={period} {mode} seed {seed}: {out}", flush=True)
+                rows.append({"variant": variant, "mode": mode, "seed": seed, **out})
+                print(f"curves {variant} {mode} seed {seed}: {out}", flush=True)
     return rows
 
 
-def inverse_period_table(rows: list[dict], epochs: float) -> str:
+def curves_variants_table(rows: list[dict], variants: list[str], epochs: float) -> str:
     lines = [
-        f"| T_cov = T_inv | damping (λ = 1) | train loss @ {epochs:g} ep | test loss "
+        f"| settings | damping (λ = 1) | train loss @ {epochs:g} ep | test loss "
         "| KL scale ν (mean) | steps clipped | wall (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for period in (100, 10):
+    for variant in variants:
         for mode in ("factored", "exact"):
-            mine = [r for r in rows if (r["t_inv"], r["mode"]) == (period, mode)]
+            mine = [r for r in rows if (r["variant"], r["mode"]) == (variant, mode)]
             done = [r for r in mine if r["status"] == "finished"]
             cells = [
                 _cell([r[k] for r in done]) if done else "diverged"
                 for k in ("train_epochs", "test_epochs", "kl_scale_mean", "kl_clipped_fraction")
             ]
             wall = _cell([r["wall_epochs"] for r in done], 0) if done else "—"
-            lines.append(f"| {period} | {mode} | " + " | ".join(cells) + f" | {wall} |")
+            what = CURVES_VARIANTS[variant][0]
+            lines.append(f"| {what} | {mode} | " + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines)
 
 
@@ -348,6 +363,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=10.0, help="part 1's epochs")
     parser.add_argument("--curves-epochs", type=float, default=3.0)
     parser.add_argument("--curves-seeds", default="1,2")
+    parser.add_argument("--curves-variants", default="T100,T10", help=", ".join(CURVES_VARIANTS))
     parser.add_argument("--checkpoints", default="", help="NAME=PRESET:PATH,... (part 3)")
     parser.add_argument("--seed", type=int, default=1, help="part 3's batches and init models")
     parser.add_argument("--save-dir", type=Path, default=Path("/tmp/h21-probe"))
@@ -368,9 +384,13 @@ def main() -> None:
         print(f"\n{ladder_table(rows, dampings)}\n", flush=True)
     if 2 in parts:
         seeds = [int(s) for s in args.curves_seeds.split(",")]
-        rows = inverse_period(args.curves_epochs, seeds, args.save_dir)
-        _write(args.out_dir / "probe-inverse-period.csv", rows)
-        print(f"\n{inverse_period_table(rows, args.curves_epochs)}\n", flush=True)
+        variants = [v for v in args.curves_variants.split(",") if v]
+        unknown = [v for v in variants if v not in CURVES_VARIANTS]
+        if unknown:
+            raise SystemExit(f"--curves-variants: unknown {unknown}; choose from {CURVES_VARIANTS}")
+        rows = curves_variants(variants, args.curves_epochs, seeds, args.save_dir)
+        _write(args.out_dir / f"probe-curves-{'-'.join(variants)}.csv", rows)
+        print(f"\n{curves_variants_table(rows, variants, args.curves_epochs)}\n", flush=True)
     if 3 in parts:
         rows = []
         for name, preset, path in _parse_checkpoints(args.checkpoints):

@@ -16,7 +16,9 @@ Three cheap measurements, each printed as a markdown table and written to a CSV 
    (the reproduction's settings and Xavier-uniform initialisation,
    ``bench/step_curves_compare.py``'s ``train``), ``--curves-epochs`` epochs, seeds
    ``--curves-seeds``, in the variants ``--curves-variants`` of :data:`CURVES_VARIANTS`: the
-   reproduction's T_cov = T_inv = 100 and Fisher batch 32; T = 10; Fisher batch 128.
+   reproduction's T_cov = T_inv = 100 and Fisher batch 32; T = 10; Fisher batch 128; and
+   ``swap-out``, the reproduction's with the output layer alone in the other damping mode (a
+   direct test of where exact damping loses on CURVES).
 3. **The step at checkpoints** (no training). At each checkpoint (``--checkpoints``: saved
    state_dicts, plus each network at its initialisation), for λ ∈ ``--dampings``: the true
    Fisher block of every layer on 256 training images (not the optimizer's average), the
@@ -51,6 +53,7 @@ from pathlib import Path
 import torch
 from step_curves_compare import _BUILT, train  # also wraps build_optimizer (reads ν)
 
+import core.training.curvature as curvature
 from core.engine.direction import direction_metrics
 from core.engine.kron import pi_factor
 from core.engine.methods import approximate
@@ -164,11 +167,31 @@ def ladder_table(rows: list[dict], dampings: list[float]) -> str:
 
 
 #: Part 2's variants of the reproduction's KFAC settings: name → (what, OptimizerConfig fields).
+#: ``swap-out``: the reproduction's settings, the output layer in the OTHER damping mode than the
+#: rest of the network (:data:`_LAYER_MODES`).
 CURVES_VARIANTS: dict[str, tuple[str, dict]] = {
     "T100": ("T_cov = T_inv = 100, Fisher batch 32 (the reproduction's)", {}),
     "T10": ("T_cov = T_inv = 10, Fisher batch 32", {"t_cov": 10, "t_inv": 10}),
     "fb128": ("T_cov = T_inv = 100, Fisher batch 128", {"fisher_batch": 128}),
+    "swap-out": ("the reproduction's; the output layer in the other mode", {}),
 }
+#: The layer whose damping mode ``swap-out`` flips: CURVES' output layer (400 → 784).
+OUTPUT_LAYER = "decoder.linear6"
+#: Per-layer damping modes that override the optimizer's after every inverse refresh (empty:
+#: none). The optimizers have one mode for every layer; the probe flips one layer's by wrapping
+#: :meth:`core.training.curvature.Preconditioner.update_inverses` (the per-step solve reads
+#: ``_LayerInverse.mode``; same cost in both modes).
+_LAYER_MODES: dict[str, str] = {}
+_update_inverses = curvature.Preconditioner.update_inverses
+
+
+def _update_inverses_per_layer(self: curvature.Preconditioner) -> None:
+    _update_inverses(self)
+    for name, mode in _LAYER_MODES.items():
+        self.inverses[name].mode = mode
+
+
+curvature.Preconditioner.update_inverses = _update_inverses_per_layer  # type: ignore[method-assign]
 
 
 def curves_variants(
@@ -192,8 +215,12 @@ def curves_variants(
                 if save_dir is not None:
                     save = save_dir / f"curves-kfac-{mode}-{variant}-{epochs:g}ep-seed{seed}.pt"
                 options = CURVES_VARIANTS[variant][1]
+                _LAYER_MODES.clear()
+                if variant == "swap-out":
+                    _LAYER_MODES[OUTPUT_LAYER] = "exact" if mode == "factored" else "factored"
                 out = train(spec, sched, dataset, model, "kfac", mode, 1.0, seed, None, save,
                             options)  # fmt: skip
+                _LAYER_MODES.clear()
                 rows.append({"variant": variant, "mode": mode, "seed": seed, **out})
                 print(f"curves {variant} {mode} seed {seed}: {out}", flush=True)
     return rows
@@ -215,6 +242,9 @@ def curves_variants_table(rows: list[dict], variants: list[str], epochs: float) 
             ]
             wall = _cell([r["wall_epochs"] for r in done], 0) if done else "—"
             what = CURVES_VARIANTS[variant][0]
+            if variant == "swap-out":
+                other = "exact" if mode == "factored" else "factored"
+                mode = f"{mode}, output layer {other}"
             lines.append(f"| {what} | {mode} | " + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines)
 

@@ -419,7 +419,8 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--curves-variants: unknown {unknown}; choose from {CURVES_VARIANTS}")
         rows = curves_variants(variants, args.curves_epochs, seeds, args.save_dir)
-        _write(args.out_dir / f"probe-curves-{'-'.join(variants)}.csv", rows)
+        name = f"probe-curves-{'-'.join(variants)}-{args.curves_epochs:g}ep.csv"
+        _write(args.out_dir / name, rows)
         print(f"\n{curves_variants_table(rows, variants, args.curves_epochs)}\n", flush=True)
     if 3 in parts:
         rows = []

@@ -143,7 +143,9 @@ def compute_all(
                 if status is None:
                     status = st.empty()
                 where = "waiting for a free worker" if job.state == "queued" else "computing"
-                status.caption(f"{what}: {where}… {time.monotonic() - t0:.0f} s")
+                done = sum(1 for j, _w, _h in held if j.done)
+                count = f" ({done} of {len(held)} done)" if len(held) > 1 else ""
+                status.caption(f"{what}: {where}… {time.monotonic() - t0:.0f} s{count}")
                 if deadline is not None and time.monotonic() > deadline:
                     break
             out[job.key] = _outcome(job, what, seconds, how)

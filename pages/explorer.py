@@ -416,7 +416,7 @@ def block_tab(
     build = (block_picture if picture else block_figure)(view, label, contrast)
     figure = sh.compute.figure(sh.compute.FigureKey(key, contrast, picture=picture), build)
     if picture:
-        st.image(figure, width="stretch")
+        st.image(figure, width="stretch", output_format="PNG")  # lossless: exact colours
         picture_caption(view, contrast)
     else:
         st.plotly_chart(figure, key="block")

@@ -107,7 +107,9 @@ def test_explorer_default_view():
     # issue 20: the block heatmaps come as one server-drawn picture, every cell of the block
     # (17 inputs × 8 outputs = 136), and no plotly chart (tabs are lazy: only the block runs)
     assert not charts(at)
-    assert len(at.get("image")) == 1
+    (picture,) = at.get("image")
+    # sent as PNG, lossless (Streamlit's "auto" made it a JPEG: colours off, blurred cells)
+    assert picture.proto.imgs[0].url.endswith(".png"), picture.proto
     assert any("A picture drawn on the server (136 × 136 cells" in c.value for c in at.caption)
     assert at.query_params["layer"] == "encoder.linear3"  # the smallest layer
     assert any("Server time for this view" in c.value for c in at.caption)

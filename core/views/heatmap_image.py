@@ -11,7 +11,9 @@ diverging colour scale — and is exact in the same sense:
 * a value v is coloured by the same colour scale as the plotly figure (``figures.DIVERGING``,
   interpolated linearly in RGB between its stops, as plotly does) at t = (v/s + 1)/2, clipped to
   [0, 1], with s the colour range of :func:`core.views.figures.colour_range` (the same one the
-  interactive figure uses), quantised to ``LEVELS`` colours (a step of 2s/255 in value);
+  interactive figure uses), quantised to ``LEVELS`` colours (a step of 2s/253 in value): the
+  PNG is indexed, its palette those colours plus white and black, so no colour is approximated
+  by the encoding (the page sends it as PNG: a JPEG would blur cells and shift colours);
 * the colour bar on the right is drawn with the same map and labelled at −s, −s/2, 0, s/2, s.
 
 What it cannot do is hover: the interactive figure gives each cell's value and its (input,
@@ -32,7 +34,8 @@ from .labels import method_label
 
 __all__ = ["LEVELS", "block_heatmap_png", "colour_lut", "colour_index"]
 
-LEVELS = 256  # colours of the map
+LEVELS = 254  # colours of the map; with white and black they fill an 8-bit palette
+WHITE, BLACK = LEVELS, LEVELS + 1  # palette indices of the background and the text
 PANEL_PX = 360  # a panel's side is at least this many pixels (cells are whole pixels)
 TITLE_PX, GAP_PX, BAR_PX, TICK_PX = 30, 18, 18, 78
 FONT_PX = 15
@@ -83,7 +86,6 @@ def block_heatmap_png(
     if not (np.isfinite(exact).all() and np.isfinite(approx).all()):
         raise ValueError("the block or its approximation has NaN or infinite entries")
     scale = colour_range(exact, approx, saturate=saturate, range_from=range_from)
-    lut = colour_lut()
     n = exact.shape[0]
     cell = max(1, math.ceil(PANEL_PX / n))
     side = n * cell
@@ -91,30 +93,36 @@ def block_heatmap_png(
     # an ASCII minus: the font bundled with Pillow has no U+2212
     panels = (("Exact F", exact), (title, approx), (f"{title} - F", approx - exact))
     width = 3 * side + 3 * GAP_PX + BAR_PX + TICK_PX
-    canvas = Image.new("RGB", (width, TITLE_PX + side + FONT_PX), "white")
+    # An indexed image (one byte a pixel, the palette the colour map): about a third of the
+    # bytes of RGB once compressed, and every colour exact.
+    pixels = np.full((TITLE_PX + side + FONT_PX, width), WHITE, dtype=np.uint8)
+    for k, (_name, matrix) in enumerate(panels):
+        left = k * (side + GAP_PX)
+        index = colour_index(matrix, scale).astype(np.uint8)
+        pixels[TITLE_PX : TITLE_PX + side, left : left + side] = index.repeat(cell, 0).repeat(
+            cell, 1
+        )
+    bar = 3 * side + 3 * GAP_PX - GAP_PX // 2
+    t = np.linspace(1.0, 0.0, side)  # the bar's top row is the largest value
+    pixels[TITLE_PX : TITLE_PX + side, bar : bar + BAR_PX] = colour_index(2 * t - 1, 1.0)[:, None]
+    canvas = Image.fromarray(pixels, "P")
+    canvas.putpalette(np.concatenate([colour_lut(), [[255, 255, 255], [0, 0, 0]]]).ravel().tolist())
     draw = ImageDraw.Draw(canvas)
     font = _font(FONT_PX)
-    for k, (name, matrix) in enumerate(panels):
-        left = k * (side + GAP_PX)
-        pixels = lut[colour_index(matrix, scale)].repeat(cell, axis=0).repeat(cell, axis=1)
-        canvas.paste(Image.fromarray(pixels, "RGB"), (left, TITLE_PX))
-        draw.text((left + side / 2, TITLE_PX / 2), name, fill="black", font=font, anchor="mm")
-    _colour_bar(draw, canvas, lut, scale, left=3 * side + 3 * GAP_PX - GAP_PX // 2, side=side)
+    for k, (name, _matrix) in enumerate(panels):
+        centre = k * (side + GAP_PX) + side / 2
+        draw.text((centre, TITLE_PX / 2), name, fill=BLACK, font=font, anchor="mm")
+    _ticks(draw, scale, left=bar, side=side)
     out = io.BytesIO()
     canvas.save(out, format="PNG", compress_level=6)
     return out.getvalue()
 
 
-def _colour_bar(draw, canvas, lut: np.ndarray, scale: float, *, left: int, side: int) -> None:
-    """A vertical bar, +scale at the top, −scale at the bottom, with five labelled ticks."""
-    top = TITLE_PX
-    t = np.linspace(1.0, 0.0, side)  # top row is the largest value
-    rows = lut[np.rint(t * (len(lut) - 1)).astype(np.intp)]
-    strip = np.repeat(rows[:, None, :], BAR_PX, axis=1)
-    canvas.paste(Image.fromarray(strip, "RGB"), (left, top))
+def _ticks(draw: ImageDraw.ImageDraw, scale: float, *, left: int, side: int) -> None:
+    """Five labelled ticks beside the colour bar: +scale at the top, −scale at the bottom."""
     font = _font(FONT_PX - 2)
     for fraction in (1.0, 0.5, 0.0, -0.5, -1.0):
-        y = top + (1.0 - fraction) / 2.0 * (side - 1)
-        draw.line([(left + BAR_PX, y), (left + BAR_PX + 4, y)], fill="black")
-        draw.text((left + BAR_PX + 7, y), _tick(fraction * scale), fill="black", font=font,
+        y = TITLE_PX + (1.0 - fraction) / 2.0 * (side - 1)
+        draw.line([(left + BAR_PX, y), (left + BAR_PX + 4, y)], fill=BLACK)
+        draw.text((left + BAR_PX + 7, y), _tick(fraction * scale), fill=BLACK, font=font,
                   anchor="lm")  # fmt: skip

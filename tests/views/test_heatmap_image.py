@@ -37,14 +37,20 @@ def test_lut_is_plotlys_colour_scale():
 
 
 def test_colour_index_is_symmetric_and_clipped():
+    top = heatmap_image.LEVELS - 1  # 253
     idx = colour_index(np.array([-2.0, -1.0, 0.0, 1.0, 2.0]), scale=1.0)
-    assert idx.tolist() == [0, 0, 128, 255, 255]
-    assert colour_index(np.array([0.5]), 1.0)[0] == 191  # (0.5 + 1)/2 · 255 = 191.25
+    assert idx.tolist() == [0, 0, 126, top, top]  # 0 → 126.5, rounded half to even
+    assert colour_index(np.array([0.5]), 1.0)[0] == 190  # (0.5 + 1)/2 · 253 = 189.75
 
 
 def _decode(png: bytes) -> np.ndarray:
+    """RGB pixels of an indexed PNG whose palette is the colour map, then white and black."""
     image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG"
+    assert image.format == "PNG" and image.mode == "P"
+    palette = np.array(image.getpalette()[: 3 * (heatmap_image.LEVELS + 2)]).reshape(-1, 3)
+    assert np.array_equal(palette[: heatmap_image.LEVELS], colour_lut())
+    assert palette[heatmap_image.WHITE].tolist() == [255, 255, 255]
+    assert palette[heatmap_image.BLACK].tolist() == [0, 0, 0]
     return np.asarray(image.convert("RGB"))
 
 
@@ -102,3 +108,15 @@ def test_bad_input_is_named():
         block_heatmap_png(good, bad, method="kfac")
     with pytest.raises(ValueError, match="saturate"):
         block_heatmap_png(good, good, method="kfac", saturate=0.0)
+
+
+def test_colour_bar_runs_from_the_top_colour_to_the_bottom_one():
+    n = 9
+    pixels = _decode(block_heatmap_png(np.eye(n), np.eye(n), method="kfac"))
+    side = n * -(-PANEL_PX // n)
+    left = 3 * side + 3 * GAP_PX - GAP_PX // 2 + heatmap_image.BAR_PX // 2
+    lut = colour_lut()
+    assert np.array_equal(pixels[TITLE_PX, left], lut[-1])  # +scale at the top
+    assert np.array_equal(pixels[TITLE_PX + side - 1, left], lut[0])  # −scale at the bottom
+    middle = pixels[TITLE_PX + side // 2, left]
+    assert np.abs(middle.astype(int) - lut[len(lut) // 2].astype(int)).max() <= 12

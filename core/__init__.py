@@ -76,6 +76,7 @@ _EXPORTS: dict[str, str] = {
     "downstream_figures": "core.views.downstream_figures",
     "downstream_label": "core.views.downstream_figures",
     "downstream_table": "core.views.downstream_figures",
+    "merge_results": "core.views.downstream",
     "reconstruction_figure": "core.views.downstream_figures",
     "reconstructions": "core.views.downstream",
     "power_iterations_caption": "core.views.power_iterations",

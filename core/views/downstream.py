@@ -20,6 +20,7 @@ run the sweeps); the figures are :mod:`core.views.downstream_figures`.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ __all__ = [
     "held_out_loss",
     "compress_sweep",
     "prune_sweep",
+    "merge_results",
     "reconstructions",
 ]
 
@@ -97,6 +99,35 @@ class DownstreamResult:
         """(x values, ``value`` of each point) of one method."""
         points = [p for p in self.points if p.method == method]
         return [p.x for p in points], [float(getattr(p, value)) for p in points]
+
+
+def merge_results(parts: Sequence[DownstreamResult]) -> DownstreamResult:
+    """One sweep from sweeps of the same layer, job, damping and structure that each ran some
+    of the methods (the explorer runs one job per method, so the page can say how many are
+    done and a method added later is the only one computed): points in the parts' order,
+    their skipped methods and kept weights together. Every part measured the same unchanged
+    model on the same held-out batch, so their base losses agree; a part that disagrees is an
+    error, not averaged away."""
+    if not parts:
+        raise ValueError("no sweep to merge")
+    first = parts[0]
+    for part in parts[1:]:
+        same = (part.job, part.layer, part.shape, part.damping, part.structure)
+        if same != (first.job, first.layer, first.shape, first.damping, first.structure):
+            raise ValueError(f"cannot merge sweeps of different settings: {same}")
+        if not math.isclose(part.base_loss, first.base_loss, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(
+                f"the sweeps' base losses differ ({first.base_loss} vs {part.base_loss}): "
+                "they did not measure the same model"
+            )
+    merged = DownstreamResult(
+        first.job, first.layer, first.shape, first.base_loss, first.damping, first.structure
+    )
+    for part in parts:
+        merged.points.extend(part.points)
+        merged.skipped.update(part.skipped)
+        merged.weights.update(part.weights)
+    return merged
 
 
 def _linear(model: nn.Module, layer: str) -> nn.Linear:

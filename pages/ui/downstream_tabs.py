@@ -33,6 +33,7 @@ from core import (
     downstream_label,
     downstream_table,
     jobs,
+    merge_results,
     power_iterations_caption,
     power_iterations_figure,
     reconstruction_figure,
@@ -139,30 +140,40 @@ def _linear_only(block) -> bool:
 
 
 def _sweep(block, inputs: DownstreamInputs, job: str, values, methods, structure: str, keep=()):
-    """Run one sweep in the worker pool (``keep``: methods whose W at the last value comes
-    back too); its result, or ``None`` after an error message."""
+    """Run one sweep in the worker pool, one job per method (the status line counts the
+    methods done; each method's points are cached on their own), and merge the results
+    (:func:`core.views.downstream.merge_results`; ``keep``: methods whose W at the last value
+    comes back too). A method that failed is a message; ``None`` when none succeeded."""
     model, loss = inputs.model.model, block.loss
     classifier = loss == "ce"
-    x_fisher, fisher_labels = block.batch, block.labels
     x_eval = inputs.ds.x_test[:EVAL_BATCH]
     eval_labels = inputs.ds.y_test[:EVAL_BATCH] if classifier else None
     kind = block.key.kind
-    key = DownstreamKey(
-        block.key, job, tuple(values), tuple(methods), float(inputs.damping), structure, kind,
-        tuple(keep),
-    )  # fmt: skip
     what = "Compressing the layer" if job == "compress" else "Pruning the layer"
-    try:
-        return compute.compute(
-            key, jobs.downstream_sweep, job, model, block.key.layer, x_fisher, x_eval, loss,
-            kind, int(inputs.seed), tuple(values), tuple(methods), float(inputs.damping),
-            structure, eval_labels, fisher_labels, tuple(keep),
-            what=what, how="choose a smaller layer or fewer approximations",
-            lane=compute.lane_of(block.fisher, False),
+    work = []
+    for method in methods:
+        mine = tuple(k for k in keep if k == method)
+        key = DownstreamKey(
+            block.key, job, tuple(values), (method,), float(inputs.damping), structure, kind,
+            mine,
         )  # fmt: skip
-    except EXPECTED_ERRORS as err:  # the job's own error, or the budget's: a message
-        st.error(f"**{what}:** {plain(err)}")
-        return None
+        args = (
+            job, model, block.key.layer, block.batch, x_eval, loss, kind, int(inputs.seed),
+            tuple(values), (method,), float(inputs.damping), structure, eval_labels,
+            block.labels, mine,
+        )  # fmt: skip
+        work.append((key, jobs.downstream_sweep, args, what, "choose a smaller layer"))
+    outcomes = compute.compute_all(work, lane=compute.lane_of(block.fisher, False))
+    parts = []
+    for key, _fn, _args, _what, _how in work:
+        outcome = outcomes[key]
+        if isinstance(outcome, EXPECTED_ERRORS):  # the job's own error, or the budget's
+            st.error(f"**{what} ({downstream_label(key.methods[0])}):** {plain(outcome)}")
+        elif isinstance(outcome, Exception):
+            raise outcome
+        else:
+            parts.append(outcome)
+    return merge_results(parts) if parts else None
 
 
 def _show(result, name: str) -> Arrays:

@@ -20,6 +20,7 @@ from core.views.downstream import (
     compress_sweep,
     held_out_loss,
     layer_weight,
+    merge_results,
     prune_sweep,
     reconstructions,
 )
@@ -74,6 +75,48 @@ def test_compress_sweep_measures_on_a_copy(trained):
         assert point.fisher_increase == pytest.approx(0.5 * float(delta @ fisher @ delta))
         if point.x == 4:  # full rank: nothing changes
             assert abs(point.loss_increase) < 1e-9 and point.fisher_increase < 1e-15
+
+
+def _without_time(result):
+    """The points' fields but their timing; NaN (a baseline's objective) compared as a name."""
+    return [
+        {k: "nan" if v != v else v for k, v in vars(p).items() if k != "seconds"}
+        for p in result.points
+    ]
+
+
+def test_per_method_sweeps_merge_into_the_whole_sweep(trained):
+    """The explorer runs one job per method: merged, they equal one sweep of every method."""
+    model, x_fisher, x_eval = trained
+    methods = ("magnitude", "kfac", "deflation", "exact")
+    whole = prune_sweep(
+        model, LAYER, x_fisher, x_eval, loss="bce", sparsities=[0.25, 0.5], methods=methods,
+        keep_weights=True,
+    )  # fmt: skip
+    parts = [
+        prune_sweep(
+            model,
+            LAYER,
+            x_fisher,
+            x_eval,
+            loss="bce",
+            sparsities=[0.25, 0.5],
+            methods=(m,),
+            keep_weights=True,
+        )  # fmt: skip
+        for m in methods
+    ]
+    merged = merge_results(parts)
+    assert merged.methods == list(methods) and merged.base_loss == whole.base_loss
+    assert _without_time(merged) == _without_time(whole)
+    assert merged.skipped == whole.skipped
+    assert merged.weights.keys() == whole.weights.keys()
+    assert all(torch.equal(merged.weights[k], whole.weights[k]) for k in whole.weights)
+    other = compress_sweep(model, LAYER, x_fisher, x_eval, loss="bce", ranks=[1], methods=("kfac",))
+    with pytest.raises(ValueError, match="different settings"):
+        merge_results([parts[0], other])
+    with pytest.raises(ValueError, match="no sweep"):
+        merge_results([])
 
 
 def test_prune_sweep_and_skipped_methods(trained, monkeypatch):

@@ -1,7 +1,8 @@
 """Cost of each approximation relative to KFAC's factors, with accuracy against float64.
 
 For each layer shape (da, dg) and batch size m, the methods run interleaved, round after round,
-on the same batch (float32, or float64 with ``--dtype float64``) with 2 threads; the table
+on the same batch (float32, or float64 with ``--dtype float64``) with 2 threads (``--threads``:
+1 is what each of the server's worker processes uses, ``KRONOSCOPE_TORCH_THREADS``); the table
 reports the median time of each and the median over rounds of its time divided by KFAC's in the
 same round, with the quartiles of that ratio (the noise: other work on the machine shifts whole
 rounds). Accuracy (float32 only): the float32 result against the float64 result of the same
@@ -19,7 +20,7 @@ against KFAC-expand's in the same rounds, with each one's relative error against
 ``--conv-only`` runs that row alone.
 
 Usage: python bench/engine_bench.py [--quick] [--conv-only] [--rounds N]
-       [--dtype float32|float64] [--check]
+       [--dtype float32|float64] [--threads N] [--check]
 """
 
 from __future__ import annotations
@@ -233,8 +234,17 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--check", action="store_true", help="fail when a target is missed")
     parser.add_argument("--conv-only", action="store_true", help="the convolution row alone")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="intra-op threads (1: what each of the server's workers uses, "
+        "KRONOSCOPE_TORCH_THREADS; 2: the whole machine on one computation)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.threads < 1:
+        parser.error("--threads must be ≥ 1")
+    torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     shapes = SHAPES[:2] if args.quick else SHAPES
     cases = [(m, da, dg) for m in BATCHES for da, dg in shapes]

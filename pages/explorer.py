@@ -409,12 +409,13 @@ def block_tab(
     """The Fisher block, the shown approximation and their difference: a picture, or (``kind``
     "interactive") a plotly chart."""
     key = sh.compute.BlockKey(sh.compute.MethodKey(block.key, show, damping, slow))
+    picture = kind == "picture"
     with sh.friendly_errors("Block view"):
         view = sh.compute.block_view(key, block.fisher, results[show].approx)
-    label = explorer.method_label(show)
-    picture = kind == "picture"
-    build = (block_picture if picture else block_figure)(view, label, contrast)
-    figure = sh.compute.figure(sh.compute.FigureKey(key, contrast, picture=picture), build)
+        build = (block_picture if picture else block_figure)(
+            view, explorer.method_label(show), contrast
+        )
+        figure = sh.compute.figure(sh.compute.FigureKey(key, contrast, picture=picture), build)
     if picture:
         st.image(figure, width="stretch", output_format="PNG")  # lossless: exact colours
         picture_caption(view, contrast)

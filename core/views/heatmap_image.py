@@ -84,7 +84,10 @@ def block_heatmap_png(
     if exact.shape != approx.shape or exact.ndim != 2 or exact.shape[0] != exact.shape[1]:
         raise ValueError(f"expected two equal square matrices, got {exact.shape}, {approx.shape}")
     if not (np.isfinite(exact).all() and np.isfinite(approx).all()):
-        raise ValueError("the block or its approximation has NaN or infinite entries")
+        raise ValueError(
+            "the block or its approximation has NaN or infinite entries, so no colour can show "
+            "them: choose another approximation, or a model whose training did not diverge"
+        )
     scale = colour_range(exact, approx, saturate=saturate, range_from=range_from)
     n = exact.shape[0]
     cell = max(1, math.ceil(PANEL_PX / n))

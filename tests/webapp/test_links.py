@@ -40,6 +40,7 @@ EXPLORER = {
     "slow": ("explorer.slow", "1", True),
     "show": ("explorer.show", "ekfac", "ekfac"),
     "contrast": ("explorer.contrast", "0.95", 0.95),
+    "heatmap": ("explorer.heatmap", "interactive", "interactive"),
     "tab": ("explorer.tab", "rank", "Kronecker rank"),
     "rank": ("rank", "3", 3),
 }

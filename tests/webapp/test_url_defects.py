@@ -77,19 +77,21 @@ def test_repeated_list_items_are_dropped_with_a_notice(page, key, given, used):
 
 
 def test_every_replaced_explorer_value_gets_a_notice():
-    at = app("explorer", slow="2", show="bogus", contrast="2", tab="bogus")
+    at = app("explorer", slow="2", show="bogus", contrast="2", heatmap="bogus", tab="bogus")
     assert_clean(at)
     assert len(at.warning) == 1, "one warning lists every replaced value"
     for name, given, used in [
         ("slow", "2", "0"),
         ("show", "bogus", "kpsvd"),
         ("contrast", "2", "0.99"),
+        ("heatmap", "bogus", "picture"),
         ("tab", "bogus", "block"),
     ]:
         assert_notice(at, name, given, used)
         assert at.query_params[name] == used
     assert at.toggle(key="explorer.slow").value is False
     assert at.session_state["explorer.tab"] == "Fisher block"
+    assert len(at.get("image")) == 1  # the block heatmaps as the picture
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,12 @@ from ..engine.methods import approximate
 from ..training.data import load_dataset
 from ..training.defaults import OPTIMIZERS, TWO_LEVEL_OPTIMIZERS
 from ..training.runner import RunConfig, TrainingRun
-from ..training.two_level import COARSE_SPACES, TWO_LEVEL_VARIANTS, two_level_directions
+from ..training.two_level import (
+    COARSE_SPACES,
+    TWO_LEVEL_VARIANTS,
+    spectral_vectors,
+    two_level_directions,
+)
 from ..views.labels import OPTIMIZER_LABELS
 from ..views.network_fisher import (
     NetworkCurvature,
@@ -98,7 +103,9 @@ def _more_directions(curv: NetworkCurvature, damping: float) -> dict[str, torch.
     from the same Fisher minibatch."""
     approx = {n: approximate("kfac", lc.a, lc.g) for n, lc in curv.captures.items()}
     kfac = {n: a.solve(curv.gradients[n], damping, mode="factored") for n, a in approx.items()}
-    factors = {n: a.terms[0] for n, a in approx.items() if isinstance(a, KroneckerSum)}
+    spectral = spectral_vectors(
+        {n: a.terms[0] for n, a in approx.items() if isinstance(a, KroneckerSum)}
+    )
     out = {}
     for variant in TWO_LEVEL_VARIANTS.values():
         if variant in COARSE_SPACES:
@@ -110,7 +117,7 @@ def _more_directions(curv: NetworkCurvature, damping: float) -> dict[str, torch.
             curv.captures,
             damping,
             precondition=lambda n, v: approx[n].solve(v, damping, mode="factored"),
-            factors=factors,
+            spectral=spectral,
         )
         out[f"two_level:{variant}"] = curv.flatten(dirs)
     return out

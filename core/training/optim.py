@@ -26,7 +26,6 @@ and device) and :mod:`core.training.averages` (the curvature averages, one per `
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,7 +41,7 @@ from .averages import EMA_MODES, WINDOW_CAPTURES, WINDOW_SAMPLES, curvature_aver
 from .curvature import Preconditioner
 from .defaults import NATURAL_OPTIMIZERS, OPTIMIZERS, check_optimizer, default_damping, default_lr
 from .swan import Swan
-from .two_level import TWO_LEVEL_VARIANTS, two_level_directions
+from .two_level import TWO_LEVEL_VARIANTS, spectral_vectors, two_level_directions
 
 __all__ = [
     "OPTIMIZERS",
@@ -167,14 +166,12 @@ class OptimizerConfig:
 # -- the optimizer -------------------------------------------------------------------------
 
 
-def _kfac_factors(
-    pre: Preconditioner, names: Mapping[str, object]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _kfac_factors(pre: Preconditioner) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each layer's KFAC factors ``(A, G)`` from the preconditioner's current inverses (what
     the spectral coarse space of :mod:`core.training.two_level` is built from)."""
     out = {}
-    for name in names:
-        approx = pre.inverses[name].approx
+    for name, inverse in pre.inverses.items():
+        approx = inverse.approx
         if isinstance(approx, KroneckerSum) and approx.n_terms == 1:
             out[name] = approx.terms[0]
     return out
@@ -216,6 +213,7 @@ class TrainingOptimizer:
         c = config
         # the two-level optimizers' coarse space (core.training.two_level); None for the others
         self.coarse_space: str | None = TWO_LEVEL_VARIANTS.get(c.name)
+        self._spectral: dict[str, torch.Tensor] | None = None  # "spectral": since the refresh
         self.preconditioner: Preconditioner | None = None
         if c.name == "adam":
             self.base: torch.optim.Optimizer = torch.optim.Adam(
@@ -319,6 +317,8 @@ class TrainingOptimizer:
                 ) from err
         if self.steps % c.t_inv == 0 or not pre.inverses:
             pre.update_inverses()
+            if self.coarse_space == "spectral":  # its vectors change with the factors only
+                self._spectral = spectral_vectors(_kfac_factors(pre))
 
     def _precondition_grads(self, pre: Preconditioner) -> float:
         """Replace each factored layer's gradient ``V`` by ``P = (F̃ + damping)⁻¹ V`` (in place,
@@ -348,7 +348,7 @@ class TrainingOptimizer:
                 captures, damping = pre.last_capture.layers, self.config.resolved_damping
                 dirs = two_level_directions(self.coarse_space, grads, dirs, captures, damping,
                                             precondition=pre.precondition,
-                                            factors=_kfac_factors(pre, dirs))  # fmt: skip
+                                            spectral=self._spectral)  # fmt: skip
             except ValueError as err:  # a non-finite coarse vector
                 raise NonFiniteError(
                     f"the coarse correction failed at step {self.steps}: {err}"

@@ -75,8 +75,9 @@ them gains much over KFAC, is what ``reproduce --experiment two_level`` measures
 
 In the optimizer (:class:`core.training.optim.TrainingOptimizer` with a two-level name), ``M``
 is KFAC's damped inverse from the curvature average (:mod:`core.training.curvature`; its
-factors for ``"spectral"``) and ``F`` (coarse matrix, residual) is the latest Fisher capture's
-(refreshed every ``t_cov`` steps, like KFAC's factors); the coarse space is rebuilt every step
+factors give the ``"spectral"`` vectors, once per inverse refresh) and ``F`` (coarse matrix,
+residual) is the latest Fisher capture's (refreshed every ``t_cov`` steps, like KFAC's
+factors); the coarse space is rebuilt every step
 from the current gradient. KL-clipping and momentum act on the whole two-level direction ``d``
 as on KFAC's.
 """
@@ -97,6 +98,7 @@ __all__ = [
     "TWO_LEVEL_VARIANTS",
     "coarse_basis",
     "coarse_vectors",
+    "spectral_vectors",
     "fisher_products",
     "per_sample_projections",
     "coarse_matrix",
@@ -214,12 +216,19 @@ def _residual_vectors(
     }
 
 
-def _smallest_eigenvector_product(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``q_G q_Aᵀ`` (dg × da): the eigenvector of ``A ⊗ G`` (and of any damping of it by
-    multiples of the identity) with the smallest eigenvalue."""
-    qa = torch.linalg.eigh(a.to(torch.float64)).eigenvectors[:, 0]
-    qg = torch.linalg.eigh(g.to(torch.float64)).eigenvectors[:, 0]
-    return torch.outer(qg, qa)
+def spectral_vectors(
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """The ``"spectral"`` coarse vector of each layer from its KFAC factors ``(A, G)``:
+    ``q_G q_Aᵀ`` (dg × da, float64), the eigenvector of ``A ⊗ G`` (and of any damping of it by
+    multiples of the identity) with the smallest eigenvalue. It changes only when the factors
+    do, so an optimizer computes it once per inverse refresh, not at every step."""
+    out = {}
+    for name, (a, g) in factors.items():
+        qa = torch.linalg.eigh(a.to(torch.float64)).eigenvectors[:, 0]
+        qg = torch.linalg.eigh(g.to(torch.float64)).eigenvectors[:, 0]
+        out[name] = torch.outer(qg, qa)
+    return out
 
 
 def coarse_vectors(
@@ -230,12 +239,13 @@ def coarse_vectors(
     captures: Mapping[str, _Captured] | None = None,
     damping: float | None = None,
     precondition: Precondition | None = None,
-    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    spectral: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The coarse vectors of ``variant`` per layer (module docstring): a (dg, da) matrix, or
     a (k, dg, da) stack for the Krylov spaces. ``"residual"`` and the Krylov spaces need
     ``precondition(name, V) = M_l⁻¹ V`` (and ``"residual"`` the ``captures`` and ``damping``
-    of its Fisher product); ``"spectral"`` needs each layer's KFAC ``factors`` ``(A, G)``."""
+    of its Fisher product); ``"spectral"`` takes each layer's vector from its KFAC factors,
+    :func:`spectral_vectors`."""
     _check_variant(variant)
     if variant == "kfac_direction":
         return dict(kfac_directions)
@@ -244,14 +254,15 @@ def coarse_vectors(
     if variant in ("nicolaides", "tselepidis", "nicolaides_layerwise"):
         return {name: torch.ones_like(v) for name, v in gradients.items()}
     if variant == "spectral":
-        if factors is None:
-            raise ValueError("the spectral coarse space needs each layer's KFAC factors (A, G)")
-        missing = [n for n in gradients if n not in factors]
+        if spectral is None:
+            raise ValueError(
+                "the spectral coarse space needs each layer's vector from its KFAC factors "
+                "(A, G): spectral_vectors(factors)"
+            )
+        missing = [n for n in gradients if n not in spectral]
         if missing:
             raise ValueError(f"no KFAC factors of layer(s) {missing} for the spectral space")
-        return {
-            n: _smallest_eigenvector_product(*factors[n]).to(v.device) for n, v in gradients.items()
-        }
+        return {n: spectral[n].to(v.device) for n, v in gradients.items()}
     if precondition is None:
         raise ValueError(f"the {variant!r} coarse space needs the fine solve M⁻¹ (precondition)")
     if variant == "krylov":
@@ -365,20 +376,13 @@ def kronecker_coarse_matrix(
 def coarse_correction(
     basis: Mapping[str, torch.Tensor],
     gradients: Mapping[str, torch.Tensor],
-    z: torch.Tensor | None,
+    e: torch.Tensor,
     damping: float,
-    *,
-    matrix: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``R₀ᵀ (E + λI)⁻¹ R₀ ∇`` per layer of ``basis`` (float64), with
-    ``(R₀∇)_i = ⟨V_i, ∇_{l(i)}⟩`` and ``E = R₀FR₀ᵀ`` from ``z`` (:func:`coarse_matrix`), or the
-    given k × k ``matrix`` (``z`` then unused)."""
+    ``(R₀∇)_i = ⟨V_i, ∇_{l(i)}⟩`` and the k × k coarse matrix ``E`` (``R₀FR₀ᵀ`` is
+    :func:`coarse_matrix` of :func:`per_sample_projections`)."""
     _check_damping(damping)
-    if matrix is None:
-        if z is None:
-            raise ValueError("give Z (per-sample projections) or the coarse matrix")
-        matrix = coarse_matrix(z)
-    e = matrix
     stacks = {n: _stack(basis[n]).to(torch.float64) for n in basis}
     k = sum(s.shape[0] for s in stacks.values())
     if e.shape != (k, k):
@@ -404,13 +408,13 @@ def two_level_directions(
     damping: float,
     *,
     precondition: Precondition | None = None,
-    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    spectral: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``d = M⁻¹∇ + R₀ᵀ(E + λI)⁻¹R₀∇`` per layer (float64), given each layer's gradient
     ``∇_l`` and KFAC direction ``M_l⁻¹∇_l`` as (dg, da) matrices and the Fisher minibatch's
     captures (the per-sample gradients of ``F``); ``E = R₀FR₀ᵀ``, its Kronecker-factored
     counterpart for ``"tselepidis"``, its diagonal for ``"nicolaides_layerwise"``.
-    ``precondition`` and ``factors``: as :func:`coarse_vectors` needs them."""
+    ``precondition`` and ``spectral``: as :func:`coarse_vectors` needs them."""
     _check_damping(damping)
     vectors = coarse_vectors(
         variant,
@@ -419,7 +423,7 @@ def two_level_directions(
         captures=captures,
         damping=damping,
         precondition=precondition,
-        factors=factors,
+        spectral=spectral,
     )
     basis = coarse_basis(vectors)
     out = {n: p.to(torch.float64) for n, p in kfac_directions.items()}
@@ -431,6 +435,6 @@ def two_level_directions(
         e = coarse_matrix(per_sample_projections(captures, basis))
         if variant == "nicolaides_layerwise":
             e = torch.diag(torch.diagonal(e))
-    for n, c in coarse_correction(basis, gradients, None, damping, matrix=e).items():
+    for n, c in coarse_correction(basis, gradients, e, damping).items():
         out[n] = out[n] + c.to(out[n].device)
     return out

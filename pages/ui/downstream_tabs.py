@@ -152,7 +152,7 @@ def _sweep(block, inputs: DownstreamInputs, job: str, values, methods, structure
     what = "Compressing the layer" if job == "compress" else "Pruning the layer"
     work = []
     for method in methods:
-        mine = tuple(k for k in keep if k == method)
+        mine = (method,) if method in keep else ()
         key = DownstreamKey(
             block.key, job, tuple(values), (method,), float(inputs.damping), structure, kind,
             mine,

@@ -26,6 +26,7 @@ from core.training.two_level import (
     fisher_products,
     kronecker_coarse_matrix,
     per_sample_projections,
+    spectral_vectors,
     two_level_directions,
 )
 
@@ -135,7 +136,7 @@ def test_a_coarse_space_that_adds_nothing_gives_kfacs_step():
         r = torch.randn(v.shape, generator=torch.Generator().manual_seed(4), dtype=v.dtype)
         ortho[k] = r - (r * v).sum() / (v * v).sum() * v
     basis = coarse_basis(ortho)
-    corr = coarse_correction(basis, grads, per_sample_projections(caps, basis), LAM)
+    corr = coarse_correction(basis, grads, coarse_matrix(per_sample_projections(caps, basis)), LAM)
     assert all(float(c.abs().max()) < 1e-13 for c in corr.values())
     zero = {k: torch.zeros_like(v) for k, v in grads.items()}
     got = two_level_directions("gradient", zero, kfac, caps, LAM)
@@ -164,10 +165,10 @@ def test_bad_input_is_refused_with_clear_messages():
     with pytest.raises(ValueError, match="no capture"):
         kronecker_coarse_matrix(caps, {"nowhere": torch.ones(2, 2, dtype=torch.float64)})
     with pytest.raises(ValueError, match="coarse matrix is"):
-        coarse_correction(coarse_basis(grads), grads, None, LAM, matrix=torch.eye(5))
+        coarse_correction(coarse_basis(grads), grads, torch.eye(5), LAM)
     basis = coarse_basis(grads)
     with pytest.raises(ValueError, match="damping"):
-        coarse_correction(basis, grads, per_sample_projections(caps, basis), 0.0)
+        coarse_correction(basis, grads, coarse_matrix(per_sample_projections(caps, basis)), 0.0)
     name = next(iter(grads))
     with pytest.raises(ValueError, match="shape"):
         per_sample_projections(caps, {name: torch.ones(2, 2, dtype=torch.float64)})
@@ -209,7 +210,7 @@ def test_the_optimizer_step_is_the_two_level_direction():
             caps,
             LAM,
             precondition=lambda k, v, approx=approx: approx[k].solve(v, LAM, mode="factored"),
-            factors={k: a.terms[0] for k, a in approx.items()},
+            spectral=spectral_vectors({k: a.terms[0] for k, a in approx.items()}),
         )
         for k, d in want.items():
             step = torch.cat(
@@ -357,7 +358,7 @@ def test_every_variant_is_its_dense_formula(space):
         caps,
         LAM,
         precondition=lambda k, v: approx[k].solve(v, LAM, mode="factored"),
-        factors=spd,
+        spectral=spectral_vectors(spd),
     )
     assert torch.allclose(torch.cat([vec(got[k]) for k in names]), want, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(want, d_kfac, rtol=1e-3)  # the correction is not nothing
@@ -439,6 +440,6 @@ def test_the_spectral_space_of_a_null_direction_adds_nothing():
         low = [torch.linalg.eigvalsh(f) for f in a.terms[0]]
         assert min(float(e[0] / e[-1]) for e in low) < 1e-12
     kfac = {k: approx[k].solve(grads[k], LAM, mode="factored") for k in caps}
-    got = two_level_directions("spectral", grads, kfac, caps, LAM,
-                               factors={k: a.terms[0] for k, a in approx.items()})  # fmt: skip
+    spectral = spectral_vectors({k: a.terms[0] for k, a in approx.items()})
+    got = two_level_directions("spectral", grads, kfac, caps, LAM, spectral=spectral)
     assert all(torch.allclose(got[k], kfac[k], atol=1e-14) for k in kfac)

@@ -17,10 +17,10 @@ A convolution row closes the run (issue 18): a Conv2d of MNIST size, 32 → 64 c
 with padding 1 and bias on 14 × 14 positions (da = 289, dg = 64, T = 196) at m = 256 (``--quick``:
 8 → 16 channels on 8 × 8, m = 64), every registry method (and the exact block's Gram) timed
 against KFAC-expand's in the same rounds, with each one's relative error against the exact block.
-``--conv-only`` runs that row alone.
+``--conv-only`` runs that row alone; ``--targets-only`` runs issue 20's three cases alone.
 
 Usage: python bench/engine_bench.py [--quick] [--conv-only] [--rounds N]
-       [--dtype float32|float64] [--threads N] [--check]
+       [--dtype float32|float64] [--threads N] [--check] [--targets-only]
 """
 
 from __future__ import annotations
@@ -235,6 +235,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="fail when a target is missed")
     parser.add_argument("--conv-only", action="store_true", help="the convolution row alone")
     parser.add_argument(
+        "--targets-only", action="store_true", help="issue 20's three cases alone, no conv row"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=2,
@@ -250,6 +253,8 @@ def main() -> None:
     cases = [(m, da, dg) for m in BATCHES for da, dg in shapes]
     if not args.quick:
         cases += EXTRA_CASES
+    if args.targets_only:
+        cases = list(TARGET_CASES)
     loadavg = Path("/proc/loadavg")
     load = loadavg.read_text().split()[:3] if loadavg.exists() else []
     print(
@@ -276,12 +281,13 @@ def main() -> None:
                 f"{row['accuracy']} | {row['iterations']} |",
                 flush=True,
             )
-    if not args.quick:
+    if not args.quick and not args.targets_only:
         a, g = layer_batch(1024, 1001, 500)
         eigvals(a, g)
         seconds = statistics.median(time_once(lambda: eigvals(a, g)) for _ in range(3))
         print(f"\n`eigvals` of the (1001, 500) block at m = 1024: {seconds:.2f} s (median of 3)")
-    print_conv(args, dtype)
+    if not args.targets_only:
+        print_conv(args, dtype)
     lines, failed = check_targets(rows)
     if lines:
         print("\nIssue 20's targets (× KFAC, median of the per-round ratios):\n")

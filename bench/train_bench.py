@@ -1,6 +1,7 @@
 """Training benchmark on the small CURVES preset: step times, tuning grid, the paper's claim.
 
     .venv/bin/python bench/train_bench.py [--quick] [--threads 1] [--out bench/RESULTS-training.md]
+    .venv/bin/python bench/train_bench.py --step-times   # issue 20's training target alone
 
 Setup: dataset ``curves-small`` (14×14 CURVES, 2,000 train / 1,000 test, generated locally),
 model preset ``curves-small`` (196-64-32-16, mirrored; ReLU; sigmoid + BCE), batch 128
@@ -96,22 +97,47 @@ def execute(run, name: str) -> dict[str, int]:
     return dict(pre.alignment) if pre is not None else {}
 
 
-def step_times(ds, models, best, steps, log, repeats=3):
+def step_times(ds, models, best, steps, log, repeats=3, names=OPTIMIZERS):
     """Min over ``repeats`` interleaved rounds (every optimizer once per round), so that the
     load of other jobs on the shared cores affects all optimizers alike."""
     out = {}
     for t in (10, 100):
         for _ in range(repeats):
-            for name in OPTIMIZERS:
+            for name in names:
                 lr, damping, _ = best[name]
                 run = make_run(ds, models[0], name, lr, damping, t=t, seed=0, steps=steps)
                 execute(run, name)
                 recs = run.records()
                 value = recs[-1]["wall_time_s"] / len(recs)
                 out[(t, name)] = min(out.get((t, name), float("inf")), value)
-        times = ", ".join(f"{n} {out[(t, n)] * 1e3:.2f}" for n in OPTIMIZERS)
+        times = ", ".join(f"{n} {out[(t, n)] * 1e3:.2f}" for n in names)
         log(f"step times T={t} (ms): {times}")
     return out
+
+
+def step_time_table(quick: bool, log) -> list[str]:
+    """Issue 20's training target (a KPSVD-family step ≤ 1.1× KFAC's): :func:`step_times` for
+    KFAC and the KPSVD family alone, with the preset's default lr and damping (no tuning: the
+    step's cost does not depend on them, as long as no run diverges), as a markdown table."""
+    names = ("kfac", *KPSVD_FAMILY)
+    ds = load_dataset(DATASET, seed=0)
+    models = {0: build_model(DATASET, input_dim=ds.input_dim, loss=ds.loss, seed=0)}
+    best = dict.fromkeys(names, (None, None, None))
+    load_start = load_note()
+    times = step_times(ds, models, best, 30 if quick else 150, log, repeats=5, names=names)
+    lines = [
+        f"Step times, min of 5 interleaved rounds of {30 if quick else 150} steps, "
+        f"{torch.get_num_threads()} thread(s); {load_start} at the start, "
+        f"{load_note()} at the end",
+        "",
+        "| T_cov = T_inv | kfac (ms) | " + " | ".join(f"{n} × KFAC" for n in KPSVD_FAMILY) + " |",
+        "|---|---|" + "---|" * len(KPSVD_FAMILY),
+    ]
+    for t in (10, 100):
+        kfac = times[(t, "kfac")]
+        ratios = " | ".join(f"{times[(t, n)] / kfac:.2f}" for n in KPSVD_FAMILY)
+        lines.append(f"| {t} | {kfac * 1e3:.2f} | {ratios} |")
+    return lines
 
 
 def tuning(ds, models, epochs, grid_first, grid_lr, grid_d, log):
@@ -247,6 +273,11 @@ def main() -> None:
         "--ema-modes", action="store_true",
         help="only compare the ema modes (factors, window, fisher); print the table",
     )  # fmt: skip
+    parser.add_argument(
+        "--step-times", action="store_true",
+        help="only issue 20's training target: the step times of KFAC and the KPSVD family "
+        "with the preset's default lr and damping (5 interleaved rounds); print the table",
+    )  # fmt: skip
     parser.add_argument("--ema-seeds", default="1,2", help="for --ema-modes")
     parser.add_argument("--ema-epochs", type=float, default=10, help="for --ema-modes")
     args = parser.parse_args()
@@ -256,6 +287,9 @@ def main() -> None:
         seeds = [int(v) for v in args.ema_seeds.split(",") if v.strip()]
         ds = load_dataset(DATASET, seed=0)
         print("\n".join(ema_modes_compare(ds, seeds, args.ema_epochs, print)))
+        return
+    if args.step_times:
+        print("\n".join(step_time_table(args.quick, print)))
         return
     quick = args.quick
     epochs = 2 if quick else 20

@@ -433,3 +433,52 @@ def test_a_looser_tolerance_stops_earlier(solver, method):
     tight = approximate(method, a, g, solver=solver, tol=1e-9)
     assert loose.info["converged"] and tight.info["converged"]
     assert loose.info["iterations"] < tight.info["iterations"]
+
+
+def two_group_batch(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two groups of samples on disjoint input and output coordinates, the second scaled by
+    ``scale``: ℛ(F) is the direct sum of the groups' blocks, so its top two singular values are
+    the groups' own (0.81 apart at scale 0.975 on these draws)."""
+    gen = torch.Generator().manual_seed(3)
+    m, da, dg = 40, 6, 4
+    a, g = torch.zeros(m, da), torch.zeros(m, dg)
+    half = m // 2
+    a[:half, :3] = torch.rand(half, 3, generator=gen) + 0.5
+    g[:half, :2] = torch.randn(half, 2, generator=gen)
+    a[half:, 3:] = scale * (torch.rand(half, 3, generator=gen) + 0.5)
+    g[half:, 2:] = scale * torch.randn(half, 2, generator=gen)
+    return a, g
+
+
+def dense_rank_one(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best Kronecker product σ₁ U ⊗ V of F from the dense SVD of ℛ(F), and its singular
+    values."""
+    da, dg = a.shape[1], g.shape[1]
+    rf = rearrange(exact_fisher(a, g), da, dg)
+    return unrearrange(truncated(rf, 1), da, dg), torch.linalg.svdvals(rf)
+
+
+def test_rank_one_kpsvd_takes_the_power_path_on_a_clear_gap():
+    """Nonnegative inputs (as after a ReLU) give σ₂/σ₁ ≪ 1: two matrix–vector products a step
+    (RearrangedFisher._power_top) reach the tolerance, and the term is the dense SVD's."""
+    a, g = batch(60, 7, 5)
+    a = a.abs()
+    oracle, sigma = dense_rank_one(a, g)
+    assert float(sigma[1] / sigma[0]) < 0.3  # the premise: a clear gap
+    got = approximate("kpsvd", a, g)
+    assert got.info["iteration"] == "power"
+    assert rel(got.to_dense(), oracle) < 1e-9
+
+
+def test_rank_one_kpsvd_leaves_power_iteration_on_a_flat_top():
+    """σ₂/σ₁ ≈ 0.8: the residual would fall by only ≈ 0.66 a step, so power iteration gives up
+    after its first steps and block Krylov finishes from its vector; the term is still the dense
+    SVD's and the step count includes the power steps."""
+    a, g = two_group_batch(0.975)
+    oracle, sigma = dense_rank_one(a, g)
+    assert 0.7 < float(sigma[1] / sigma[0]) < 0.99  # the premise: a flat top, yet separated
+    got = approximate("kpsvd", a, g)
+    assert got.info["iteration"] == "block Krylov"
+    assert got.info["iterations"] >= 3  # two power steps, then at least one block step
+    assert rel(got.to_dense(), oracle) < 1e-8
+    assert got.info["singular_values"][0] == pytest.approx(float(sigma[0]), rel=1e-10)

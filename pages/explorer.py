@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from core import (
@@ -175,24 +174,16 @@ def method_results(
 def metrics_table(analysis: explorer.LayerAnalysis, damping: float, block: Block) -> None:
     """The table of how close each approximation is, its notes and its CSV.
 
-    A static table (``st.table``), not an interactive data frame: a data frame ships about
-    1.3 MB of grid script to every new visitor's browser before the view is complete
-    (issue 20); the column help is the caption under the table instead."""
+    A markdown table (:func:`explorer.metrics_markdown`), not a data frame or ``st.table``:
+    those ship their grid or Arrow script (1.3 MB, ≈ 1 MB) to every new visitor's browser
+    before the view is complete (issue 20); the column help is the caption under the table,
+    the full-precision numbers are in the CSV."""
     st.subheader("How close is each approximation?")
     table = analysis.table()
     if not len(table):
         st.info("Choose at least one approximation in the sidebar.")
         return
-    shown = table.assign(
-        method=table["method"].map(explorer.method_label),
-        terms=["eigenbasis diagonal" if pd.isna(t) else f"{t:.0f}" for t in table["terms"]],
-        spectrum_exact=table["spectrum_exact"].map({True: "yes", False: "top eigenvalues"}),
-    ).drop(columns=["deferred"])
-    st.table(
-        shown.rename(columns=explorer.METRIC_HEADINGS)
-        .style.format(METRIC_FORMATS, na_rep="—")
-        .hide(axis="index")
-    )
+    st.markdown(explorer.metrics_markdown(table))
     st.caption(metric_help(damping))
     if table["deferred"].any():
         st.info(
@@ -203,12 +194,6 @@ def metrics_table(analysis: explorer.LayerAnalysis, damping: float, block: Block
     st.download_button(
         "Metrics (CSV)", table.to_csv(index=False), f"metrics-{block.key.layer}.csv", "text/csv"
     )
-
-
-METRIC_FORMATS = {
-    explorer.METRIC_HEADINGS[c]: "{:.4f}"
-    for c in ("relative_error", "spectrum_error", "ng_cosine", "seconds")
-}
 
 
 def metric_help(damping: float) -> str:

@@ -171,6 +171,44 @@ METRIC_HEADINGS = {  # headings of LayerAnalysis.table's columns, as the page sh
     "terms": "Kronecker terms",
     "note": "Note",
 }
+# The table's numeric columns, shown to 4 decimals; a missing value (a deferred metric) as "—".
+METRIC_NUMBERS = ("relative_error", "spectrum_error", "ng_cosine", "seconds")
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|$~#"})
+
+
+def markdown_cell(value: object) -> str:
+    """``value`` as the text of one markdown table cell: Markdown's and Streamlit's special
+    characters (``|`` ends a cell, ``$`` opens LaTeX) escaped, line breaks as spaces."""
+    return " ".join(str(value).split()).translate(_MARKDOWN_SPECIAL)
+
+
+def metrics_markdown(table: pd.DataFrame) -> str:
+    """:meth:`LayerAnalysis.table` as the page shows it: a markdown (GFM) table with the
+    :data:`METRIC_HEADINGS`, method labels, numbers to 4 decimals. Markdown, not a data frame
+    or ``st.table``: both travel as Apache Arrow, and the browser's Arrow reader (≈ 1 MB of
+    script) delayed a new visitor's default view by ≈ 0.2–0.5 s (issue 20)."""
+    columns = [c for c in METRIC_HEADINGS if c in table.columns]
+    lines = [
+        "| " + " | ".join(METRIC_HEADINGS[c] for c in columns) + " |",
+        "|" + "".join(" ---: |" if c in METRIC_NUMBERS else " --- |" for c in columns),
+    ]
+    for row in table.itertuples(index=False):
+        cells = []
+        for column in columns:
+            value = getattr(row, column)
+            if column == "method":
+                text = method_label(value)
+            elif column == "terms":
+                text = "eigenbasis diagonal" if pd.isna(value) else f"{value:.0f}"
+            elif column == "spectrum_exact":
+                text = "yes" if value else "top eigenvalues"
+            elif column in METRIC_NUMBERS:
+                text = "—" if pd.isna(value) else f"{value:.4f}"
+            else:
+                text = "" if pd.isna(value) else value
+            cells.append(markdown_cell(text))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -366,3 +367,28 @@ def test_an_error_above_one_is_explained_where_it_happens():
     results = explorer.analyse(a, g, ("kfac", "kpsvd")).results
     assert results["kfac"].relative_error > 1 and "overshoots F" in results["kfac"].note
     assert results["kpsvd"].relative_error < 1 and "overshoots" not in results["kpsvd"].note
+
+
+def test_metrics_markdown_is_the_table_as_shown():
+    """The page's metrics table (issue 20: markdown, no Arrow script in the browser): headings,
+    labels, 4 decimals, a deferred metric as "—", and cell text that cannot break the table
+    or open LaTeX."""
+    table = pd.DataFrame(
+        [
+            ("kfac", 0.123456, 0.5, True, 0.99, 0.001, 1, False, ""),
+            ("ekfac", 0.1, float("nan"), False, float("nan"), 0.25, None, True, "a | b $x$"),
+        ],
+        columns=["method", "relative_error", "spectrum_error", "spectrum_exact", "ng_cosine",
+                 "seconds", "terms", "deferred", "note"],
+    )  # fmt: skip
+    header, rule, first, second = explorer.metrics_markdown(table).splitlines()
+    assert header == (
+        "| Method | Relative Frobenius error | Spectrum error | Full spectrum | "
+        "Natural-gradient cosine | Compute time (s) | Kronecker terms | Note |"
+    )
+    assert rule == "| --- | ---: | ---: | --- | ---: | ---: | --- | --- |"
+    assert first == "| KFAC | 0.1235 | 0.5000 | yes | 0.9900 | 0.0010 | 1 |  |"
+    assert second == (
+        "| EKFAC | 0.1000 | — | top eigenvalues | — | 0.2500 | eigenbasis diagonal | "
+        "a \\| b \\$x\\$ |"
+    )

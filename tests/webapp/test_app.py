@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -51,10 +52,21 @@ def charts(at: AppTest) -> list:
     return list(at.get("plotly_chart"))
 
 
-def metrics(at: AppTest):
-    """The explorer's metrics table (a static st.table) with its column ids, not headings."""
+def metrics(at: AppTest) -> pd.DataFrame:
+    """The explorer's metrics table, read back from the page's markdown (numbers as shown, to
+    4 decimals; "—" as NaN), with its column ids, not headings."""
     ids = {heading: name for name, heading in explorer.METRIC_HEADINGS.items()}
-    return at.table[0].value.rename(columns=ids)
+    (text,) = [m.value for m in at.markdown if m.value.startswith("| Method |")]
+    header, _rule, *rows = text.splitlines()
+
+    def cells(line: str) -> list[str]:
+        parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        return [re.sub(r"\\(.)", r"\1", p.strip()) for p in parts]
+
+    table = pd.DataFrame([cells(r) for r in rows], columns=[ids[h] for h in cells(header)])
+    for column in explorer.METRIC_NUMBERS:
+        table[column] = [float("nan") if v == "—" else float(v) for v in table[column]]
+    return table
 
 
 def spec(chart) -> str:

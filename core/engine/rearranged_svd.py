@@ -25,7 +25,10 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   count is set by the spectrum: σ₂/σ₁ ≈ 0.05–0.13 on the bench's layers, so the top term
   converges in 3–5 steps from KFAC's G as start vector, but the next singular values form a
   flat tail (σ₃/σ₂ ≈ 0.97; the top two of F − A⊗G are as close), so the two-term methods
-  and KFAC-corrected need 14–30 steps (bench/RESULTS-engine.md).
+  and KFAC-corrected need 14–30 steps (bench/RESULTS-engine.md). Rank-1 KPSVD, whose gap
+  is the large one, first runs plain power iteration (two matrix–vector products a step, no
+  orthogonalisation or Rayleigh–Ritz; :meth:`RearrangedFisher._power_top`) and falls back
+  to the block iteration, from its vector, where the residual does not fall fast.
 * ``"matrix_free"`` (the seed paper's algorithms): iterations on da × da and dg × dg factor
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
@@ -507,7 +510,8 @@ class RearrangedFisher:
         return None, d, step
 
     def triplets_gram(self, rank: int, tol: float) -> Triplets:
-        """Top-``rank`` triplets by block Krylov iteration on the m × m Gram matrices.
+        """Top-``rank`` triplets by block Krylov iteration on the m × m Gram matrices (rank 1
+        of the uncentered problem: power iteration first, :meth:`_power_top`).
 
         In coefficient space M maps d ↦ W K_g d / m and Mᵀ maps c ↦ W K_a c / m, and
         T = MᵀM is self-adjoint in the K_g inner product. A block Krylov basis Z of T

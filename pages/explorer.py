@@ -280,7 +280,7 @@ def direction_columns(damping: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-HEATMAP = "heatmap"  # the URL parameter: the block heatmaps as a picture or interactive
+HEATMAP = "heatmap"  # the URL parameter: the block and factor heatmaps, picture or interactive
 HEATMAP_KINDS = {"picture": "picture (quick)", "interactive": "interactive (hover values)"}
 
 
@@ -310,10 +310,11 @@ def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str 
         )
     with col_kind:
         kind = settings.radio(
-            "Block heatmaps", list(HEATMAP_KINDS), HEATMAP, "picture",
+            "Heatmaps", list(HEATMAP_KINDS), HEATMAP, "picture",
             format_func=HEATMAP_KINDS.get,
-            help="A picture drawn on the server appears at once; the interactive chart loads "
-            "plotly.js (4.7 MB) first and then shows every cell's value and labels on hover.",
+            help="The block and factor heatmaps: a picture drawn on the server appears at once; "
+            "the interactive chart loads plotly.js (4.7 MB) first and then shows every cell's "
+            "value and labels on hover.",
         )  # fmt: skip
     return show, contrast, kind
 
@@ -413,9 +414,10 @@ def block_tab(
 FACTOR_ORDER = "factor_order"  # the URL parameter of a conv layer's input-factor order
 
 
-def factors_tab(settings: sh.UrlSettings, block: Block, results, show: str) -> Arrays:
-    """The Kronecker factors of the shown approximation; a convolution's input factors can be
-    grouped by kernel position (:func:`core.views.explorer.kernel_position_order`)."""
+def factors_tab(settings: sh.UrlSettings, block: Block, results, show: str, *, kind: str) -> Arrays:
+    """The Kronecker factors of the shown approximation, a picture or (``kind``
+    "interactive") a plotly chart; a convolution's input factors can be grouped by kernel
+    position (:func:`core.views.explorer.kernel_position_order`)."""
     info, order = block.info, None
     if info.kind == "conv2d":
         by = settings.radio(
@@ -440,13 +442,19 @@ def factors_tab(settings: sh.UrlSettings, block: Block, results, show: str) -> A
         (kh, kw), c_in = info.kernel, info.in_channels
         grouped = f"inputs grouped by kernel position: {kh * kw} blocks of {c_in} channels"
         note = f"{note}; {grouped}" if note else grouped
-    st.plotly_chart(
-        figures.factor_heatmaps(
-            [(f.label, f.matrix) for f in factors],
-            title=f"Kronecker factors of {explorer.method_label(show)}",
-            note=note,
-        ),
-        key="factors",
+    title = f"Kronecker factors of {explorer.method_label(show)}"
+    matrices = [(f.label, f.matrix) for f in factors]
+    if kind != "picture" or not factors:
+        st.plotly_chart(figures.factor_heatmaps(matrices, title=title, note=note), key="factors")
+        return explorer.view_arrays(method=show, factors=factors)
+    st.markdown(f"**{title}**")
+    with sh.friendly_errors("Kronecker factors"):
+        st.image(heatmap_image.factor_heatmaps_png(matrices), width="stretch", output_format="PNG")
+    st.caption(
+        "A picture drawn on the server: each factor on its own symmetric linear colour scale "
+        "(blue < 0 < red; R ⊗ S = (cR) ⊗ (S/c), so the factors' scales are not comparable), "
+        "the interactive chart's" + (f"; {note}" if note else "") + ". Choose *interactive* "
+        "above for each entry's value on hover; the matrices are in *Figure data (NPZ)* below."
     )
     return explorer.view_arrays(method=show, factors=factors)
 
@@ -549,7 +557,7 @@ def pictures(
             st.info("Choose an approximation to compare with F.")
     with tabs["factors"]:
         if tabs["factors"].open is not False and show is not None:
-            arrays |= factors_tab(settings, block, results, show)
+            arrays |= factors_tab(settings, block, results, show, kind=kind)
     with tabs["spectra"]:
         if tabs["spectra"].open is not False:
             arrays |= spectra_tab(block, analysis, damping=choice.damping, slow=slow, show=show)

@@ -18,12 +18,18 @@ diverging colour scale — and is exact in the same sense:
 
 What it cannot do is hover: the interactive figure gives each cell's value and its (input,
 output) labels, and the page offers it.
+
+:func:`factor_heatmaps_png` draws the Kronecker factors the same way, as
+:func:`core.views.figures.factor_heatmaps` shows them: two panels a row, each factor on its own
+symmetric range max |entry| (R ⊗ S = (cR) ⊗ (S/c): the factors' scales are not comparable),
+each with its own labelled colour bar.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -32,7 +38,7 @@ from plotly.colors import get_colorscale, unlabel_rgb
 from .figures import DIVERGING, colour_range
 from .labels import method_label
 
-__all__ = ["LEVELS", "block_heatmap_png", "colour_lut", "colour_index"]
+__all__ = ["LEVELS", "block_heatmap_png", "colour_lut", "colour_index", "factor_heatmaps_png"]
 
 LEVELS = 254  # colours of the map; with white and black they fill an 8-bit palette
 WHITE, BLACK = LEVELS, LEVELS + 1  # palette indices of the background and the text
@@ -106,26 +112,85 @@ def block_heatmap_png(
             cell, 1
         )
     bar = 3 * side + 3 * GAP_PX - GAP_PX // 2
-    t = np.linspace(1.0, 0.0, side)  # the bar's top row is the largest value
-    pixels[TITLE_PX : TITLE_PX + side, bar : bar + BAR_PX] = colour_index(2 * t - 1, 1.0)[:, None]
-    canvas = Image.fromarray(pixels, "P")
-    canvas.putpalette(np.concatenate([colour_lut(), [[255, 255, 255], [0, 0, 0]]]).ravel().tolist())
-    draw = ImageDraw.Draw(canvas)
+    _colour_bar(pixels, left=bar, top=TITLE_PX, side=side)
+    canvas, draw = _canvas(pixels)
     font = _font(FONT_PX)
     for k, (name, _matrix) in enumerate(panels):
         centre = k * (side + GAP_PX) + side / 2
         draw.text((centre, TITLE_PX / 2), name, fill=BLACK, font=font, anchor="mm")
-    _ticks(draw, scale, left=bar, side=side)
+    _ticks(draw, scale, left=bar, top=TITLE_PX, side=side)
+    return _png(canvas)
+
+
+def factor_heatmaps_png(factors: Sequence[tuple[str, np.ndarray]]) -> bytes:
+    """PNG of the Kronecker factors (``(name, matrix)`` pairs, as
+    :func:`core.views.figures.factor_heatmaps` takes them), two panels a row, each on its own
+    symmetric range max |entry| with its own colour bar; a matrix may be rectangular (EKFAC's
+    scaling, dg × da). A cell is ``cell`` × ``cell`` pixels with ``cell`` the smallest whole
+    number that makes the panel's longer side at least ``PANEL_PX``."""
+    if not factors:
+        raise ValueError("no factor matrices to draw: this approximation has no Kronecker factors")
+    checked = []
+    for name, matrix in factors:
+        matrix = np.asarray(matrix, dtype=float)
+        if matrix.ndim != 2 or 0 in matrix.shape:
+            raise ValueError(f"{name}: expected a non-empty 2-D matrix, got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise ValueError(
+                f"{name} has NaN or infinite entries, so no colour can show them: choose "
+                "another approximation, or a model whose training did not diverge"
+            )
+        checked.append((name, matrix, max(1, math.ceil(PANEL_PX / max(matrix.shape)))))
+    width = max(m.shape[1] * cell for _, m, cell in checked)  # the widest and tallest panels
+    height = max(m.shape[0] * cell for _, m, cell in checked)
+    cols = 2 if len(checked) > 1 else 1
+    slot = width + GAP_PX + BAR_PX + TICK_PX  # a panel, its bar and the bar's labels
+    row_px = TITLE_PX + height + FONT_PX
+    rows = math.ceil(len(checked) / cols)
+    pixels = np.full((rows * row_px, cols * slot), WHITE, dtype=np.uint8)
+    places = []
+    for k, (_name, matrix, cell) in enumerate(checked):
+        left, top = (k % cols) * slot, (k // cols) * row_px + TITLE_PX
+        scale = float(max(np.abs(matrix).max(), 1e-300))  # as figures.factor_heatmaps
+        index = colour_index(matrix, scale).astype(np.uint8).repeat(cell, 0).repeat(cell, 1)
+        pixels[top : top + index.shape[0], left : left + index.shape[1]] = index
+        bar = left + width + GAP_PX // 2
+        _colour_bar(pixels, left=bar, top=top, side=index.shape[0])
+        places.append((left + index.shape[1] / 2, top, bar, index.shape[0], scale))
+    canvas, draw = _canvas(pixels)
+    font = _font(FONT_PX)
+    for (name, _matrix, _cell), (centre, top, bar, side, scale) in zip(
+        checked, places, strict=True
+    ):
+        draw.text((centre, top - TITLE_PX / 2), name, fill=BLACK, font=font, anchor="mm")
+        _ticks(draw, scale, left=bar, top=top, side=side)
+    return _png(canvas)
+
+
+def _colour_bar(pixels: np.ndarray, *, left: int, top: int, side: int) -> None:
+    """The colour map as a vertical bar ``side`` pixels high: the top colour at the top."""
+    t = np.linspace(1.0, 0.0, side)
+    pixels[top : top + side, left : left + BAR_PX] = colour_index(2 * t - 1, 1.0)[:, None]
+
+
+def _canvas(pixels: np.ndarray) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """The indexed image of ``pixels``, its palette the colour map, then white and black."""
+    canvas = Image.fromarray(pixels, "P")
+    canvas.putpalette(np.concatenate([colour_lut(), [[255, 255, 255], [0, 0, 0]]]).ravel().tolist())
+    return canvas, ImageDraw.Draw(canvas)
+
+
+def _png(canvas: Image.Image) -> bytes:
     out = io.BytesIO()
     canvas.save(out, format="PNG", compress_level=6)
     return out.getvalue()
 
 
-def _ticks(draw: ImageDraw.ImageDraw, scale: float, *, left: int, side: int) -> None:
-    """Five labelled ticks beside the colour bar: +scale at the top, −scale at the bottom."""
+def _ticks(draw: ImageDraw.ImageDraw, scale: float, *, left: int, top: int, side: int) -> None:
+    """Five labelled ticks beside a colour bar: +scale at the top, −scale at the bottom."""
     font = _font(FONT_PX - 2)
     for fraction in (1.0, 0.5, 0.0, -0.5, -1.0):
-        y = TITLE_PX + (1.0 - fraction) / 2.0 * (side - 1)
+        y = top + (1.0 - fraction) / 2.0 * (side - 1)
         draw.line([(left + BAR_PX, y), (left + BAR_PX + 4, y)], fill=BLACK)
         draw.text((left + BAR_PX + 7, y), _tick(fraction * scale), fill=BLACK, font=font,
                   anchor="lm")  # fmt: skip

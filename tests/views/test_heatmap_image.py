@@ -120,3 +120,55 @@ def test_colour_bar_runs_from_the_top_colour_to_the_bottom_one():
     assert np.array_equal(pixels[TITLE_PX + side - 1, left], lut[0])  # −scale at the bottom
     middle = pixels[TITLE_PX + side // 2, left]
     assert np.abs(middle.astype(int) - lut[len(lut) // 2].astype(int)).max() <= 12
+
+
+def _factor_cells(pixels: np.ndarray, shapes: list[tuple[int, int]]):
+    """Yield (k, i, j, centre pixel) of every cell of every factor panel, from the documented
+    layout: two panels a row, each in a slot as wide as the widest panel plus its bar."""
+    cells = [-(-PANEL_PX // max(shape)) for shape in shapes]
+    width = max(shape[1] * c for shape, c in zip(shapes, cells, strict=True))
+    height = max(shape[0] * c for shape, c in zip(shapes, cells, strict=True))
+    cols = 2 if len(shapes) > 1 else 1
+    slot = width + GAP_PX + heatmap_image.BAR_PX + heatmap_image.TICK_PX
+    row_px = TITLE_PX + height + heatmap_image.FONT_PX
+    for k, ((rows, columns), cell) in enumerate(zip(shapes, cells, strict=True)):
+        left, top = (k % cols) * slot, (k // cols) * row_px + TITLE_PX
+        for i in range(rows):
+            for j in range(columns):
+                yield k, i, j, pixels[top + i * cell + cell // 2, left + j * cell + cell // 2]
+
+
+def test_every_factor_cell_has_its_colour_on_its_own_scale():
+    """Three factors, one rectangular (EKFAC's dg × da scaling) and one 1000× larger: each
+    cell's centre is the LUT colour of its value on its own factor's range max |entry|."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 5))
+    factors = [
+        ("A", x @ x.T),
+        ("G", 1000 * np.diag([3.0, -1.0, 2.0])),
+        ("s", rng.standard_normal((3, 6))),
+    ]
+    pixels = _decode(heatmap_image.factor_heatmaps_png(factors))
+    lut = colour_lut()
+    shapes = [m.shape for _, m in factors]
+    seen = 0
+    for k, i, j, got in _factor_cells(pixels, shapes):
+        matrix = factors[k][1]
+        want = lut[colour_index(matrix[i, j], np.abs(matrix).max())]
+        assert np.array_equal(got, want), (k, i, j)
+        seen += 1
+    assert seen == 25 + 9 + 18
+
+
+def test_a_single_factor_fills_one_slot_and_bad_factors_are_named():
+    pixels = _decode(heatmap_image.factor_heatmaps_png([("A", np.eye(4))]))
+    cell = -(-PANEL_PX // 4)
+    assert pixels.shape[1] == 4 * cell + GAP_PX + heatmap_image.BAR_PX + heatmap_image.TICK_PX
+    with pytest.raises(ValueError, match="no Kronecker factors"):
+        heatmap_image.factor_heatmaps_png([])
+    with pytest.raises(ValueError, match="2-D"):
+        heatmap_image.factor_heatmaps_png([("v", np.ones(3))])
+    bad = np.eye(3)
+    bad[0, 1] = np.inf
+    with pytest.raises(ValueError, match="S has NaN or infinite"):
+        heatmap_image.factor_heatmaps_png([("R", np.eye(3)), ("S", bad)])

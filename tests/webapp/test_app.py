@@ -154,21 +154,34 @@ def test_explorer_change_layer_method_and_rank():
 
 
 @pytest.mark.parametrize(
-    ("tab", "titles"),
+    ("tab", "extra", "titles"),
     [
-        ("factors", ["Kronecker factors of KPSVD"]),
-        ("spectra", ["Eigenvalue spectra"]),
-        ("rank", ["Error of the best sum", "best rank-2 sum − F"]),
+        ("factors", {"heatmap": "interactive"}, ["Kronecker factors of KPSVD"]),
+        ("spectra", {}, ["Eigenvalue spectra"]),
+        ("rank", {}, ["Error of the best sum", "best rank-2 sum − F"]),
     ],
 )
-def test_explorer_tabs(tab, titles):
-    at = app("explorer", tab=tab)
+def test_explorer_tabs(tab, extra, titles):
+    at = app("explorer", tab=tab, **extra)
     assert_clean(at)
     assert at.query_params["tab"] == tab
     shown = [spec(c) for c in charts(at)]
     assert len(shown) == len(titles)
     for text, title in zip(shown, titles, strict=True):
         assert title in text
+
+
+def test_explorer_factors_tab_is_a_picture_by_default():
+    """issue 20: like the block heatmaps, the factors come as one server-drawn PNG (no
+    plotly.js for a visitor who opens this tab first), with the title and what the scales are."""
+    at = app("explorer", tab="factors")
+    assert_clean(at)
+    assert not charts(at)
+    (picture,) = at.get("image")
+    assert picture.proto.imgs[0].url.endswith(".png"), picture.proto
+    assert any(m.value == "**Kronecker factors of KPSVD**" for m in at.markdown)
+    assert any("each factor on its own symmetric linear colour scale" in c.value
+               for c in at.caption)  # fmt: skip
 
 
 def test_explorer_rank_slider():

@@ -91,10 +91,14 @@ def test_factors_tab_groups_a_conv_input_factor_by_kernel_position():
              methods="kfac", tab="factors", m="32")  # fmt: skip
     assert_clean(at)
     assert at.query_params["factor_order"] == "kernel"
-    assert "9 blocks of 8 channels" in spec(charts(at)[-1])
+    assert any("9 blocks of 8 channels" in c.value for c in at.caption)  # under the picture
     at.radio(key="explorer.factor_order").set_value("unfolded").run()
     assert_clean(at)
-    assert "blocks of 8 channels" not in spec(charts(at)[-1])
+    assert not any("blocks of 8 channels" in c.value for c in at.caption)
+    at.radio(key="explorer.heatmap").set_value("interactive").run()  # the plotly chart says it
+    at.radio(key="explorer.factor_order").set_value("kernel").run()
+    assert_clean(at)
+    assert "9 blocks of 8 channels" in spec(charts(at)[-1])
 
 
 def test_explorer_on_a_sequence_layer():

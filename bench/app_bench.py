@@ -299,7 +299,7 @@ async def _payload_of(port: int, query: str) -> tuple[int, int, str]:
                         size = _media_bytes(port, image.url)
                         total += size
                         if size > largest:
-                            largest, title = size, "block heatmaps (PNG picture)"
+                            largest, title = size, "a picture (PNG) drawn on the server"
                 elif element.WhichOneof("type") == "exception":
                     raise RuntimeError(f"{query}: {element.exception.message}")
             early = ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN

@@ -158,7 +158,11 @@ def browser_round() -> list[Row]:
         changes = [(f"change: show {m}", lambda m=m: _choose(page, "Approximation shown", m))
                    for m in ("KFAC", "Deflation", "EKFAC")]  # fmt: skip
         changes += [(f"change: tab {t}", lambda t=t: _tab(page, t))
-                    for t in ("Kronecker factors", "Spectra", "Fisher block")]  # fmt: skip
+                    for t in ("Kronecker factors", "Spectra")]  # fmt: skip
+        # the first plotly chart this visitor meets: plotly.js loads here (no target: the
+        # rank curve is also computed on first opening)
+        changes.append(("first plotly tab: Kronecker rank", lambda: _tab(page, "Kronecker rank")))
+        changes.append(("change: tab Fisher block", lambda: _tab(page, "Fisher block")))
         changes += [
             ("change: m 128 (new m)", lambda: _choose(page, "Fisher minibatch m", "128")),
             ("change: m back to 256", lambda: _choose(page, "Fisher minibatch m", "256")),

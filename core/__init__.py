@@ -114,6 +114,7 @@ _MODULES: dict[str, str] = {
     "heatmap_image": "core.views.heatmap_image",
     "network_fisher": "core.views.network_fisher",
     "report": "core.views.report",
+    "spectra_image": "core.views.spectra_image",
     "jobs": "core.server.jobs",
     "settings": "core.settings",
 }

@@ -33,6 +33,7 @@ from core import (
     figures,
     heatmap_image,
     model_loss,
+    spectra_image,
 )
 from pages import ui as sh
 from pages.ui import downstream_tabs
@@ -280,7 +281,8 @@ def direction_columns(damping: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-HEATMAP = "heatmap"  # the URL parameter: the block and factor heatmaps, picture or interactive
+HEATMAP = "heatmap"  # the URL parameter (a stable name): the block and factor heatmaps and the
+# spectra as server-drawn pictures or interactive plotly charts
 HEATMAP_KINDS = {"picture": "picture (quick)", "interactive": "interactive (hover values)"}
 
 
@@ -310,11 +312,11 @@ def picture_controls(settings: sh.UrlSettings, methods: list[str]) -> tuple[str 
         )
     with col_kind:
         kind = settings.radio(
-            "Heatmaps", list(HEATMAP_KINDS), HEATMAP, "picture",
+            "Charts", list(HEATMAP_KINDS), HEATMAP, "picture",
             format_func=HEATMAP_KINDS.get,
-            help="The block and factor heatmaps: a picture drawn on the server appears at once; "
-            "the interactive chart loads plotly.js (4.7 MB) first and then shows every cell's "
-            "value and labels on hover.",
+            help="The block and factor heatmaps and the spectra: a picture drawn on the server "
+            "appears at once; the interactive chart loads plotly.js (4.7 MB) first and then "
+            "shows every value and its labels on hover.",
         )  # fmt: skip
     return show, contrast, kind
 
@@ -459,8 +461,11 @@ def factors_tab(settings: sh.UrlSettings, block: Block, results, show: str, *, k
     return explorer.view_arrays(method=show, factors=factors)
 
 
-def spectra_tab(block: Block, analysis, *, damping: float, slow: bool, show: str | None) -> Arrays:
-    """The spectra of F and of every approximation, with why a curve is missing."""
+def spectra_tab(
+    block: Block, analysis, *, damping: float, slow: bool, show: str | None, kind: str
+) -> Arrays:
+    """The spectra of F and of every approximation, with why a curve is missing: a picture,
+    or (``kind`` "interactive") a plotly chart."""
     fisher = block.fisher
     key = sh.compute.SpectraKey(block.key, damping, slow, tuple(sorted(analysis.results)))
     with sh.friendly_errors("Spectra"):
@@ -470,13 +475,27 @@ def spectra_tab(block: Block, analysis, *, damping: float, slow: bool, show: str
         f"F has at most m = {fisher.m} nonzero eigenvalues (of n = {n:,}); "
         f"each curve shows at most the top {explorer.SPECTRUM_POINTS}"
     )
-    st.plotly_chart(
-        sh.compute.figure(
-            sh.compute.FigureKey(key),
-            lambda: figures.spectra_figure(spec.curves, notes=spec.notes, note=note),
-        ),
-        key="spectra",
-    )
+    if kind == "picture":
+        st.markdown("**Eigenvalue spectra**")
+        with sh.friendly_errors("Spectra"):
+            picture = sh.compute.figure(
+                sh.compute.FigureKey(key, picture=True),
+                lambda: spectra_image.spectra_png(spec.curves, notes=spec.notes),
+            )
+        st.image(picture, width="stretch", output_format="PNG")
+        st.caption(
+            f"A picture drawn on the server, both axes logarithmic: {note}; |λ| ≤ 1e-12·λ_max "
+            "is numerically zero and not drawn. Choose *interactive* above for each value on "
+            "hover; the eigenvalues are in *Figure data (NPZ)* below."
+        )
+    else:
+        st.plotly_chart(
+            sh.compute.figure(
+                sh.compute.FigureKey(key),
+                lambda: figures.spectra_figure(spec.curves, notes=spec.notes, note=note),
+            ),
+            key="spectra",
+        )
     for method, why in spec.notes.items():
         st.caption(f"{explorer.method_label(method)}: {sh.plain(why)}")
     return explorer.view_arrays(method=show or "none", spectra=spec)
@@ -560,7 +579,9 @@ def pictures(
             arrays |= factors_tab(settings, block, results, show, kind=kind)
     with tabs["spectra"]:
         if tabs["spectra"].open is not False:
-            arrays |= spectra_tab(block, analysis, damping=choice.damping, slow=slow, show=show)
+            arrays |= spectra_tab(
+                block, analysis, damping=choice.damping, slow=slow, show=show, kind=kind
+            )
     with tabs["rank"]:
         if tabs["rank"].open is not False:
             arrays |= rank_tab(settings, block, results=results, show=show, contrast=contrast)

@@ -22,6 +22,7 @@ Training curves (loss against step or wall time, errors over training) live in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -39,6 +40,7 @@ __all__ = [
     "colour_range",
     "factor_heatmaps",
     "spectra_figure",
+    "spectrum_curves",
     "rank_curve_figure",
     "metrics_figure",
     "direction_figure",
@@ -205,6 +207,47 @@ def factor_heatmaps(
     return fig
 
 
+@dataclass(frozen=True)
+class SpectrumCurve:
+    """One spectrum as drawn: the indices k and eigenvalues λ_k kept on a log axis."""
+
+    name: str  # method id ("exact" for F)
+    label: str  # legend text, with the count of negative eigenvalues left out, if any
+    index: np.ndarray  # k = 1, 2, … of the kept eigenvalues
+    values: np.ndarray  # those eigenvalues (> the zero floor)
+    color: str
+
+
+def spectrum_curves(
+    spectra: Mapping[str, np.ndarray],
+    *,
+    notes: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    zero_ratio: float = 1e-12,
+) -> tuple[list[SpectrumCurve], list[tuple[str, str, str]]]:
+    """What :func:`spectra_figure` and the picture (:mod:`core.views.spectra_image`) draw: one
+    curve per spectrum, eigenvalues ``|λ| ≤ zero_ratio · λ_max`` (λ_max over all spectra) left
+    out as numerically zero and significantly negative ones counted in the label; then
+    (name, legend text, colour) of each method named in ``notes`` without a spectrum."""
+    label_of = _labeller(labels)
+    arrays = {name: np.asarray(lam, dtype=float) for name, lam in spectra.items()}
+    top = max((float(lam.max(initial=0.0)) for lam in arrays.values()), default=0.0)
+    floor = zero_ratio * top if top > 0 else 0.0
+    curves = []
+    for name, lam in arrays.items():
+        keep = lam > floor
+        negative = int((lam < -floor).sum())
+        label = label_of(name) + (f" ({negative} < 0)" if negative else "")
+        index = np.arange(1, lam.size + 1)
+        curves.append(SpectrumCurve(name, label, index[keep], lam[keep], _color(name)))
+    missing = [
+        (name, f"{label_of(name)}: not computed (slow metrics off)", _color(name))
+        for name in notes or {}
+        if name not in arrays
+    ]
+    return curves, missing
+
+
 def spectra_figure(
     spectra: Mapping[str, np.ndarray],
     *,
@@ -219,46 +262,36 @@ def spectra_figure(
     and not drawn; significantly negative ones cannot appear on a log axis and are counted in
     the legend ("j < 0"). A method named in ``notes`` (method → why, as
     :class:`core.views.explorer.Spectra` holds them) without a curve gets a legend entry that
-    says so, so none is left out silently.
+    says so, so none is left out silently (:func:`spectrum_curves`).
     """
-    label_of = _labeller(labels)
-    arrays = {name: np.asarray(lam, dtype=float) for name, lam in spectra.items()}
-    top = max((float(lam.max(initial=0.0)) for lam in arrays.values()), default=0.0)
-    floor = zero_ratio * top if top > 0 else 0.0
+    curves, missing = spectrum_curves(spectra, notes=notes, labels=labels, zero_ratio=zero_ratio)
     fig = go.Figure()
-    for name, lam in arrays.items():
-        index = np.arange(1, lam.size + 1)
-        keep = lam > floor
-        negative = int((lam < -floor).sum())
-        label = label_of(name)
-        if negative:
-            label += f" ({negative} < 0)"
-        is_exact = name == "exact"
+    for curve in curves:
+        is_exact = curve.name == "exact"
         fig.add_trace(
             go.Scatter(
-                x=index[keep],
-                y=lam[keep],
+                x=curve.index,
+                y=curve.values,
                 mode="lines",
-                name=label,
+                name=curve.label,
                 line={
-                    "color": _color(name),
+                    "color": curve.color,
                     "width": 3 if is_exact else 1.5,
                     "dash": "solid" if is_exact else "dot",
                 },
-                hovertemplate="λ_%{x}: %{y:.4g}<extra>" + label + "</extra>",
+                hovertemplate="λ_%{x}: %{y:.4g}<extra>" + curve.label + "</extra>",
             )
         )
-    for name in notes or {}:
-        if name not in arrays:
-            fig.add_trace(
-                go.Scatter(
-                    x=[None],
-                    y=[None],
-                    mode="lines",
-                    name=f"{label_of(name)}: not computed (slow metrics off)",
-                    line={"color": _color(name), "width": 1.5, "dash": "dot"},
-                )
+    for _name, label, color in missing:
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=label,
+                line={"color": color, "width": 1.5, "dash": "dot"},
             )
+        )
     sub = f"|λ| ≤ {zero_ratio:g}·λ_max is numerically zero: not drawn"
     sub = f"{note}; {sub}" if note else sub
     fig.update_layout(

@@ -277,7 +277,7 @@ class FigureKey:
 
     view: BlockKey | SpectraKey | DirectionFigureKey
     contrast: float | None = None
-    picture: bool = False  # a PNG (core.views.heatmap_image), not a plotly figure
+    picture: bool = False  # a PNG (core.views.heatmap_image, spectra_image), not a plotly figure
 
 
 # -- the explorer's results ------------------------------------------------------------------

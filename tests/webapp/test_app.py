@@ -157,7 +157,7 @@ def test_explorer_change_layer_method_and_rank():
     ("tab", "extra", "titles"),
     [
         ("factors", {"heatmap": "interactive"}, ["Kronecker factors of KPSVD"]),
-        ("spectra", {}, ["Eigenvalue spectra"]),
+        ("spectra", {"heatmap": "interactive"}, ["Eigenvalue spectra"]),
         ("rank", {}, ["Error of the best sum", "best rank-2 sum − F"]),
     ],
 )
@@ -171,17 +171,24 @@ def test_explorer_tabs(tab, extra, titles):
         assert title in text
 
 
-def test_explorer_factors_tab_is_a_picture_by_default():
-    """issue 20: like the block heatmaps, the factors come as one server-drawn PNG (no
-    plotly.js for a visitor who opens this tab first), with the title and what the scales are."""
-    at = app("explorer", tab="factors")
+@pytest.mark.parametrize(
+    ("tab", "title", "caption"),
+    [
+        ("factors", "**Kronecker factors of KPSVD**", "each factor on its own symmetric linear"),
+        ("spectra", "**Eigenvalue spectra**", "both axes logarithmic: F has at most m = 256"),
+    ],
+)
+def test_explorer_factors_and_spectra_are_pictures_by_default(tab, title, caption):
+    """issue 20: like the block heatmaps, the factors and the spectra come as one server-drawn
+    PNG each (no plotly.js for a visitor who opens these tabs), with a title and a caption
+    saying what is drawn."""
+    at = app("explorer", tab=tab)
     assert_clean(at)
     assert not charts(at)
     (picture,) = at.get("image")
     assert picture.proto.imgs[0].url.endswith(".png"), picture.proto
-    assert any(m.value == "**Kronecker factors of KPSVD**" for m in at.markdown)
-    assert any("each factor on its own symmetric linear colour scale" in c.value
-               for c in at.caption)  # fmt: skip
+    assert any(m.value == title for m in at.markdown)
+    assert any(caption in c.value for c in at.caption)
 
 
 def test_explorer_rank_slider():

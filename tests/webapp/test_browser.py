@@ -256,7 +256,7 @@ def test_pages_request_nothing_from_other_hosts(server, browser):
     try:
         page.goto(f"{server}/")
         page.get_by_text("A short guided tour").first.wait_for()
-        page.goto(f"{server}/explorer?tab=spectra")
+        page.goto(f"{server}/explorer?tab=spectra&heatmap=interactive")
         page.get_by_text("Server time for this view").wait_for()
         page.wait_for_selector(".js-plotly-plot")
         icon = page.evaluate("() => document.querySelector('link[rel*=icon]')?.href || ''")

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import threadpoolctl
 import torch
 import torch.nn.functional as tnf
 
@@ -241,13 +242,14 @@ def main() -> None:
         "--threads",
         type=int,
         default=2,
-        help="intra-op threads (1: what each of the server's workers uses, "
-        "KRONOSCOPE_TORCH_THREADS; 2: the whole machine on one computation)",
+        help="intra-op threads, torch's and SciPy's BLAS (1: what each of the server's "
+        "workers uses, KRONOSCOPE_TORCH_THREADS; 2: the whole machine on one computation)",
     )
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be ≥ 1")
     torch.set_num_threads(args.threads)
+    threadpoolctl.threadpool_limits(args.threads)  # SciPy's OpenBLAS too, as in the workers
     dtype = getattr(torch, args.dtype)
     shapes = SHAPES[:2] if args.quick else SHAPES
     cases = [(m, da, dg) for m in BATCHES for da, dg in shapes]

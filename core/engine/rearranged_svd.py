@@ -28,7 +28,10 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   and KFAC-corrected need 14–30 steps (bench/RESULTS-engine.md). Rank-1 KPSVD, whose gap
   is the large one, first runs plain power iteration (two matrix–vector products a step, no
   orthogonalisation or Rayleigh–Ritz; :meth:`RearrangedFisher._power_top`) and falls back
-  to the block iteration, from its vector, where the residual does not fall fast.
+  to the block iteration, from its vector, where the residual does not fall fast. Small
+  batches (m ≤ ``DENSE_MAX_M``) do not iterate for the other problems: a Cholesky
+  factor of K_g turns them into one dense symmetric m × m eigenproblem, of which LAPACK finds
+  only the top pairs (:meth:`RearrangedFisher._dense_top`); the flat tails cost nothing there.
 * ``"matrix_free"`` (the seed paper's algorithms): iterations on da × da and dg × dg factor
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
@@ -58,6 +61,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
 import torch
 
 from .kron import sym
@@ -73,6 +79,13 @@ BLOCK_EXTRA = 4
 # gives up when the residual falls by less than POWER_RATE a step, or after POWER_STEPS steps.
 POWER_RATE = 0.25
 POWER_STEPS = 12
+# Batches of at most DENSE_MAX_M samples solve a dense m × m eigenproblem instead of iterating
+# (RearrangedFisher._dense_top). Its cost grows as m³, the block iteration's as m² times a step
+# count set by the flat tails (14–19 steps on the engine bench's layers). Top two triplets, or the
+# centered top one, 1 thread (milliseconds, iteration / dense): m = 256 5.9 / 4.9 (float32) and
+# 8.7 / 5.3 (float64); m = 384 9.4–10.5 / 9.6–10.4 and 16.6 / 13.2; m = 512 16–26 / 24–27 and
+# 32–34 / 30; m = 768 34 / 66–69 and 58 / 76–79 (bench/RESULTS-engine.md).
+DENSE_MAX_M = 384
 
 
 @dataclass
@@ -330,6 +343,35 @@ def _k_eigh_orthonormal(
     return xk, coeff
 
 
+def _top_eigenpairs(s: torch.Tensor, r: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``r`` eigenpairs of a symmetric positive semidefinite matrix, eigenvalues
+    descending, each with ‖S y − θ y‖ ≤ ``tol`` · θ (or to round-off).
+
+    On the CPU, for a few pairs of a large enough matrix (n ≥ 8 (r + 1)), ARPACK's implicitly
+    restarted Lanczos (SciPy's ``eigsh``, from the all-ones vector, so deterministic): one
+    n × n matrix–vector product a step, 0.9 ms (tol 1e-6) to 1.4 ms (1e-10) for the top two
+    at n = 256, against 1.9–2.2 ms for LAPACK's dsyevr (one tridiagonal reduction, 4/3 n³
+    flops, then only the wanted pairs), which takes the other cases; elsewhere torch's full
+    eigh on the device (not timed: no GPU was lent)."""
+    n = s.shape[0]
+    if s.device.type != "cpu":
+        theta, y = torch.linalg.eigh(s)
+        return theta[n - r :].flip(0), y[:, n - r :].flip(1)
+    matrix = s.numpy()
+    if n >= 8 * (r + 1):
+        theta, y = scipy.sparse.linalg.eigsh(matrix, k=r, which="LA", v0=np.ones(n), tol=tol)
+    else:
+        theta, y = scipy.linalg.eigh(
+            matrix,
+            subset_by_index=[n - r, n - 1],
+            driver="evr",
+            overwrite_a=True,
+            check_finite=False,
+        )
+    order = np.argsort(theta)[::-1]
+    return torch.from_numpy(theta[order].copy()), torch.from_numpy(y[:, order].copy())
+
+
 def _squared_gram(x: torch.Tensor) -> torch.Tensor:
     """(x xᵀ)∘² in float64, the products in x's dtype. The Gram matrix is symmetric, so only
     its lower block triangle is computed, by column panels x[lo:] x[lo:hi]ᵀ and mirrored:
@@ -509,9 +551,55 @@ class RearrangedFisher:
             d, y = td / norm, ktd / norm
         return None, d, step
 
+    def _dense_top(
+        self, ka: torch.Tensor, kg: torch.Tensor, rank: int, tol: float
+    ) -> Triplets | None:
+        """The top ``rank`` triplets from a dense eigenproblem (``ka`` holding the 1/m²), or
+        ``None`` where K_g is not numerically positive definite or the result misses ``tol``.
+
+        With K_g = L Lᵀ (Cholesky), T = W K_a W K_g is similar to the symmetric
+        S = (WL)ᵀ K_a (WL): S y = θ y gives T d = θ d for d = L⁻ᵀ y, K_g-unit. No triangular
+        solve is needed: the left coefficients are c = W K_g d / (mσ) = W L y / (mσ) and the
+        right ones d = Mᵀ-image of c, d = m W K_a c / σ. The eigensolver
+        (:func:`_top_eigenpairs`) is backward stable, as is Cholesky, so the residual is of
+        the order of m ε σ₁ whatever the gaps. That residual, ‖T d − θ d‖_K / σ = ‖Mᵀu − σv‖, is
+        measured against the true K_g (three m × m × r products) and reported; where it
+        exceeds ``tol`` · σ₁, or where Cholesky fails (K_g singular to working precision:
+        m > dg(dg + 1)/2, repeated or zero gradients), the block iteration runs instead."""
+        m = self.m
+        lower, info = torch.linalg.cholesky_ex(kg)
+        if int(info) != 0:
+            return None
+        wl = self._center(lower)
+        try:
+            theta, y = _top_eigenpairs(wl.T @ (ka @ wl), min(rank, m), tol)
+        except scipy.sparse.linalg.ArpackError:  # no convergence: rare, the iteration takes over
+            return None
+        scale = float(theta[0]) ** 0.5 if theta[0] > 0 else 0.0
+        keep = theta.clamp_min(0.0).sqrt() > 1e-14 * scale
+        if not bool(keep.any()):
+            return None
+        sigma = theta[keep].sqrt()
+        left = wl @ y[:, keep] / (m * sigma)
+        right = m * self._center(ka @ left) / sigma
+        gap = self._center(ka @ self._center(kg @ right)) - sigma.square() * right
+        residual = (gap * (kg @ gap)).sum(0).clamp_min(0.0).sqrt() / sigma
+        excess = float(residual.max()) / scale
+        if not excess <= tol:
+            return None
+        return Triplets(
+            sigma=sigma,
+            left=left.T,
+            right=right.T,
+            iterations=0,
+            converged=True,
+            info={"max_residual": excess, "iteration": "dense"},
+        )
+
     def triplets_gram(self, rank: int, tol: float) -> Triplets:
         """Top-``rank`` triplets by block Krylov iteration on the m × m Gram matrices (rank 1
-        of the uncentered problem: power iteration first, :meth:`_power_top`).
+        of the uncentered problem: power iteration first, :meth:`_power_top`; small batches: a
+        dense eigenproblem, :meth:`_dense_top`).
 
         In coefficient space M maps d ↦ W K_g d / m and Mᵀ maps c ↦ W K_a c / m, and
         T = MᵀM is self-adjoint in the K_g inner product. A block Krylov basis Z of T
@@ -536,6 +624,11 @@ class RearrangedFisher:
         if rank == 1 and not self.centered:
             found, first, power_steps = self._power_top(ka, kg, tol)
             if found is not None:
+                return found
+        if m <= DENSE_MAX_M:
+            found = self._dense_top(ka, kg, rank, tol)
+            if found is not None:
+                found.iterations += power_steps
                 return found
         width = min(m, rank + BLOCK_EXTRA)
         start = self._gram_start(width, ka.device, first)

@@ -245,6 +245,9 @@ class _Worker:
         # the parent's import path, as multiprocessing's spawn passes it: jobs are pickled by
         # reference to their module, which the child must find the same way
         env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in sys.path if p)])
+        # SciPy's own OpenBLAS (the engine's MINRES and small dense eigenproblems) would start
+        # one thread per core; it reads this at load, so set it before the child imports SciPy
+        env["OPENBLAS_NUM_THREADS"] = str(torch_threads)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "core.server.workers", str(torch_threads)],
             stdin=subprocess.PIPE,

@@ -10,6 +10,7 @@ import scipy.linalg
 import torch
 
 import core.engine.approx as approx_module
+import core.engine.rearranged_svd as svd_module
 from core.engine.fisher import LayerFisher, exact_fisher
 from core.engine.kron import KronEig, rearrange, unvec, vec
 from core.engine.methods import KPSVD_FAMILY, METHODS, approximate
@@ -52,6 +53,17 @@ def rel(x: torch.Tensor, y: torch.Tensor) -> float:
 
 M, DA, DG = 24, 6, 5
 
+# How ℛ(F)'s triplets are found: the Gram route solves small batches densely and iterates on
+# larger ones ("gram/krylov" forces the iteration); the seed paper's matrix-free iterations.
+ROUTES = ["gram", "gram/krylov", "matrix_free"]
+
+
+def solver_for(route: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ``solver`` argument for ``route``, forcing the block iteration for "gram/krylov"."""
+    if route == "gram/krylov":
+        monkeypatch.setattr(svd_module, "DENSE_MAX_M", 0)
+    return route.split("/")[0]
+
 
 @pytest.fixture(scope="module")
 def layer():
@@ -83,11 +95,11 @@ def test_kfac_is_a_kron_g(layer):
     assert rel(ap.to_dense(), torch.kron(a.T @ a / M, g.T @ g / M)) < 1e-13
 
 
-@pytest.mark.parametrize("solver", ["gram", "matrix_free"])
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("rank", [1, 2, 3, 5])
-def test_kpsvd_is_the_truncated_svd_of_the_rearrangement(layer, solver, rank):
+def test_kpsvd_is_the_truncated_svd_of_the_rearrangement(layer, route, rank, monkeypatch):
     a, g, _, rf = layer
-    ap = approximate("kpsvd", a, g, rank=rank, solver=solver)
+    ap = approximate("kpsvd", a, g, rank=rank, solver=solver_for(route, monkeypatch))
     oracle = unrearrange(truncated(rf, rank), DA, DG)
     assert rel(ap.to_dense(), oracle) < 1e-8
     sig = torch.linalg.svdvals(rf)[:rank]
@@ -109,21 +121,21 @@ def test_kpsvd_factors_match_singular_vectors_up_to_sign(layer):
 
 
 @pytest.mark.parametrize("method", ["deflation", "lanczos"])
-@pytest.mark.parametrize("solver", ["gram", "matrix_free"])
-def test_two_term_methods_are_the_best_two_terms(layer, method, solver):
+@pytest.mark.parametrize("route", ROUTES)
+def test_two_term_methods_are_the_best_two_terms(layer, method, route, monkeypatch):
     a, g, _, rf = layer
-    ap = approximate(method, a, g, solver=solver)
+    ap = approximate(method, a, g, solver=solver_for(route, monkeypatch))
     assert len(ap.terms) == 2
     assert rel(ap.to_dense(), unrearrange(truncated(rf, 2), DA, DG)) < 1e-8
 
 
-@pytest.mark.parametrize("solver", ["gram", "matrix_free"])
-def test_kfac_corrected_adds_the_best_product_of_the_residual(layer, solver):
+@pytest.mark.parametrize("route", ROUTES)
+def test_kfac_corrected_adds_the_best_product_of_the_residual(layer, route, monkeypatch):
     a, g, f, rf = layer
     kfac = torch.kron(a.T @ a / M, g.T @ g / M)
     residual = rearrange(f - kfac, DA, DG)
     oracle = kfac + unrearrange(truncated(residual, 1), DA, DG)
-    ap = approximate("kfac_corrected", a, g, solver=solver)
+    ap = approximate("kfac_corrected", a, g, solver=solver_for(route, monkeypatch))
     assert rel(ap.to_dense(), oracle) < 1e-8
 
 
@@ -293,15 +305,8 @@ def test_kron_eig_solve_matches_dense():
 @pytest.mark.parametrize("method", ["kpsvd", "deflation", "kfac_corrected"])
 def test_many_samples_against_the_dense_oracle(method):
     """m ≫ da, dg: the block Krylov basis spans many blocks before it converges."""
-    m, da, dg = 400, 9, 7
-    a, g = batch(m, da, dg, seed=5)
-    f = exact_fisher(a, g)
-    rf = rearrange(f, da, dg)
-    if method == "kfac_corrected":
-        kfac = torch.kron(a.T @ a / m, g.T @ g / m)
-        oracle = kfac + unrearrange(truncated(rearrange(f - kfac, da, dg), 1), da, dg)
-    else:
-        oracle = unrearrange(truncated(rf, 1 if method == "kpsvd" else 2), da, dg)
+    a, g = batch(400, 9, 7, seed=5)
+    oracle = oracle_terms(a, g, method, 1 if method == "kpsvd" else 2)
     ap = approximate(method, a, g)
     assert rel(ap.to_dense(), oracle) < 1e-8
     ap32 = approximate(method, a.float(), g.float())
@@ -425,9 +430,10 @@ def sym_matrix(n: int, gen: torch.Generator) -> torch.Tensor:
     ("solver", "method"),
     [("gram", "deflation"), ("matrix_free", "lanczos"), ("matrix_free", "deflation")],
 )
-def test_a_looser_tolerance_stops_earlier(solver, method):
+def test_a_looser_tolerance_stops_earlier(solver, method, monkeypatch):
     """The iterations stop as soon as the residual test passes, not only when the Krylov space
     is exhausted (which is exact, and also what a wrong residual estimate would fall back to)."""
+    monkeypatch.setattr(svd_module, "DENSE_MAX_M", 0)  # the iteration, not the dense solve
     a, g = batch(120, 10, 9, seed=7)
     loose = approximate(method, a, g, solver=solver, tol=1e-3)
     tight = approximate(method, a, g, solver=solver, tol=1e-9)
@@ -472,7 +478,8 @@ def test_rank_one_kpsvd_takes_the_power_path_on_a_clear_gap():
 
 def test_rank_one_kpsvd_leaves_power_iteration_on_a_flat_top():
     """σ₂/σ₁ ≈ 0.8: the residual would fall by only ≈ 0.66 a step, so power iteration gives up
-    after its first steps and block Krylov finishes from its vector; the term is still the dense
+    after its first steps and block Krylov finishes from its vector (K_g is singular here,
+    rank ≤ dg(dg + 1)/2 = 10 < m, so the dense route is not open); the term is still the dense
     SVD's and the step count includes the power steps."""
     a, g = two_group_batch(0.975)
     oracle, sigma = dense_rank_one(a, g)
@@ -482,3 +489,42 @@ def test_rank_one_kpsvd_leaves_power_iteration_on_a_flat_top():
     assert got.info["iterations"] >= 3  # two power steps, then at least one block step
     assert rel(got.to_dense(), oracle) < 1e-8
     assert got.info["singular_values"][0] == pytest.approx(float(sigma[0]), rel=1e-10)
+
+
+def oracle_terms(a: torch.Tensor, g: torch.Tensor, method: str, rank: int) -> torch.Tensor:
+    """The dense oracle of a KPSVD-family method: the truncated SVD of ℛ(F) (of ℛ(F − A⊗G)
+    plus A⊗G for KFAC-corrected)."""
+    m, da, dg = a.shape[0], a.shape[1], g.shape[1]
+    f = exact_fisher(a, g)
+    if method == "kfac_corrected":
+        kfac = torch.kron(a.T @ a / m, g.T @ g / m)
+        return kfac + unrearrange(truncated(rearrange(f - kfac, da, dg), 1), da, dg)
+    return unrearrange(truncated(rearrange(f, da, dg), rank), da, dg)
+
+
+@pytest.mark.parametrize(
+    ("method", "rank"), [("kpsvd", 3), ("deflation", 2), ("lanczos", 2), ("kfac_corrected", 1)]
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_batches_are_solved_densely(method, rank, dtype):
+    """m ≤ DENSE_MAX_M with K_g positive definite (m = 60 ≤ dg(dg + 1)/2 = 78): one
+    dense eigenproblem, no iteration, a measured residual within the tolerance, and the dense
+    oracle's terms (float32 inputs: the Grams' rounding, as on the iterative routes)."""
+    a, g = batch(60, 7, 12, seed=4)
+    got = approximate(method, a.to(dtype), g.to(dtype), rank=rank)
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+    assert got.info["iteration"] == "dense" and got.info["iterations"] == 0
+    assert 0 <= got.info["max_residual"] <= tol
+    assert rel(got.to_dense().double(), oracle_terms(a, g, method, rank)) < (
+        1e-9 if dtype == torch.float64 else 1e-5
+    )
+
+
+@pytest.mark.parametrize("method", ["deflation", "kfac_corrected"])
+def test_the_dense_route_leaves_a_singular_k_g_to_the_iteration(method):
+    """m = 120 > dg(dg + 1)/2 = 10: K_g = (ΓΓᵀ)∘² is singular and its Cholesky factorisation
+    fails, so the block iteration runs, and the terms are still the dense oracle's."""
+    a, g = batch(120, 8, 4, seed=9)
+    got = approximate(method, a, g)
+    assert got.info["iteration"] == "block Krylov" and got.info["iterations"] > 0
+    assert rel(got.to_dense(), oracle_terms(a, g, method, 2)) < 1e-8

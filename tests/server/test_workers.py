@@ -65,6 +65,14 @@ def hoard(mb: int) -> int:
     return os.getpid()
 
 
+def blas_threads() -> dict[str, int]:
+    """The thread count of every BLAS library loaded once torch and SciPy's LAPACK are."""
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS)
+    import threadpoolctl
+
+    return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -111,6 +119,13 @@ def test_identical_work_is_done_once_across_waiters(pool, tmp_path):
     assert len(log.read_text().splitlines()) == 1  # computed once
     assert _get(pool, "same", slow_square, x, 0.5, str(log)) is not None  # cached: no rerun
     assert len(log.read_text().splitlines()) == 1
+
+
+def test_every_blas_in_a_worker_uses_the_torch_thread_count(pool):
+    """A worker's intra-op threads are capped (KRONOSCOPE_TORCH_THREADS, 1 here), SciPy's
+    OpenBLAS included: the engine's dense eigenproblems and MINRES run on it."""
+    threads = _get(pool, "blas", blas_threads)
+    assert threads and set(threads.values()) == {1}, threads
 
 
 def test_errors_of_the_job_arrive_as_themselves_and_are_not_cached(pool):

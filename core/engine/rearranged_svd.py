@@ -377,13 +377,26 @@ def _squared_gram(x: torch.Tensor) -> torch.Tensor:
     its lower block triangle is computed, by column panels x[lo:] x[lo:hi]ᵀ and mirrored:
     p panels cost (p + 1)/(2p) of the full product (what BLAS's syrk saves; torch has none).
     p grows with m (one panel per 256 rows, at most 4), where the products outweigh the extra
-    kernel calls."""
+    kernel calls.
+
+    The squares are taken in x's dtype, unless that overflows (float32 inputs of norm above
+    ≈ 4e9): the diagonal, ‖x_i‖⁴, bounds every entry of its row and column (Cauchy–Schwarz),
+    so where it comes near the dtype's largest value the panels are squared again in float64
+    (squaring in float64 always cost 10–15 % more at m = 1024)."""
+    out = _squared_panels(x, x.dtype)
+    if x.dtype != torch.float64 and not float(out.diagonal().max()) < torch.finfo(x.dtype).max / 4:
+        out = _squared_panels(x, torch.float64)
+    return out
+
+
+def _squared_panels(x: torch.Tensor, square_in: torch.dtype) -> torch.Tensor:
+    """:func:`_squared_gram`'s panels, squared in ``square_in``."""
     m = x.shape[0]
     parts = max(1, min(4, m // 256))
     out = torch.empty(m, m, dtype=torch.float64, device=x.device)
     edges = [m * j // parts for j in range(parts + 1)]
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        panel = (x[lo:] @ x[lo:hi].T).square_()
+        panel = (x[lo:] @ x[lo:hi].T).to(square_in).square_()
         out[lo:, lo:hi] = panel
         out[lo:hi, hi:] = panel[hi - lo :].T
     return out

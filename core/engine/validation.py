@@ -24,17 +24,17 @@ class NonFiniteValueError(ValueError):
     a training loop tell a diverged run from a programming error without reading the message."""
 
 
-def check_finite(x: torch.Tensor, name: str) -> None:
+def check_finite(x: torch.Tensor, name: str) -> float:
     """Raise :class:`NonFiniteValueError` when ``x`` holds NaN or inf, saying how many and what
-    to do. The test is one pass without a temporary: the ends of ``torch.aminmax``, which
-    propagates NaN and shows ±inf as an end, are both finite exactly when every entry is (ten
-    times faster than ``isfinite(x).any()`` on a 1024 × 1001 batch; the count is made only
-    for the message)."""
+    to do; else return the largest magnitude of its entries. The test is one pass without a
+    temporary: the ends of ``torch.aminmax``, which propagates NaN and shows ±inf as an end,
+    are both finite exactly when every entry is (ten times faster than ``isfinite(x).any()``
+    on a 1024 × 1001 batch; the count is made only for the message)."""
     if x.numel() == 0:
-        return
+        return 0.0
     low, high = torch.aminmax(x)
     if bool(torch.isfinite(low) & torch.isfinite(high)):
-        return
+        return max(-float(low), float(high))
     bad = int((~torch.isfinite(x)).sum())
     raise NonFiniteValueError(
         f"{name} contains {bad} non-finite value(s) (NaN or inf); "
@@ -78,12 +78,32 @@ def check_layer_batch(
         raise ValueError(
             f"a and g need at least one feature; got da={a.shape[-1]}, dg={g.shape[-1]}"
         )
-    check_finite(a, "a (layer inputs)")
-    check_finite(g, "g (output gradients)")
+    largest = {
+        name: (check_finite(x, name), x.shape[-1])
+        for x, name in ((a, "a (layer inputs)"), (g, "g (output gradients)"))
+    }
     if a.ndim == 3 and a.shape[1] == 1:
         a, g = a[:, 0], g[:, 0]
     dtype = torch.promote_types(a.dtype, g.dtype)
+    for name, (size, width) in largest.items():
+        _check_products_fit(size, width, dtype, name)
     return a.to(dtype), g.to(dtype)
+
+
+def _check_products_fit(size: float, width: int, dtype: torch.dtype, name: str) -> None:
+    """Raise ValueError where a per-sample inner product ā_iᵀā_j (at most ``width`` ·
+    ``size``², ``size`` the largest |entry|) could overflow ``dtype``, or its square, which the
+    KPSVD family's Grams (ĀĀᵀ)∘² hold in float64, could overflow float64: the results would be
+    inf, and every method fail with a linear-algebra error instead of this message."""
+    limit = min(torch.finfo(dtype).max, torch.finfo(torch.float64).max ** 0.5)
+    if width * size * size <= limit:
+        return
+    raise ValueError(
+        f"{name} is too large to square in {str(dtype).removeprefix('torch.')}: its largest "
+        f"entry is {size:.3g}, and products of samples over {width} features would reach "
+        f"{width * size * size:.3g} (the limit is {limit:.3g}). Rescale the data, or use "
+        "float64 inputs"
+    )
 
 
 def check_gradient_matrix(v: torch.Tensor | np.ndarray, da: int, dg: int) -> torch.Tensor:

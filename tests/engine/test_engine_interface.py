@@ -177,3 +177,24 @@ def test_non_finite_input_has_its_own_type():
         with pytest.raises(NonFiniteValueError, match="1 non-finite value"):
             approximate(method, bad, G)
     assert issubclass(NonFiniteValueError, ValueError)
+
+
+@pytest.mark.parametrize("method", SHOWN)
+def test_inputs_too_large_to_square_are_refused_by_name(method):
+    """float32 entries of 1e20 over 6 features: ā_iᵀā_j would overflow float32 (and every
+    method return inf or fail inside LAPACK); the message names the input, its largest entry
+    and both ways out."""
+    with pytest.raises(ValueError, match=r"a \(layer inputs\) is too large to square in float32"):
+        approximate(method, (A * 1e20).float(), G.float())
+    with pytest.raises(ValueError, match="use float64 inputs"):
+        approximate(method, A.float(), (G * 1e20).float())
+
+
+@pytest.mark.parametrize("method", ["kpsvd", "deflation", "kfac_corrected"])
+def test_float32_inputs_whose_grams_overflow_float32_still_work(method):
+    """Inputs scaled by 1e10 in float32: ā_iᵀā_j ≈ 1e20 fits float32 but its square, an entry
+    of the Gram (ĀĀᵀ)∘², does not; the Grams are squared in float64, and the result is the
+    unscaled batch's scaled by 1e20 (F is quadratic in ā)."""
+    scaled = approximate(method, (A * 1e10).float(), G.float()).to_dense().double() / 1e20
+    plain = approximate(method, A, G).to_dense()
+    assert float(torch.linalg.norm(scaled - plain) / torch.linalg.norm(plain)) < 1e-5

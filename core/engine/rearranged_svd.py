@@ -30,8 +30,8 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   orthogonalisation or Rayleigh–Ritz; :meth:`RearrangedFisher._power_top`) and falls back
   to the block iteration, from its vector, where the residual does not fall fast. Small
   batches (m ≤ ``DENSE_MAX_M``) do not iterate for the other problems: a Cholesky
-  factor of K_g turns them into one dense symmetric m × m eigenproblem, of which LAPACK finds
-  only the top pairs (:meth:`RearrangedFisher._dense_top`); the flat tails cost nothing there.
+  factor of K_g turns them into one dense symmetric m × m eigenproblem, of which ARPACK or
+  LAPACK finds only the top pairs (:meth:`RearrangedFisher._dense_top`); the flat tails cost nothing there.
 * ``"matrix_free"`` (the seed paper's algorithms): iterations on da × da and dg × dg factor
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.
@@ -576,7 +576,7 @@ class RearrangedFisher:
         right ones d = Mᵀ-image of c, d = m W K_a c / σ. The eigensolver
         (:func:`_top_eigenpairs`) is backward stable, as is Cholesky, so the residual is of
         the order of m ε σ₁ whatever the gaps. That residual, ‖T d − θ d‖_K / σ = ‖Mᵀu − σv‖, is
-        measured against the true K_g (three m × m × r products) and reported; where it
+        measured against the true K_g (four m × m × r products) and reported; where it
         exceeds ``tol`` · σ₁, or where Cholesky fails (K_g singular to working precision:
         m > dg(dg + 1)/2, repeated or zero gradients), the block iteration runs instead."""
         m = self.m

@@ -29,9 +29,9 @@ which give the Kronecker terms σ U ⊗ V (Van Loan & Pitsianis 1993; Koroko et 
   is the large one, first runs plain power iteration (two matrix–vector products a step, no
   orthogonalisation or Rayleigh–Ritz; :meth:`RearrangedFisher._power_top`) and falls back
   to the block iteration, from its vector, where the residual does not fall fast. Small
-  batches (m ≤ ``DENSE_MAX_M``) do not iterate for the other problems: a Cholesky
-  factor of K_g turns them into one dense symmetric m × m eigenproblem, of which ARPACK or
-  LAPACK finds only the top pairs (:meth:`RearrangedFisher._dense_top`); the flat tails cost nothing there.
+  batches (m ≤ ``DENSE_MAX_M``) do not iterate for the other problems: a Cholesky factor of
+  K_g turns them into one dense symmetric m × m eigenproblem, of which ARPACK or LAPACK finds
+  only the top pairs (:meth:`RearrangedFisher._dense_top`); the flat tails cost nothing there.
 * ``"matrix_free"`` (the seed paper's algorithms): iterations on da × da and dg × dg factor
   matrices, applying ℛ(F) through ℛ(F) vec(S) = vec((1/m) Āᵀ diag(g_iᵀ S g_i) Ā): deflated
   power SVD, or Golub–Kahan–Lanczos with full reorthogonalisation.

@@ -9,7 +9,9 @@ Run: ``.venv/bin/python bench/app_bench.py`` (on a machine with more cores, pin 
    preset, smallest layer, every default method, model at initialization); a second visitor
    (a new browser context) opens the default view and changes the method shown, the tab, m
    and the layer. "Ready" is the moment the app reports its script run finished
-   (``data-test-script-state="notRunning"``) with a chart drawn (a plotly chart rendered or
+   (``data-test-script-state="notRunning"`` after a navigation; after a change, the server's
+   ``script_finished`` message on the websocket, since a fragment's rerun may never show the
+   "running" state) with a chart drawn (a plotly chart rendered or
    the block heatmaps' picture decoded; Home: its heading),
    measured from the navigation or from the click that commits the change. Each view's
    server-side time is read from the page's own "Server time for this view" caption. The
@@ -52,18 +54,25 @@ Row = tuple[str, float, float | None]  # label, wall seconds, server seconds
 
 # -- browser -------------------------------------------------------------------------------
 
-WATCH = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  window.__ready = new Promise(resolve => {
-    let seen = false;
-    const observer = new MutationObserver(() => {
-      const state = app.getAttribute('data-test-script-state');
-      if (state === 'running') seen = true;
-      if (seen && state === 'notRunning') { observer.disconnect(); resolve(true); }
-    });
-    observer.observe(app, {attributes: true});
-  });
-}"""
+
+def count_finished_runs(page) -> list[int]:
+    """A one-item list counting the script runs the server reports finished on ``page``'s
+    websocket (``ForwardMsg.script_finished``, full runs and fragment reruns alike). The page's
+    ``data-test-script-state`` is not enough to wait on: a fragment's rerun (the explorer's
+    tabs, pages/explorer.py ``views``) can be over within one render, and the attribute then
+    never shows "running"."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    finished = [0]
+
+    def frame(payload: str | bytes) -> None:
+        if isinstance(payload, bytes):
+            msg = ForwardMsg()
+            msg.ParseFromString(payload)
+            finished[0] += msg.WhichOneof("type") == "script_finished"
+
+    page.on("websocket", lambda ws: ws.on("framereceived", frame))
+    return finished
 
 
 def _server_seconds(page) -> float | None:
@@ -89,12 +98,18 @@ DRAWN = """() => document.querySelector('.js-plotly-plot .main-svg') !== null ||
   .querySelectorAll('[data-testid="stImage"] img')].some(i => i.complete && i.naturalWidth > 0)"""
 
 
-def _timed_change(page, prepare) -> tuple[float, float | None]:
+def _timed_change(page, finished: list[int], prepare) -> tuple[float, float | None]:
+    """Seconds from the click that commits a change until the server has finished the run it
+    started (``finished``: :func:`count_finished_runs`) and a chart is drawn."""
     commit = prepare()
-    page.evaluate(WATCH)
+    before = finished[0]
     start = time.perf_counter()
     commit()
-    page.evaluate("window.__ready")
+    deadline = start + 300
+    while finished[0] == before:
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the change started no script run that finished in 300 s")
+        page.wait_for_timeout(5)  # lets Playwright deliver the websocket's frames
     page.wait_for_function(DRAWN)
     return time.perf_counter() - start, _server_seconds(page)
 
@@ -153,6 +168,7 @@ def browser_round() -> list[Row]:
         rows.append(("new visitor: the same, heatmap=interactive (plotly)", *view))
         baseline.context.close()
         page = visitor()
+        finished = count_finished_runs(page)
         view = _open(page, f"{server.url}/explorer", chart=True)
         rows.append(("new visitor: explorer default view", *view))
         changes = [(f"change: show {m}", lambda m=m: _choose(page, "Approximation shown", m))
@@ -171,7 +187,7 @@ def browser_round() -> list[Row]:
         back = "encoder.linear3"
         changes.append((f"change: back to {back}", lambda: _choose(page, "Layer", back)))
         for label, prepare in changes:
-            rows.append((label, *_timed_change(page, prepare)))
+            rows.append((label, *_timed_change(page, finished, prepare)))
         browser.close()
     return rows
 

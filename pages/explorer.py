@@ -1,7 +1,8 @@
 """Fisher explorer: one layer's Fisher block next to its Kronecker-factored approximations.
 
 The page is :func:`main`, a sequence of named steps: the model, the block's controls, the
-Fisher block, each method's result, the metrics table, then the tabs (only the open one
+Fisher block, each method's result, the metrics table, then the tabs (a fragment,
+:func:`views`, so that changing what they show reruns them alone; only the open one
 computes; "Damped step" compares each method's damped natural-gradient step with the exact
 one over λ, issue 21; "Compress", "Prune" and "Power iterations" are issue 19's,
 :mod:`pages.ui.downstream_tabs`) and the figure data. Widgets, their keys and the URL
@@ -612,6 +613,53 @@ def pictures(
     return arrays
 
 
+@dataclass
+class PageRun:
+    """One full run of the page, handed to :func:`views`: its URL settings and start time.
+    A fragment's rerun calls :func:`views` again with the objects of the full run that drew
+    it; ``claimed`` tells the two apart (Streamlit offers no public test)."""
+
+    settings: sh.UrlSettings
+    started: float
+    claimed: bool = False
+
+    def claim(self) -> bool:
+        """True the first time: :func:`views` is running inside this full run."""
+        first, self.claimed = not self.claimed, True
+        return first
+
+
+@st.fragment
+def views(
+    run: PageRun,
+    block: Block,
+    *,
+    analysis,
+    choice: BlockChoice,
+    slow: bool,
+    downstream: downstream_tabs.DownstreamInputs,
+) -> None:
+    """The pictures, their tabs and the figure data, as a fragment: a change of what they show
+    (the approximation shown, the colour range, the kind of chart, the tab, a tab's own
+    controls) reruns this part alone, against the block and results of the run that drew it;
+    the sidebar, the block and the metrics table are not redone and not sent again. A rerun
+    has a compute budget of its own and keeps its settings in the URL (adding, never removing:
+    the page's full run decides what the URL holds), and reports its own server time."""
+    if run.claim():
+        settings, started = run.settings, run.started
+    else:
+        started = time.perf_counter()
+        sh.compute.start_view()
+        settings = sh.UrlSettings("explorer")
+        settings.show_notices()  # a tab's control drawn for the first time may replace a value
+    arrays = pictures(
+        settings, block, analysis=analysis, choice=choice, slow=slow, downstream=downstream
+    )
+    figure_data_button(arrays, choice.layer)
+    settings.sync(final=False)
+    st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")
+
+
 def figure_data_button(arrays: Arrays, layer: str) -> None:
     """The NPZ of every array drawn, made only when asked for (not on every rerun of every
     student's view)."""
@@ -648,12 +696,9 @@ def main() -> None:
     downstream = downstream_tabs.DownstreamInputs(
         model, ds, int(seed), tuple(choice.methods), float(choice.damping)
     )
-    arrays = pictures(
-        settings, block, analysis=analysis, choice=choice, slow=slow, downstream=downstream
-    )
-    figure_data_button(arrays, choice.layer)
+    run = PageRun(settings, started)
+    views(run, block, analysis=analysis, choice=choice, slow=slow, downstream=downstream)
     settings.sync()
-    st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")
 
 
 main()

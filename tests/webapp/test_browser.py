@@ -241,6 +241,36 @@ def test_explorer_pick_layer_and_method(server, page):
     print(f"explorer default view in the browser: {cold:.1f} s (cold server)")
 
 
+def test_changing_what_the_tabs_show_reruns_the_tabs_alone(server, page):
+    """The pictures and their tabs are a fragment (pages/explorer.py, ``views``): changing the
+    approximation shown reruns them alone, so the metrics table and the sidebar are not sent
+    again — their text is in the first view's websocket messages and not in the change's —
+    and the URL gains the new value and keeps the others."""
+    received: list[bytes] = []
+
+    def record(payload: str | bytes) -> None:
+        received.append(payload if isinstance(payload, bytes) else payload.encode())
+
+    page.on("websocket", lambda ws: ws.on("framereceived", record))
+    page.goto(f"{server}/explorer")
+    page.get_by_text("Server time for this view").wait_for()
+    _block_picture(page)
+    page.wait_for_url(re.compile(r"dataset=digits"))
+    first = b"".join(received)
+    for text in (b"How close is each approximation", b"Fisher minibatch m"):
+        assert text in first, text
+    received.clear()
+    _choose(page, "Approximation shown", "EKFAC")
+    page.wait_for_url(re.compile(r"(?=.*show=ekfac)(?=.*dataset=digits)(?=.*methods=)"))
+    page.wait_for_selector('[data-test-script-state="notRunning"]')
+    change = b"".join(received)
+    assert b"Server time for this view" in change  # the fragment's rerun, drawn and sent
+    for text in (b"How close is each approximation", b"Fisher minibatch m"):
+        assert text not in change, text
+    assert len(change) < len(first) / 2, (len(change), len(first))
+    _no_exception(page)
+
+
 def _local(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme in ("data", "blob", "about") or parts.hostname in ("127.0.0.1", "localhost")

@@ -645,7 +645,8 @@ def views(
     the sidebar, the block and the metrics table are not redone and not sent again. A rerun
     has a compute budget of its own and keeps its settings in the URL (adding, never removing:
     the page's full run decides what the URL holds), and reports its own server time."""
-    if run.claim():
+    full_run = run.claim()
+    if full_run:
         settings, started = run.settings, run.started
     else:
         started = time.perf_counter()
@@ -656,7 +657,8 @@ def views(
         settings, block, analysis=analysis, choice=choice, slow=slow, downstream=downstream
     )
     figure_data_button(arrays, choice.layer)
-    settings.sync(final=False)
+    if not full_run:  # a full run's own sync, in main(), follows
+        settings.sync(final=False)
     st.caption(f"Server time for this view: {time.perf_counter() - started:.2f} s")
 
 

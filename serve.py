@@ -34,25 +34,33 @@ PREWARM_TIMEOUT_S = 300.0
 WARMING_UP = "warming up: the server opens its first pages itself before it takes visitors"
 
 
-def _port(argv: list[str]) -> int:
-    """The port Streamlit will listen on (its ``--server.port`` flag, else its config)."""
+def _option(argv: list[str], name: str) -> str:
+    """Streamlit option ``name`` as this command line sets it (``--name value`` or
+    ``--name=value``), else as its config does."""
+    flag = f"--{name}"
     for i, arg in enumerate(argv):
-        if arg.startswith("--server.port="):
-            return int(arg.split("=", 1)[1])
-        if arg == "--server.port" and i + 1 < len(argv):
-            return int(argv[i + 1])
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
     from streamlit import config
 
-    return int(config.get_option("server.port"))
+    return str(config.get_option(name))
 
 
-async def _open(port: int, page: str, query: str) -> None:
+def _loopback(argv: list[str]) -> str:
+    """Where this server answers on loopback: ``127.0.0.1:PORT`` and its base URL path."""
+    base = _option(argv, "server.baseUrlPath").strip("/")
+    return f"127.0.0.1:{int(_option(argv, 'server.port'))}" + (f"/{base}" if base else "")
+
+
+async def _open(server: str, page: str, query: str) -> None:
     """One script run of ``page`` as a visitor would ask for it; returns when it finished."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-    url = f"ws://127.0.0.1:{port}/_stcore/stream"
+    url = f"ws://{server}/_stcore/stream"
     async with websockets.connect(url, subprotocols=["streamlit"], max_size=2**28) as ws:
         msg = BackMsg()
         msg.rerun_script.query_string, msg.rerun_script.page_name = query, page
@@ -64,11 +72,11 @@ async def _open(port: int, page: str, query: str) -> None:
                 return
 
 
-def _after_start(port: int, prewarm: bool, guard_uploads, ready: threading.Event) -> None:
+def _after_start(server: str, prewarm: bool, guard_uploads, ready: threading.Event) -> None:
     deadline = time.monotonic() + PREWARM_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+            urllib.request.urlopen(f"http://{server}/_stcore/health", timeout=2)
             break
         except urllib.error.HTTPError:  # answering, with 503 while held: the server is up
             break
@@ -77,16 +85,16 @@ def _after_start(port: int, prewarm: bool, guard_uploads, ready: threading.Event
     guard_uploads()
     try:
         if prewarm:
-            _prewarm(port)
+            _prewarm(server)
     finally:
         ready.set()
 
 
-def _prewarm(port: int) -> None:
+def _prewarm(server: str) -> None:
     started = time.monotonic()
     for page, query in PREWARM_PAGES:
         try:
-            asyncio.run(asyncio.wait_for(_open(port, page, query), PREWARM_TIMEOUT_S))
+            asyncio.run(asyncio.wait_for(_open(server, page, query), PREWARM_TIMEOUT_S))
         except Exception as err:  # a failed warm-up costs the first visitor time, nothing else
             print(f"kronoscope: prewarming {page or 'home'} failed: {err}", file=sys.stderr)
             return
@@ -101,13 +109,15 @@ def main(argv: list[str]) -> int:
     prewarm = settings.get("KRONOSCOPE_PREWARM")
     # The app's package is imported here, before Streamlit serves: imported by a thread and a
     # first script run at the same time, its modules were seen half initialised (ImportError).
+    from pages.ui.navigation import PAGE_PATHS
     from pages.ui.services import guard_uploads
-    from pages.ui.streamlit_runtime import hold_health_until
+    from pages.ui.streamlit_runtime import hold_health_until, serve_pages_at_their_base
 
     ready = threading.Event()
     hold_health_until(ready, WARMING_UP)
+    serve_pages_at_their_base(PAGE_PATHS)
     threading.Thread(
-        target=_after_start, args=(_port(argv), prewarm, guard_uploads, ready), daemon=True
+        target=_after_start, args=(_loopback(argv), prewarm, guard_uploads, ready), daemon=True
     ).start()
     from streamlit.web import cli
 

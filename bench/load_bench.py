@@ -105,10 +105,20 @@ class Server:
     """``python serve.py`` (settings checked, Streamlit serving app.py, the default views
     prewarmed) in its own process group; stopped (group killed) on exit."""
 
-    def __init__(self, port: int, log_dir: Path, startup_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        log_dir: Path,
+        startup_timeout: float = 90.0,
+        *,
+        base_path: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.base_path = base_path  # Streamlit's server.baseUrlPath ("": the root)
+        self.url = f"http://127.0.0.1:{port}" + (f"/{base_path}" if base_path else "")
         self.cache_dir = tempfile.mkdtemp(prefix="kronoscope-load-cache-")
+        self.env = env or {}  # settings for this server (e.g. KRONOSCOPE_PREWARM)
         self.log_path = log_dir / f"server-{port}.log"
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -123,9 +133,9 @@ class Server:
             str(ROOT / ".venv/bin/python"), "serve.py",
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.address", "127.0.0.1",
-            "--server.port", str(self.port),
+            "--server.port", str(self.port), "--server.baseUrlPath", self.base_path,
         ]  # fmt: skip
-        env = {**os.environ, "KRONOSCOPE_CACHE_DIR": self.cache_dir}
+        env = {**os.environ, "KRONOSCOPE_CACHE_DIR": self.cache_dir, **self.env}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -63,6 +63,7 @@ from .optim import (
     NonFiniteError,
     OptimizerConfig,
     TrainingOptimizer,
+    all_finite,
     build_optimizer,
     default_damping,
     default_lr,
@@ -411,7 +412,7 @@ class _LastFinite:
             p.copy_(keep)
 
     def params_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.params)
+        return all_finite(self.params)
 
 
 class TrainingRun:

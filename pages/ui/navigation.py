@@ -25,9 +25,22 @@ from .icon import page_icon
 from .runs import limits_caption
 from .services import services
 
-__all__ = ["ensure_navigation", "run_app"]
+__all__ = ["PAGES", "PAGE_PATHS", "ensure_navigation", "run_app"]
 
 _shell = threading.local()  # set while this script thread runs inside run_app
+
+# (script, title, icon, URL path) of every page, Home first ("" : the app's root). The URL
+# paths are part of every shared link: keep them.
+PAGES = (
+    ("pages/home.py", "Home", ":material/home:", ""),
+    ("pages/explorer.py", "Fisher explorer", ":material/grid_on:", "explorer"),
+    ("pages/training.py", "Approximation over training", ":material/show_chart:", "training"),
+    ("pages/race.py", "Optimizer race", ":material/sports_score:", "race"),
+    ("pages/reports.py", "Paper reproductions", ":material/fact_check:", "reports"),
+    ("pages/network.py", "Network Fisher", ":material/hub:", "network"),
+    ("pages/learn.py", "Learn", ":material/functions:", "learn"),
+)
+PAGE_PATHS = tuple(path for *_, path in PAGES if path)
 
 
 def ensure_navigation() -> None:
@@ -54,32 +67,8 @@ def _run() -> None:
     st.set_option("client.showErrorDetails", "type")  # never a traceback on the page
 
     pages = [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page(
-            "pages/explorer.py",
-            title="Fisher explorer",
-            icon=":material/grid_on:",
-            url_path="explorer",
-        ),
-        st.Page(
-            "pages/training.py",
-            title="Approximation over training",
-            icon=":material/show_chart:",
-            url_path="training",
-        ),
-        st.Page(
-            "pages/race.py", title="Optimizer race", icon=":material/sports_score:", url_path="race"
-        ),
-        st.Page(
-            "pages/reports.py",
-            title="Paper reproductions",
-            icon=":material/fact_check:",
-            url_path="reports",
-        ),
-        st.Page(
-            "pages/network.py", title="Network Fisher", icon=":material/hub:", url_path="network"
-        ),
-        st.Page("pages/learn.py", title="Learn", icon=":material/functions:", url_path="learn"),
+        st.Page(script, title=title, icon=icon, url_path=path or None, default=not path)
+        for script, title, icon, path in PAGES
     ]
     page = st.navigation(pages)
     services()  # the shared services, made with the server's first session (or at start)

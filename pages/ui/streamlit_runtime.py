@@ -27,17 +27,28 @@ What is used, and why no public API does it:
 * ``Runtime.is_ready_for_browser_connection`` (an awaitable property answering ``(ok,
   message)``): what ``/_stcore/health`` reports; wrapped so that it answers 503 until the
   server has warmed up, and a proxy or Docker health check sends no visitor before
-  (:func:`hold_health_until`).
+  (:func:`hold_health_until`);
+* ``streamlit.web.server.starlette.starlette_static_routes.create_streamlit_static_handler``
+  (the factory of the ASGI app that serves the front end's files, and ``index.html`` for every
+  other path), ``streamlit.file_util.get_static_dir()`` (where ``index.html`` lies, with one
+  ``<script type="module"`` tag) and the front end's ``window.__streamlit.BACKEND_BASE_URL``
+  (read once, when its bundle loads): opened at a page's URL (``/explorer``), Streamlit's
+  front end first looks for its server *at that path*, ``/explorer/_stcore/health`` and
+  ``/explorer/_stcore/host-config``, gets two 404s, and only then tries the parent, about
+  0.1 s later; every shared link pays it. :func:`serve_pages_at_their_base` serves those
+  pages' HTML with the base set, so the first try is the right one.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -48,6 +59,7 @@ __all__ = [
     "guard_upload_store",
     "hold_health_until",
     "refuse_upload",
+    "serve_pages_at_their_base",
     "script_session_id",
     "server_running",
     "session_active",
@@ -56,6 +68,8 @@ __all__ = [
 
 _GUARDED = "kronoscope_guarded"  # marks an upload store, or the health answer, already wrapped
 _HEALTH_ANSWER = "is_ready_for_browser_connection"  # Runtime's property /_stcore/health awaits
+# the factory of the front end's static files app (replaced by name: ours returns a plain ASGI app)
+_STATIC_FACTORY = "create_streamlit_static_handler"
 
 
 @dataclass(frozen=True)
@@ -161,3 +175,46 @@ def hold_health_until(ready: threading.Event, message: str) -> None:
 
     setattr(answer, _GUARDED, True)
     setattr(cls, _HEALTH_ANSWER, property(answer))
+
+
+# Run before the front end's bundle: the server answered a page's own URL, so the server's base
+# is that URL's folder ("." of it), under whatever prefix a proxy added.
+_BASE_SCRIPT = (
+    "<script>window.__streamlit = Object.assign({}, window.__streamlit, "
+    '{BACKEND_BASE_URL: new URL(".", window.location.href).href});</script>\n    '
+)
+_MODULE_TAG = '<script type="module"'
+
+
+def serve_pages_at_their_base(page_paths: Collection[str]) -> None:
+    """Serve the front end's ``index.html`` at ``/<page>`` (under the server's base URL path,
+    GET only) for every ``page`` of ``page_paths`` with :data:`_BASE_SCRIPT` before the bundle,
+    so the front end skips its probe of ``/<page>/_stcore/…`` (module docstring); every other
+    request is Streamlit's own. Called before Streamlit starts; wraps the factory once."""
+    from streamlit import file_util
+    from streamlit.web.server.starlette import starlette_static_routes as routes
+
+    factory = getattr(routes, _STATIC_FACTORY)
+    if getattr(factory, _GUARDED, False):
+        raise RuntimeError("the pages are already served at their base")
+    index = Path(file_util.get_static_dir(), "index.html").read_text(encoding="utf-8")
+    if index.count(_MODULE_TAG) != 1:
+        raise RuntimeError(f"Streamlit's index.html no longer has one {_MODULE_TAG} tag")
+    page_html = index.replace(_MODULE_TAG, _BASE_SCRIPT + _MODULE_TAG)
+    pages = {f"/{path}" for path in page_paths}
+
+    def handler(directory: str, base_url: str | None) -> Callable[..., Awaitable[None]]:
+        static = factory(directory, base_url)
+
+        async def serve(scope: Any, receive: Any, send: Any) -> None:
+            own = scope["type"] == "http" and scope["method"] == "GET"
+            if own and scope["path"][len(scope.get("root_path", "")) :] in pages:
+                reply = HTMLResponse(page_html, headers={"Cache-Control": "no-cache"})
+                await reply(scope, receive, send)
+            else:
+                await static(scope, receive, send)
+
+        return serve
+
+    setattr(handler, _GUARDED, True)
+    setattr(routes, _STATIC_FACTORY, handler)

@@ -39,6 +39,7 @@ from core.training.optim import (
     OPTIMIZERS,
     NonFiniteError,
     OptimizerConfig,
+    all_finite,
     build_optimizer,
     default_damping,
     default_lr,
@@ -446,6 +447,34 @@ def test_nonfinite_gradient_raises():
     opt.zero_grad()
     _loss(model, x).backward()
     model.body[0].weight.grad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="non-finite at step 0"):
+        opt.step(x, x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_one_bad_entry_in_any_tensor(bad):
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(7, 5, generator=gen), torch.randn(5, generator=gen),
+               torch.randn(3, 2, 4, generator=gen)]  # fmt: skip
+    assert all_finite(tensors)
+    assert all_finite([])
+    assert all_finite([torch.full((2,), 3e38)])  # large but finite
+    for k, t in enumerate(tensors):
+        for index in (0, t.numel() - 1):  # first and last entry of each
+            hit = [u.clone() for u in tensors]
+            hit[k].view(-1)[index] = bad
+            assert not all_finite(hit), (k, index)
+            assert not all_finite(iter(hit)), (k, index)  # any iterable
+
+
+def test_the_non_finite_check_follows_the_last_gradient():
+    model = _Logits(seed=0)
+    x = _data()
+    opt = build_optimizer(model, OptimizerConfig("sgd", lr=0.1), loss="bce")
+    opt.zero_grad()
+    _loss(model, x).backward()
+    last = [p for p in model.parameters() if p.grad is not None][-1]
+    last.grad.view(-1)[-1] = float("inf")
     with pytest.raises(NonFiniteError, match="non-finite at step 0"):
         opt.step(x, x)
 

@@ -1,6 +1,8 @@
 """A fresh server answers its health endpoint 503 "warming up" until it has opened Home and
 the explorer's default view itself (serve.py, issue 20), so a proxy or Docker health check
-sends no visitor to a cold server; then 200 "ok". One real ``python serve.py`` on 127.0.0.1."""
+sends no visitor to a cold server; then 200 "ok". A real ``python serve.py`` on 127.0.0.1, at
+the root and under a base URL path (``--server.baseUrlPath``, where the warm-up must find the
+server too)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from load_bench import Server, free_port  # noqa: E402
 
 from serve import WARMING_UP  # noqa: E402
 
 
-def _health(port: int) -> tuple[int, str] | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+def _health(server: Server) -> tuple[int, str] | None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
     try:
-        conn.request("GET", "/_stcore/health")
+        conn.request(
+            "GET", server.url.removeprefix(f"http://127.0.0.1:{server.port}") + "/_stcore/health"
+        )
         resp = conn.getresponse()
         return resp.status, resp.read().decode()
     except (OSError, http.client.HTTPException):
@@ -27,14 +33,15 @@ def _health(port: int) -> tuple[int, str] | None:
         conn.close()
 
 
-def test_health_answers_503_until_the_warm_up_finished(tmp_path):
-    server = Server(free_port(), tmp_path)
+@pytest.mark.parametrize("base_path", ["", "kb"], ids=["root", "base-path"])
+def test_health_answers_503_until_the_warm_up_finished(tmp_path, base_path):
+    server = Server(free_port(), tmp_path, base_path=base_path)
     server.start()
     answers: list[tuple[int, str]] = []
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.proc.poll() is None:
-            answer = _health(server.port)
+            answer = _health(server)
             if answer is not None:
                 if answer[0] == 200:
                     log = server.log_path.read_text(errors="replace")

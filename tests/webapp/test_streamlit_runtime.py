@@ -117,3 +117,24 @@ def test_without_a_server_the_adapter_answers_as_apptest_needs():
     assert rt.script_session_id() is None and not rt.server_running()
     assert rt.session_active("anyone") and rt.client_request("anyone") is None
     assert rt.stored_upload_sizes() == {}
+
+
+def test_the_static_files_factory_and_the_front_ends_index_are_as_wrapped():
+    """What :func:`serve_pages_at_their_base` wraps and edits (shared links skip the front
+    end's probe of ``/<page>/_stcore/…``; tests/webapp/test_page_base.py checks the effect)."""
+    from streamlit import file_util
+    from streamlit.web.server.starlette import starlette_static_routes as routes
+
+    factory = getattr(routes, "create_streamlit_static_handler", None)
+    assert callable(factory), "starlette_static_routes.create_streamlit_static_handler is gone"
+    assert list(inspect.signature(factory).parameters) == ["directory", "base_url"]
+    source = inspect.getsource(routes.create_streamlit_static_assets_routes)
+    assert "create_streamlit_static_handler(" in source, "the factory is no longer called there"
+    index = Path(file_util.get_static_dir(), "index.html").read_text(encoding="utf-8")
+    assert index.count('<script type="module"') == 1, "index.html's module script changed"
+    bundle = Path(file_util.get_static_dir(), "static", "js")
+    assert any(
+        "window.__streamlit" in p.read_text(errors="replace")
+        and "BACKEND_BASE_URL" in p.read_text(errors="replace")
+        for p in bundle.glob("index.*.js")
+    ), "the front end no longer reads window.__streamlit.BACKEND_BASE_URL"

@@ -18,6 +18,9 @@ Run: ``.venv/bin/python bench/app_bench.py`` (on a machine with more cores, pin 
    whole sequence runs ``--rounds`` times (each on a fresh server); every row is printed with
    its median, fastest and slowest round and its issue-20 target: met (median ≤ target),
    missed within the noise (fastest ≤ target) or MISSED (``--check``: exit 1).
+   ``--first-loads N``: only N new visitors' first loads of the explorer's shared link, one
+   after the other on one server (ready time, time to the websocket's opening, and the front
+   end's probes of ``/explorer/_stcore/``).
 2. **Server only** (AppTest, no browser): the same views, timed around ``AppTest.run``; it
    includes AppTest's own overhead (about 1 s of component discovery on the first run of each
    AppTest, and tens of milliseconds per run).
@@ -239,6 +242,45 @@ def _target(label: str) -> float | None:
     return BROWSER_TARGETS.get(label) or BROWSER_TARGETS.get(label.split(":")[0])
 
 
+def first_loads(visitors: int) -> None:
+    """``visitors`` new visitors, one after the other, each in a fresh browser context (no
+    cache), open the explorer's shared link on one warm ``python serve.py``: the median,
+    fastest and slowest time to the drawn view, the median time until the page's websocket
+    opens (what the front end's search for its server delays), and how many requests went to
+    the page path's ``/explorer/_stcore/…`` (that search's probe; 0 since serve.py serves the
+    page with the server's base, pages/ui/streamlit_runtime.py)."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from load_bench import Server, free_port
+
+    ready, opened, probes = [], [], 0
+    log_dir = Path(tempfile.mkdtemp(prefix="kronoscope-app-bench-"))
+    with Server(free_port(), log_dir, startup_timeout=180) as server, sync_playwright() as pw:
+        browser = launch(pw)
+        for _ in range(visitors):
+            context = browser.new_context(viewport={"width": 1400, "height": 1600})
+            page = context.new_page()
+            page.set_default_timeout(300_000)
+            asked: list[str] = []
+            sockets: list[float] = []
+            page.on("request", lambda req, asked=asked: asked.append(req.url))
+            page.on("websocket", lambda _ws, sockets=sockets: sockets.append(time.perf_counter()))
+            start = time.perf_counter()
+            ready.append(_open(page, f"{server.url}/explorer", chart=True)[0])
+            opened.append(sockets[0] - start)
+            probes += sum("/explorer/_stcore/" in url for url in asked)
+            context.close()
+        browser.close()
+    print(f"\nFirst loads of /explorer by {visitors} new visitors, one after the other")
+    print("| ready, median (s) | fastest–slowest (s) | websocket open, median (s) | probes |")
+    print("|---:|---:|---:|---:|")
+    print(
+        f"| {statistics.median(ready):.2f} | {min(ready):.2f}–{max(ready):.2f} | "
+        f"{statistics.median(opened):.3f} | {probes} |"
+    )
+
+
 # -- server only (AppTest) -------------------------------------------------------------------
 
 
@@ -421,6 +463,12 @@ def main() -> None:
         action="store_true",
         help="measure only the bytes each explorer view sends (exit 1 when a target is missed)",
     )
+    parser.add_argument(
+        "--first-loads",
+        type=int,
+        metavar="N",
+        help="only N new visitors' first loads of the explorer's link, one after the other",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be ≥ 1")
@@ -428,6 +476,9 @@ def main() -> None:
     print(f"CPU cores visible: {os.cpu_count()}, load average (1 min) at start: {load:.2f}")
     if args.payload:
         sys.exit(0 if show_payload(payload_bench()) else 1)
+    if args.first_loads:
+        first_loads(args.first_loads)
+        return
     if args.check or not args.no_browser:
         if not CHROMIUM.exists():
             print(f"\nBrowser part skipped: {CHROMIUM} is missing")

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -35,8 +36,10 @@ WARMING_UP = "warming up: the server opens its first pages itself before it take
 
 
 def _option(argv: list[str], name: str) -> str:
-    """Streamlit option ``name`` as this command line sets it (``--name value`` or
-    ``--name=value``), else as its config does."""
+    """Streamlit option ``name`` as Streamlit will see it: this command line's flag
+    (``--name value`` or ``--name=value``), else its environment variable
+    (``STREAMLIT_SERVER_PORT``: Streamlit's command line reads those, its config does not
+    before it runs), else its config files or default."""
     flag = f"--{name}"
     for i, arg in enumerate(argv):
         if arg.startswith(f"{flag}="):
@@ -45,7 +48,8 @@ def _option(argv: list[str], name: str) -> str:
             return argv[i + 1]
     from streamlit import config
 
-    return str(config.get_option(name))
+    variable = config.get_config_options()[name].env_var
+    return os.environ.get(variable) or str(config.get_option(name))
 
 
 def _loopback(argv: list[str]) -> str:
@@ -115,7 +119,10 @@ def main(argv: list[str]) -> int:
 
     ready = threading.Event()
     hold_health_until(ready, WARMING_UP)
-    serve_pages_at_their_base(PAGE_PATHS)
+    try:
+        serve_pages_at_their_base(PAGE_PATHS)
+    except RuntimeError as err:  # shared links then find the server 0.1 s later, nothing else
+        print(f"kronoscope: pages served as Streamlit serves them: {err}", file=sys.stderr)
     threading.Thread(
         target=_after_start, args=(_loopback(argv), prewarm, guard_uploads, ready), daemon=True
     ).start()

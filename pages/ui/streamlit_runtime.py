@@ -66,7 +66,7 @@ __all__ = [
     "stored_upload_sizes",
 ]
 
-_GUARDED = "kronoscope_guarded"  # marks an upload store, or the health answer, already wrapped
+_GUARDED = "kronoscope_guarded"  # marks an upload store, health answer or factory already wrapped
 _HEALTH_ANSWER = "is_ready_for_browser_connection"  # Runtime's property /_stcore/health awaits
 # the factory of the front end's static files app (replaced by name: ours returns a plain ASGI app)
 _STATIC_FACTORY = "create_streamlit_static_handler"
@@ -190,14 +190,18 @@ def serve_pages_at_their_base(page_paths: Collection[str]) -> None:
     """Serve the front end's ``index.html`` at ``/<page>`` (under the server's base URL path,
     GET only) for every ``page`` of ``page_paths`` with :data:`_BASE_SCRIPT` before the bundle,
     so the front end skips its probe of ``/<page>/_stcore/…`` (module docstring); every other
-    request is Streamlit's own. Called before Streamlit starts; wraps the factory once."""
-    from streamlit import file_util
-    from streamlit.web.server.starlette import starlette_static_routes as routes
+    request is Streamlit's own. Called before Streamlit starts; wraps the factory once. Raises
+    ``RuntimeError`` naming what changed where Streamlit's internals are not as above."""
+    try:
+        from streamlit import file_util
+        from streamlit.web.server.starlette import starlette_static_routes as routes
 
-    factory = getattr(routes, _STATIC_FACTORY)
+        factory = getattr(routes, _STATIC_FACTORY)
+        index = Path(file_util.get_static_dir(), "index.html").read_text(encoding="utf-8")
+    except (ImportError, AttributeError, OSError) as err:
+        raise RuntimeError(f"Streamlit's static files are no longer where expected: {err}") from err
     if getattr(factory, _GUARDED, False):
         raise RuntimeError("the pages are already served at their base")
-    index = Path(file_util.get_static_dir(), "index.html").read_text(encoding="utf-8")
     if index.count(_MODULE_TAG) != 1:
         raise RuntimeError(f"Streamlit's index.html no longer has one {_MODULE_TAG} tag")
     page_html = index.replace(_MODULE_TAG, _BASE_SCRIPT + _MODULE_TAG)

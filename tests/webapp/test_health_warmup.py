@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from load_bench import Server, free_port  # noqa: E402
 
+import serve  # noqa: E402
 from serve import WARMING_UP  # noqa: E402
 
 
@@ -55,3 +56,16 @@ def test_health_answers_503_until_the_warm_up_finished(tmp_path, base_path):
     assert answer == (200, "ok")
     assert answers and set(answers) == {(503, WARMING_UP)}  # held, and only by the warm-up
     assert "kronoscope: prewarmed in" in log  # the 200 came after the warm-up finished
+
+
+def test_the_warm_up_looks_where_streamlit_listens(monkeypatch):
+    """Flags first, then Streamlit's environment variables (the image sets those), then the
+    config's defaults."""
+    for name in ("STREAMLIT_SERVER_PORT", "STREAMLIT_SERVER_BASE_URL_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert serve._loopback([]) == "127.0.0.1:8501"
+    monkeypatch.setenv("STREAMLIT_SERVER_PORT", "8555")
+    monkeypatch.setenv("STREAMLIT_SERVER_BASE_URL_PATH", "/kb/")
+    assert serve._loopback([]) == "127.0.0.1:8555/kb"
+    flags = ["--server.port", "9000", "--server.baseUrlPath=a/b"]
+    assert serve._loopback(flags) == "127.0.0.1:9000/a/b"

@@ -127,16 +127,35 @@ def test_built_on_cuda_it_answers_like_the_cpu_block(block, dtype):
         assert rel(got.cpu().double(), cpu.solve(v, 0.05, mode=mode).double()) < tol
 
 
-def test_a_block_with_its_inverses_formed_pickles_and_solves_the_same(block, monkeypatch):
-    """A worker process sends blocks back pickled, damped inverses and all: every kind of
-    inverse (the MINRES one too: a sum above the dense limit) survives the round trip."""
-    monkeypatch.setattr(approx_module, "DENSE_EIG_LIMIT", 10)  # n = 24: sums take MINRES
+@pytest.mark.parametrize("dense_limit", [10, 2048], ids=["minres", "dense"])
+def test_a_block_with_its_inverses_formed_pickles_and_solves_the_same(
+    block, monkeypatch, dense_limit
+):
+    """A worker process sends blocks back pickled: without their damped inverses and dense
+    eigendecomposition (n² numbers each), with their spectrum; the copy forms every kind of
+    inverse again (the MINRES one too: a sum above the dense limit) and solves the same."""
+    monkeypatch.setattr(approx_module, "DENSE_EIG_LIMIT", dense_limit)  # 10: sums take MINRES
     v = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     modes = ("exact", "factored") if (block.n_terms or 1) <= 2 else ("exact",)
     before = {mode: block.solve(v, 0.05, mode=mode) for mode in modes}
+    spectrum = block.eigvals()
     copy = pickle.loads(pickle.dumps(block))
+    assert copy._inverses == {} and "_dense_eigh" not in vars(copy)
+    assert block._inverses  # the original keeps its own
+    assert torch.equal(copy.eigvals(), spectrum)
     for mode in modes:
         assert torch.equal(copy.solve(v, 0.05, mode=mode), before[mode])
+
+
+def test_a_pickled_two_term_result_is_far_smaller_than_its_eigenbasis():
+    """What made a two-term result at n = 528 pickle to 2.3 MB: its n × n eigenbasis, formed by
+    the spectrum and the exact solve, no longer travels."""
+    a, g = batch(96, 24, 20)
+    approx = approximate("deflation", a, g)
+    approx.eigvals(), approx.solve(torch.ones(20, 24, dtype=torch.float64), 0.1)
+    basis_bytes = approx.n * approx.n * 8
+    assert "_dense_eigh" in vars(approx)
+    assert len(pickle.dumps(approx)) < basis_bytes / 10
 
 
 def test_factor_matrices_rebuild_the_block():

@@ -48,7 +48,9 @@ What the pool guarantees:
 
 Results and arguments cross the process boundary by plain :mod:`pickle` (tensors by value),
 so a worker never shares memory with the server and a session can never mutate a cached
-result of another. ``processes=0`` runs jobs in the caller's thread instead (tests, tiny
+result of another. An approximation crosses without its damped inverses and dense
+eigendecomposition (:meth:`core.engine.approx.Approximation.__getstate__`): n² numbers each,
+formed again where a job solves with it. ``processes=0`` runs jobs in the caller's thread instead (tests, tiny
 deployments): de-duplication and caching still hold; budgets, kills, queues, lanes and
 recycling do not apply.
 

@@ -50,9 +50,9 @@ Results and arguments cross the process boundary by plain :mod:`pickle` (tensors
 so a worker never shares memory with the server and a session can never mutate a cached
 result of another. An approximation crosses without its damped inverses and dense
 eigendecomposition (:meth:`core.engine.approx.Approximation.__getstate__`): n² numbers each,
-formed again where a job solves with it. ``processes=0`` runs jobs in the caller's thread instead (tests, tiny
-deployments): de-duplication and caching still hold; budgets, kills, queues, lanes and
-recycling do not apply.
+formed again where a job solves with it. ``processes=0`` runs jobs in the caller's thread
+instead (tests, tiny deployments): de-duplication and caching still hold; budgets, kills,
+queues, lanes and recycling do not apply.
 
 The pool registers nothing global (no atexit hook, no signal handler): whoever creates it
 calls :meth:`WorkerPool.close` (idempotent) when done; its dispatcher threads are daemons.

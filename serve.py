@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import time
@@ -48,8 +47,8 @@ def _option(argv: list[str], name: str) -> str:
             return argv[i + 1]
     from streamlit import config
 
-    variable = config.get_config_options()[name].env_var
-    return os.environ.get(variable) or str(config.get_option(name))
+    value = settings.streamlit_variable(config.get_config_options()[name].env_var)
+    return value or str(config.get_option(name))
 
 
 def _loopback(argv: list[str]) -> str:

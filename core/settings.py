@@ -13,7 +13,9 @@ value given; :func:`check_all` is what a server runs at start (``python serve.py
 a bad value stops it there, not when a visitor reaches the code that reads it. DOCKER.md's
 table is :func:`markdown_table` (a test keeps them equal).
 
-These names are for hosts only: nothing a visitor sees names a setting.
+These names are for hosts only: nothing a visitor sees names a setting. Streamlit's own
+``STREAMLIT_*`` variables are Streamlit's to check; serve.py reads the two it needs before
+Streamlit starts through :func:`streamlit_variable`.
 Variables that only steer the test suite and CI (``KRONOSCOPE_REQUIRE_BROWSER``,
 ``KRONOSCOPE_BASE_URL``, ``KRONOSCOPE_SCREENSHOT_DIR``, ``KRONOSCOPE_REPLICAS``,
 ``KRONOSCOPE_PROXY_CONTAINER``) are not server settings and are read by the tests themselves.
@@ -280,6 +282,15 @@ SETTINGS: dict[str, Setting] = {
 def get(name: str) -> Any:
     """The typed value of setting ``name`` now; raises :class:`SettingError` on a bad value."""
     return SETTINGS[name].read(os.environ.get(name))
+
+
+def streamlit_variable(name: str) -> str | None:
+    """Streamlit's own environment variable ``name`` (``STREAMLIT_SERVER_PORT``, …) as the host
+    set it, or None where unset or empty. Streamlit's command line reads these, its config not
+    before that runs; serve.py needs the port and base path first (its warm-up)."""
+    if not name.startswith("STREAMLIT_"):
+        raise ValueError(f"{name!r} is not a Streamlit variable (STREAMLIT_…)")
+    return os.environ.get(name) or None
 
 
 def field_name(name: str) -> str:

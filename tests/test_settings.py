@@ -41,6 +41,15 @@ def test_only_the_settings_module_reads_the_environment():
             assert not re.match(r"os\.(environ\.get|getenv)\(|os\.environ\[", text), (path, text)
 
 
+def test_streamlit_variables_are_read_here_too_and_only_those(monkeypatch):
+    monkeypatch.setenv("STREAMLIT_SERVER_PORT", "8555")
+    monkeypatch.setenv("STREAMLIT_SERVER_BASE_URL_PATH", "")
+    assert settings.streamlit_variable("STREAMLIT_SERVER_PORT") == "8555"
+    assert settings.streamlit_variable("STREAMLIT_SERVER_BASE_URL_PATH") is None  # empty: unset
+    with pytest.raises(ValueError, match="not a Streamlit variable"):
+        settings.streamlit_variable("KRONOSCOPE_WORKERS")
+
+
 def test_every_kronoscope_name_in_the_app_is_a_setting():
     names = set()
     for path in _app_sources():

@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,35 +143,47 @@ def _tab(page, label: str):
     return page.get_by_role("tab", name=label).click
 
 
-def browser_round() -> list[Row]:
-    """One round of the issue-20 browser targets on a fresh ``python serve.py`` server (health
-    held until its warm-up finished, as a proxy or Docker would wait): its first visitor opens
-    Home, then the explorer's default view; a second visitor (a new browser context: no shared
-    cache or session) opens the default view and changes method, tab, m and layer."""
+@contextmanager
+def _fresh_server_and_browser():
+    """A fresh ``python serve.py`` (waited for through its health check, as a proxy or Docker
+    would) and a headless Chromium, both stopped on exit: yields (server, browser)."""
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT / "bench"))
     from load_bench import Server, free_port
 
-    rows: list[Row] = []
     log_dir = Path(tempfile.mkdtemp(prefix="kronoscope-app-bench-"))
     with Server(free_port(), log_dir, startup_timeout=180) as server, sync_playwright() as pw:
         browser = launch(pw)
+        try:
+            yield server, browser
+        finally:
+            browser.close()
 
-        def visitor():
-            page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
-            page.set_default_timeout(300_000)
-            return page
 
-        first = visitor()
+def _visitor(browser):
+    """A new visitor: a page in a browser context of its own (no shared cache or session)."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+    page.set_default_timeout(300_000)
+    return page
+
+
+def browser_round() -> list[Row]:
+    """One round of the issue-20 browser targets on a fresh ``python serve.py`` server (health
+    held until its warm-up finished, as a proxy or Docker would wait): its first visitor opens
+    Home, then the explorer's default view; a second visitor (a new browser context: no shared
+    cache or session) opens the default view and changes method, tab, m and layer."""
+    rows: list[Row] = []
+    with _fresh_server_and_browser() as (server, browser):
+        first = _visitor(browser)
         rows.append(("first visitor: home", *_open(first, server.url + "/", chart=False)))
         view = _open(first, f"{server.url}/explorer", chart=True)
         rows.append(("first visitor: explorer default view", *view))
-        baseline = visitor()  # side by side: the same view with the plotly heatmaps
+        baseline = _visitor(browser)  # side by side: the same view with the plotly heatmaps
         view = _open(baseline, f"{server.url}/explorer?heatmap=interactive", chart=True)
         rows.append(("new visitor: the same, heatmap=interactive (plotly)", *view))
         baseline.context.close()
-        page = visitor()
+        page = _visitor(browser)
         finished = count_finished_runs(page)
         view = _open(page, f"{server.url}/explorer", chart=True)
         rows.append(("new visitor: explorer default view", *view))
@@ -191,7 +204,6 @@ def browser_round() -> list[Row]:
         changes.append((f"change: back to {back}", lambda: _choose(page, "Layer", back)))
         for label, prepare in changes:
             rows.append((label, *_timed_change(page, finished, prepare)))
-        browser.close()
     return rows
 
 
@@ -249,19 +261,10 @@ def first_loads(visitors: int) -> None:
     opens (what the front end's search for its server delays), and how many requests went to
     the page path's ``/explorer/_stcore/…`` (that search's probe; 0 since serve.py serves the
     page with the server's base, pages/ui/streamlit_runtime.py)."""
-    from playwright.sync_api import sync_playwright
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from load_bench import Server, free_port
-
     ready, opened, probes = [], [], 0
-    log_dir = Path(tempfile.mkdtemp(prefix="kronoscope-app-bench-"))
-    with Server(free_port(), log_dir, startup_timeout=180) as server, sync_playwright() as pw:
-        browser = launch(pw)
+    with _fresh_server_and_browser() as (server, browser):
         for _ in range(visitors):
-            context = browser.new_context(viewport={"width": 1400, "height": 1600})
-            page = context.new_page()
-            page.set_default_timeout(300_000)
+            page = _visitor(browser)
             asked: list[str] = []
             sockets: list[float] = []
             page.on("request", lambda req, asked=asked: asked.append(req.url))
@@ -270,8 +273,7 @@ def first_loads(visitors: int) -> None:
             ready.append(_open(page, f"{server.url}/explorer", chart=True)[0])
             opened.append(sockets[0] - start)
             probes += sum("/explorer/_stcore/" in url for url in asked)
-            context.close()
-        browser.close()
+            page.context.close()
     print(f"\nFirst loads of /explorer by {visitors} new visitors, one after the other")
     print("| ready, median (s) | fastest–slowest (s) | websocket open, median (s) | probes |")
     print("|---:|---:|---:|---:|")
